@@ -1,0 +1,15 @@
+"""Run batch inference over a test list.
+
+    python inference.py --cfg configs/demo/predict.yaml [test_list_path FILE] [test_model CKPT]
+    torchrun --nproc_per_node 2 inference.py --cfg ...    # items sharded across ranks
+    python inference.py --list | --cfg X.yaml --dry-run
+"""
+import os
+
+# See train_net.py: must be set before torch is imported.
+os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+
+from utils.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main("infer"))

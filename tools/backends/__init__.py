@@ -1,0 +1,1 @@
+"""Compute backends: the only code that names a device runtime (CUDA, Ascend NPU)."""

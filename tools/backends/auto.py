@@ -1,0 +1,27 @@
+import logging
+
+from utils.registry import BACKEND
+
+from .cpu import CPUBackend
+from .cuda import CUDABackend, cuda_present
+from .npu import NPUBackend, npu_present
+
+logger = logging.getLogger("nextclip")
+
+
+def detect_device_type() -> str:
+    """'npu' if torch_npu imports and a device is present, else 'cuda' if a GPU is, else 'cpu'."""
+    if npu_present()[0]:
+        return "npu"
+    if cuda_present():
+        return "cuda"
+    return "cpu"
+
+
+@BACKEND.register_class("auto")
+def AutoBackend(precision: str = "bf16", attention: str = "auto", local_rank=None, threads=None):
+    """Pick NPU, else CUDA, else CPU, and build that backend with the same settings."""
+    kind = detect_device_type()
+    cls = {"npu": NPUBackend, "cuda": CUDABackend, "cpu": CPUBackend}[kind]
+    logger.info("backend auto -> %s", kind)
+    return cls(precision=precision, attention=attention, local_rank=local_rank, threads=threads)

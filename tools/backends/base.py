@@ -1,0 +1,100 @@
+"""The backend interface: everything device-specific the engines need."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import resource
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .attention import select_attention
+
+logger = logging.getLogger("nextclip")
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class Backend:
+    """Base class; subclasses set ``device_type``, ``dist_backend`` and the hooks below."""
+
+    device_type = "cpu"
+    dist_backend = "gloo"
+    allowed_precisions = PRECISIONS
+
+    def __init__(self, precision: str = "bf16", attention: str = "auto", local_rank: Optional[int] = None,
+                 threads: Optional[int] = None):
+        if precision not in self.allowed_precisions:
+            raise ValueError(
+                f"backend {type(self).__name__}: precision={precision!r} is not supported here; "
+                f"choose one of {', '.join(self.allowed_precisions)}."
+            )
+        self.precision = precision
+        self.attention = attention
+        self.local_rank = local_rank
+        self.threads = threads
+        self._attn: Optional[Tuple[str, str, Optional[Callable]]] = None
+        self.setup()
+
+    # -- hooks for subclasses -------------------------------------------------
+    def setup(self) -> None:
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.device_type)
+
+    def synchronize(self) -> None:
+        pass
+
+    def memory_stats(self) -> Dict[str, float]:
+        """Peak resident memory of the process in MiB (CPU)."""
+        return {"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+    def reset_peak_memory(self) -> None:
+        pass
+
+    def _seed_device(self, seed: int) -> None:
+        pass
+
+    # -- shared ---------------------------------------------------------------
+    @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+    def autocast(self):
+        """Context for the forward pass in the configured precision (no-op for fp32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.autocast_dtype)
+
+    def grad_scaler(self):
+        """A loss scaler, enabled only for fp16 (bf16 and fp32 need none)."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.precision == "fp16")
+
+    def seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % (2 ** 32))
+        torch.manual_seed(seed)
+        self._seed_device(seed)
+
+    def attention_kernel(self) -> Tuple[str, Optional[Callable]]:
+        """(block impl, dense fn) for the configured ``attention`` choice (resolved once)."""
+        if self._attn is None:
+            self._attn = select_attention(self.attention, self.device_type)
+            logger.info("backend %s: attention '%s' (impl %s)", type(self).__name__, self._attn[0], self._attn[1])
+        return self._attn[1], self._attn[2]
+
+    @property
+    def attention_name(self) -> str:
+        self.attention_kernel()
+        return self._attn[0]
+
+    def to_device(self, obj):
+        return obj.to(self.device) if hasattr(obj, "to") else obj
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}(device={self.device}, precision={self.precision}, dist={self.dist_backend})"
