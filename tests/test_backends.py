@@ -84,6 +84,13 @@ def test_attention_auto_on_cpu(no_npu):
     assert set(att.available("cpu")) == {"sdpa", "flex", "math"}
 
 
+def test_flex_has_no_cpu_backward_so_training_avoids_it(no_npu):
+    assert att.select_attention("auto", "cpu", training=True)[0] == "sdpa"
+    with pytest.raises(RuntimeError, match="no backward pass on CPU.*for training: sdpa, math"):
+        att.select_attention("flex", "cpu", training=True)
+    assert att.select_attention("flex", "cuda", training=True)[0] == "flex"
+
+
 def test_xformers_unavailable_on_cpu_even_if_installed(fake_xformers):
     with pytest.raises(RuntimeError) as e:
         att.select_attention("xformers", "cpu")

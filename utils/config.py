@@ -286,6 +286,10 @@ def validate_components(cfg: Dict[str, Any]) -> List[str]:
             if not isinstance(item, dict) or "type" not in item:
                 problems.append(f"{kp}: expected a dict with 'type:' (one of {', '.join(reg.keys())}), found {item!r}")
                 continue
+            if item["type"] is None:
+                problems.append(f"{kp}.type is empty: YAML reads Null, null and ~ as nothing; "
+                                f"write one of {', '.join(reg.keys())} (quote names that YAML would convert)")
+                continue
             if item["type"] not in reg:
                 problems.append(f"{kp}.type: {reg.unknown_message(item['type'])}")
                 continue

@@ -50,3 +50,13 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()
+
+
+def all_reduce_grads(module: torch.nn.Module) -> None:
+    """Average the gradients of a module that DDP does not wrap (e.g. a trainable embedder)."""
+    if not is_dist():
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= dist.get_world_size()

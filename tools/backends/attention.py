@@ -49,8 +49,9 @@ def _importable(name: str) -> Tuple[bool, str]:
         return False, f"{name} cannot be imported ({type(e).__name__}: {e})"
 
 
-def check_available(name: str, device_type: str) -> Tuple[bool, str]:
-    """(available, reason-if-not) of attention ``name`` on a ``device_type`` device."""
+def check_available(name: str, device_type: str, training: bool = False) -> Tuple[bool, str]:
+    """(available, reason-if-not) of attention ``name`` on a ``device_type`` device
+    (``training``: the backward pass is needed too)."""
     if name in ("sdpa", "math"):
         return True, ""
     if name == "flex":
@@ -59,6 +60,8 @@ def check_available(name: str, device_type: str) -> Tuple[bool, str]:
             return False, why
         if device_type not in ("cpu", "cuda"):
             return False, f"FlexAttention has no compiled kernels for device type '{device_type}'"
+        if training and device_type == "cpu":
+            return False, "FlexAttention has no backward pass on CPU (inference only there)"
         return True, ""
     if name == "xformers":
         if device_type != "cuda":
@@ -91,11 +94,11 @@ AUTO_ORDER = {
 }
 
 
-def available(device_type: str) -> List[str]:
-    return [n for n in KERNELS if check_available(n, device_type)[0]]
+def available(device_type: str, training: bool = False) -> List[str]:
+    return [n for n in KERNELS if check_available(n, device_type, training)[0]]
 
 
-def select_attention(name: str, device_type: str) -> Tuple[str, str, Optional[Callable]]:
+def select_attention(name: str, device_type: str, training: bool = False) -> Tuple[str, str, Optional[Callable]]:
     """Resolve ``name`` on ``device_type`` -> (chosen name, block impl, dense fn)."""
     if name not in ATTENTION_CHOICES:
         raise ValueError(
@@ -104,17 +107,17 @@ def select_attention(name: str, device_type: str) -> Tuple[str, str, Optional[Ca
         )
     if name == "auto":
         for cand in AUTO_ORDER.get(device_type, ("sdpa",)):
-            if check_available(cand, device_type)[0]:
+            if check_available(cand, device_type, training)[0]:
                 logger.info("attention=auto picked '%s' on %s (available: %s)", cand, device_type,
-                            ", ".join(available(device_type)))
+                            ", ".join(available(device_type, training)))
                 impl, fn = KERNELS[cand]
                 return cand, impl, fn
         name = "sdpa"
-    ok, why = check_available(name, device_type)
+    ok, why = check_available(name, device_type, training)
     if not ok:
         raise RuntimeError(
-            f"attention '{name}' is not available: {why}. Available here: "
-            f"{', '.join(available(device_type))}. Set backend.attention to one of them or to 'auto'."
+            f"attention '{name}' is not available: {why}. Available here{' for training' if training else ''}: "
+            f"{', '.join(available(device_type, training))}. Set backend.attention to one of them or to 'auto'."
         )
     impl, fn = KERNELS[name]
     return name, impl, fn

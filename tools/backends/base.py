@@ -81,10 +81,11 @@ class Backend:
         torch.manual_seed(seed)
         self._seed_device(seed)
 
-    def attention_kernel(self) -> Tuple[str, Optional[Callable]]:
-        """(block impl, dense fn) for the configured ``attention`` choice (resolved once)."""
+    def attention_kernel(self, training: bool = False) -> Tuple[str, Optional[Callable]]:
+        """(block impl, dense fn) for the configured ``attention`` choice (resolved once).
+        ``training=True`` also requires a backward pass (no FlexAttention on CPU)."""
         if self._attn is None:
-            self._attn = select_attention(self.attention, self.device_type)
+            self._attn = select_attention(self.attention, self.device_type, training)
             logger.info("backend %s: attention '%s' (impl %s)", type(self).__name__, self._attn[0], self._attn[1])
         return self._attn[1], self._attn[2]
 

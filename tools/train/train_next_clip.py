@@ -34,7 +34,7 @@ DEFAULTS: Dict[str, Any] = {
     "model": {"type": "NextClipTransformer"},
     "diffusion": {"type": "RectifiedFlow"},
     "auto_encoder": {"type": "Identity"},
-    "embedder": {"type": "Null"},
+    "embedder": {"type": "NoCondition"},
     "dataset": None,
     "pretrain": None,
     "visual": [],
@@ -173,7 +173,7 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
     autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder").to(device).eval()
     embedder = EMBEDDER.build(cfg.embedder, "embedder").to(device)
     model = MODEL.build(cfg.model, "model")
-    model.set_attention(*backend.attention_kernel())
+    model.set_attention(*backend.attention_kernel(training=True))
     if cfg.pretrain:
         PRETRAIN.build(cfg.pretrain, "pretrain", model=model)
     model.to(device)
@@ -245,6 +245,7 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
                                                     generator=gen, rank_slice=(rank, world))
                 scaler.scale(out["loss"] / accum).backward()
             loss_sum += float(out["loss"].detach()) / accum
+        du.all_reduce_grads(embedder)  # DDP only syncs the model's gradients
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), cfg.grad_clip or float("inf"))
         scaler.step(optimizer)

@@ -1,0 +1,199 @@
+"""Speed / memory benchmark of the next-clip transformer, its KV cache and block-causal attention.
+
+    python benchmarks/bench_next_clip.py [--quick] [--threads N]
+
+Reports (CPU unless a GPU is visible): matmul peak (fp32, bf16 autocast); for the reference
+shape (hidden 256, 4 layers, 4 heads, FFN 1024, 4 latent channels, 16x16 latents, patch 2,
+clips of 4 frames, batch 1) at 16 and 32 frames the median time of a training step (fp32 /
+bf16 autocast) and of one guided denoising step of the last clip with and without KV cache;
+and block-causal attention at a long sequence (flex / blocks / dense mask / plain causal SDPA):
+time and peak memory (each variant in a subprocess; CPU peak = max RSS growth).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: make `tools` importable
+    sys.path.insert(0, str(ROOT))
+
+from tools.models.block_causal import BlockCausalLayout, block_causal_attention  # noqa: E402
+from tools.models.next_clip_transformer import NextClipTransformer  # noqa: E402
+
+
+def median_time(fn, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def matmul_peak(n: int, reps: int) -> dict:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = {}
+    for name, bf16 in (("fp32", False), ("bf16", True)):
+        with autocast(bf16):
+            t = median_time(lambda: a @ b, reps)
+        out[name] = 2 * n ** 3 / t / 1e9
+    return out
+
+
+def model_bench(frames: int, reps: int) -> dict:
+    torch.manual_seed(0)
+    model = NextClipTransformer(in_channels=4, patch_size=2, hidden=256, depth=4, heads=4, ffn=1024)
+    with torch.no_grad():  # non-zero gates / output layer, as after some training
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    G, H = 4, 16
+    K = frames // G
+    x1, eps = torch.randn(1, 4, frames, H, H), torch.randn(1, 4, frames, H, H)
+    clip_lens = torch.full((1, K), G)
+    t = torch.rand(1, K)
+    tf = t.repeat_interleave(G, 1)[:, None, :, None, None]
+    xn = tf * x1 + (1 - tf) * eps
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    res = {"params": sum(p.numel() for p in model.parameters()),
+           "tokens": 64 * (2 * frames - G)}
+
+    def train_step(bf16):
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with autocast(bf16):
+            loss = F.mse_loss(model(xn, x1, clip_lens, t).float(), x1)
+        loss.backward()
+        opt.step()
+
+    res["train_fp32_s"] = median_time(lambda: train_step(False), reps)
+    res["train_bf16_s"] = median_time(lambda: train_step(True), reps)
+    model.eval()
+    hist, z = x1[:, :, :-G], eps[:, :, -G:]
+    Fh = frames - G
+    tt = torch.full((1,), 0.5)
+    hist_lens = [G] * (K - 1)
+
+    @torch.no_grad()
+    def step_nocache():  # full forward on [history, clip] + the no-history branch (CFG 1.5)
+        t_all = torch.cat([torch.ones(1, K - 1), tt[:, None]], 1)
+        full = model(torch.cat([hist, z], 2), torch.cat([hist, torch.zeros_like(z)], 2), clip_lens, t_all)[:, :, Fh:]
+        nohist = model(z, torch.zeros_like(z), torch.full((1, 1), G), tt[:, None])
+        return full + 0.5 * (full - nohist)
+
+    with torch.no_grad():
+        cache = model.encode_history(hist, 0, clip_lens=hist_lens)
+
+    @torch.no_grad()
+    def step_cache():
+        full = model.denoise(z, tt, cache=cache, frame_offset=Fh)
+        return full + 0.5 * (full - model.denoise(z, tt))
+
+    res["denoise_step_nocache_s"] = median_time(step_nocache, reps)
+    res["denoise_step_kvcache_s"] = median_time(step_cache, reps)
+    with torch.no_grad():
+        res["encode_history_s"] = median_time(lambda: model.encode_history(hist, 0, clip_lens=hist_lens), reps)
+    return res
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak_rss_kb() -> int:
+    """Reset the kernel's peak-RSS mark (Linux) and return the current RSS in kB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_kb("VmRSS")
+    except OSError:  # not Linux: fall back to the lifetime peak
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _peak_rss_kb() -> int:
+    return _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def attention_worker(variant: str, frames: int, reps: int) -> dict:
+    """One attention variant at a long sequence; run in its own process for a clean peak RSS."""
+    torch.manual_seed(0)
+    N, G, Hh, D = 64, 4, 4, 64
+    clip_lens = torch.full((1, frames // G), G)
+    lay = BlockCausalLayout(clip_lens, N)
+    q, k, v = (torch.randn(1, Hh, lay.L, D) for _ in range(3))
+    base = _reset_peak_rss_kb()
+    if variant == "causal_sdpa":
+        fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+    else:
+        impl = {"flex": "flex", "blocks": "blocks", "dense_mask": "math"}[variant]
+
+        def fn():
+            lay._meta = None  # rebuild per call (once per forward in the model)
+            return block_causal_attention(q, k, v, lay, impl)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        fn()
+        first = time.perf_counter() - t0
+        peak_mb = (_peak_rss_kb() - base) / 1024
+        t = median_time(fn, reps, warmup=0)
+    return {"variant": variant, "tokens": lay.L, "time_s": t, "first_call_s": first, "peak_rss_growth_mb": peak_mb}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes and few repetitions")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--attention-worker", nargs=2, metavar=("VARIANT", "FRAMES"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reps = 3 if args.quick else 10
+    if args.attention_worker:
+        print(json.dumps(attention_worker(args.attention_worker[0], int(args.attention_worker[1]), reps)))
+        return 0
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    peak = matmul_peak(512 if args.quick else 2048, reps)
+    print(f"matmul peak: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 autocast {peak['bf16']:.1f} GFLOP/s")
+    for frames in (16, 32):
+        r = model_bench(frames, reps)
+        print(f"[{frames} frames, {r['tokens']} tokens, {r['params'] / 1e6:.2f}M params] "
+              f"train step fp32 {r['train_fp32_s'] * 1e3:.0f} ms, bf16 {r['train_bf16_s'] * 1e3:.0f} ms | "
+              f"guided denoise step (last clip): no cache {r['denoise_step_nocache_s'] * 1e3:.1f} ms, "
+              f"KV cache {r['denoise_step_kvcache_s'] * 1e3:.1f} ms (+ encode_history "
+              f"{r['encode_history_s'] * 1e3:.1f} ms once per clip)")
+    frames = 32 if args.quick else 128  # 128 frames -> 16128 tokens
+    for variant in ("blocks", "flex", "dense_mask", "causal_sdpa"):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--attention-worker", variant, str(frames)]
+        if args.quick:
+            cmd.insert(2, "--quick")
+        if args.threads:
+            cmd[2:2] = ["--threads", str(args.threads)]
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if p.returncode:
+            print(f"attention {variant}: failed: {p.stderr.strip().splitlines()[-1:]}")
+            continue
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        print(f"attention {variant:11s} {r['tokens']} tokens: {r['time_s'] * 1e3:8.1f} ms "
+              f"(first call {r['first_call_s']:.2f} s), peak RSS growth {r['peak_rss_growth_mb']:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Procedural bouncing-ball videos: an offline dataset for smoke tests, demos and
+class-conditional experiments (no files, no downloads)."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from utils.registry import DATASETS
+
+PALETTE = [(230, 60, 60), (60, 200, 90), (70, 120, 240), (240, 200, 50), (200, 80, 220),
+           (60, 210, 220), (250, 140, 40), (240, 240, 240)]
+
+
+def _range(name, v, cast=float, lo=None):
+    """int/float or [min, max] -> (min, max), validated."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = (v, v)
+    if not (isinstance(v, (list, tuple)) and len(v) == 2):
+        raise ValueError(f"{name}={v!r} must be a number or [min, max].")
+    a, b = cast(v[0]), cast(v[1])
+    if a > b or (lo is not None and a < lo):
+        raise ValueError(f"{name}={list(v)} must satisfy {'' if lo is None else f'{lo} <= '}min <= max.")
+    return a, b
+
+
+def _rgb(name, c):
+    if not (isinstance(c, (list, tuple)) and len(c) == 3 and all(0 <= float(x) <= 255 for x in c)):
+        raise ValueError(f"{name}={c!r} must be an RGB triple with values in 0..255, e.g. [255, 0, 0].")
+    return tuple(float(x) for x in c)
+
+
+@DATASETS.register_class()
+class SyntheticPhysics(Dataset):
+    """Bouncing balls with elastic wall/ball collisions and optional gravity (procedural, seeded).
+
+    Units: lengths are fractions of the shorter image side (``radius``), speeds are in
+    fractions of the shorter side per frame, ``gravity`` in fractions per frame^2
+    (pointing down the image). Item ``i`` is fully determined by ``(seed, i)``.
+    Items: ``dict(video=(3, T, H, W) float32 in [-1, 1], caption="3 balls",
+    label=int (only with label_mode), meta=dict(seed, index, num_balls))``.
+    ``label_mode='num_balls'`` gives ``label = num_balls - min_balls`` (classes 0..max-min).
+    """
+
+    def __init__(self, num_balls: Union[int, Sequence[int]] = (1, 3),
+                 radius: Union[float, Sequence[float]] = (0.08, 0.15),
+                 speed: Union[float, Sequence[float]] = (0.02, 0.06), gravity: float = 0.0,
+                 mass: str = "area", colors: Optional[Sequence[Sequence[int]]] = None,
+                 background: Sequence[int] = (16, 16, 24), resolution: Union[int, Sequence[int]] = 32,
+                 num_frames: int = 16, substeps: int = 4, seed: int = 0, length: int = 10000,
+                 label_mode: Optional[str] = None):
+        self.num_balls = _range("num_balls", num_balls, int, lo=1)
+        self.radius = _range("radius", radius, float, lo=1e-3)
+        if self.radius[1] >= 0.5:
+            raise ValueError(f"radius={list(self.radius)} is a fraction of the shorter side and must be < 0.5.")
+        self.speed = _range("speed", speed, float, lo=0.0)
+        if mass not in ("area", "equal"):
+            raise ValueError(f"mass={mass!r} must be 'area' (mass ~ radius^2) or 'equal'.")
+        self.mass = mass
+        self.gravity = float(gravity)
+        if colors is not None and (not isinstance(colors, (list, tuple)) or not colors):
+            raise ValueError(f"colors={colors!r} must be a non-empty list of RGB triples or null (palette).")
+        self.colors = np.array([_rgb("colors[]", c) for c in (colors or PALETTE)], dtype=np.float32)
+        self.background = np.array(_rgb("background", background), dtype=np.float32)
+        if isinstance(resolution, int) and not isinstance(resolution, bool):
+            resolution = (resolution, resolution)
+        if not (isinstance(resolution, (list, tuple)) and len(resolution) == 2 and all(int(r) >= 4 for r in resolution)):
+            raise ValueError(f"resolution={resolution!r} must be an int or [H, W], each >= 4.")
+        self.height, self.width = int(resolution[0]), int(resolution[1])
+        for name, v in (("num_frames", num_frames), ("substeps", substeps), ("length", length)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r} must be a positive int.")
+        self.num_frames, self.substeps, self.length, self.seed = num_frames, substeps, length, int(seed)
+        if label_mode not in (None, "num_balls"):
+            raise ValueError(f"label_mode={label_mode!r} must be 'num_balls' or null (no label).")
+        self.label_mode = label_mode
+        self.num_classes = self.num_balls[1] - self.num_balls[0] + 1 if label_mode else 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    # ------------------------------------------------------------------ simulation
+    def _init_state(self, rng):
+        H, W = self.height, self.width
+        side = min(H, W)
+        n = int(rng.integers(self.num_balls[0], self.num_balls[1] + 1))
+        r = rng.uniform(*self.radius, size=n) * side
+        pos = np.zeros((n, 2))  # (x, y) in pixels
+        for i in range(n):
+            for _ in range(200):
+                p = np.array([rng.uniform(r[i], W - r[i]), rng.uniform(r[i], H - r[i])])
+                if i == 0 or (np.linalg.norm(pos[:i] - p, axis=1) >= r[:i] + r[i]).all():
+                    break
+            else:
+                raise ValueError(f"could not place {n} balls of radius {self.radius} in a {H}x{W} frame; "
+                                 f"use fewer balls (num_balls) or smaller radius.")
+            pos[i] = p
+        ang = rng.uniform(0, 2 * np.pi, size=n)
+        spd = rng.uniform(*self.speed, size=n) * side
+        vel = np.stack([np.cos(ang), np.sin(ang)], 1) * spd[:, None]
+        m = r ** 2 if self.mass == "area" else np.ones(n)
+        return pos, vel, r, m
+
+    def simulate(self, index: int):
+        """Returns ``(pos (T, n, 2) pixels (x, y), vel (T, n, 2) pixels/frame, radius (n,), mass (n,), rng)``."""
+        rng = np.random.default_rng([self.seed, int(index)])
+        pos, vel, r, m = self._init_state(rng)
+        H, W = self.height, self.width
+        dt = 1.0 / self.substeps
+        g = np.array([0.0, self.gravity * min(H, W)])
+        P, V = [pos.copy()], [vel.copy()]
+        iu, ju = np.triu_indices(len(r), 1)
+        for _ in range(self.num_frames - 1):
+            for _ in range(self.substeps):
+                vel = vel + g * dt
+                pos = pos + vel * dt
+                _collide_walls(pos, vel, r, W, H)
+                for _ in range(4):  # contacts and wall clamping may push balls into each other
+                    touching = _collide_balls(pos, vel, r, m, iu, ju)
+                    np.clip(pos, r[:, None], np.array([W, H]) - r[:, None], out=pos)
+                    if not touching:
+                        break
+            P.append(pos.copy())
+            V.append(vel.copy())
+        return np.stack(P), np.stack(V), r, m, rng
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, pos: np.ndarray, r: np.ndarray, colors: np.ndarray) -> np.ndarray:
+        """Anti-aliased discs (1-pixel linear edge) over the background -> (T, H, W, 3) float in [0, 255]."""
+        T = pos.shape[0]
+        ys = np.arange(self.height, dtype=np.float32) + 0.5
+        xs = np.arange(self.width, dtype=np.float32) + 0.5
+        img = np.broadcast_to(self.background, (T, self.height, self.width, 3)).copy()
+        for i in range(len(r)):
+            dx = xs[None, None, :] - pos[:, i, 0, None, None].astype(np.float32)
+            dy = ys[None, :, None] - pos[:, i, 1, None, None].astype(np.float32)
+            a = np.clip(r[i] + 0.5 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)[..., None]  # (T, H, W, 1)
+            img = img * (1 - a) + colors[i] * a
+        return img
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for SyntheticPhysics of length {self.length}.")
+        pos, _, r, _, rng = self.simulate(index)
+        n = len(r)
+        pick = rng.permutation(len(self.colors))
+        cols = self.colors[pick[np.arange(n) % len(pick)]]
+        img = self.render(pos, r, cols)  # (T, H, W, 3)
+        video = torch.from_numpy(np.ascontiguousarray((img.transpose(3, 0, 1, 2) / 127.5 - 1.0).astype(np.float32)))
+        item = {"video": video, "caption": f"{n} ball" + ("s" if n != 1 else ""),
+                "meta": {"seed": self.seed, "index": int(index), "num_balls": n}}
+        if self.label_mode == "num_balls":
+            item["label"] = n - self.num_balls[0]
+        return item
+
+    # ------------------------------------------------------------------ export
+    def write_videos(self, out_dir: str, count: int, fps: int = 8, context_frames: Optional[int] = None,
+                     start_index: int = 0, list_name: str = "test_list.txt", crf: int = 12) -> str:
+        """Write items ``start_index .. start_index+count-1`` as mp4 plus a test list.
+
+        Each line of ``<out_dir>/<list_name>`` is ``path|||caption`` (path absolute).
+        ``context_frames=None`` writes whole videos; an int writes only the first
+        ``context_frames`` frames (the context an inference run continues from) and the
+        whole video under ``<out_dir>/gt/`` for comparison. Frame sizes are kept exact:
+        libx264 yuv420p for even sizes, yuv444p when H or W is odd (4:2:0 needs even sizes).
+        All files are written to a temporary name and moved into place (os.replace).
+        Returns the list file path.
+        """
+        import imageio  # lazy: only needed for export
+
+        if context_frames is not None and not 1 <= int(context_frames) <= self.num_frames:
+            raise ValueError(f"context_frames={context_frames} must be in 1..num_frames={self.num_frames} or null.")
+        os.makedirs(out_dir, exist_ok=True)
+        pix = "yuv420p" if self.height % 2 == 0 and self.width % 2 == 0 else "yuv444p"
+        lines = []
+        for i in range(start_index, start_index + count):
+            item = self[i]
+            frames = to_uint8_frames(item["video"])
+            name = f"physics_{self.seed}_{i:06d}.mp4"
+            if context_frames is not None:
+                os.makedirs(os.path.join(out_dir, "gt"), exist_ok=True)
+                _write_mp4(imageio, os.path.join(out_dir, "gt", name), frames, fps, pix, crf)
+                frames = frames[:context_frames]
+            path = os.path.abspath(os.path.join(out_dir, name))
+            _write_mp4(imageio, path, frames, fps, pix, crf)
+            lines.append(f"{path}|||{item['caption']}")
+        list_path = os.path.join(out_dir, list_name)
+        tmp = list_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, list_path)
+        return list_path
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """(3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
+    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+
+
+def _write_mp4(imageio, path, frames, fps, pix, crf):
+    tmp = path[:-4] + ".tmp.mp4"
+    w = imageio.get_writer(tmp, fps=fps, codec="libx264", pixelformat=pix, macro_block_size=1,
+                           output_params=["-crf", str(crf)], ffmpeg_log_level="error")
+    try:
+        for fr in frames:
+            w.append_data(fr)
+    finally:
+        w.close()
+    os.replace(tmp, path)
+
+
+def _collide_walls(pos, vel, r, W, H):
+    """Reflect positions and velocities at the walls (in place); elastic."""
+    for d, size in ((0, W), (1, H)):
+        lo = pos[:, d] < r
+        pos[lo, d] = 2 * r[lo] - pos[lo, d]
+        vel[lo, d] = np.abs(vel[lo, d])
+        hi = pos[:, d] > size - r
+        pos[hi, d] = 2 * (size - r[hi]) - pos[hi, d]
+        vel[hi, d] = -np.abs(vel[hi, d])
+
+
+def _collide_balls(pos, vel, r, m, iu, ju, passes: int = 3) -> bool:
+    """Elastic ball-ball collisions (in place).
+
+    Overlapping pairs that approach each other exchange the impulse
+    ``J = 2 m_i m_j / (m_i + m_j) * (v_i - v_j).n`` along the contact normal n (momentum and
+    kinetic energy conserved); overlaps are then removed by moving both balls apart along n
+    in proportion to their inverse masses (positions only, so energy is unaffected).
+    Returns whether any pair was in contact.
+    """
+    touching = False
+    if len(iu) == 0:
+        return touching
+    for _ in range(passes):
+        d = pos[ju] - pos[iu]
+        dist = np.sqrt((d * d).sum(1))
+        hit = np.nonzero(dist < r[iu] + r[ju])[0]
+        if len(hit) == 0:
+            return touching
+        touching = True
+        for k in hit:  # few contacts per sub-step: resolve them one after another
+            i, j = iu[k], ju[k]
+            n = pos[j] - pos[i]
+            dn = float(np.sqrt(n @ n))
+            n = n / dn if dn > 1e-9 else np.array([1.0, 0.0])
+            approach = float((vel[i] - vel[j]) @ n)
+            if approach > 0:
+                J = 2.0 * approach * m[i] * m[j] / (m[i] + m[j])
+                vel[i] -= J / m[i] * n
+                vel[j] += J / m[j] * n
+            overlap = r[i] + r[j] - dn
+            if overlap > 0:
+                wi, wj = 1 / m[i], 1 / m[j]
+                pos[i] -= n * overlap * wi / (wi + wj)
+                pos[j] += n * overlap * wj / (wi + wj)
+    return touching

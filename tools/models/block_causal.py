@@ -1,0 +1,319 @@
+"""Block-causal attention of next-clip diffusion, without a dense L x L mask.
+
+Token order of one sample (see docs/design.md)::
+
+    [M cond][clean clips 1..K-1][noisy clips 1..K][padding]
+
+Visibility (query -> key):
+- cond  -> cond only;
+- every real (non-padding) token -> all cond tokens;
+- noisy clip k -> its own noisy tokens + clean clips < k (never other noisy clips,
+  never its own clean copy);
+- clean clip k -> clean clips <= k; with ``frame_causal_clean`` clean frame f -> clean
+  frames <= f only;
+- clean never sees noisy; padding queries see only themselves; nobody sees padding.
+
+Because of the token order, every real query segment attends to one *contiguous prefix*
+``[0, end)`` of cond + clean tokens, plus (noisy only) its own block.  Three
+implementations share :class:`BlockCausalLayout`:
+
+- ``"flex"``: compiled FlexAttention with a BlockMask built from per-token metadata;
+- ``"blocks"``: per-segment calls of an unmasked ``dense_fn(q, k, v)``;
+- ``"math"``: dense boolean mask + SDPA, the test reference only.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+COND, CLEAN, NOISY, PAD = 0, 1, 2, 3
+FLEX_BLOCK = 128
+IMPLS = ("flex", "blocks", "math")
+
+_FLEX_FN = None  # compiled flex_attention, built once per process
+_CBM_FN = None  # compiled create_block_mask
+_BLOCK_MASK_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
+_BLOCK_MASK_CACHE_SIZE = 16
+
+
+def sdpa_dense(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Default ``dense_fn``: unmasked scaled-dot-product attention, scale 1/sqrt(D)."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+class BlockCausalLayout:
+    """What every implementation needs to know about one batch's clip structure.
+
+    Args:
+        clip_lens: (B, K) frame counts per clip, zeros for absent clips (zeros only at the end).
+        tokens_per_frame: N, tokens of one frame.
+        num_cond: M, condition tokens at the front of every sample.
+        frame_causal_clean: clean frame f sees clean frames <= f only.
+        total_len: sequence length L (>= the longest sample); default: the longest sample.
+    """
+
+    def __init__(self, clip_lens, tokens_per_frame: int, num_cond: int = 0,
+                 frame_causal_clean: bool = False, total_len: Optional[int] = None):
+        if not torch.is_tensor(clip_lens):
+            clip_lens = torch.as_tensor(clip_lens, dtype=torch.long)
+        assert clip_lens.dim() == 2, f"clip_lens must be (B, K), got shape {tuple(clip_lens.shape)}"
+        self.device = clip_lens.device
+        self.N = int(tokens_per_frame)
+        self.M = int(num_cond)
+        self.frame_causal_clean = bool(frame_causal_clean)
+        rows = clip_lens.detach().cpu().tolist()
+        self.clips: List[Tuple[int, ...]] = []
+        for b, row in enumerate(rows):
+            nz = [int(g) for g in row if g > 0]
+            assert nz, f"sample {b} has no clip (clip_lens row {row}); every sample needs >= 1 frame"
+            assert all(g > 0 for g in row[: len(nz)]), f"zeros must come after the clips, got {row}"
+            self.clips.append(tuple(nz))
+        self.B = len(self.clips)
+        self.seq_lens = [self.sample_len(c) for c in self.clips]
+        longest = max(self.seq_lens)
+        self.L = longest if total_len is None else int(total_len)
+        assert self.L >= longest, f"total_len={total_len} is shorter than the longest sample ({longest})"
+        self._meta = None
+
+    # ------------------------------------------------------------------ geometry
+    def sample_len(self, clips: Sequence[int]) -> int:
+        frames = sum(clips)
+        return self.M + (frames - clips[-1]) * self.N + frames * self.N
+
+    def noisy_start(self, clips: Sequence[int]) -> int:
+        return self.M + (sum(clips) - clips[-1]) * self.N
+
+    def key(self) -> tuple:
+        return (tuple(self.clips), self.N, self.M, self.frame_causal_clean, self.L, str(self.device))
+
+    def groups(self) -> Dict[Tuple[int, ...], List[int]]:
+        """Samples with identical clip structure, computed together by the 'blocks' impl."""
+        out: Dict[Tuple[int, ...], List[int]] = {}
+        for b, c in enumerate(self.clips):
+            out.setdefault(c, []).append(b)
+        return out
+
+    def segments(self, clips: Sequence[int]) -> List[Tuple[int, int, int, int, int]]:
+        """(q_start, q_end, prefix_end, own_start, own_end) for every real query segment.
+
+        The segment attends to keys [0, prefix_end) and [own_start, own_end) (empty own
+        range for cond / clean segments, whose visible keys are a single prefix).
+        """
+        N, M = self.N, self.M
+        segs = []
+        if M:
+            segs.append((0, M, M, 0, 0))
+        starts = [0]
+        for g in clips:
+            starts.append(starts[-1] + g)
+        for k, g in enumerate(clips[:-1]):  # clean clips
+            s = M + starts[k] * N
+            if self.frame_causal_clean:
+                for f in range(g):
+                    a = s + f * N
+                    segs.append((a, a + N, a + N, 0, 0))
+            else:
+                segs.append((s, s + g * N, s + g * N, 0, 0))
+        S = self.noisy_start(clips)
+        for k, g in enumerate(clips):  # noisy clips
+            a = S + starts[k] * N
+            segs.append((a, a + g * N, M + starts[k] * N, a, a + g * N))
+        return segs
+
+    # ------------------------------------------------------------------ metadata
+    def meta(self) -> Dict[str, Tensor]:
+        """Per-token (B, Lpad) LongTensors: kind, clip, frame, lim, patch (Lpad = L rounded up to 128).
+
+        ``frame``: frame index within the sample (-1 for cond / padding); ``lim``: a query
+        sees clean keys whose frame < lim; ``patch``: index within the frame (cond: its index).
+        """
+        if self._meta is not None:
+            return self._meta
+        Lp = -(-self.L // FLEX_BLOCK) * FLEX_BLOCK
+        B, N, M = self.B, self.N, self.M
+        kind = torch.full((B, Lp), PAD, dtype=torch.long)
+        clip = torch.full((B, Lp), -2, dtype=torch.long)
+        frame = torch.full((B, Lp), -1, dtype=torch.long)
+        lim = torch.full((B, Lp), -1, dtype=torch.long)
+        patch = torch.zeros((B, Lp), dtype=torch.long)
+        for b, clips in enumerate(self.clips):
+            lens = torch.tensor(clips, dtype=torch.long)
+            nf = int(lens.sum())
+            start = torch.cumsum(lens, 0) - lens
+            clip_of = torch.repeat_interleave(torch.arange(len(clips)), lens)  # (F,)
+            fr = torch.arange(nf)
+            kind[b, :M] = COND
+            clip[b, :M] = -1
+            patch[b, :M] = torch.arange(M)
+            nc = nf - clips[-1]
+            if nc:
+                sl = slice(M, M + nc * N)
+                kind[b, sl] = CLEAN
+                clip[b, sl] = clip_of[:nc].repeat_interleave(N)
+                frame[b, sl] = fr[:nc].repeat_interleave(N)
+                end = (start + lens)[clip_of[:nc]]
+                lim[b, sl] = (fr[:nc] + 1 if self.frame_causal_clean else end).repeat_interleave(N)
+                patch[b, sl] = torch.arange(N).repeat(nc)
+            S = M + nc * N
+            sl = slice(S, S + nf * N)
+            kind[b, sl] = NOISY
+            clip[b, sl] = clip_of.repeat_interleave(N)
+            frame[b, sl] = fr.repeat_interleave(N)
+            lim[b, sl] = start[clip_of].repeat_interleave(N)
+            patch[b, sl] = torch.arange(N).repeat(nf)
+        self._meta = {k: v.to(self.device) for k, v in
+                      dict(kind=kind, clip=clip, frame=frame, lim=lim, patch=patch).items()}
+        return self._meta
+
+    def dense_mask(self) -> Tensor:
+        """(B, L, L) boolean mask, True = may attend. Test reference only (O(L^2) memory)."""
+        m = self.meta()
+        kind, clip, frame, lim = (m[k][:, : self.L] for k in ("kind", "clip", "frame", "lim"))
+        return _visible(kind[:, :, None], kind[:, None, :], clip[:, :, None], clip[:, None, :],
+                        frame[:, None, :], lim[:, :, None],
+                        torch.arange(self.L, device=kind.device)[:, None],
+                        torch.arange(self.L, device=kind.device)[None, :])
+
+    def block_mask(self):
+        """FlexAttention BlockMask for this layout (cached by layout across calls)."""
+        key = self.key()
+        bm = _BLOCK_MASK_CACHE.get(key)
+        if bm is not None:
+            _BLOCK_MASK_CACHE.move_to_end(key)
+            return bm
+        m = self.meta()
+        kind, clip, frame, lim = m["kind"], m["clip"], m["frame"], m["lim"]
+
+        def mask_mod(b, h, q, kv):
+            return _visible(kind[b, q], kind[b, kv], clip[b, q], clip[b, kv], frame[b, kv], lim[b, q], q, kv)
+
+        bm = _compiled_create_block_mask()(mask_mod, self.B, None, self.L, self.L, device=self.device)
+        _BLOCK_MASK_CACHE[key] = bm
+        while len(_BLOCK_MASK_CACHE) > _BLOCK_MASK_CACHE_SIZE:
+            _BLOCK_MASK_CACHE.popitem(last=False)
+        return bm
+
+
+def _visible(kq, kk, cq, ck, fk, limq, q, kv):
+    """The visibility rule on broadcastable per-token metadata (shared by math and flex)."""
+    real_q = kq != PAD
+    cond_k = (kk == COND) & real_q
+    clean_k = (kk == CLEAN) & (fk < limq)
+    noisy_k = (kk == NOISY) & (kq == NOISY) & (ck == cq)
+    return (q == kv) | cond_k | clean_k | noisy_k
+
+
+def interleaved_dense_mask(clips: Sequence[int], tokens_per_frame: int, num_cond: int = 0,
+                           frame_causal_clean: bool = False) -> Tuple[Tensor, Tensor]:
+    """The paper's order ``[cond] noisy(c1) clean(c1) noisy(c2) ... noisy(cK)`` written out
+    rule by rule, independently of :class:`BlockCausalLayout` (for the equivalence test).
+
+    Returns (mask (L, L) bool, perm (L,)) where ``perm[i]`` is the interleaved index of the
+    token at position i of our order, so ``mask[perm][:, perm]`` is the mask in our order.
+    """
+    N, M = tokens_per_frame, num_cond
+    tokens = [("cond", -1, -1)] * M  # (kind, clip, frame)
+    f0 = 0
+    for k, g in enumerate(clips):
+        tokens += [("noisy", k, f0 + f) for f in range(g) for _ in range(N)]
+        if k < len(clips) - 1:
+            tokens += [("clean", k, f0 + f) for f in range(g) for _ in range(N)]
+        f0 += g
+    L = len(tokens)
+    mask = torch.zeros(L, L, dtype=torch.bool)
+    for i, (ki, ci, fi) in enumerate(tokens):
+        for j, (kj, cj, fj) in enumerate(tokens):
+            if kj == "cond":
+                ok = True
+            elif ki == "cond":
+                ok = False
+            elif ki == "noisy":
+                ok = (kj == "noisy" and cj == ci) or (kj == "clean" and cj < ci)
+            else:  # clean query
+                ok = kj == "clean" and (fj <= fi if frame_causal_clean else cj <= ci)
+            mask[i, j] = ok
+    ours = ([i for i, t in enumerate(tokens) if t[0] == "cond"]
+            + [i for i, t in enumerate(tokens) if t[0] == "clean"]
+            + [i for i, t in enumerate(tokens) if t[0] == "noisy"])
+    return mask, torch.tensor(ours)
+
+
+# ---------------------------------------------------------------------- implementations
+def _attention_math(q, k, v, layout: BlockCausalLayout) -> Tensor:
+    mask = layout.dense_mask()[:, None]  # (B, 1, L, L)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _compiled_flex():
+    global _FLEX_FN
+    if _FLEX_FN is None:
+        from torch.nn.attention.flex_attention import flex_attention
+        _FLEX_FN = torch.compile(flex_attention, dynamic=False)
+    return _FLEX_FN
+
+
+def _compiled_create_block_mask():
+    """Compiled so the mask is evaluated block-wise instead of as an L x L int tensor."""
+    global _CBM_FN
+    if _CBM_FN is None:
+        from torch.nn.attention.flex_attention import create_block_mask
+        _CBM_FN = torch.compile(create_block_mask)
+    return _CBM_FN
+
+
+def _attention_flex(q, k, v, layout: BlockCausalLayout) -> Tensor:
+    return _compiled_flex()(q, k, v, block_mask=layout.block_mask())
+
+
+def _attention_blocks(q, k, v, layout: BlockCausalLayout, dense_fn: Callable) -> Tensor:
+    out = v.clone()  # padding queries attend only to themselves -> their own value
+    for clips, idx in layout.groups().items():
+        sel = torch.tensor(idx, device=q.device) if len(idx) < layout.B else None
+        qb, kb, vb = (x if sel is None else x.index_select(0, sel) for x in (q, k, v))
+        ob = torch.empty_like(qb[:, :, : layout.sample_len(clips)])
+        for qs, qe, pe, os_, oe in layout.segments(clips):
+            if oe > os_:
+                kk = torch.cat([kb[:, :, :pe], kb[:, :, os_:oe]], dim=2)
+                vv = torch.cat([vb[:, :, :pe], vb[:, :, os_:oe]], dim=2)
+            else:
+                kk, vv = kb[:, :, :pe], vb[:, :, :pe]
+            ob[:, :, qs:qe] = dense_fn(qb[:, :, qs:qe], kk, vv)
+        n = ob.shape[2]
+        if sel is None:
+            out[:, :, :n] = ob
+        else:
+            out[sel, :, :n] = ob
+    return out
+
+
+def block_causal_attention(q: Tensor, k: Tensor, v: Tensor, layout: BlockCausalLayout,
+                           impl: str = "blocks", dense_fn: Optional[Callable] = None) -> Tensor:
+    """Block-causal attention. q, k, v: (B, H, L, D) in the layout's token order -> (B, H, L, D)."""
+    assert q.shape[2] == layout.L, f"sequence length {q.shape[2]} != layout length {layout.L}"
+    if impl == "blocks":
+        return _attention_blocks(q, k, v, layout, dense_fn or sdpa_dense)
+    if impl == "flex":
+        return _attention_flex(q, k, v, layout)
+    if impl == "math":
+        return _attention_math(q, k, v, layout)
+    raise ValueError(f"attention impl {impl!r} is unknown; use one of {IMPLS}")
+
+
+def prefix_attention(q: Tensor, k: Tensor, v: Tensor, segments: Sequence[Tuple[int, int, int]],
+                     dense_fn: Optional[Callable] = None) -> Tensor:
+    """Attention where query rows [qs, qe) see keys [0, ke) (prefix-causal by segment).
+
+    Used to encode clean history (cond + clean clips, optionally after a cached prefix
+    of length ``k.shape[2] - q.shape[2]``; segment indices are in the query's frame and
+    ``ke`` in the key's frame). Rows not covered by a segment are returned as v.
+    """
+    dense_fn = dense_fn or sdpa_dense
+    off = k.shape[2] - q.shape[2]
+    out = v[:, :, off:].clone()
+    for qs, qe, ke in segments:
+        out[:, :, qs:qe] = dense_fn(q[:, :, qs:qe], k[:, :, :ke], v[:, :, :ke])
+    return out

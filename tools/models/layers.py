@@ -1,0 +1,141 @@
+"""Building blocks of the next-clip transformer: norms, RoPE, time embedding, KV cache."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def make_norm(kind: str, dim: int, affine: bool = True) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, elementwise_affine=affine, eps=1e-6)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, elementwise_affine=affine, eps=1e-6)
+    raise ValueError(f"norm={kind!r} is unknown; use 'layernorm' or 'rmsnorm'")
+
+
+class Mlp(nn.Module):
+    """GELU MLP or SwiGLU (``ffn`` is the hidden width of both)."""
+
+    def __init__(self, dim: int, ffn: int, kind: str = "gelu"):
+        super().__init__()
+        if kind not in ("gelu", "swiglu"):
+            raise ValueError(f"mlp={kind!r} is unknown; use 'gelu' or 'swiglu'")
+        self.kind = kind
+        self.fc1 = nn.Linear(dim, ffn * (2 if kind == "swiglu" else 1))
+        self.fc2 = nn.Linear(ffn, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc1(x)
+        if self.kind == "swiglu":
+            a, g = h.chunk(2, dim=-1)
+            h = F.silu(g) * a
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.fc2(h)
+
+
+class TimeEmbed(nn.Module):
+    """Sinusoidal features of t in [0, 1] (scaled by 1000) -> MLP -> (..., dim)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        ang = t.float()[..., None] * 1000.0 * freqs
+        return self.mlp(torch.cat([ang.cos(), ang.sin()], dim=-1).to(self.mlp[0].weight.dtype))
+
+
+class Rope(nn.Module):
+    """Rotary position embedding. '1d': position = frame * N + patch; '3d': the head dim is
+    split into (t, h, w) parts rotated by frame, patch row and patch column.
+
+    ``angles(frame, patch, tokens_per_frame, grid_w, valid)`` -> (B, L, D/2); tokens with ``valid`` False
+    (condition tokens, padding) get angle 0, i.e. no rotation, in every path.
+    """
+
+    def __init__(self, head_dim: int, mode: str = "1d", theta: float = 10000.0):
+        super().__init__()
+        assert head_dim % 2 == 0, f"head dim {head_dim} must be even for RoPE"
+        if mode not in ("1d", "3d"):
+            raise ValueError(f"rope={mode!r} is unknown; use '1d' or '3d'")
+        self.mode = mode
+        half = head_dim // 2
+        if mode == "1d":
+            parts = [half]
+        else:
+            hw = half // 3
+            parts = [half - 2 * hw, hw, hw]
+            assert min(parts) > 0, f"head dim {head_dim} is too small for 3d RoPE"
+        self.parts = parts
+        for i, n in enumerate(parts):
+            self.register_buffer(f"freq{i}", theta ** (-torch.arange(n, dtype=torch.float32) / n), persistent=False)
+
+    def angles(self, frame: Tensor, patch: Tensor, tokens_per_frame: int, grid_w: int, valid: Tensor) -> Tensor:
+        frame, patch = frame.clamp(min=0).float(), patch.clamp(min=0)
+        if self.mode == "1d":
+            pos = [frame * tokens_per_frame + patch.float()]
+        else:
+            pos = [frame, (patch // grid_w).float(), (patch % grid_w).float()]
+        ang = torch.cat([p[..., None] * getattr(self, f"freq{i}") for i, p in enumerate(pos)], dim=-1)
+        return ang * valid[..., None]
+
+    @staticmethod
+    def apply(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """x (B, H, L, D); cos/sin (B, 1, L, D/2); rotate-half convention, computed in fp32."""
+        x1, x2 = x.float().chunk(2, dim=-1)
+        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        return out.to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys/values of [cond tokens][clean history tokens] (after qk-norm and RoPE).
+
+    ``k[i]``/``v[i]``: (B, H, num_cond + num_frames * tokens_per_frame, D) of layer i.
+    ``frame_offset``: position (frame index) of the first cached history frame.
+    ``clip_lens``: clip structure of the cached history (oldest first).
+    """
+    k: List[Tensor]
+    v: List[Tensor]
+    num_cond: int
+    tokens_per_frame: int
+    frame_offset: int = 0
+    clip_lens: List[int] = field(default_factory=list)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(self.clip_lens)
+
+    @property
+    def end_frame(self) -> int:
+        """Position of the frame right after the cached history."""
+        return self.frame_offset + self.num_frames
+
+    def drop_frames(self, n: int) -> "KVCache":
+        """Forget the oldest ``n`` history frames (cond tokens are kept)."""
+        n = min(int(n), self.num_frames)
+        if n <= 0:
+            return self
+        a, b = self.num_cond, self.num_cond + n * self.tokens_per_frame
+        self.k = [torch.cat([x[:, :, :a], x[:, :, b:]], dim=2) for x in self.k]
+        self.v = [torch.cat([x[:, :, :a], x[:, :, b:]], dim=2) for x in self.v]
+        lens, left = list(self.clip_lens), n
+        while left:
+            take = min(left, lens[0])
+            lens[0] -= take
+            left -= take
+            if lens[0] == 0:
+                lens.pop(0)
+        self.clip_lens = lens
+        self.frame_offset += n
+        return self

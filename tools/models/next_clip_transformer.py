@@ -1,0 +1,343 @@
+"""NextClipTransformer: the plain pre-norm transformer of next-clip diffusion (Video-GPT).
+
+One forward trains all K clips of a video at once (teacher forcing): the sequence is
+``[cond][clean clips 1..K-1][noisy clips 1..K][padding]`` with block-causal attention
+(tools/models/block_causal.py). Noisy and clean tokens have separate patch embeddings;
+the blocks are shared. Time is per clip (clean tokens and cond tokens use t = 1):
+
+- ``time_cond='adaln'``: every block modulates its two norms per token from the token's
+  time embedding (shift / scale / gate, DiT-style, gates zero-initialised);
+- ``time_cond='token'``: the time embedding is *added* to every token's input embedding
+  (the reference's per-frame time token, added instead of appended); blocks are plain.
+
+Positions are RoPE from frame index and patch index only, so the noisy and clean copy of a
+frame share positions and the token order is an implementation detail. Condition tokens
+and padding are not rotated (angle 0) in every path (forward, encode_history, denoise).
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from utils.registry import MODEL
+from .block_causal import (CLEAN, IMPLS, NOISY, BlockCausalLayout, block_causal_attention,
+                           prefix_attention, sdpa_dense)
+from .layers import KVCache, Mlp, Rope, TimeEmbed, make_norm
+
+
+def _gather_tokens(table: Tensor, idx: Tensor) -> Tensor:
+    """table (B, T, D), idx (B, L) -> (B, L, D)."""
+    return torch.gather(table, 1, idx[..., None].expand(-1, -1, table.shape[-1]))
+
+
+class Block(nn.Module):
+    """Pre-norm attention + MLP block with optional per-token adaLN modulation."""
+
+    def __init__(self, hidden, heads, ffn, norm, mlp, adaln, qk_norm):
+        super().__init__()
+        assert hidden % heads == 0, f"hidden={hidden} is not divisible by heads={heads}"
+        self.heads, self.adaln = heads, adaln
+        hd = hidden // heads
+        self.norm1 = make_norm(norm, hidden, affine=not adaln)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.q_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(hidden, hidden)
+        self.norm2 = make_norm(norm, hidden, affine=not adaln)
+        self.mlp = Mlp(hidden, ffn, mlp)
+        if adaln:
+            self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+
+    def forward(self, x, temb, tid, cos, sin, attn: Callable):
+        # x (B, L, C); temb (B, T, C) time embeddings; tid (B, L) index into temb
+        B, L, C = x.shape
+        if self.adaln:
+            mod = _gather_tokens(self.ada(temb), tid)  # (B, L, 6C)
+            sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, dim=-1)
+            h = self.norm1(x) * (1 + sc1) + sh1
+        else:
+            h = self.norm1(x)
+        q, k, v = self.qkv(h).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, L, D) each
+        q = Rope.apply(self.q_norm(q), cos, sin)
+        k = Rope.apply(self.k_norm(k), cos, sin)
+        o = attn(q, k, v).transpose(1, 2).reshape(B, L, C)
+        if self.adaln:
+            x = x + g1 * self.proj(o)
+            return x + g2 * self.mlp(self.norm2(x) * (1 + sc2) + sh2)
+        x = x + self.proj(o)
+        return x + self.mlp(self.norm2(x))
+
+
+DEFAULTS = dict(in_channels=4, patch_size=2, hidden=256, depth=4, heads=4, ffn=1024, norm="layernorm",
+                mlp="gelu", time_cond="adaln", rope="1d", cond_dim=0, cond_dropout=0.0,
+                frame_causal_clean=False, grad_checkpointing=False, attention="blocks", qk_norm=True)
+
+
+@MODEL.register_class()
+class NextClipTransformer(nn.Module):
+    """Decoder-only transformer denoising the next clip given clean previous clips (Video-GPT).
+
+    Every argument defaults to ``None`` = "take it from ``preset`` (if any), else from
+    ``DEFAULTS``"; explicit values override the preset. Presets: see ``PRESETS``.
+    """
+
+    def __init__(self, in_channels=None, patch_size=None, hidden=None, depth=None, heads=None, ffn=None,
+                 norm=None, mlp=None, time_cond=None, rope=None, cond_dim=None, cond_dropout=None,
+                 frame_causal_clean=None, grad_checkpointing=None, attention=None, qk_norm=None,
+                 preset=None):
+        super().__init__()
+        given = {k: v for k, v in locals().items() if k not in ("self", "preset", "__class__") and v is not None}
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"preset={preset!r} is unknown; use one of {sorted(PRESETS)} or None")
+        cfg = {**DEFAULTS, **(PRESETS[preset] if preset else {}), **given}
+        self.config = dict(cfg, preset=preset)  # plain dict, for logging / checkpoints
+        if cfg["time_cond"] not in ("adaln", "token"):
+            raise ValueError(f"time_cond={cfg['time_cond']!r} is unknown; use 'adaln' or 'token'")
+        self.in_channels, self.patch_size = cfg["in_channels"], cfg["patch_size"]
+        self.hidden, self.heads = cfg["hidden"], cfg["heads"]
+        self.adaln = cfg["time_cond"] == "adaln"
+        self.cond_dim, self.cond_dropout = cfg["cond_dim"], cfg["cond_dropout"]
+        self.frame_causal_clean = bool(cfg["frame_causal_clean"])
+        self.grad_checkpointing = bool(cfg["grad_checkpointing"])
+        self.set_attention(cfg["attention"])
+        C, P = self.hidden, self.in_channels * self.patch_size ** 2
+        self.embed_noisy = nn.Linear(P, C)
+        self.embed_clean = nn.Linear(P, C)
+        self.time_embed = TimeEmbed(C)
+        if self.cond_dim:
+            self.cond_proj = nn.Linear(self.cond_dim, C)
+            self.null_cond = nn.Parameter(torch.randn(self.cond_dim) * 0.02)
+        self.rope = Rope(C // self.heads, cfg["rope"])
+        self.blocks = nn.ModuleList(Block(C, self.heads, cfg["ffn"], cfg["norm"], cfg["mlp"], self.adaln,
+                                          cfg["qk_norm"]) for _ in range(cfg["depth"]))
+        self.norm_out = make_norm(cfg["norm"], C, affine=not self.adaln)
+        if self.adaln:
+            self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
+        self.out = nn.Linear(C, P)
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
+        zero = [self.out] + ([b.ada[1] for b in self.blocks] + [self.ada_out[1]] if self.adaln else [])
+        for m in zero:  # blocks start as identity, output starts at 0
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def set_attention(self, impl: str, dense_fn: Optional[Callable] = None):
+        """Choose the block-causal implementation ('flex' | 'blocks' | 'math') and dense kernel."""
+        if impl not in IMPLS:
+            raise ValueError(f"attention impl {impl!r} is unknown; use one of {IMPLS}")
+        self.attn_impl, self.dense_fn = impl, dense_fn or sdpa_dense
+
+    # ------------------------------------------------------------------ helpers
+    def _patchify(self, x: Tensor) -> Tensor:
+        B, C, Fr, H, W = x.shape
+        p = self.patch_size
+        assert C == self.in_channels, f"expected {self.in_channels} channels, got {C}"
+        assert H % p == 0 and W % p == 0, f"frame {H}x{W} is not divisible by patch_size={p}"
+        x = x.reshape(B, C, Fr, H // p, p, W // p, p).permute(0, 2, 3, 5, 1, 4, 6)
+        return x.reshape(B, Fr * (H // p) * (W // p), C * p * p)  # (B, F*N, C*p*p)
+
+    def _unpatchify(self, x: Tensor, Fr: int, H: int, W: int) -> Tensor:
+        B, p, C = x.shape[0], self.patch_size, self.in_channels
+        x = x.reshape(B, Fr, H // p, W // p, C, p, p).permute(0, 4, 1, 2, 5, 3, 6)
+        return x.reshape(B, C, Fr, H, W)
+
+    def _cond_tokens(self, cond: Optional[Tensor], B: int) -> Optional[Tensor]:
+        if cond is None:
+            return None
+        assert self.cond_dim, "cond was given but the model was built with cond_dim=0"
+        assert cond.dim() == 3 and cond.shape[-1] == self.cond_dim, \
+            f"cond must be (B, M, {self.cond_dim}), got {tuple(cond.shape)}"
+        if self.training and self.cond_dropout > 0:
+            drop = torch.rand(B, 1, 1, device=cond.device) < self.cond_dropout
+            cond = torch.where(drop, self.null_cond.to(cond.dtype), cond)
+        return self.cond_proj(cond)
+
+    def null_cond_like(self, cond: Tensor) -> Tensor:
+        """The learned unconditional tokens, shaped like ``cond`` (for classifier-free guidance)."""
+        return self.null_cond.to(cond.dtype).expand_as(cond)
+
+    def _rope(self, frame, patch, N, grid_w, valid):
+        ang = self.rope.angles(frame, patch, N, grid_w, valid)
+        return ang.cos()[:, None], ang.sin()[:, None]  # (B, 1, L, D/2)
+
+    def _run(self, x, temb, tid, cos, sin, attns: Sequence[Callable]):
+        if self.time_cond_token:
+            x = x + _gather_tokens(temb, tid)
+        ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for blk, attn in zip(self.blocks, attns):
+            if ckpt:
+                x = checkpoint(blk, x, temb, tid, cos, sin, attn, use_reentrant=False)
+            else:
+                x = blk(x, temb, tid, cos, sin, attn)
+        h = self.norm_out(x)
+        if self.adaln:
+            sh, sc = _gather_tokens(self.ada_out(temb), tid).chunk(2, dim=-1)
+            h = h * (1 + sc) + sh
+        return self.out(h)
+
+    @property
+    def time_cond_token(self) -> bool:
+        return not self.adaln
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, x_noisy: Tensor, x_clean: Tensor, clip_lens: Tensor, t: Tensor,
+                cond: Optional[Tensor] = None, frame_offset: int = 0) -> Tensor:
+        """x_noisy, x_clean (B, C, F, H, W); clip_lens (B, K) long; t (B, K) per-clip time
+        (1 = clean); cond (B, M, cond_dim) or None -> prediction shaped like x_noisy.
+        Outputs at padded frames are arbitrary (finite); x_clean of each last clip is unused."""
+        B, _, Fr, H, W = x_noisy.shape
+        N, gw = (H // self.patch_size) * (W // self.patch_size), W // self.patch_size
+        ctok = self._cond_tokens(cond, B)
+        M = 0 if ctok is None else ctok.shape[1]
+        layout = BlockCausalLayout(clip_lens, N, num_cond=M, frame_causal_clean=self.frame_causal_clean)
+        meta = {k: v[:, : layout.L] for k, v in layout.meta().items()}
+        kind, clip, frame, patch = meta["kind"], meta["clip"], meta["frame"], meta["patch"]
+        assert max(sum(c) for c in layout.clips) <= Fr, f"clip_lens sum past the {Fr} frames given"
+        parts = [] if ctok is None else [ctok]
+        parts += [self.embed_clean(self._patchify(x_clean)), self.embed_noisy(self._patchify(x_noisy)),
+                  x_noisy.new_zeros(B, 1, self.hidden)]
+        src = torch.cat(parts, dim=1)  # (B, M + 2*F*N + 1, C)
+        fp = frame.clamp(min=0) * N + patch
+        idx = torch.where(kind == CLEAN, M + fp, torch.where(kind == NOISY, M + Fr * N + fp, patch))
+        idx = torch.where(kind > NOISY, M + 2 * Fr * N, idx)  # padding -> the zero row
+        x = _gather_tokens(src, idx)  # (B, L, C)
+        tid = torch.where(kind == NOISY, clip + 1, 0)  # 0 -> t = 1 (clean, cond, padding)
+        temb = self.time_embed(torch.cat([t.new_ones(B, 1), t], dim=1).to(x.dtype))  # (B, K+1, C)
+        valid = ((kind == CLEAN) | (kind == NOISY)).float()
+        cos, sin = self._rope(frame + frame_offset, patch, N, gw, valid)
+
+        def attn(q, k, v):
+            return block_causal_attention(q, k, v, layout, self.attn_impl, self.dense_fn)
+
+        y = self._run(x, temb, tid, cos, sin, [attn] * len(self.blocks))  # (B, L, P)
+        starts = torch.tensor([layout.noisy_start(c) for c in layout.clips], device=y.device)
+        nreal = torch.tensor([sum(c) * N for c in layout.clips], device=y.device)
+        ar = torch.arange(Fr * N, device=y.device)
+        pos = torch.where(ar[None] < nreal[:, None], starts[:, None] + ar[None], 0)  # padded frames -> token 0
+        return self._unpatchify(_gather_tokens(y, pos), Fr, H, W)
+
+    # ------------------------------------------------------------------ rollout API
+    def _clean_segments(self, clip_lens: Sequence[int], N: int, M: int, prefix: int):
+        """Query segments (qs, qe, key_end) of [cond][clean clips] after ``prefix`` cached keys."""
+        segs = [(0, M, prefix + M)] if M else []
+        s = M
+        for g in clip_lens:
+            step = N if self.frame_causal_clean else g * N
+            for a in range(s, s + g * N, step):
+                segs.append((a, a + step, prefix + a + step))
+            s += g * N
+        return segs
+
+    def encode_history(self, x_hist: Tensor, frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
+                       clip_lens: Optional[Sequence[int]] = None, cache: Optional[KVCache] = None) -> KVCache:
+        """Keys/values of [cond][clean history] for every layer.
+
+        x_hist (B, C, Fh, H, W) clean frames (Fh may be 0) treated as clean clips of
+        ``clip_lens`` frames (default: one clip), at positions frame_offset + f.
+        With ``cache``: append x_hist after the cached history (cond comes from the cache;
+        ``frame_offset`` defaults to ``cache.end_frame``, else 0); returns a new cache.
+        """
+        assert x_hist is not None and x_hist.dim() == 5, "x_hist must be (B, C, Fh, H, W)"
+        B, _, Fh, H, W = x_hist.shape
+        N, gw = (H // self.patch_size) * (W // self.patch_size), W // self.patch_size
+        clip_lens = [int(g) for g in (clip_lens if clip_lens is not None else ([Fh] if Fh else []))]
+        assert sum(clip_lens) == Fh and all(g > 0 for g in clip_lens), f"clip_lens {clip_lens} vs {Fh} frames"
+        if cache is not None:
+            assert cond is None, "cond is taken from the cache when extending it"
+            frame_offset = cache.end_frame if frame_offset is None else frame_offset
+            assert frame_offset == cache.end_frame, \
+                f"new frames must follow the cache: frame_offset={frame_offset}, cache ends at {cache.end_frame}"
+        frame_offset = frame_offset or 0
+        ctok = self._cond_tokens(cond, B) if cache is None else None
+        M = 0 if ctok is None else ctok.shape[1]
+        x = self.embed_clean(self._patchify(x_hist))
+        if ctok is not None:
+            x = torch.cat([ctok, x], dim=1)  # (B, M + Fh*N, C)
+        L = x.shape[1]
+        frame = torch.cat([x.new_full((M,), -1), torch.arange(Fh, device=x.device).repeat_interleave(N)])
+        patch = torch.cat([torch.arange(M, device=x.device), torch.arange(N, device=x.device).repeat(Fh)])
+        valid = (frame >= 0).float()[None].expand(B, L)
+        cos, sin = self._rope((frame + frame_offset)[None].expand(B, L), patch[None].expand(B, L), N, gw, valid)
+        temb = self.time_embed(x.new_ones(B, 1))
+        tid = torch.zeros(B, L, dtype=torch.long, device=x.device)
+        prefix = 0 if cache is None else cache.k[0].shape[2]
+        segs = self._clean_segments(clip_lens, N, M, prefix)
+        ks: List[Tensor] = []
+        vs: List[Tensor] = []
+
+        def make_attn(i):
+            def attn(q, k, v):
+                if cache is not None:
+                    k, v = torch.cat([cache.k[i], k], dim=2), torch.cat([cache.v[i], v], dim=2)
+                ks.append(k)
+                vs.append(v)
+                return prefix_attention(q, k, v, segs, self.dense_fn)
+            return attn
+
+        self._run(x, temb, tid, cos, sin, [make_attn(i) for i in range(len(self.blocks))])
+        if cache is None:
+            return KVCache(ks, vs, num_cond=M, tokens_per_frame=N, frame_offset=frame_offset, clip_lens=clip_lens)
+        return KVCache(ks, vs, num_cond=cache.num_cond, tokens_per_frame=N, frame_offset=cache.frame_offset,
+                       clip_lens=list(cache.clip_lens) + clip_lens)
+
+    def denoise(self, x_clip: Tensor, t: Tensor, cache: Optional[KVCache] = None,
+                frame_offset: Optional[int] = None, cond: Optional[Tensor] = None) -> Tensor:
+        """Predict one noisy clip x_clip (B, C, G, H, W) at time t (B,) given a history cache.
+
+        Without a cache the clip sees only itself (and ``cond`` tokens if given); with a cache
+        cond comes from the cache. ``frame_offset``: position of the clip's first frame
+        (default: right after the cache). Equals the noisy-clip output of ``forward``.
+        """
+        B, _, G, H, W = x_clip.shape
+        N, gw = (H // self.patch_size) * (W // self.patch_size), W // self.patch_size
+        if frame_offset is None:
+            frame_offset = cache.end_frame if cache is not None else 0
+        if cache is not None:
+            assert cond is None, "with a cache the cond tokens come from the cache (encode_history(cond=...))"
+        ctok = self._cond_tokens(cond, B)
+        M = 0 if ctok is None else ctok.shape[1]
+        x = self.embed_noisy(self._patchify(x_clip))
+        if ctok is not None:
+            x = torch.cat([ctok, x], dim=1)
+        L = x.shape[1]
+        dev = x.device
+        frame = torch.cat([torch.full((M,), -1, device=dev), torch.arange(G, device=dev).repeat_interleave(N)])
+        patch = torch.cat([torch.arange(M, device=dev), torch.arange(N, device=dev).repeat(G)])
+        valid = (frame >= 0).float()[None].expand(B, L)
+        cos, sin = self._rope((frame + frame_offset)[None].expand(B, L), patch[None].expand(B, L), N, gw, valid)
+        t = t.reshape(B, 1).to(x.dtype)
+        temb = self.time_embed(torch.cat([torch.ones_like(t), t], dim=1))  # (B, 2, C)
+        tid = (frame >= 0).long()[None].expand(B, L)
+        prefix = 0 if cache is None else cache.k[0].shape[2]
+        segs = ([(0, M, M)] if M else []) + [(M, L, prefix + L)]
+
+        def make_attn(i):
+            def attn(q, k, v):
+                if cache is not None:
+                    k, v = torch.cat([cache.k[i], k], dim=2), torch.cat([cache.v[i], v], dim=2)
+                return prefix_attention(q, k, v, segs, self.dense_fn)
+            return attn
+
+        y = self._run(x, temb, tid, cos, sin, [make_attn(i) for i in range(len(self.blocks))])
+        return self._unpatchify(y[:, M:], G, H, W)
+
+
+PRESETS = {
+    "tiny": dict(hidden=64, depth=2, heads=2, ffn=128),
+    "demo": dict(hidden=384, depth=8, heads=6, ffn=1536, mlp="swiglu", rope="3d"),
+    # paper scale (hidden 3072, 32 layers, 32 heads, FFN 8192); the reference adds the time to
+    # the tokens and is frame-causal inside clean clips
+    "videogpt-3.8b": dict(hidden=3072, depth=32, heads=32, ffn=8192, mlp="swiglu", norm="rmsnorm",
+                          time_cond="token", rope="1d", frame_causal_clean=True),
+}

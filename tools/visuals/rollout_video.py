@@ -1,0 +1,44 @@
+"""VISUAL RolloutVideo: every viz_interval steps, predict the continuation of a few
+training videos and write ground truth | prediction side by side."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from tools.inferences.predictor import side_by_side
+from tools.inferences.rollout import rollout
+from utils.registry import VISUAL
+from utils.video_io import write_video
+
+
+@VISUAL.register_class()
+class RolloutVideo:
+    """Ground truth | rollout mp4 of the current batch's first videos (EMA weights)."""
+
+    def __init__(self, num_samples: int = 2, context_frames: int = 4, clip_len: int = 4, window: int = 16,
+                 num_sample_steps: int = 20, fps: int = 8, seed: int = 0):
+        self.n, self.context, self.clip_len, self.window = num_samples, context_frames, clip_len, window
+        self.steps, self.fps, self.seed = num_sample_steps, fps, seed
+
+    @torch.no_grad()
+    def __call__(self, state: Dict) -> List[str]:
+        model, diffusion, ae, backend = state["model"], state["diffusion"], state["autoencoder"], state["backend"]
+        video = state["batch"]["video"][: self.n].to(backend.device)
+        was_training = model.training
+        model.eval()
+        try:
+            ctx = ae.encode(video[:, :, : self.context])
+            with backend.autocast():
+                out = rollout(model, diffusion, ctx, num_frames=video.shape[2] - self.context,
+                              clip_len=self.clip_len, window=self.window, steps=self.steps,
+                              seed=self.seed)
+            pred = ae.decode(out.float()).clamp(-1, 1).cpu()
+        finally:
+            model.train(was_training)
+        rows = [side_by_side(video[i].cpu(), pred[i]) for i in range(video.shape[0])]
+        path = Path(state["run_dir"]) / "visuals" / f"step_{state['step']:08d}.mp4"
+        write_video(path, np.concatenate(rows, axis=1), fps=self.fps)
+        return [str(path)]

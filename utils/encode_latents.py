@@ -1,0 +1,136 @@
+"""Encode a dataset once into a latent cache (read back by DATASETS LatentCache).
+
+    python -m utils.encode_latents --cfg configs/x.yaml [--out DIR]
+
+Layout of ``out_dir``: ``shard_00000.safetensors`` ... (one tensor per item, per-item
+caption / label / meta as JSON in the shard metadata) and ``manifest.json`` (written
+last, atomically) with the fingerprint of the autoencoder and preprocessing config.
+A directory without a manifest is an unfinished cache and is refused by LatentCache.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from typing import Mapping, Optional
+
+import torch
+
+from tools.datasets.latent_cache import MANIFEST
+from utils.video_io import atomic_path
+
+AE_ATTRS = ("latent_channels", "spatial_factor", "temporal_factor", "scale_factor", "shift_factor")
+
+
+def autoencoder_fingerprint(autoencoder) -> dict:
+    """Class name + the contract attributes of an autoencoder."""
+    fp = {"class": type(autoencoder).__name__}
+    for a in AE_ATTRS:
+        if hasattr(autoencoder, a):
+            v = getattr(autoencoder, a)
+            fp[a] = list(v) if isinstance(v, tuple) else v
+    return fp
+
+
+def fingerprint_hash(fp: Mapping) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _jsonable(v):
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+@torch.no_grad()
+def encode_dataset(dataset, autoencoder, out_dir: str, shard_size: int = 256,
+                   fingerprint: Optional[Mapping] = None, device="cpu", progress: bool = True) -> dict:
+    """Encode every item's ``video`` with ``autoencoder.encode`` into safetensors shards.
+
+    ``fingerprint`` should describe the autoencoder config and the preprocessing
+    (resolution, num_frames, stride, ...); the autoencoder's contract attributes are
+    added under ``autoencoder_attrs``. Items that a dataset substitutes for bad ones
+    (same ``meta['index']`` seen twice) are stored once. Returns the manifest.
+    """
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    if shard_size < 1:
+        raise ValueError(f"shard_size={shard_size} must be >= 1")
+    os.makedirs(out_dir, exist_ok=True)
+    if os.path.exists(os.path.join(out_dir, MANIFEST)):
+        os.remove(os.path.join(out_dir, MANIFEST))  # invalidate while rewriting
+    fp = json.loads(json.dumps(dict(fingerprint or {}), default=str))
+    fp["autoencoder_attrs"] = autoencoder_fingerprint(autoencoder)
+    autoencoder.eval()
+    shards, tensors, metas, done = [], {}, {}, set()
+
+    def flush():
+        if not tensors:
+            return
+        name = f"shard_{len(shards):05d}.safetensors"
+        with atomic_path(os.path.join(out_dir, name)) as tmp:
+            save_file(tensors, tmp, metadata={"items": json.dumps(metas, ensure_ascii=False)})
+        shards.append({"file": name, "keys": list(tensors)})
+        tensors.clear()
+        metas.clear()
+
+    t0 = time.time()
+    for i in tqdm(range(len(dataset)), desc="encode", disable=not progress):
+        item = dataset[i]
+        src = item.get("meta", {}).get("index", i)
+        if src in done:
+            continue
+        done.add(src)
+        z = autoencoder.encode(item["video"][None].to(device))[0]
+        key = f"{src:08d}"
+        tensors[key] = z.detach().float().cpu().contiguous()
+        metas[key] = {k: _jsonable(v) for k, v in item.items() if k not in ("video", "latent")}
+        if len(tensors) >= shard_size:
+            flush()
+    flush()
+    manifest = {"fingerprint": fp, "fingerprint_hash": fingerprint_hash(fp), "num_items": len(done),
+                "shards": shards, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "seconds": round(time.time() - t0, 3)}
+    with atomic_path(os.path.join(out_dir, MANIFEST)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1, ensure_ascii=False)
+    return manifest
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Encode a config's dataset into a latent cache.")
+    ap.add_argument("--cfg", required=True, help="experiment YAML (uses its data and autoencoder entries)")
+    ap.add_argument("--out", default=None, help="cache directory (default: <cfg latent_cache_dir>)")
+    ap.add_argument("--shard-size", type=int, default=256)
+    args = ap.parse_args(argv)
+    try:
+        from utils.config import load_config  # written by the lead; may not exist yet
+    except ImportError as e:
+        raise SystemExit(f"utils.config.load_config is not available ({e}); call "
+                         f"utils.encode_latents.encode_dataset(dataset, autoencoder, out_dir, ...) directly.")
+    from tools import load_components
+    from utils.registry import AUTO_ENCODER, DATASETS
+
+    cfg = load_config(args.cfg)
+    load_components()
+    data_cfg, ae_cfg = dict(cfg["data"]), dict(cfg["autoencoder"])
+    out = args.out or cfg.get("latent_cache_dir")
+    if not out:
+        raise SystemExit("no output directory: pass --out DIR or set latent_cache_dir in the config")
+    dataset = DATASETS.build(data_cfg, key_path="data")
+    ae = AUTO_ENCODER.build(ae_cfg, key_path="autoencoder")
+    m = encode_dataset(dataset, ae, out, shard_size=args.shard_size,
+                       fingerprint={"autoencoder": ae_cfg, "data": data_cfg})
+    print(f"wrote {m['num_items']} latents in {len(m['shards'])} shards to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
