@@ -1,13 +1,15 @@
 """Speed / memory benchmark of the next-clip transformer, its KV cache and block-causal attention.
 
-    python benchmarks/bench_next_clip.py [--quick] [--threads N]
+    python -m benchmarks.bench_next_clip [--quick] [--threads N]      (from the repository root)
 
 Reports (CPU unless a GPU is visible): matmul peak (fp32, bf16 autocast); for the reference
 shape (hidden 256, 4 layers, 4 heads, FFN 1024, 4 latent channels, 16x16 latents, patch 2,
 clips of 4 frames, batch 1) at 16 and 32 frames the median time of a training step (fp32 /
 bf16 autocast) and of one guided denoising step of the last clip with and without KV cache;
 and block-causal attention at a long sequence (flex / blocks / dense mask / plain causal SDPA):
-time and peak memory (each variant in a subprocess; CPU peak = max RSS growth).
+time and peak memory (each variant in a subprocess; CPU peak = max RSS growth); for the
+demo model (configs/demo/base.yaml) training tokens/s and model FLOP utilisation against the
+measured bf16 peak; and a 16-clip rollout: seconds per generated clip with and without KV cache.
 """
 from __future__ import annotations
 
@@ -23,12 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # run as a script: make `tools` importable
-    sys.path.insert(0, str(ROOT))
+from tools.models.block_causal import BlockCausalLayout, block_causal_attention
+from tools.models.next_clip_transformer import NextClipTransformer
 
-from tools.models.block_causal import BlockCausalLayout, block_causal_attention  # noqa: E402
-from tools.models.next_clip_transformer import NextClipTransformer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def median_time(fn, reps: int, warmup: int = 1) -> float:
@@ -111,6 +111,71 @@ def model_bench(frames: int, reps: int) -> dict:
     return res
 
 
+def demo_model():
+    from tools import load_components
+    from utils.config import load_config
+    from utils.registry import DIFFUSION, MODEL
+
+    load_components()
+    cfg = load_config(ROOT / "configs/demo/train.yaml")
+    torch.manual_seed(0)
+    model = MODEL.build(cfg.model, "model")
+    with torch.no_grad():  # non-zero gates / output layer, as after some training
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return cfg, model, DIFFUSION.build(cfg.diffusion, "diffusion")
+
+
+def demo_train_bench(reps: int, peak_bf16_gflops: float) -> dict:
+    """Tokens/s of a bf16 training step of the demo model at its training batch, and MFU."""
+    from tools.train.clip_sampling import sample_clip_lens
+
+    cfg, model, diffusion = demo_model()
+    B, Fr, R = cfg.batch_size, cfg.max_frames, cfg.dataset.resolution
+    x1 = torch.rand(B, 3, Fr, R, R) * 2 - 1
+    clip_lens = sample_clip_lens(Fr, B, cfg.clip_sampling.mode, cfg.clip_sampling.clip_len)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    N = (R // model.patch_size) ** 2
+    tokens = B * N * (2 * Fr - int(clip_lens[0, -1]))  # clean copies of all but the last clip + noisy
+    params = sum(p.numel() for p in model.parameters())
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast(True):
+            loss = diffusion.training_losses(model, x1, clip_lens)["loss"]
+        loss.backward()
+        opt.step()
+
+    t = median_time(step, reps)
+    # model FLOPs: 6 * params per token (matmuls, fwd + bwd) + attention 12 * L_keys * hidden per token
+    # layer, with the mean number of keys a token sees under the block-causal mask
+    G, K = int(clip_lens[0, 0]), clip_lens.shape[1]
+    keys_noisy = sum((k * G + G) * N for k in range(K)) / K
+    keys_clean = sum((k + 1) * G * N for k in range(K - 1)) / max(1, K - 1)
+    mean_keys = (keys_noisy * K + keys_clean * (K - 1)) / (2 * K - 1)
+    flops = tokens * (6 * params + 12 * len(model.blocks) * model.hidden * mean_keys)
+    return {"params": params, "batch": B, "tokens": tokens, "step_s": t, "tokens_per_s": tokens / t,
+            "tflops": flops / t / 1e12, "mfu": flops / t / 1e9 / peak_bf16_gflops}
+
+
+def demo_rollout_bench(num_clips: int, steps: int) -> dict:
+    """Seconds per generated clip over a long rollout (window 16) with and without KV cache."""
+    from tools.inferences.rollout import rollout
+
+    cfg, model, diffusion = demo_model()
+    model.eval()
+    R = cfg.dataset.resolution
+    ctx = torch.rand(1, 3, 4, R, R) * 2 - 1
+    out = {}
+    for mode in ("off", "recompute", "rolling"):
+        t0 = time.perf_counter()
+        with torch.no_grad(), autocast(True):
+            rollout(model, diffusion, ctx, num_clips=num_clips, clip_len=4, window=16, steps=steps,
+                    history_guide_scale=1.5, kv_cache=mode)
+        out[mode] = (time.perf_counter() - t0) / num_clips
+    return out
+
+
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -178,13 +243,21 @@ def main(argv=None) -> int:
               f"guided denoise step (last clip): no cache {r['denoise_step_nocache_s'] * 1e3:.1f} ms, "
               f"KV cache {r['denoise_step_kvcache_s'] * 1e3:.1f} ms (+ encode_history "
               f"{r['encode_history_s'] * 1e3:.1f} ms once per clip)")
+    d = demo_train_bench(reps, peak["bf16"])
+    print(f"demo model ({d['params'] / 1e6:.2f}M params, batch {d['batch']}, {d['tokens']} tokens/step): "
+          f"bf16 train step {d['step_s']:.2f} s = {d['tokens_per_s']:.0f} tokens/s, "
+          f"{d['tflops'] * 1e3:.0f} GFLOP/s = MFU {d['mfu'] * 100:.1f}% of the bf16 matmul peak")
+    nclips, steps = (4, 5) if args.quick else (16, 10)
+    r = demo_rollout_bench(nclips, steps)
+    print(f"demo rollout ({nclips} clips of 4, window 16, {steps} steps, history CFG 1.5): s per clip: "
+          f"no cache {r['off']:.2f}, KV cache (recompute) {r['recompute']:.2f}, KV cache (rolling) {r['rolling']:.2f}")
     frames = 32 if args.quick else 128  # 128 frames -> 16128 tokens
     for variant in ("blocks", "flex", "dense_mask", "causal_sdpa"):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--attention-worker", variant, str(frames)]
+        cmd = [sys.executable, "-m", "benchmarks.bench_next_clip", "--attention-worker", variant, str(frames)]
         if args.quick:
-            cmd.insert(2, "--quick")
+            cmd.append("--quick")
         if args.threads:
-            cmd[2:2] = ["--threads", str(args.threads)]
+            cmd += ["--threads", str(args.threads)]
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if p.returncode:
             print(f"attention {variant}: failed: {p.stderr.strip().splitlines()[-1:]}")

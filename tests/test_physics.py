@@ -89,16 +89,18 @@ def test_speed_and_bad_config():
 
 
 def test_write_videos(tmp_path):
-    import imageio
+    from utils.test_list import parse_test_list
+    from utils.video_io import read_video
 
     ds = SyntheticPhysics(resolution=[21, 30], num_frames=6, num_balls=2)
     lst = ds.write_videos(str(tmp_path), count=2, fps=4, context_frames=3)
     lines = open(lst).read().strip().split("\n")
     assert len(lines) == 2 and lines[0].endswith("|||2 balls")
-    path = lines[0].split("|||")[0]
-    frames = np.stack([f for f in imageio.get_reader(path)])
-    assert frames.shape == (3, 21, 30, 3)
-    gt = np.stack([f for f in imageio.get_reader(str(tmp_path / "gt" / path.split("/")[-1]))])
+    item = parse_test_list(lst, kind="video")[0]  # relative paths resolve against the list
+    assert item.error is None and item.caption == "2 balls"
+    frames, info = read_video(item.path)
+    assert frames.shape == (3, 21, 30, 3) and info.fps == pytest.approx(4)
+    gt, _ = read_video(tmp_path / "gt" / lines[0].split("|||")[0])
     assert gt.shape == (6, 21, 30, 3)
     ref = ((ds[0]["video"] + 1) * 127.5).permute(1, 2, 3, 0).numpy()
     assert np.abs(gt.astype(float) - ref).mean() < 6  # lossy codec, close to the source

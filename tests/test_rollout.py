@@ -4,23 +4,11 @@ import torch
 from tools.inferences.rollout import clip_seed, rollout
 from tools.models.next_clip_transformer import NextClipTransformer
 
-try:
-    from tools.diffusions.rectified_flow import RectifiedFlow
+from tools.diffusions.rectified_flow import RectifiedFlow
 
-    def make_diffusion():
-        return RectifiedFlow(prediction="x1")
-except ImportError:  # stand-in until the real one exists: x1-prediction Euler
-    class _Euler:
-        def sample(self, pred_fn, z, steps=10, sampler="euler", shift=1.0, generator=None):
-            ts = torch.linspace(0, 1, steps + 1)
-            for a, b in zip(ts[:-1], ts[1:]):
-                t = torch.full((z.shape[0],), float(a))
-                v = (pred_fn(z, t) - z) / (1 - t).clamp(min=1e-3).view(-1, 1, 1, 1, 1)
-                z = z + (b - a) * v
-            return z
 
-    def make_diffusion():
-        return _Euler()
+def make_diffusion():
+    return RectifiedFlow(prediction="x1")
 
 
 def make_model(**kw):

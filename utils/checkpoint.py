@@ -4,6 +4,7 @@ Layout in ``<log_dir>/<name>/checkpoints/``::
 
     step_00001000.safetensors        model weights (plain state_dict keys)
     step_00001000.ema.safetensors    EMA weights (when use_ema)
+    step_00001000.embedder.safetensors  trained condition embedder (e.g. a class table), if any
     step_00001000.state.pt           optimizer / LR schedule / step / RNG / merged config
 
 Every file is written atomically (temp file + rename), so a crash never leaves a
@@ -57,14 +58,17 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, model_sd, ema_sd, train_state: Dict[str, Any], config_yaml: str) -> Path:
-    """Write weights (+EMA) then the state file last: the state file marks a complete checkpoint."""
+def save_checkpoint(ckpt_dir: Path, step: int, model_sd, ema_sd, train_state: Dict[str, Any], config_yaml: str,
+                    embedder_sd=None) -> Path:
+    """Write weights (+EMA, +embedder) then the state file last: it marks a complete checkpoint."""
     ckpt_dir = Path(ckpt_dir)
     stem = ckpt_dir / f"step_{step:08d}"
     meta = {"step": str(step), "config": config_yaml, "format": "nextclip-1"}
     save_weights(stem.with_suffix(".safetensors"), model_sd, meta)
     if ema_sd is not None:
         save_weights(Path(str(stem) + ".ema.safetensors"), ema_sd, meta)
+    if embedder_sd:
+        save_weights(Path(str(stem) + ".embedder.safetensors"), embedder_sd, meta)
     state = dict(train_state, step=step, config=config_yaml, rng=rng_state())
     with atomic_path(Path(str(stem) + ".state.pt")) as tmp:
         torch.save(state, tmp)
@@ -80,17 +84,27 @@ def find_latest(ckpt_dir: Path) -> Optional[Path]:
     return ckpt_dir / f"step_{max(steps):08d}" if steps else None
 
 
+def checkpoint_stem(path: Path) -> Path:
+    """``.../step_N.ema.safetensors`` (or .safetensors / .state.pt / .embedder...) -> ``.../step_N``."""
+    p = Path(path)
+    for suffix in (".state.pt", ".ema.safetensors", ".embedder.safetensors", ".safetensors"):
+        if p.name.endswith(suffix):
+            return p.with_name(p.name[: -len(suffix)])
+    return p
+
+
+def embedder_weights_for(model_path: Path) -> Path:
+    """Where the embedder weights saved beside a model weights file live."""
+    return Path(str(checkpoint_stem(model_path)) + ".embedder.safetensors")
+
+
 def resolve_resume(resume: str, ckpt_dir: Path) -> Optional[Path]:
     """``resume: auto|none|PATH`` -> checkpoint stem or None."""
     if resume in (None, "", "none", False):
         return None
     if resume == "auto":
         return find_latest(ckpt_dir)
-    p = Path(str(resume))
-    for suffix in (".state.pt", ".ema.safetensors", ".safetensors"):
-        if p.name.endswith(suffix):
-            p = p.with_name(p.name[: -len(suffix)])
-            break
+    p = checkpoint_stem(Path(str(resume)))
     if not Path(str(p) + ".state.pt").is_file():
         raise CheckpointError(
             f"resume={resume!r}: no state file {p}.state.pt. Give a checkpoint stem or file from "

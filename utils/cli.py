@@ -38,6 +38,7 @@ def list_registries() -> str:
 
 def main(kind: str, argv: Optional[List[str]] = None) -> int:
     from utils.config import ConfigError, load_config, to_yaml, validate_components
+    from utils.checkpoint import CheckpointError
     from utils.registry import ENGINE, INFER_ENGINE, BuildError, RegistryError
 
     args = _parser(kind).parse_args(argv)
@@ -62,4 +63,9 @@ def main(kind: str, argv: Optional[List[str]] = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (CheckpointError, FileNotFoundError) as e:  # bad weights file or input list named by the config
+        if args.debug:
+            traceback.print_exc()
+        print(f"input error: {e}", file=sys.stderr)
         return EXIT_CONFIG

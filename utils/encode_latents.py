@@ -19,7 +19,7 @@ from typing import Mapping, Optional
 import torch
 
 from tools.datasets.latent_cache import MANIFEST
-from utils.video_io import atomic_path
+from utils.io import atomic_path
 
 AE_ATTRS = ("latent_channels", "spatial_factor", "temporal_factor", "scale_factor", "shift_factor")
 

@@ -26,8 +26,8 @@ def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor, window: int = 11, s
     """SSIM of each frame (Wang et al. 2004: Gaussian window 11 / sigma 1.5, K1=0.01, K2=0.03,
     data range 1, 'valid' filtering, mean over channels). Frames smaller than the window use a
     window of the frame's size. (C, T, H, W) in [-1, 1] -> (T,)"""
-    x = _to01(pred).permute(1, 0, 2, 3)  # (T, C, H, W)
-    y = _to01(target).permute(1, 0, 2, 3)
+    x = _to01(pred).double().permute(1, 0, 2, 3)  # (T, C, H, W); float64: var = E[x^2] - mu^2 cancels
+    y = _to01(target).double().permute(1, 0, 2, 3)
     C = x.shape[1]
     win = min(window, x.shape[-1], x.shape[-2])
     w = _gaussian_window(win, sigma).to(x)[None, None].expand(C, 1, win, win)
@@ -38,7 +38,7 @@ def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor, window: int = 11, s
     sxy = filt(x * y) - mu_x * mu_y
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return s.mean(dim=(1, 2, 3))
+    return s.mean(dim=(1, 2, 3)).float()
 
 
 def copy_last_baseline(context: torch.Tensor, n: int) -> torch.Tensor:

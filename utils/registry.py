@@ -67,12 +67,19 @@ class Registry:
         return len(self._obj)
 
     def keys(self):
+        from tools import load_components
+
+        load_components()
         return sorted(self._obj)
 
     def items(self):
         return sorted(self._obj.items())
 
     def get(self, key: str):
+        if key not in self._obj:
+            from tools import load_components  # the built-in components register on import
+
+            load_components()
         if key not in self._obj:
             raise RegistryError(self.unknown_message(key))
         return self._obj[key]

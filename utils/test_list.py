@@ -19,7 +19,8 @@ from typing import Callable, Iterable, List, Optional, Union
 
 import numpy as np
 
-from utils.video_io import atomic_path, write_grid, write_video
+from utils.io import atomic_path
+from utils.video_io import write_grid, write_video
 
 KINDS = ("text", "image", "video", "class")
 

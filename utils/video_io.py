@@ -21,12 +21,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
+from utils.io import atomic_path
 
 PathLike = Union[str, os.PathLike]
 BACKENDS = ("pyav", "opencv")
@@ -266,27 +267,6 @@ def read_image(path: PathLike) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- writing
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[str]:
-    """Yield a temp path beside ``path`` with the same extension; move it into place on success.
-
-    On any exception (including KeyboardInterrupt) the temp file is removed and ``path``
-    is left untouched.
-    """
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base[:40]}.", suffix=f".tmp{ext}", dir=d)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _check_frames(frames, what="frames") -> np.ndarray:
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu().numpy()

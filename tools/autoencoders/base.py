@@ -1,4 +1,4 @@
-"""Base class for video autoencoders and pure pixel <-> uint8 helpers."""
+"""Base class for video autoencoders (uint8 <-> [-1, 1] conversions live in utils.video_io)."""
 from __future__ import annotations
 
 from typing import Optional, Union
@@ -6,27 +6,6 @@ from typing import Optional, Union
 import numpy as np
 import torch
 from torch import nn
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Pixels in [-1, 1], (C, T, H, W) or (B, C, T, H, W) -> uint8 frames (T, H, W, C) or
-    (B, T, H, W, C), same device. Values outside [-1, 1] are clipped; rounding is to nearest."""
-    if x.dim() not in (4, 5):
-        raise ValueError(f"to_uint8 expects (C, T, H, W) or (B, C, T, H, W), got shape {tuple(x.shape)}.")
-    y = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return y.movedim(-4, -1)  # channels last
-
-
-def from_uint8(frames: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
-    """uint8 frames (T, H, W, C) or (B, T, H, W, C) -> float32 pixels in [-1, 1], (C, T, H, W) / (B, C, T, H, W)."""
-    if isinstance(frames, np.ndarray):
-        frames = torch.from_numpy(np.ascontiguousarray(frames))
-    if frames.dtype != torch.uint8:
-        raise ValueError(f"from_uint8 expects uint8 frames, got dtype {frames.dtype}; "
-                         f"convert with .astype(np.uint8) or use float pixels directly.")
-    if frames.dim() not in (4, 5):
-        raise ValueError(f"from_uint8 expects (T, H, W, C) or (B, T, H, W, C), got shape {tuple(frames.shape)}.")
-    return (frames.float() / 127.5 - 1.0).movedim(-1, -4).contiguous()
 
 
 class VideoAutoencoder(nn.Module):

@@ -8,7 +8,7 @@ import numpy as np
 
 from tools.datasets.video_list import VideoList
 from utils.registry import DATASETS
-from utils.video_io import atomic_path
+from utils.io import atomic_path
 
 
 @DATASETS.register_class()

@@ -161,55 +161,34 @@ class SyntheticPhysics(Dataset):
                      start_index: int = 0, list_name: str = "test_list.txt", crf: int = 12) -> str:
         """Write items ``start_index .. start_index+count-1`` as mp4 plus a test list.
 
-        Each line of ``<out_dir>/<list_name>`` is ``path|||caption`` (path absolute).
+        Each line of ``<out_dir>/<list_name>`` is ``path|||caption`` (path relative to the list).
         ``context_frames=None`` writes whole videos; an int writes only the first
         ``context_frames`` frames (the context an inference run continues from) and the
-        whole video under ``<out_dir>/gt/`` for comparison. Frame sizes are kept exact:
-        libx264 yuv420p for even sizes, yuv444p when H or W is odd (4:2:0 needs even sizes).
-        All files are written to a temporary name and moved into place (os.replace).
+        whole video under ``<out_dir>/gt/`` for comparison. Written with
+        :func:`utils.video_io.write_video` (exact frame sizes, atomic).
         Returns the list file path.
         """
-        import imageio  # lazy: only needed for export
+        from utils.video_io import to_uint8, write_video
 
         if context_frames is not None and not 1 <= int(context_frames) <= self.num_frames:
             raise ValueError(f"context_frames={context_frames} must be in 1..num_frames={self.num_frames} or null.")
         os.makedirs(out_dir, exist_ok=True)
-        pix = "yuv420p" if self.height % 2 == 0 and self.width % 2 == 0 else "yuv444p"
         lines = []
         for i in range(start_index, start_index + count):
             item = self[i]
-            frames = to_uint8_frames(item["video"])
+            frames = to_uint8(item["video"])
             name = f"physics_{self.seed}_{i:06d}.mp4"
             if context_frames is not None:
-                os.makedirs(os.path.join(out_dir, "gt"), exist_ok=True)
-                _write_mp4(imageio, os.path.join(out_dir, "gt", name), frames, fps, pix, crf)
+                write_video(os.path.join(out_dir, "gt", name), frames, fps=fps, quality=crf)
                 frames = frames[:context_frames]
-            path = os.path.abspath(os.path.join(out_dir, name))
-            _write_mp4(imageio, path, frames, fps, pix, crf)
-            lines.append(f"{path}|||{item['caption']}")
+            write_video(os.path.join(out_dir, name), frames, fps=fps, quality=crf)
+            lines.append(f"{name}|||{item['caption']}")  # relative to the list file
         list_path = os.path.join(out_dir, list_name)
         tmp = list_path + ".tmp"
         with open(tmp, "w") as f:
             f.write("\n".join(lines) + "\n")
         os.replace(tmp, list_path)
         return list_path
-
-
-def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
-    """(3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
-    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
-
-
-def _write_mp4(imageio, path, frames, fps, pix, crf):
-    tmp = path[:-4] + ".tmp.mp4"
-    w = imageio.get_writer(tmp, fps=fps, codec="libx264", pixelformat=pix, macro_block_size=1,
-                           output_params=["-crf", str(crf)], ffmpeg_log_level="error")
-    try:
-        for fr in frames:
-            w.append_data(fr)
-    finally:
-        w.close()
-    os.replace(tmp, path)
 
 
 def _collide_walls(pos, vel, r, W, H):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from tools.inferences.rollout import rollout
-from utils.checkpoint import CheckpointError, format_report, load_weights
+from utils.checkpoint import CheckpointError, embedder_weights_for, format_report, load_weights
 from utils.registry import AUTO_ENCODER, BACKEND, DIFFUSION, EMBEDDER, MODEL, PRETRAIN
 from utils.video_io import read_image, read_video, resize_crop, to_tensor
 
@@ -63,7 +63,17 @@ class Predictor:
         self.model.to(self.device).eval().requires_grad_(False)
         self.diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")
         self.autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder").to(self.device).eval()
-        self.embedder = EMBEDDER.build(cfg.embedder, "embedder").to(self.device).eval()
+        self.embedder = EMBEDDER.build(cfg.embedder, "embedder")
+        if cfg.test_model and self.embedder.state_dict():  # a trained embedder (e.g. a class table)
+            emb_path = embedder_weights_for(Path(cfg.test_model))
+            if emb_path.is_file():
+                load_weights(self.embedder, emb_path, strict=cfg.strict)
+            elif cfg.strict:
+                raise CheckpointError(
+                    f"the embedder {cfg.embedder['type']} has trained weights but {emb_path} does not exist "
+                    f"(training writes it beside the model weights). Copy it there, or set strict: false "
+                    f"to run with an untrained embedder.")
+        self.embedder.to(self.device).eval()
         hw = cfg.resolution
         self.hw = (int(hw), int(hw)) if isinstance(hw, int) else (int(hw[0]), int(hw[1]))
 
@@ -85,12 +95,15 @@ class Predictor:
     def load_image(self, path: str) -> torch.Tensor:
         return to_tensor(resize_crop(read_image(path)[None], self.hw))
 
-    def condition(self, value) -> tuple:
-        """(cond tokens, null tokens) for one input, or (None, None) without an embedder."""
+    def condition(self, value) -> Optional[torch.Tensor]:
+        """Condition tokens (1, M, dim) for one input, or None (no embedder / no value).
+
+        The unconditional branch of classifier-free guidance uses the model's learned null
+        tokens, the ones its ``cond_dropout`` trained (rollout's default for null_cond)."""
         if getattr(self.embedder, "num_tokens", 0) == 0 or value is None:
-            return None, None
+            return None
         with torch.no_grad():
-            return self.embedder([value]).to(self.device), self.embedder.null(1).to(self.device)
+            return self.embedder([value]).to(self.device)
 
     # -- rollout -----------------------------------------------------------------
     @torch.no_grad()
@@ -99,7 +112,7 @@ class Predictor:
         """context (C, Tc, H, W) in [-1, 1] or None -> video (C, T, H, W) in [-1, 1], context included."""
         cfg = self.cfg
         total = int(num_frames or cfg.max_frames)
-        cond, null = self.condition(cond_value)
+        cond = self.condition(cond_value)
         ctx_latent, shape = None, None
         if context is not None and context.shape[1] > 0:
             ctx_latent = self.autoencoder.encode(context[None].to(self.device))
@@ -111,7 +124,7 @@ class Predictor:
             out = rollout(self.model, self.diffusion, ctx_latent, num_frames=total - done,
                           clip_len=cfg.clip_len, window=cfg.window, steps=cfg.num_sample_steps,
                           sampler=cfg.sampler, shift=cfg.shift, history_guide_scale=cfg.history_guide_scale,
-                          guide_scale=cfg.guide_scale, cond=cond, null_cond=null,
+                          guide_scale=cfg.guide_scale, cond=cond,
                           history_noise=cfg.history_noise, seed=seed, kv_cache=cfg.kv_cache, shape=shape)
         return self.autoencoder.decode(out.float())[0].clamp(-1, 1).cpu()
 

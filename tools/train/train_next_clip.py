@@ -45,7 +45,7 @@ DEFAULTS: Dict[str, Any] = {
     "batch_size": 8,            # per process (VGen's meaning)
     "grad_accum": 1,
     "num_workers": 0,
-    "max_frames": 16,           # frames per training video (must match the dataset)
+    "max_frames": 16,           # frames per training video (longer items are cut, shorter ones are an error)
     "clip_sampling": {"mode": "random", "clip_len": 4, "min_clips": 2, "max_clips": None},
     "lr": 1e-4,
     "weight_decay": 0.1,
@@ -200,8 +200,9 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
         model.load_state_dict(read_state_dict(Path(str(stem) + ".safetensors")))
         if ema is not None and Path(str(stem) + ".ema.safetensors").is_file():
             ema.load_state_dict(read_state_dict(Path(str(stem) + ".ema.safetensors")))
-        if state.get("embedder"):
-            embedder.load_state_dict(state["embedder"])
+        emb_path = Path(str(stem) + ".embedder.safetensors")
+        if emb_path.is_file():
+            embedder.load_state_dict(read_state_dict(emb_path))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -228,7 +229,11 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
         loss_sum = 0.0
         for micro in range(accum):
             batch = next(batches)
-            video = batch["video"].to(device, non_blocking=True)
+            video = batch["video"]
+            if video.shape[2] < cfg.max_frames:
+                raise ValueError(f"dataset items have {video.shape[2]} frames, fewer than max_frames="
+                                 f"{cfg.max_frames}; lower max_frames or raise the dataset's num_frames.")
+            video = video[:, :, : cfg.max_frames].to(device, non_blocking=True)
             B = video.shape[0]
             gen = step_generator(cfg.seed, step, micro)
             # global-batch randomness, sliced for this rank
@@ -270,10 +275,9 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
                 bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if done % cfg.save_ckp_interval == 0 or done == cfg.num_steps:
             if rank == 0:
-                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "embedder": embedder.state_dict()}
-                save_checkpoint(ckpt_dir, done, model.state_dict(),
-                                ema.state_dict() if ema is not None else None, state, config_yaml)
+                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+                save_checkpoint(ckpt_dir, done, model.state_dict(), ema.state_dict() if ema is not None else None,
+                                state, config_yaml, embedder_sd=embedder.state_dict())
                 _prune(ckpt_dir, cfg.keep_last)
                 log.info("step %d: loss %.4f, checkpoint saved", done, loss_mean)
             du.barrier()
