@@ -95,6 +95,9 @@ def test_engine_defaults_and_unknown_top_level(tmp_path):
     write(tmp_path / "bad.yaml", "TASK_TYPE: train_next_clip\nlearning_rate: 0.01\n")
     with pytest.raises(ConfigError, match="unknown top-level key.*learning_rate"):
         load_config(tmp_path / "bad.yaml", registry=ENGINE)
+    write(tmp_path / "sub.yaml", "TASK_TYPE: train_next_clip\nclip_sampling: {mod: random}\n")
+    with pytest.raises(ConfigError, match="clip_sampling has unknown key.*mod.*known: mode"):
+        load_config(tmp_path / "sub.yaml", registry=ENGINE)
     write(tmp_path / "t.yaml", "TASK_TYPE: train_nextclip\n")
     with pytest.raises(ConfigError, match="Did you mean 'train_next_clip'"):
         load_config(tmp_path / "t.yaml", registry=ENGINE)

@@ -99,3 +99,28 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     assert sorted(ddp) == sorted(single)
     for s in single:
         assert ddp[s] == pytest.approx(single[s], rel=1e-4, abs=1e-6), (s, ddp[s], single[s])
+
+
+def test_train_from_latent_cache_and_refuse_a_mismatched_one(tmp_path, capsys):
+    from utils.encode_latents import main as encode
+
+    cfg = write_cfg(tmp_path, length=8, batch=2, steps=2, save=1000)
+    cache = tmp_path / "cache"
+    assert encode(["--cfg", str(cfg), "--out", str(cache)]) == 0
+    assert (cache / "manifest.json").is_file()
+    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path / "run"), f"latent_cache={cache}"]) == 0
+    assert sorted(losses(tmp_path / "run" / "tiny")) == [1, 2]
+    # the experiment's preprocessing changed since the cache was made -> refused, clearly
+    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path / "run2"), f"latent_cache={cache}",
+                          "dataset.resolution=8"]) == 2
+    err = capsys.readouterr().err
+    assert "different autoencoder/preprocessing" in err and "resolution" in err
+
+
+def test_custom_component_example_trains(tmp_path):
+    """configs/examples/custom_dataset.yaml registers MovingSquares from its own file."""
+    assert main("train", ["--cfg", str(ROOT / "configs/examples/custom_dataset.yaml"), "log_dir", str(tmp_path),
+                          "num_steps=3", "progress=false", "visual=[]"]) == 0
+    run = tmp_path / "custom_squares"
+    assert list(losses(run)) == [3]  # logged at the last step
+    assert "MovingSquares" in (run / "config.yaml").read_text()

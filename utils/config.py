@@ -31,6 +31,15 @@ COMPONENT_KEYS = {
     "pretrain": "PRETRAIN",
     "visual": "VISUAL",
 }
+#: the components an engine builds when the experiment does not name them
+DEFAULT_COMPONENTS = {
+    "backend": {"type": "auto", "precision": "bf16", "attention": "auto"},
+    "model": {"type": "NextClipTransformer"},
+    "diffusion": {"type": "RectifiedFlow"},
+    "auto_encoder": {"type": "Identity"},
+    "embedder": {"type": "NoCondition"},
+    "pretrain": None,
+}
 #: keys every experiment may carry, whatever its engine
 COMMON_KEYS = {"TASK_TYPE", "name", "custom_imports", "_BASE"} | set(COMPONENT_KEYS)
 
@@ -263,6 +272,12 @@ def load_config(path: os.PathLike, overrides: Sequence[str] = (), registry=None)
                 f"{files_str}: unknown top-level key(s) {', '.join(unknown)} for TASK_TYPE {task}. "
                 f"Known keys: {', '.join(sorted(set(defaults) | COMMON_KEYS - {'_BASE'}))}."
             )
+    for key, default in defaults.items():  # engine settings that are dicts: their keys are fixed too
+        if isinstance(default, dict) and default and key not in COMPONENT_KEYS and isinstance(data.get(key), dict):
+            extra = sorted(set(data[key]) - set(default))
+            if extra:
+                raise ConfigError(f"{files_str}: {key} has unknown key(s) {', '.join(extra)}; "
+                                  f"known: {', '.join(default)}.")
     merged = deep_merge(defaults, data)
     merged = apply_overrides(merged, parsed, files_str)
     merged.setdefault("name", Path(path).stem)

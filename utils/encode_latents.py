@@ -105,31 +105,38 @@ def encode_dataset(dataset, autoencoder, out_dir: str, shard_size: int = 256,
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Encode a config's dataset into a latent cache.")
-    ap.add_argument("--cfg", required=True, help="experiment YAML (uses its data and autoencoder entries)")
-    ap.add_argument("--out", default=None, help="cache directory (default: <cfg latent_cache_dir>)")
-    ap.add_argument("--shard-size", type=int, default=256)
-    args = ap.parse_args(argv)
-    try:
-        from utils.config import load_config  # written by the lead; may not exist yet
-    except ImportError as e:
-        raise SystemExit(f"utils.config.load_config is not available ({e}); call "
-                         f"utils.encode_latents.encode_dataset(dataset, autoencoder, out_dir, ...) directly.")
-    from tools import load_components
-    from utils.registry import AUTO_ENCODER, DATASETS
+    """``python -m utils.encode_latents --cfg X.yaml [--out DIR]``: encode the experiment's
+    ``dataset`` through its ``auto_encoder`` into ``latent_cache`` (or ``--out``). Training with
+    ``latent_cache: DIR`` then reads the cache and refuses it if either config changed."""
+    import os
 
-    cfg = load_config(args.cfg)
-    load_components()
-    data_cfg, ae_cfg = dict(cfg["data"]), dict(cfg["autoencoder"])
-    out = args.out or cfg.get("latent_cache_dir")
+    os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+    from utils.config import load_config
+    from utils.registry import AUTO_ENCODER, DATASETS, ENGINE
+
+    ap = argparse.ArgumentParser(description="Encode an experiment's dataset into a latent cache.")
+    ap.add_argument("--cfg", required=True, help="training YAML (its dataset, auto_encoder and latent_cache)")
+    ap.add_argument("--out", default=None, help="cache directory (default: the config's latent_cache)")
+    ap.add_argument("--shard-size", type=int, default=256)
+    ap.add_argument("overrides", nargs=argparse.REMAINDER, help="config overrides, as for train_net.py")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.cfg, args.overrides, registry=ENGINE)
+    out = args.out or cfg.get("latent_cache")
     if not out:
-        raise SystemExit("no output directory: pass --out DIR or set latent_cache_dir in the config")
-    dataset = DATASETS.build(data_cfg, key_path="data")
-    ae = AUTO_ENCODER.build(ae_cfg, key_path="autoencoder")
-    m = encode_dataset(dataset, ae, out, shard_size=args.shard_size,
-                       fingerprint={"autoencoder": ae_cfg, "data": data_cfg})
+        raise SystemExit("no output directory: pass --out DIR or set latent_cache: DIR in the config")
+    data_cfg, ae_cfg = dict(cfg.dataset), dict(cfg.auto_encoder)
+    dataset = DATASETS.build(data_cfg, key_path="dataset")
+    ae = AUTO_ENCODER.build(ae_cfg, key_path="auto_encoder")
+    m = encode_dataset(dataset, ae, out, shard_size=args.shard_size, fingerprint=cache_fingerprint(cfg))
     print(f"wrote {m['num_items']} latents in {len(m['shards'])} shards to {out}")
     return 0
+
+
+def cache_fingerprint(cfg) -> dict:
+    """What a latent cache must have been made with: the autoencoder and the source dataset config."""
+    from utils.registry import _plain
+
+    return {"autoencoder": _plain(cfg.auto_encoder), "data": _plain(cfg.dataset)}
 
 
 if __name__ == "__main__":

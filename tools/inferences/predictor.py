@@ -1,6 +1,7 @@
 """Shared by the inference engines: build the components, load weights, roll out one input."""
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -10,6 +11,7 @@ import torch
 
 from tools.inferences.rollout import rollout
 from utils.checkpoint import CheckpointError, embedder_weights_for, format_report, load_weights
+from utils.config import DEFAULT_COMPONENTS
 from utils.registry import AUTO_ENCODER, BACKEND, DIFFUSION, EMBEDDER, MODEL, PRETRAIN
 from utils.video_io import read_image, read_video, resize_crop, to_tensor
 
@@ -17,12 +19,7 @@ logger = logging.getLogger("nextclip")
 
 #: settings shared by every inference engine that rolls a model out
 ROLLOUT_DEFAULTS: Dict[str, Any] = {
-    "backend": {"type": "auto", "precision": "bf16", "attention": "auto"},
-    "model": {"type": "NextClipTransformer"},
-    "diffusion": {"type": "RectifiedFlow"},
-    "auto_encoder": {"type": "Identity"},
-    "embedder": {"type": "NoCondition"},
-    "pretrain": None,
+    **copy.deepcopy(DEFAULT_COMPONENTS),
     "test_model": None,         # weights file (.safetensors; legacy .pth via weights_only)
     "strict": True,
     "log_dir": "workspace/inference",

@@ -11,11 +11,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+class RMSNorm(nn.RMSNorm):
+    """RMSNorm whose weight follows the input dtype, so bf16 autocast keeps the fused kernel."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = None if self.weight is None else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, w, self.eps)
+
+
 def make_norm(kind: str, dim: int, affine: bool = True) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(dim, elementwise_affine=affine, eps=1e-6)
     if kind == "rmsnorm":
-        return nn.RMSNorm(dim, elementwise_affine=affine, eps=1e-6)
+        return RMSNorm(dim, elementwise_affine=affine, eps=1e-6)
     raise ValueError(f"norm={kind!r} is unknown; use 'layernorm' or 'rmsnorm'")
 
 

@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from utils.registry import MODEL
 from .block_causal import (CLEAN, IMPLS, NOISY, BlockCausalLayout, block_causal_attention,
                            prefix_attention, sdpa_dense)
-from .layers import KVCache, Mlp, Rope, TimeEmbed, make_norm
+from .layers import KVCache, Mlp, RMSNorm, Rope, TimeEmbed, make_norm
 
 
 def _gather_tokens(table: Tensor, idx: Tensor) -> Tensor:
@@ -44,8 +44,8 @@ class Block(nn.Module):
         hd = hidden // heads
         self.norm1 = make_norm(norm, hidden, affine=not adaln)
         self.qkv = nn.Linear(hidden, 3 * hidden)
-        self.q_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(hd, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(hd, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(hidden, hidden)
         self.norm2 = make_norm(norm, hidden, affine=not adaln)
         self.mlp = Mlp(hidden, ffn, mlp)
@@ -335,7 +335,9 @@ class NextClipTransformer(nn.Module):
 
 PRESETS = {
     "tiny": dict(hidden=64, depth=2, heads=2, ffn=128),
-    "demo": dict(hidden=384, depth=8, heads=6, ffn=1536, mlp="swiglu", rope="3d"),
+    # the shipped CPU demo (configs/demo): ~9M parameters
+    "demo": dict(hidden=256, depth=6, heads=4, ffn=1024, mlp="swiglu", norm="rmsnorm", time_cond="adaln",
+                 rope="3d"),
     # paper scale (hidden 3072, 32 layers, 32 heads, FFN 8192); the reference adds the time to
     # the tokens and is frame-causal inside clean clips
     "videogpt-3.8b": dict(hidden=3072, depth=32, heads=32, ffn=8192, mlp="swiglu", norm="rmsnorm",

@@ -23,20 +23,16 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tools.train.clip_sampling import sample_clip_lens
 from utils import distributed as du
 from utils.checkpoint import load_train_state, resolve_resume, save_checkpoint, set_rng_state
-from utils.config import run_dir, to_yaml
+from utils.config import DEFAULT_COMPONENTS, run_dir, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import ScalarLog, setup_logger
 from utils.registry import (AUTO_ENCODER, BACKEND, DATASETS, DIFFUSION, EMBEDDER, ENGINE, MODEL,
                             PRETRAIN, VISUAL)
 
 DEFAULTS: Dict[str, Any] = {
-    "backend": {"type": "auto", "precision": "bf16", "attention": "auto"},
-    "model": {"type": "NextClipTransformer"},
-    "diffusion": {"type": "RectifiedFlow"},
-    "auto_encoder": {"type": "Identity"},
-    "embedder": {"type": "NoCondition"},
+    **copy.deepcopy(DEFAULT_COMPONENTS),
     "dataset": None,
-    "pretrain": None,
+    "latent_cache": None,       # dir made by `python -m utils.encode_latents`: train on cached latents
     "visual": [],
     "cond_key": None,           # item key fed to the embedder: label | caption | null
     "log_dir": "workspace/experiments",
@@ -94,9 +90,10 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
 
 def collate(items: List[Dict[str, Any]]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {"video": torch.stack([it["video"] for it in items])}
+    tensor_key = "latent" if "latent" in items[0] else "video"
+    out: Dict[str, Any] = {tensor_key: torch.stack([it[tensor_key] for it in items])}
     for key in items[0]:
-        if key != "video":
+        if key != tensor_key:
             out[key] = [it[key] for it in items]
     return out
 
@@ -134,6 +131,18 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 131 + micro) % (2 ** 63))
 
 
+@torch.no_grad()
+def latents_of(batch: Dict[str, Any], autoencoder, max_frames: int, device) -> torch.Tensor:
+    """Model inputs of a batch: cached ``latent`` as is, or ``video`` (cut to max_frames) encoded."""
+    if "latent" in batch:
+        return batch["latent"].to(device, non_blocking=True)
+    video = batch["video"]
+    if video.shape[2] < max_frames:
+        raise ValueError(f"dataset items have {video.shape[2]} frames, fewer than max_frames="
+                         f"{max_frames}; lower max_frames or raise the dataset's num_frames.")
+    return autoencoder.encode(video[:, :, :max_frames].to(device, non_blocking=True))
+
+
 def build_conditioning(embedder, batch: Dict[str, Any], cond_key: Optional[str], device) -> Optional[torch.Tensor]:
     if cond_key is None or getattr(embedder, "num_tokens", 0) == 0:
         return None
@@ -169,7 +178,13 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
     # -- components
     if cfg.dataset is None:
         raise ValueError("dataset: is not set; add a DATASETS component (e.g. type: SyntheticPhysics).")
-    dataset = DATASETS.build(cfg.dataset, "dataset")
+    if cfg.latent_cache:  # refuses a cache made with another autoencoder / dataset config
+        from utils.encode_latents import cache_fingerprint
+
+        dataset = DATASETS.build({"type": "LatentCache", "cache_dir": cfg.latent_cache,
+                                  "expect_fingerprint": cache_fingerprint(cfg)}, "latent_cache")
+    else:
+        dataset = DATASETS.build(cfg.dataset, "dataset")
     autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder").to(device).eval()
     embedder = EMBEDDER.build(cfg.embedder, "embedder").to(device)
     model = MODEL.build(cfg.model, "model")
@@ -229,18 +244,12 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
         loss_sum = 0.0
         for micro in range(accum):
             batch = next(batches)
-            video = batch["video"]
-            if video.shape[2] < cfg.max_frames:
-                raise ValueError(f"dataset items have {video.shape[2]} frames, fewer than max_frames="
-                                 f"{cfg.max_frames}; lower max_frames or raise the dataset's num_frames.")
-            video = video[:, :, : cfg.max_frames].to(device, non_blocking=True)
-            B = video.shape[0]
+            x1 = latents_of(batch, autoencoder, cfg.max_frames, device)
+            B = x1.shape[0]
             gen = step_generator(cfg.seed, step, micro)
             # global-batch randomness, sliced for this rank
-            clip_lens = sample_clip_lens(video.shape[2], B * world, cs.mode, cs.clip_len, cs.min_clips,
+            clip_lens = sample_clip_lens(x1.shape[2], B * world, cs.mode, cs.clip_len, cs.min_clips,
                                          cs.max_clips, generator=gen)[rank * B:(rank + 1) * B]
-            with torch.no_grad():
-                x1 = autoencoder.encode(video)
             cond = build_conditioning(embedder, batch, cfg.cond_key, device)
             sync = micro == accum - 1 or world == 1
             ctx = net.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()

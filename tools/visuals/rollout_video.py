@@ -26,10 +26,14 @@ class RolloutVideo:
     @torch.no_grad()
     def __call__(self, state: Dict) -> List[str]:
         model, diffusion, ae, backend = state["model"], state["diffusion"], state["autoencoder"], state["backend"]
-        video = state["batch"]["video"][: self.n].to(backend.device)
+        batch = state["batch"]
         was_training = model.training
         model.eval()
         try:
+            if "video" in batch:
+                video = batch["video"][: self.n].to(backend.device)
+            else:  # trained from a latent cache
+                video = ae.decode(batch["latent"][: self.n].to(backend.device)).clamp(-1, 1)
             ctx = ae.encode(video[:, :, : self.context])
             with backend.autocast():
                 out = rollout(model, diffusion, ctx, num_frames=video.shape[2] - self.context,
