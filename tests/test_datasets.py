@@ -6,7 +6,6 @@ import torch
 
 from tools.datasets.csv_video import CsvVideo
 from tools.datasets.image_list import ImageList
-from tools.datasets.label_list import LabelList
 from tools.datasets.mixing import JointImageVideo, step_kind
 from tools.datasets.video_list import BadDataError, VideoList
 from utils.registry import DATASETS

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from tools.embedders.class_label import ClassLabel
-from tools.embedders.null import NoCondition
 from tools.embedders import text as _text  # noqa: F401  (registers MiniLMText, OpenCLIPText)
 from utils.registry import EMBEDDER
 

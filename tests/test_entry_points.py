@@ -14,7 +14,6 @@ INFER_TASKS = {"predict_next_clip", "evaluate_prediction"}
 
 
 def kind_of(path):
-    import yaml
 
     from utils.config import load_yaml_tree
 

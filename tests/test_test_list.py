@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from utils.test_list import TestItem, merge_results, parse_test_list, run_test_list, slugify
+from utils.test_list import merge_results, parse_test_list, run_test_list, slugify
 
 
 def _frames(item):

@@ -189,3 +189,19 @@ def checkpoint_config(path: Path) -> Optional[str]:
         return None
     with safe_open(str(path), framework="pt") as f:
         return (f.metadata() or {}).get("config")
+
+
+def export_weights(src: Path, dst: Path, dtype: str = "float16") -> Path:
+    """Copy a weights file with floating tensors stored as ``dtype`` (halves the size for
+    shipping); the config metadata is kept. Loading casts back to the model's dtype."""
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    sd = read_state_dict(Path(src))
+    target = getattr(torch, dtype)
+    sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
+    meta["exported_from"] = Path(src).name
+    meta["stored_dtype"] = dtype
+    save_weights(Path(dst), sd, meta)
+    return Path(dst)

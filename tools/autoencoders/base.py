@@ -1,9 +1,8 @@
 """Base class for video autoencoders (uint8 <-> [-1, 1] conversions live in utils.video_io)."""
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional
 
-import numpy as np
 import torch
 from torch import nn
 

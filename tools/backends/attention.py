@@ -14,7 +14,6 @@ import importlib
 import logging
 from typing import Callable, Dict, List, Optional, Tuple
 
-import torch
 import torch.nn.functional as F
 
 logger = logging.getLogger("nextclip")

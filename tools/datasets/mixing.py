@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from tools.datasets.video_list import collate
