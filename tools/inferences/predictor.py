@@ -110,15 +110,16 @@ class Predictor:
         cfg = self.cfg
         total = int(num_frames or cfg.max_frames)
         cond = self.condition(cond_value)
+        ae = self.autoencoder
         ctx_latent, shape = None, None
         if context is not None and context.shape[1] > 0:
-            ctx_latent = self.autoencoder.encode(context[None].to(self.device))
-        else:
-            probe = self.autoencoder.encode(torch.zeros(1, 3, 1, *self.hw, device=self.device))
-            shape = (1, probe.shape[1], probe.shape[3], probe.shape[4])
-        done = 0 if ctx_latent is None else ctx_latent.shape[2]
+            ctx_latent = ae.encode(context[None].to(self.device))
+        else:  # latent frame shape from the autoencoder's contract attributes
+            sf = ae.spatial_factor
+            shape = (1, ae.latent_channels, self.hw[0] // sf, self.hw[1] // sf)
+        done = 0 if ctx_latent is None else ctx_latent.shape[2]  # latent frames
         with self.backend.autocast():
-            out = rollout(self.model, self.diffusion, ctx_latent, num_frames=total - done,
+            out = rollout(self.model, self.diffusion, ctx_latent, num_frames=total // ae.temporal_factor - done,
                           clip_len=cfg.clip_len, window=cfg.window, steps=cfg.num_sample_steps,
                           sampler=cfg.sampler, shift=cfg.shift, history_guide_scale=cfg.history_guide_scale,
                           guide_scale=cfg.guide_scale, cond=cond,
