@@ -65,6 +65,35 @@ def main():
     for clip in args.clips:
         for name, size, mode, backend, count, sec in bench(os.path.join(args.data, clip), args.repeat):
             print(f"{name:<16}{size:<10}{mode:<12}{backend:<16}{count:>7}{sec:>9.3f}{count / sec:>10.1f}")
+    epoch_bench(os.path.join(args.data, "vid_list.txt"))
+
+
+def epoch_bench(list_file: str) -> None:
+    """One epoch over a video list (16 frames, 64x64) from the videos vs from a latent cache."""
+    import tempfile
+    import time
+
+    from tools.autoencoders.identity import Identity
+    from tools.datasets.latent_cache import LatentCache
+    from tools.datasets.video_list import VideoList
+    from utils.encode_latents import encode_dataset
+
+    ds = VideoList(list_file, num_frames=16, resolution=64)
+    t0 = time.perf_counter()
+    for i in range(len(ds)):
+        ds[i]
+    t_video = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        encode_dataset(ds, Identity(), d, fingerprint={"data": "bench"}, progress=False)
+        t_encode = time.perf_counter() - t0
+        cache = LatentCache(d)
+        t0 = time.perf_counter()
+        for i in range(len(cache)):
+            cache[i]
+        t_cache = time.perf_counter() - t0
+    print(f"epoch over {len(ds)} videos (16 frames, 64x64): decode {t_video:.3f} s, latent cache "
+          f"{t_cache * 1e3:.1f} ms (building the cache with Identity: {t_encode:.3f} s, once)")
 
 
 if __name__ == "__main__":
