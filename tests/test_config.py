@@ -1,8 +1,9 @@
 import textwrap
 
 import pytest
+import yaml
 
-from utils.config import (ConfigError, apply_overrides, deep_merge, import_custom, load_config, parse_scalar,
+from utils.config import (ConfigError, apply_overrides, deep_merge, import_custom, load_config, load_yaml_tree, parse_scalar,
                           split_overrides)
 from utils.registry import ENGINE, MODEL
 
@@ -125,3 +126,78 @@ def test_deep_merge_does_not_mutate():
     a = {"x": {"y": 1}}
     b = deep_merge(a, {"x": {"z": 2}})
     assert a == {"x": {"y": 1}} and b == {"x": {"y": 1, "z": 2}}
+
+
+def test_yaml_floats_without_a_dot_are_floats_and_loading_stays_safe(tmp_path):
+    write(tmp_path / "f.yaml", "a: 5e-5\nb: 1e-4\nc: 3E+2\nd: -1e-3\ne: 1.0e-4\nf: 12\ng: e5\nh: '5e-5'\n")
+    data, _ = load_yaml_tree(tmp_path / "f.yaml")
+    assert data == {"a": 5e-5, "b": 1e-4, "c": 300.0, "d": -1e-3, "e": 1e-4, "f": 12, "g": "e5", "h": "5e-5"}
+    assert all(isinstance(data[k], float) for k in "abcde")
+    write(tmp_path / "evil.yaml", "x: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml_tree(tmp_path / "evil.yaml")
+    assert yaml.safe_load("x: 5e-5") == {"x": "5e-5"}  # the subclass does not change yaml.SafeLoader
+
+
+def train_cfg(tmp_path, text, overrides=()):
+    write(tmp_path / "e.yaml", "TASK_TYPE: train_next_clip\n" + text)
+    return load_config(tmp_path / "e.yaml", list(overrides), registry=ENGINE)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("lr: fast\n", r"e.yaml: lr: 'fast' is a str, expected a float \(the default is 0.0001"),
+    ("num_steps: twenty\n", r"e.yaml: num_steps: 'twenty' is a str, expected an int"),
+    ("batch_size: 2.5\n", r"e.yaml: batch_size: 2.5 is a float, expected an int"),
+    ("use_ema: 1\n", r"use_ema: 1 is an int, expected a bool.*true or false"),
+    ("resume: 3\n", r"resume: 3 is an int, expected a str.*quote it"),
+    ("clip_sampling: {clip_len: four}\n", r"clip_sampling.clip_len: 'four' is a str, expected an int"),
+])
+def test_file_values_are_type_checked(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        train_cfg(tmp_path, text)
+
+
+def test_file_type_error_names_the_file_that_sets_it(tmp_path):
+    write(tmp_path / "base.yaml", "TASK_TYPE: train_next_clip\nnum_steps: lots\n")
+    write(tmp_path / "top.yaml", "_BASE: base.yaml\nlr: 0.01\n")
+    with pytest.raises(ConfigError, match=r"base.yaml: num_steps: 'lots'"):
+        load_config(tmp_path / "top.yaml", registry=ENGINE)
+
+
+def test_file_values_that_fit(tmp_path):
+    cfg = train_cfg(tmp_path, "lr: 1\nweight_decay: 5e-5\ncond_key: 3\nclip_sampling: {max_clips: 4}\n")
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.weight_decay == 5e-5
+    assert cfg.cond_key == 3 and cfg.clip_sampling.max_clips == 4  # null defaults take anything
+
+
+def test_override_is_checked_against_the_default_not_the_file_value(tmp_path):
+    cfg = train_cfg(tmp_path, "lr: fast\nnum_steps: 2.5\n", ["lr=1e-3", "num_steps", "7"])
+    assert cfg.lr == 1e-3 and isinstance(cfg.lr, float) and cfg.num_steps == 7
+    with pytest.raises(ConfigError, match=r"override lr='abc': expected float \(default 0.0001\)"):
+        train_cfg(tmp_path, "lr: fast\n", ["lr=abc"])
+    with pytest.raises(ConfigError, match=r"clip_sampling.clip_len must be an int"):
+        train_cfg(tmp_path, "", ["clip_sampling={clip_len: x}"])
+
+
+def test_scalar_has_no_sub_keys():
+    with pytest.raises(ConfigError, match=r"'lr' is a float \(0.0001\), it has no sub-keys; set it as a whole"):
+        apply_overrides({"lr": 1e-4}, split_overrides(["lr.x=3"]), "f.yaml")
+    with pytest.raises(ConfigError, match="it has no sub-keys"):
+        apply_overrides({"lr": 1e-4}, split_overrides(["+lr.x=3"]), "f.yaml")
+    out = apply_overrides({"pretrain": None}, split_overrides(["+pretrain.type=X"]), "f.yaml")
+    assert out["pretrain"] == {"type": "X"}
+
+
+def test_unset_component_kwarg_suggests_plus(tmp_path):
+    text = "model: {type: NextClipTransformer, preset: demo}\n"
+    with pytest.raises(ConfigError, match=r"NextClipTransformer takes 'depth'.*Add it with '\+model.depth=4'"):
+        train_cfg(tmp_path, text, ["model.depth=4"])
+    assert train_cfg(tmp_path, text, ["+model.depth=4"]).model.depth == 4
+    with pytest.raises(ConfigError, match=r"no key 'model.dpeth'"):  # not a kwarg: the usual message
+        train_cfg(tmp_path, text, ["model.dpeth=4"])
+
+
+def test_flag_like_override_is_refused():
+    with pytest.raises(ConfigError, match="'--dry_run' is not a flag"):
+        split_overrides(["a=1", "--dry_run"])
+    assert split_overrides(["lr", "-1e-3"]) == [("lr", "-1e-3", False)]

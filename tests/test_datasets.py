@@ -47,9 +47,16 @@ def test_bad_items_skipped_not_zeroed(tmp_path, shared_data, caplog):
     names = [GOOD[0], "empty.mp4", "broken_truncated.mp4", GOOD[1], "missing.mp4", "videos/cat_walking.mp4"]
     ds = VideoList(_list(tmp_path, shared_data, names), data_dir=str(shared_data), num_frames=16,
                    resolution=16, max_bad_fraction=0.5)
-    with caplog.at_level(logging.WARNING):
-        items = [ds[i] for i in range(len(ds))]
-        again = ds[1]
+    run_log = logging.getLogger("nextclip")  # as after setup_logger: own handlers, no propagation
+    propagate, run_log.propagate = run_log.propagate, False
+    run_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="nextclip"):
+            items = [ds[i] for i in range(len(ds))]
+            again = ds[1]
+    finally:
+        run_log.removeHandler(caplog.handler)
+        run_log.propagate = propagate
     assert [it["meta"]["index"] for it in items] == [0, 3, 3, 3, 5, 5]
     assert again["meta"]["index"] == 3
     assert set(ds.bad) == {1, 2, 4}

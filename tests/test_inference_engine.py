@@ -76,9 +76,12 @@ def test_batch_goes_on_past_bad_items_and_rerun_skips(tmp_path, shared_data):
                               else recs[0]["output"])
     assert frames.shape == (6, 16, 16 * 2 + 2, 3)  # ground truth | prediction, exact size, 6 frames
     assert info.fps == pytest.approx(8)
-    # same command again: the finished item is skipped, the bad ones are reported again
+    # same command again: the finished item is skipped (its original ok record, with its
+    # timing, is kept), the bad ones are reported again
     assert main("infer", ["--cfg", str(cfg)]) == 1
-    assert [r["status"] for r in results(out)] == ["skipped", "error", "error", "error"]
+    again = results(out)
+    assert [r["status"] for r in again] == ["ok", "error", "error", "error"]
+    assert again[0] == recs[0]
 
 
 def test_class_conditional_cfg(tmp_path):

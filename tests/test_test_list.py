@@ -20,10 +20,11 @@ def test_parse_formats(tmp_path, shared_data):
     cls = parse_test_list(["3", "dog|5"], "class")
     assert (cls[0].label, cls[1].label, cls[1].seed) == ("3", "dog", 5)
     lst = tmp_path / "v.txt"
-    lst.write_text("videos/realshort.mp4|||ctx\nnothing.mp4|||x\nno separator\n")
+    lst.write_text("videos/realshort.mp4|||ctx\nnothing.mp4|||x\nvideos/realshort.mp4\n")
     vid = parse_test_list(str(lst), "video", data_dir=str(shared_data))
     assert vid[0].error is None and vid[0].path.endswith("realshort.mp4") and vid[0].caption == "ctx"
-    assert "not found" in vid[1].error and "|||" in vid[2].error
+    assert "not found" in vid[1].error
+    assert vid[2].error is None and vid[2].path == vid[0].path and vid[2].caption == ""  # caption optional
     with pytest.raises(ValueError, match="kind"):
         parse_test_list(["x"], "audio")
 

@@ -8,23 +8,31 @@ Layout in ``<log_dir>/<name>/checkpoints/``::
     step_00001000.state.pt           optimizer / LR schedule / step / RNG / merged config
 
 Every file is written atomically (temp file + rename), so a crash never leaves a
-checkpoint that looks complete. State files hold only tensors and plain Python values
+checkpoint that looks complete. A failed save (disk full) removes that step's files;
+:func:`clean_checkpoint_dir` removes what killed writers left; :func:`load_resume` skips
+a corrupt newest checkpoint when resuming automatically. State files hold only tensors and plain Python values
 and are read with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .io import atomic_path
+from .io import atomic_path, clean_stale_temps
 
 STEP_RE = re.compile(r"^step_(\d+)\.state\.pt$")
+FILE_STEP_RE = re.compile(r"^step_(\d+)\.")  # any file of a checkpoint step
+WEIGHT_SUFFIXES = (".safetensors", ".ema.safetensors", ".embedder.safetensors")
+_log = logging.getLogger("nextclip.checkpoint")
 
 
 class CheckpointError(RuntimeError):
@@ -60,28 +68,118 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def save_checkpoint(ckpt_dir: Path, step: int, model_sd, ema_sd, train_state: Dict[str, Any], config_yaml: str,
                     embedder_sd=None) -> Path:
-    """Write weights (+EMA, +embedder) then the state file last: it marks a complete checkpoint."""
+    """Write weights (+EMA, +embedder) then the state file last: it marks a complete checkpoint.
+
+    If a write fails (disk full, ...) the files this step already wrote are removed, so no
+    orphaned weights fill the disk, and one OSError names the file and the cause.
+    """
     ckpt_dir = Path(ckpt_dir)
     stem = ckpt_dir / f"step_{step:08d}"
     meta = {"step": str(step), "config": config_yaml, "format": "nextclip-1"}
-    save_weights(stem.with_suffix(".safetensors"), model_sd, meta)
+    jobs = [(stem.with_suffix(".safetensors"), model_sd)]
     if ema_sd is not None:
-        save_weights(Path(str(stem) + ".ema.safetensors"), ema_sd, meta)
+        jobs.append((Path(str(stem) + ".ema.safetensors"), ema_sd))
     if embedder_sd:
-        save_weights(Path(str(stem) + ".embedder.safetensors"), embedder_sd, meta)
-    state = dict(train_state, step=step, config=config_yaml, rng=rng_state())
-    with atomic_path(Path(str(stem) + ".state.pt")) as tmp:
-        torch.save(state, tmp)
+        jobs.append((Path(str(stem) + ".embedder.safetensors"), embedder_sd))
+    state_path = Path(str(stem) + ".state.pt")
+    written: List[Path] = []
+    current = jobs[0][0]
+    try:
+        for current, sd in jobs:
+            save_weights(current, sd, meta)
+            written.append(current)
+        current = state_path
+        state = dict(train_state, step=step, config=config_yaml, rng=rng_state())
+        with atomic_path(state_path) as tmp:
+            _torch_save(state, tmp)
+    except Exception as e:
+        if written:  # this step's files are now a mix of new and old: none of them is usable
+            remove_step_files(ckpt_dir, step)
+        err = _as_os_error(e)
+        if err is None:
+            raise
+        raise OSError(err.errno, f"{err.strerror} while saving checkpoint step {step} (the partial files of "
+                                 f"this step were removed; earlier checkpoints are intact)", str(current)) from e
     return stem
+
+
+LOW_SPACE_BYTES = 16 * 2 ** 20  # a writer error with less free space than this counts as a full disk
+
+
+def _torch_save(obj: Any, path: str) -> None:
+    """``torch.save``, whose C++ writer reports a full disk without an errno ("unexpected pos ...")."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as e:  # judged while the partial file still holds its space
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        if st.f_bavail * st.f_frsize < LOW_SPACE_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
+        raise
+
+
+def _as_os_error(e: BaseException) -> Optional[OSError]:
+    """The OSError behind a failed write; the safetensors writer reports it as its own
+    exception type with the OS message ("I/O error: No space left on device (os error 28)")."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e
+    m = re.search(r"os error (\d+)", str(e))
+    if m:
+        return OSError(int(m.group(1)), os.strerror(int(m.group(1))))
+    return None
+
+
+def remove_step_files(ckpt_dir: Path, step: int) -> List[str]:
+    """Delete every file of checkpoint ``step`` in ``ckpt_dir``; returns the removed paths."""
+    removed = []
+    for p in Path(ckpt_dir).glob(f"step_{step:08d}.*"):
+        try:
+            p.unlink()
+            removed.append(str(p))
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def clean_checkpoint_dir(ckpt_dir: Path) -> List[str]:
+    """Remove what failed or killed writers left in ``ckpt_dir``; returns the removed paths.
+
+    * temp files of writers that are no longer running (:func:`utils.io.clean_stale_temps`);
+    * incomplete checkpoints: the files of a step that has no state file, if that step is
+      older than the newest complete checkpoint (nothing resumes from them). Complete
+      checkpoints and anything newer than the newest complete one are never touched.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    removed = clean_stale_temps(ckpt_dir)
+    latest = find_latest(ckpt_dir)
+    if latest is None:
+        return removed
+    newest = int(latest.name.split("_")[1])
+    complete, steps = set(), set()
+    for p in ckpt_dir.iterdir():
+        m = FILE_STEP_RE.match(p.name)
+        if m:
+            steps.add(int(m.group(1)))
+            if STEP_RE.match(p.name):
+                complete.add(int(m.group(1)))
+    for step in sorted(steps - complete):
+        if step < newest:
+            removed += remove_step_files(ckpt_dir, step)
+    return removed
+
+
+def complete_checkpoints(ckpt_dir: Path) -> List[Path]:
+    """Stems of the complete checkpoints (those with a state file) in ``ckpt_dir``, newest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    steps = sorted((int(m.group(1)) for p in ckpt_dir.iterdir() if (m := STEP_RE.match(p.name))), reverse=True)
+    return [ckpt_dir / f"step_{s:08d}" for s in steps]
 
 
 def find_latest(ckpt_dir: Path) -> Optional[Path]:
     """The newest complete checkpoint stem in ``ckpt_dir`` (None if there is none)."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return None
-    steps = [int(m.group(1)) for p in ckpt_dir.iterdir() if (m := STEP_RE.match(p.name))]
-    return ckpt_dir / f"step_{max(steps):08d}" if steps else None
+    stems = complete_checkpoints(ckpt_dir)
+    return stems[0] if stems else None
 
 
 def checkpoint_stem(path: Path) -> Path:
@@ -114,7 +212,59 @@ def resolve_resume(resume: str, ckpt_dir: Path) -> Optional[Path]:
 
 
 def load_train_state(stem: Path) -> Dict[str, Any]:
-    return torch.load(str(stem) + ".state.pt", map_location="cpu", weights_only=True)
+    path = str(stem) + ".state.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: the state file does not exist; the checkpoint is incomplete.") from None
+    except Exception as e:  # truncated / corrupt file
+        detail = (str(e).strip().splitlines() or ["no detail"])[0].split(". ")[0][:200]
+        raise CheckpointError(f"{path}: not a readable checkpoint state file, truncated or corrupt "
+                              f"({type(e).__name__}: {detail}).") from e
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path}: not a NextClip checkpoint state file (no 'step' entry).")
+    return state
+
+
+def read_checkpoint(stem: Path) -> Dict[str, Any]:
+    """Everything a resume needs from checkpoint ``stem``: ``state`` (optimizer, step, rng, config)
+    and the ``model`` / ``ema`` / ``embedder`` state_dicts (None when not saved). Raises
+    :class:`CheckpointError` naming the unreadable file."""
+    out: Dict[str, Any] = {"stem": Path(stem), "state": load_train_state(stem)}
+    for key, suffix in zip(("model", "ema", "embedder"), WEIGHT_SUFFIXES):
+        path = Path(str(stem) + suffix)
+        if key != "model" and not path.is_file():
+            out[key] = None
+            continue
+        out[key] = read_state_dict(path)
+    return out
+
+
+def load_resume(resume: Any, ckpt_dir: Path,
+                warn: Optional[Callable[[str], None]] = None) -> Optional[Dict[str, Any]]:
+    """The checkpoint to resume from (see :func:`read_checkpoint`), or None to start fresh.
+
+    ``resume: auto`` takes the newest *readable* complete checkpoint of ``ckpt_dir``, skipping
+    (with a warning naming the file) newer ones that are corrupt; if none is readable it raises.
+    An explicit path must be readable: one :class:`CheckpointError` naming the file otherwise.
+    """
+    if resume != "auto":
+        stem = resolve_resume(resume, ckpt_dir)
+        return None if stem is None else read_checkpoint(stem)
+    bad: List[str] = []
+    for stem in complete_checkpoints(ckpt_dir):
+        try:
+            ckpt = read_checkpoint(stem)
+        except CheckpointError as e:
+            bad.append(str(e))
+            (warn or _log.warning)(f"resume: auto: skipping unreadable checkpoint {stem.name}: {e}")
+            continue
+        return ckpt
+    if bad:
+        raise CheckpointError(
+            f"resume: auto: no readable checkpoint in {ckpt_dir} ({len(bad)} unreadable; newest: {bad[0]}). "
+            f"Give a good checkpoint with resume=PATH, or move the directory away to start over.")
+    return None
 
 
 # ---------------------------------------------------------------------------- weights

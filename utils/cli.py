@@ -4,23 +4,42 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 EXIT_CONFIG = 2
+#: flags without a value; like ``--cfg FILE`` they may stand anywhere, also after the overrides
+FLAGS = ("--list", "--dry-run", "--debug", "-h", "--help")
 
 
 def _parser(kind: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train_net.py" if kind == "train" else "inference.py",
+        usage="%(prog)s [--cfg FILE] [--list] [--dry-run] [--debug] [overrides ...]",
         description=f"NextClip {kind}: build the engine named by TASK_TYPE and run it.",
-        epilog="Overrides after --cfg: a.b.c=value, +new.key=value, or VGen-style KEY VALUE pairs.",
+        epilog="Overrides: a.b.c=value, +new.key=value, or VGen-style KEY VALUE pairs. "
+               "Flags may come before or after the overrides.",
     )
     p.add_argument("--cfg", help="experiment YAML file")
     p.add_argument("--list", action="store_true", help="print every registry and its members, then exit")
     p.add_argument("--dry-run", action="store_true", help="load and validate the config, print it, exit")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks for config errors")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="config overrides")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks for config and input errors")
     return p
+
+
+def split_argv(argv: List[str]) -> Tuple[List[str], List[str]]:
+    """Pull the flags and ``--cfg FILE`` out of ``argv`` wherever they are: (flags, overrides)."""
+    flags, overrides, i = [], [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok in FLAGS or tok.startswith("--cfg="):
+            flags.append(tok)
+        elif tok == "--cfg":
+            flags += argv[i:i + 2]
+            i += 1
+        else:
+            overrides.append(tok)
+        i += 1
+    return flags, overrides
 
 
 def list_registries() -> str:
@@ -36,12 +55,35 @@ def list_registries() -> str:
     return "\n".join(out)
 
 
+def validate_engine(engine, cfg) -> None:
+    """Run the engine's own checks (``engine.validate(cfg)``, contract C1), if it has any."""
+    check = getattr(engine, "validate", None)
+    if check is not None:
+        check(cfg)
+
+
+def os_error_line(err: OSError) -> str:
+    """``error: Permission denied: /path`` (+ a hint when the disk is full): one line, no traceback."""
+    from utils.io import disk_full_hint
+
+    where = str(err.filename) + (f" -> {err.filename2}" if getattr(err, "filename2", None) else "")
+    return f"error: {err.strerror or err}: {where}{disk_full_hint(err)}"
+
+
+def _fail(line: str, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(line, file=sys.stderr)
+    return EXIT_CONFIG
+
+
 def main(kind: str, argv: Optional[List[str]] = None) -> int:
-    from utils.config import ConfigError, load_config, to_yaml, validate_components
+    from utils.config import ConfigError, InputError, load_config, to_yaml, validate_components
     from utils.checkpoint import CheckpointError
     from utils.registry import ENGINE, INFER_ENGINE, BuildError, RegistryError
 
-    args = _parser(kind).parse_args(argv)
+    flags, overrides = split_argv(sys.argv[1:] if argv is None else list(argv))
+    args = _parser(kind).parse_args(flags)
     if args.list:
         print(list_registries())
         return 0
@@ -50,22 +92,25 @@ def main(kind: str, argv: Optional[List[str]] = None) -> int:
         return EXIT_CONFIG
     registry = ENGINE if kind == "train" else INFER_ENGINE
     try:
-        cfg = load_config(args.cfg, args.overrides, registry=registry)
+        cfg = load_config(args.cfg, overrides, registry=registry)
         problems = validate_components(cfg)
         if problems:
             raise ConfigError(f"{args.cfg}: " + "\n  ".join(["invalid component config:"] + problems))
+        engine = registry.get(cfg.TASK_TYPE)
+        validate_engine(engine, cfg)
         if args.dry_run:
             print(to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}), end="")
             print(f"# dry run OK: {cfg.TASK_TYPE} from {', '.join(cfg._files)}")
             return 0
-        return int(registry.get(cfg.TASK_TYPE)(cfg) or 0)
+        return int(engine(cfg) or 0)
     except (ConfigError, BuildError, RegistryError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"config error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (CheckpointError, FileNotFoundError) as e:  # bad weights file or input list named by the config
-        if args.debug:
-            traceback.print_exc()
-        print(f"input error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        # a component that could not be built because of its input (an empty list file, a
+        # missing cache) is an input problem, not a typo in the config
+        bad_input = isinstance(e.__cause__, (CheckpointError, FileNotFoundError, InputError))
+        return _fail(f"{'input' if bad_input else 'config'} error: {e}", args.debug)
+    except (CheckpointError, FileNotFoundError, InputError) as e:  # bad weights file or input list named by the config
+        return _fail(f"input error: {e}", args.debug)
+    except OSError as e:  # a file or folder the run must write or read: permission, not a directory, disk full
+        if not e.filename:
+            raise
+        return _fail(os_error_line(e), args.debug)

@@ -5,6 +5,9 @@
   inherited dict instead of merging into it.
 * Overrides: ``a.b.c=value``, ``+new.key=value`` (adds a key), or VGen-style trailing
   ``KEY VALUE`` pairs. Values parse as YAML scalars. Unknown keys and wrong types are errors.
+* Values from files and from overrides are checked against the type of the engine's default
+  (an int is fine for a float; a ``null`` default takes anything). ``5e-5`` is a float in
+  files too (:class:`ConfigLoader`).
 * ``custom_imports: [pkg.module, path/to/file.py]`` is imported before anything is built.
 """
 from __future__ import annotations
@@ -13,6 +16,7 @@ import copy
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -48,13 +52,36 @@ class ConfigError(ValueError):
     """A problem in the user's config or overrides; printed as one message, exit code 2."""
 
 
+class InputError(ValueError):
+    """A bad input that is not a config key, e.g. an empty or malformed list file.
+
+    Printed as one line ``input error: ...``, exit code 2.
+    """
+
+
 # ---------------------------------------------------------------------------- YAML
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``5e-5``, ``1e-4``, ``3E+2`` as floats.
+
+    YAML 1.1 (PyYAML) wants a dot and a signed exponent (``5.0e-05``) and reads ``5e-5``
+    as a string; YAML 1.2 and Python read it as a number. Only this float resolver is
+    added: the loader builds plain Python objects exactly like ``safe_load``.
+    """
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
 def _read_yaml(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist. Check the path given to --cfg or _BASE.")
     try:
         with open(path, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=ConfigLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if data is None:
@@ -104,18 +131,11 @@ def load_yaml_tree(path: os.PathLike, _chain: Sequence[Path] = ()) -> tuple:
 
 # ---------------------------------------------------------------------------- overrides
 def parse_scalar(text: str) -> Any:
-    """Parse a command-line value the way YAML would (``5e-5`` -> float, ``[1,2]`` -> list)."""
+    """Parse a command-line value the way a config file would (``5e-5`` -> float, ``[1,2]`` -> list)."""
     try:
-        val = yaml.safe_load(text)
+        return yaml.load(text, Loader=ConfigLoader)
     except yaml.YAMLError:
         return text
-    # YAML 1.1 reads "5e-5" as a string; treat float-looking strings as floats
-    if isinstance(val, str):
-        try:
-            return float(val) if any(c in val for c in ".eE") and not val.isalpha() else val
-        except ValueError:
-            return val
-    return val
 
 
 def split_overrides(tokens: Sequence[str]) -> List[tuple]:
@@ -126,6 +146,9 @@ def split_overrides(tokens: Sequence[str]) -> List[tuple]:
         tok = tokens[i]
         add = tok.startswith("+")
         body = tok[1:] if add else tok
+        if tok.startswith("-"):
+            raise ConfigError(f"{tok!r} is not a flag of this command (see --help) and not an override: "
+                              f"expected key=value, +key=value or KEY VALUE.")
         if "=" in body:
             key, val = body.split("=", 1)
             i += 1
@@ -147,55 +170,183 @@ def _type_name(v: Any) -> str:
     return "null" if v is None else type(v).__name__
 
 
-def _coerce(key: str, old: Any, raw: str, new: Any, files: str) -> Any:
-    if old is None or new is None:
+def _a(v: Any) -> str:
+    """'a float', 'an int', 'null'."""
+    name = _type_name(v)
+    return name if v is None else ("an " if name[0] in "aeiou" else "a ") + name
+
+
+#: returned by :func:`_fit` when a value does not fit the expected type
+_NO_FIT = object()
+
+
+def _fit(ref: Any, new: Any, raw: Optional[str] = None) -> Any:
+    """``new`` as the type of ``ref``, or ``_NO_FIT``. The one type rule of files and overrides.
+
+    ``null`` on either side fits; an int fits where a float is expected (and becomes one);
+    bool only fits bool. ``raw`` is the command-line text: where a string is expected a
+    scalar keeps its text (``name=123`` -> ``"123"``); a file value must be a string there.
+    """
+    if ref is None or new is None:
         return new
-    if isinstance(old, bool) or isinstance(new, bool):
-        if isinstance(old, bool) and isinstance(new, bool):
-            return new
-    elif isinstance(old, float) and isinstance(new, (int, float)):
+    if isinstance(ref, bool) or isinstance(new, bool):
+        return new if isinstance(ref, bool) and isinstance(new, bool) else _NO_FIT
+    if isinstance(ref, float) and isinstance(new, (int, float)):
         return float(new)
-    elif isinstance(old, int) and isinstance(new, int):
+    if isinstance(ref, int) and isinstance(new, int):
         return new
-    elif isinstance(old, str) and not isinstance(new, (list, dict)):
-        return new if isinstance(new, str) else raw  # "123" stays a string where a string is expected
-    elif isinstance(old, (list, tuple)) and isinstance(new, list):
+    if isinstance(ref, str):
+        if isinstance(new, str):
+            return new
+        return raw if raw is not None and not isinstance(new, (list, dict)) else _NO_FIT
+    if isinstance(ref, (list, tuple)) and isinstance(new, list):
         return new
-    elif isinstance(old, dict) and isinstance(new, dict):
-        return deep_merge(old, new)
-    raise ConfigError(
-        f"override {key}={raw!r}: expected {_type_name(old)} (current value {old!r} from {files}), "
-        f"got {_type_name(new)} {new!r}. Fix the value or its quoting."
-    )
+    if isinstance(ref, dict) and isinstance(new, dict):
+        return new
+    return _NO_FIT
 
 
-def apply_overrides(cfg: Dict[str, Any], overrides: Iterable[tuple], files: str) -> Dict[str, Any]:
+def _lookup(tree: Any, parts: Sequence[str]) -> Any:
+    """``tree[p0][p1]...`` or ``_NO_FIT`` when the path is not there."""
+    for p in parts:
+        if not isinstance(tree, dict) or p not in tree:
+            return _NO_FIT
+        tree = tree[p]
+    return tree
+
+
+def _origin(files: Sequence[Path], parts: Sequence[str]) -> str:
+    """The last file of the ``_BASE`` chain that sets the key ``parts`` (it wins the merge)."""
+    for f in reversed(files):
+        if _lookup(_read_yaml(Path(f)), parts) is not _NO_FIT:
+            return str(f)
+    return ", ".join(str(f) for f in files)
+
+
+def check_types(defaults: Dict[str, Any], data: Dict[str, Any], files: Sequence[Path],
+                skip: Iterable[str] = (), _prefix: str = "") -> None:
+    """Check the values read from ``files`` against the types of the engine ``defaults``.
+
+    Same rule as command-line overrides (:func:`_fit`); a default of ``null`` accepts
+    anything, a dict default (e.g. ``clip_sampling``) has its keys checked too. Component
+    dicts are checked by :func:`validate_components` instead. Keys in ``skip`` (set on the
+    command line, which replaces the file value) are not checked here. An int where a float
+    is expected becomes a float in ``data``.
+    """
+    skip = set(skip)
+    for key, ref in defaults.items():
+        path = _prefix + str(key)
+        if (not _prefix and key in COMPONENT_KEYS) or key not in data or path in skip:
+            continue
+        val = _fit(ref, data[key])
+        if val is _NO_FIT:
+            raise ConfigError(_file_type_msg(path, data[key], ref, _origin(files, path.split("."))))
+        data[key] = val
+        if isinstance(ref, dict) and isinstance(val, dict):
+            check_types(ref, val, files, skip, path + ".")
+
+
+def _file_type_msg(path: str, val: Any, ref: Any, origin: str) -> str:
+    if isinstance(ref, str):
+        how = f"quote it in the file ({path}: '{val}')"
+    elif isinstance(ref, bool):
+        how = "write true or false"
+    elif isinstance(ref, (int, float)):
+        how = f"write a number like {ref!r}"
+    else:
+        how = f"write {_a(ref)} like {ref!r}"
+    return (f"{origin}: {path}: {val!r} is {_a(val)}, expected {_a(ref)} (the default is {ref!r}"
+            f"{'; an int is fine too' if isinstance(ref, float) else ''}). Fix the value: {how}, "
+            f"or override it with '{path}=...'.")
+
+
+def _coerce(key: str, old: Any, raw: str, new: Any, files: str, default: Any = None) -> Any:
+    """The override value ``new`` checked against the engine ``default`` (if not null), else ``old``."""
+    ref = old if default is None else default
+    val = _fit(ref, new, raw)
+    if val is _NO_FIT:
+        src = f"default {ref!r}" if default is not None else f"current value {old!r} from {files}"
+        raise ConfigError(
+            f"override {key}={raw!r}: expected {_type_name(ref)} ({src}), "
+            f"got {_type_name(new)} {new!r}. Fix the value or its quoting."
+        )
+    if isinstance(val, dict) and isinstance(ref, dict):
+        val = deep_merge(old, val) if isinstance(old, dict) else val
+        for sub, sub_ref in ref.items():  # a dict default with fixed keys: check their types too
+            if sub in val and _fit(sub_ref, val[sub]) is _NO_FIT:
+                raise ConfigError(
+                    f"override {key}={raw!r}: {key}.{sub} must be {_a(sub_ref)} (default {sub_ref!r}), "
+                    f"got {_a(val[sub])} {val[sub]!r}. Fix the value or its quoting."
+                )
+            if sub in val:
+                val[sub] = _fit(sub_ref, val[sub])
+    return val
+
+
+def apply_overrides(cfg: Dict[str, Any], overrides: Iterable[tuple], files: str,
+                    defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Apply parsed overrides; each value is checked against ``defaults`` (else the current value)."""
     cfg = copy.deepcopy(cfg)
     for key, raw, add in overrides:
         parts = key.split(".")
         node = cfg
         for depth, p in enumerate(parts[:-1]):
             if not isinstance(node.get(p), dict):
-                if add and p not in node:
+                where = ".".join(parts[: depth + 1])
+                if add and node.get(p) is None:
                     node[p] = {}
+                elif p in node:
+                    raise ConfigError(_no_sub_keys_msg(key, where, node[p]))
                 else:
-                    where = ".".join(parts[: depth + 1])
-                    raise ConfigError(_unknown_key_msg(key, where, node, files, add))
+                    raise ConfigError(_unknown_key_msg(key, where, node, files, raw, cfg))
             node = node[p]
         leaf = parts[-1]
         new = parse_scalar(raw)
         if leaf not in node:
             if not add:
-                raise ConfigError(_unknown_key_msg(key, key, node, files, add))
+                raise ConfigError(_unknown_key_msg(key, key, node, files, raw, cfg))
             node[leaf] = new
         else:
-            node[leaf] = _coerce(key, node[leaf], raw, new, files)
+            default = _lookup(defaults, parts) if defaults is not None else None
+            default = None if default is _NO_FIT else default
+            node[leaf] = _coerce(key, node[leaf], raw, new, files, default)
     return cfg
 
 
-def _unknown_key_msg(key: str, where: str, node: Dict[str, Any], files: str, add: bool) -> str:
+def _no_sub_keys_msg(key: str, where: str, value: Any) -> str:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    how = f"set it as a whole ('{where}=VALUE')"
+    if value is None:
+        how += f" or add keys with '+{key}=...'"
+    return f"override '{key}': '{where}' is {_a(value)} ({shown}), it has no sub-keys; {how}."
+
+
+def _component_kwarg(key: str, cfg: Dict[str, Any]) -> Optional[str]:
+    """'NextClipTransformer' when ``key`` is e.g. ``model.depth`` and ``depth`` is a kwarg of it."""
+    from utils.registry import REGISTRIES, accepted_kwargs
+
+    parts = key.split(".")
+    comp = cfg.get(parts[0])
+    if len(parts) != 2 or parts[0] not in COMPONENT_KEYS or not isinstance(comp, dict):
+        return None
+    reg = REGISTRIES[COMPONENT_KEYS[parts[0]]]
+    kind = comp.get("type")
+    if not isinstance(kind, str) or kind not in reg:
+        return None
+    return kind if parts[1] in accepted_kwargs(reg.get(kind)) else None
+
+
+def _unknown_key_msg(key: str, where: str, node: Dict[str, Any], files: str, raw: str = "...",
+                     cfg: Optional[Dict[str, Any]] = None) -> str:
     import difflib
 
+    kind = _component_kwarg(key, cfg) if cfg is not None and where == key else None
+    if kind is not None:
+        return (
+            f"override '{key}': {kind} takes '{key.split('.')[-1]}', but this config does not set it "
+            f"(it comes from {kind}'s own default or preset; searched {files}). "
+            f"Add it with '+{key}={raw}'."
+        )
     last = where.split(".")[-1]
     close = difflib.get_close_matches(last, [str(k) for k in node], n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -278,8 +429,9 @@ def load_config(path: os.PathLike, overrides: Sequence[str] = (), registry=None)
             if extra:
                 raise ConfigError(f"{files_str}: {key} has unknown key(s) {', '.join(extra)}; "
                                   f"known: {', '.join(default)}.")
+    check_types(defaults, data, files, skip=[k for k, _, _ in parsed])
     merged = deep_merge(defaults, data)
-    merged = apply_overrides(merged, parsed, files_str)
+    merged = apply_overrides(merged, parsed, files_str, defaults)
     merged.setdefault("name", Path(path).stem)
     merged["_files"] = [str(f) for f in files]
     return EasyDict(merged)

@@ -10,7 +10,10 @@ Only the requested frames are decoded: both backends seek to the keyframe before
 first wanted frame, decode forward and stop after the last wanted one. The PyAV path
 lists packet timestamps with a cheap demux pass and falls back to decoding from the
 start when a seek lands on a keyframe that decodes corrupt (open-GOP files).
-:func:`probe_video` demuxes with PyAV and so counts frames exactly.
+:func:`probe_video` demuxes with PyAV and so counts frames exactly. When the chosen
+backend cannot read a file, :func:`read_video` tries the other one (OpenCV only
+estimates the count from the stored duration, so it cannot read a streamed WebM/MKV
+that stores none; PyAV can).
 
 Every write goes to a temporary file in the destination directory (keeping the
 extension, so ffmpeg / PIL pick the right muxer) and is moved into place with
@@ -72,12 +75,14 @@ class VideoInfo:
 
 
 # ---------------------------------------------------------------------------- reading
-def _check_file(path: PathLike) -> str:
+def _check_file(path: PathLike, what: str = "video file") -> str:
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise VideoReadError(path, f"is a directory, not a {what}; list the files inside it instead")
     if not os.path.exists(path):
         raise VideoReadError(path, "file not found; check the path and the data_dir it is relative to")
     if not os.path.isfile(path):
-        raise VideoReadError(path, "not a regular file")
+        raise VideoReadError(path, f"not a regular file (a device, pipe or socket?), not a {what}")
     if os.path.getsize(path) == 0:
         raise VideoReadError(path, "file is empty (0 bytes); re-download or remove it from the list")
     return path
@@ -213,8 +218,11 @@ def _read_opencv(path: str, frame_indices) -> Tuple[np.ndarray, VideoInfo]:
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         fps = float(cap.get(cv2.CAP_PROP_FPS))
         h, w = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
-        if n <= 0:
-            raise VideoReadError(path, "no video frames in the file")
+        if n <= 0:  # OpenCV estimates the count from the duration; none stored -> garbage
+            raise VideoReadError(
+                path, "OpenCV cannot tell the frame count: the container stores no frame count or "
+                      "duration (e.g. a streamed or browser-recorded WebM/MKV), and its frame seeking "
+                      "is unreliable in such files")
         info = VideoInfo(path, n, fps, h, w, "opencv")
         idx = _normalise_indices(path, frame_indices, n)
         wanted = set(idx)
@@ -243,21 +251,41 @@ def read_video(path: PathLike, frame_indices: Optional[Sequence[int]] = None,
     Frames come back in the order of ``frame_indices`` (repeats allowed). Only the span
     between the keyframe before the first and the last requested frame is decoded.
     Raises :class:`VideoReadError` for missing / empty / corrupt / truncated files and
-    when an index is past the end ("too few frames").
+    when an index is past the end ("too few frames"). When the chosen backend cannot read
+    the file the other one is tried (e.g. OpenCV cannot count or seek in a WebM/MKV whose
+    header stores no duration; PyAV counts by demuxing); if both fail the error gives both
+    reasons.
     """
     if backend not in BACKENDS:
         raise ValueError(f"read_video: backend={backend!r} is not supported; use one of {BACKENDS}")
     path = _check_file(path)
     if backend == "opencv" and not path.lower().endswith(".gif"):
-        return _read_opencv(path, frame_indices)
-    return _read_pyav(path, frame_indices)  # GIFs always via PyAV (checked against PIL)
+        order = ("opencv", "pyav")
+    else:
+        order = ("pyav", "opencv")  # GIFs first via PyAV (checked against PIL)
+    readers = {"opencv": _read_opencv, "pyav": _read_pyav}
+    failed = []
+    for name in order:
+        try:
+            return readers[name](path, frame_indices)
+        except VideoReadError as e:
+            failed.append((name, e.reason))
+    raise VideoReadError(path, _failure_reasons(failed))
+
+
+def _failure_reasons(failed: Sequence[Tuple[str, str]]) -> str:
+    """One reason from every backend tried, e.g. ``OpenCV: ...; PyAV (fallback): ...``."""
+    if len({reason for _, reason in failed}) == 1:
+        return failed[0][1]
+    names = {"opencv": "OpenCV", "pyav": "PyAV"}
+    return "; ".join(f"{names[n]}{' (fallback)' if k else ''}: {r}" for k, (n, r) in enumerate(failed))
 
 
 def read_image(path: PathLike) -> np.ndarray:
     """One image -> uint8 (H, W, 3) RGB (first frame for animated formats)."""
     from PIL import Image
 
-    path = _check_file(path)
+    path = _check_file(path, what="image file")
     try:
         with Image.open(path) as im:
             im.seek(0)
@@ -278,22 +306,55 @@ def _check_frames(frames, what="frames") -> np.ndarray:
     return np.ascontiguousarray(frames)
 
 
-def _write_mp4(tmp: str, frames: np.ndarray, fps: float, quality: int) -> None:
+def _ffmpeg_exe() -> str:
+    """The ffmpeg binary that imageio-ffmpeg ships (or finds)."""
     import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _ffmpeg_error(tmp: str, returncode: int, stderr: str) -> OSError:
+    """An OSError for a failed ffmpeg run: ENOSPC when ffmpeg ran out of space, else EIO."""
+    import errno
+
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    why = "; ".join(lines[-3:]) or "no message"
+    full = "no space left on device" in stderr.lower() or "disk quota exceeded" in stderr.lower()
+    code = errno.ENOSPC if full else errno.EIO
+    return OSError(code, f"ffmpeg could not write the video (exit code {returncode}: {why})", tmp)
+
+
+def _write_mp4(tmp: str, frames: np.ndarray, fps: float, quality: int) -> None:
+    """Encode with ffmpeg (libx264); raises OSError when ffmpeg fails (disk full, ...)."""
+    import subprocess
+    import tempfile
 
     t, h, w, _ = frames.shape
     # libx264 + yuv420p needs even sizes; 4:4:4 keeps any size exactly.
     pix = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
-    writer = imageio_ffmpeg.write_frames(
-        tmp, (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out=pix,
-        macro_block_size=1, ffmpeg_log_level="error",
-        output_params=["-crf", str(quality), "-preset", "veryfast", "-movflags", "+faststart"])
-    writer.send(None)
-    try:
-        for f in frames:
-            writer.send(f)
-    finally:
-        writer.close()
+    cmd = [_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+           "-r", repr(float(fps)), "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt", pix, "-crf", str(quality),
+           "-preset", "veryfast", "-movflags", "+faststart", "-f", "mp4", tmp]
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg can never block on it
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            try:
+                for f in frames:
+                    p.stdin.write(f.tobytes())
+                p.stdin.close()
+            except BrokenPipeError:  # ffmpeg quit early; its exit code and message say why
+                pass
+            rc = p.wait()
+        finally:
+            with contextlib.suppress(OSError):
+                p.stdin.close()
+            if p.poll() is None:  # interrupted: do not leave ffmpeg running
+                p.kill()
+                p.wait()
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+    if rc != 0:
+        raise _ffmpeg_error(tmp, rc, stderr)
 
 
 def _write_gif(tmp: str, frames: np.ndarray, fps: float) -> None:
@@ -309,6 +370,8 @@ def write_video(path: PathLike, frames, fps: float = 8.0, quality: int = 18) -> 
 
     The exact frame size is kept (no macroblock padding; odd sizes use yuv444p).
     ``quality`` is the x264 CRF (lower = better, 18 ~ visually lossless).
+    A failed write (ffmpeg's exit code, an empty result, a full disk) raises ``OSError``
+    naming ``path`` and leaves nothing under that name.
     """
     path = os.fspath(path)
     frames = _check_frames(frames)
@@ -318,11 +381,14 @@ def write_video(path: PathLike, frames, fps: float = 8.0, quality: int = 18) -> 
     if ext not in (".mp4", ".gif"):
         raise ValueError(f"write_video: unsupported extension {ext!r} in {path!r}; use .mp4 or .gif "
                          f"(or write_grid for a .png contact sheet)")
-    with atomic_path(path) as tmp:
-        if ext == ".mp4":
-            _write_mp4(tmp, frames, float(fps), quality)
-        else:
-            _write_gif(tmp, frames, float(fps))
+    try:
+        with atomic_path(path, require_nonempty=True) as tmp:
+            if ext == ".mp4":
+                _write_mp4(tmp, frames, float(fps), quality)
+            else:
+                _write_gif(tmp, frames, float(fps))
+    except OSError as e:  # name the final file, not the temp one
+        raise OSError(e.errno, f"could not write {ext[1:]} ({e.strerror or e})", path) from e
     return path
 
 
@@ -340,16 +406,91 @@ def make_grid(frames, ncols: Optional[int] = None, pad: int = 2, pad_value: int 
     return grid
 
 
-def write_grid(path: PathLike, frames, ncols: Optional[int] = None, pad: int = 2) -> str:
-    """Write a PNG contact sheet of the frames, atomically. Returns ``path``."""
+#: frame of the context (given) columns in a labelled contact sheet
+CONTEXT_COLOR = (255, 128, 0)
+
+
+def _label_font():
+    """PIL's built-in bitmap font (no font file needed)."""
+    from PIL import ImageFont
+
+    load = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)
+    return load()
+
+
+def _text_size(draw, text: str, font) -> Tuple[int, int]:
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+    return x1 - x0, y1 - y0
+
+
+def make_labeled_grid(rows: Sequence[Tuple[str, np.ndarray]], context_frames: int = 0, pad: int = 3,
+                      pad_value: int = 255) -> np.ndarray:
+    """Rows of videos (``(label, uint8 (T, H, W, 3))``, same H, W) as one labelled image.
+
+    Each row is one video with its label at the left; column ``t`` holds frame ``t`` of
+    every row, headed by its index. The first ``context_frames`` columns (the frames the
+    model was given) are framed in orange and headed ``ctx t``. Rows shorter than the
+    longest one leave their last cells grey.
+    """
+    from PIL import Image, ImageDraw
+
+    vids = [(str(label), _check_frames(v, f"row {label!r}")) for label, v in rows]
+    if not vids:
+        raise ValueError("make_labeled_grid: no rows given")
+    h, w = vids[0][1].shape[1:3]
+    if any(v.shape[1:3] != (h, w) for _, v in vids):
+        raise ValueError(f"make_labeled_grid: rows differ in frame size "
+                         f"{[tuple(v.shape[1:3]) for _, v in vids]}; resize them to one size first")
+    t = max(v.shape[0] for _, v in vids)
+    font = _label_font()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    headers = [f"ctx {i}" if i < context_frames and _text_size(probe, f"ctx {i}", font)[0] <= w + pad
+               else str(i) for i in range(t)]
+    th = max(_text_size(probe, s, font)[1] for s in headers + [v[0] for v in vids]) + 2 * pad
+    lw = max(_text_size(probe, label, font)[0] for label, _ in vids) + 3 * pad
+    cw, ch = w + pad, h + pad                      # cell pitch
+    img = Image.new("RGB", (lw + t * cw + pad, th + len(vids) * ch + pad), (pad_value,) * 3)
+    draw = ImageDraw.Draw(img)
+    for i, text in enumerate(headers):
+        color = CONTEXT_COLOR if i < context_frames else (0, 0, 0)
+        draw.text((lw + i * cw + pad, pad), text, fill=color, font=font)
+    for r, (label, v) in enumerate(vids):
+        y = th + r * ch + pad
+        draw.text((pad, y + (h - _text_size(probe, label, font)[1]) // 2), label, fill=(0, 0, 0), font=font)
+        for i in range(t):
+            x = lw + i * cw + pad
+            if i < context_frames:  # the frame around a given frame
+                draw.rectangle([x - pad, y - pad, x + w + pad - 1, y + h + pad - 1], outline=CONTEXT_COLOR,
+                               width=max(1, pad - 1))
+            if i < v.shape[0]:
+                img.paste(Image.fromarray(v[i]), (x, y))
+            else:
+                draw.rectangle([x, y, x + w - 1, y + h - 1], fill=(200, 200, 200))
+    return np.asarray(img)
+
+
+def write_grid(path: PathLike, frames, ncols: Optional[int] = None, pad: int = 2,
+               context_frames: int = 0) -> str:
+    """Write a PNG contact sheet, atomically. Returns ``path``.
+
+    ``frames``: uint8 (T, H, W, 3) for a plain grid (:func:`make_grid`), or a list of
+    ``(label, frames)`` rows for a labelled sheet (:func:`make_labeled_grid`, which marks
+    the first ``context_frames`` columns).
+    """
     from PIL import Image
 
     path = os.fspath(path)
     if os.path.splitext(path)[1].lower() != ".png":
         raise ValueError(f"write_grid: {path!r} must end with .png")
-    grid = make_grid(frames, ncols=ncols, pad=pad)
-    with atomic_path(path) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
+    if isinstance(frames, (list, tuple)) and frames and isinstance(frames[0], tuple):
+        grid = make_labeled_grid(frames, context_frames=context_frames)
+    else:
+        grid = make_grid(frames, ncols=ncols, pad=pad)
+    try:
+        with atomic_path(path, require_nonempty=True) as tmp:
+            Image.fromarray(grid).save(tmp, format="PNG")
+    except OSError as e:  # name the final file, not the temp one
+        raise OSError(e.errno, f"could not write png ({e.strerror or e})", path) from e
     return path
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import csv
 import os
 
-from tools.datasets.video_list import VideoList
+from tools.datasets.video_list import VideoList, check_list_path
+from utils.config import InputError
 from utils.registry import DATASETS
 
 
@@ -17,10 +18,9 @@ class CsvVideo(VideoList):
         super().__init__(list_file=csv_file, **kwargs)
 
     def _entries(self, csv_file, data_dir):
-        if not os.path.isfile(csv_file):
-            raise FileNotFoundError(f"csv_file {csv_file!r} does not exist")
+        check_list_path(csv_file, "csv_file")
         base = data_dir if data_dir is not None else os.path.dirname(os.path.abspath(csv_file))
-        with open(csv_file, newline="", encoding="utf-8") as f:
+        with open(csv_file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
             for want, name in ((self.video_column, "video_column"), (self.caption_column, "caption_column")):
@@ -33,5 +33,7 @@ class CsvVideo(VideoList):
                 if path:
                     out.append((os.path.join(base, path), (row[self.caption_column] or "").strip(), no))
         if not out:
-            raise ValueError(f"csv_file {csv_file!r} has no rows with a {self.video_column!r} value")
+            raise InputError(f"csv_file {csv_file!r} has no rows with a {self.video_column!r} value; "
+                             f"expected a header line such as '{self.video_column},{self.caption_column}' "
+                             f"and one row per video")
         return out

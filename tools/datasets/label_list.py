@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from tools.datasets.video_list import VideoList
+from utils.config import InputError
 from utils.registry import DATASETS
 from utils.io import atomic_path
 
@@ -19,7 +20,8 @@ class LabelList(VideoList):
         super().__init__(list_file=list_file, **kwargs)
         for path, label, no in self.entries:
             if not label:
-                raise ValueError(f"{list_file}:{no}: no label for {path!r}; expected 'path|||label'")
+                raise InputError(f"{list_file}:{no}: no label for {path!r}; each line should be "
+                                 f"'path/to/video.mp4|||label name'")
         self.classes = sorted({label for _, label, _ in self.entries})
         self.label_to_index = {c: i for i, c in enumerate(self.classes)}
 

@@ -5,10 +5,16 @@ the path and reason and skipped: the item at the next index is returned instead
 (deterministic), never a zero tensor. When more than ``max_bad_fraction`` of the
 dataset is bad (or, after 50 items were tried, of the items tried) the dataset
 raises :class:`BadDataError`. With DataLoader workers each worker keeps its own count.
+
+Epochs (contract C3): ``dataset[(index, epoch)]`` draws the item's random choices (clip
+window, stride, crop) from ``(seed, epoch, index)``; a plain ``dataset[index]`` uses
+epoch 0 (or the one given to :meth:`SkipBadMixin.set_epoch`). Warnings go to the
+``nextclip.data`` logger, so they reach the run's console and ``log.txt``.
 """
 from __future__ import annotations
 
 import logging
+import operator
 import os
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -16,10 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from utils.config import InputError
+from utils.logging import LOGGER_NAME
 from utils.registry import DATASETS
 from utils.video_io import VideoReadError, probe_video, read_video, resize_crop, to_tensor
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"{LOGGER_NAME}.data")
+LINE_FORMAT = ("'path/to/video.mp4|||a caption' (the caption is optional; paths are relative to "
+               "data_dir or else to the list file's folder; '#' starts a comment)")
 MIN_SEEN_FOR_RUNNING_FRACTION = 50
 
 
@@ -30,25 +40,44 @@ class BadDataError(RuntimeError):
 def read_list_file(list_file: str, data_dir: Optional[str] = None) -> List[Tuple[str, str, int]]:
     """``path|||text`` lines -> [(absolute path, text, line_no)]; ``#`` comments and blanks skipped.
 
-    Paths are relative to ``data_dir`` or else to the list file's directory.
+    A bare ``path`` line (no ``|||``) has an empty caption. Paths are relative to ``data_dir``
+    or else to the list file's directory. A UTF-8 byte-order mark is ignored. Raises
+    :class:`utils.config.InputError` for an empty list and for a line without a path.
     """
-    if not os.path.isfile(list_file):
-        raise FileNotFoundError(f"list file {list_file!r} does not exist; check the dataset's list_file")
     base = data_dir if data_dir is not None else os.path.dirname(os.path.abspath(list_file))
     out = []
-    with open(list_file, encoding="utf-8") as f:
-        for no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            path, _, text = line.partition("|||")
-            path = path.strip()
-            if not path:
-                raise ValueError(f"{list_file}:{no}: empty path in {line!r}; expected 'path|||caption'")
-            out.append((os.path.join(base, os.path.expanduser(path)), text.strip(), no))
+    for no, line in _list_lines(list_file):
+        path, _, text = line.partition("|||")
+        path = path.strip()
+        if not path:
+            raise InputError(f"{list_file}:{no}: empty path in {line!r}; each line should be {LINE_FORMAT}")
+        out.append((os.path.join(base, os.path.expanduser(path)), text.strip(), no))
     if not out:
-        raise ValueError(f"list file {list_file!r} has no entries (expected lines 'path|||caption')")
+        raise InputError(f"list file {list_file!r} has no entries (only blank lines or comments); "
+                         f"each line should be {LINE_FORMAT}")
     return out
+
+
+def _list_lines(list_file: str) -> List[Tuple[int, str]]:
+    """(line number, stripped line) for every non-blank, non-comment line of a UTF-8 text file."""
+    check_list_path(list_file, "list_file")
+    try:
+        with open(list_file, encoding="utf-8-sig") as f:  # -sig: drop a leading byte-order mark
+            lines = list(f)
+    except UnicodeDecodeError as e:
+        raise InputError(f"list file {list_file!r} is not UTF-8 text ({e.reason}); "
+                         f"save it as UTF-8") from e
+    return [(no, line.strip()) for no, line in enumerate(lines, 1)
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def check_list_path(path: str, setting: str) -> None:
+    """FileNotFoundError / InputError unless ``path`` (the dataset's ``setting``) is a regular file."""
+    if os.path.isdir(path):
+        raise InputError(f"{setting} {path!r} is a directory, not a list file; set {setting} "
+                         f"to the text file itself")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{setting} {path!r} does not exist; check the dataset's {setting}")
 
 
 def _as_hw(resolution) -> Optional[Tuple[int, int]]:
@@ -62,11 +91,16 @@ def _as_hw(resolution) -> Optional[Tuple[int, int]]:
 
 
 class SkipBadMixin:
-    """``__getitem__`` with the bad-data policy; subclasses implement ``load(index, rng)``."""
+    """``__getitem__`` with the bad-data policy; subclasses implement ``load(index, rng)``.
+
+    Keys are an int ``index`` or an ``(index, epoch)`` tuple (contract C3; the training
+    sampler yields tuples because ``epoch_aware`` is True).
+    """
 
     max_bad_fraction: float
     seed: int
     epoch: int = 0
+    epoch_aware = True
 
     def _init_bad(self, max_bad_fraction: float) -> None:
         if not 0 <= max_bad_fraction <= 1:
@@ -76,14 +110,33 @@ class SkipBadMixin:
         self.seen = set()
 
     def set_epoch(self, epoch: int) -> None:
-        """Changes the random clip / crop choices (deterministically) per epoch."""
-        self.epoch = int(epoch)
+        """The epoch used for plain int keys; ``(index, epoch)`` keys need no shared state."""
+        self.epoch = self._check_epoch(epoch)
 
     def describe_item(self, index: int) -> str:
         return str(index)
 
-    def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([int(self.seed), int(self.epoch), int(index)])
+    def _check_epoch(self, epoch) -> int:
+        epoch = operator.index(epoch)
+        if epoch < 0:
+            raise ValueError(f"{type(self).__name__}: epoch={epoch} must be >= 0")
+        return epoch
+
+    def _split_key(self, key) -> Tuple[int, int]:
+        """``index`` or ``(index, epoch)`` -> (index, epoch)."""
+        try:
+            if isinstance(key, (tuple, list)):
+                if len(key) != 2:
+                    raise TypeError
+                return operator.index(key[0]), self._check_epoch(key[1])
+            return operator.index(key), int(self.epoch)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__}: key {key!r} must be an int index or an "
+                            f"(index, epoch) tuple of ints") from None
+
+    def _rng(self, index: int, epoch: Optional[int] = None) -> np.random.Generator:
+        epoch = self.epoch if epoch is None else epoch
+        return np.random.default_rng([int(self.seed), int(epoch), int(index)])
 
     def _mark_bad(self, index: int, err: Exception) -> None:
         n = len(self)
@@ -101,7 +154,8 @@ class SkipBadMixin:
                 f"max_bad_fraction={self.max_bad_fraction}. First bad items: {worst}. "
                 f"Fix or remove them from the list, or raise max_bad_fraction.")
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: Union[int, Tuple[int, int]]) -> dict:
+        index, epoch = self._split_key(key)
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {type(self).__name__} of length {n}")
@@ -112,11 +166,11 @@ class SkipBadMixin:
                 continue
             self.seen.add(i)
             try:
-                item = self.load(i, self._rng(i))
+                item = self.load(i, self._rng(i, epoch))
             except VideoReadError as e:
                 self._mark_bad(i, e)
-                continue
-            item.setdefault("meta", {})["index"] = i
+                continue  # the next index, same epoch
+            item.setdefault("meta", {}).update(index=i, epoch=epoch)
             return item
         raise BadDataError(f"{type(self).__name__}: every one of the {n} items is unreadable; "
                            f"first reasons: {list(self.bad.values())[:3]}")

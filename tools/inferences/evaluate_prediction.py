@@ -17,8 +17,8 @@ from typing import Dict, List
 
 import torch
 
-from tools.inferences.predictor import ROLLOUT_DEFAULTS, Predictor, side_by_side
-from utils.config import run_dir, to_yaml
+from tools.inferences.predictor import ROLLOUT_DEFAULTS, Predictor, side_by_side, validate_rollout
+from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_path, atomic_write_text
 from utils.logging import setup_logger
 from utils.metrics import copy_last_baseline, linear_baseline, psnr_per_frame, ssim_per_frame
@@ -80,37 +80,67 @@ def plot(summary: Dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-@INFER_ENGINE.register_class()
-def evaluate_prediction(cfg) -> int:
-    """PSNR/SSIM per predicted frame for the model and copy-last / linear baselines."""
-    out_dir = run_dir(cfg)
-    log = setup_logger(out_dir)
-    atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
-    predictor = Predictor(cfg)
-    C, T = int(cfg.context_frames), int(cfg.max_frames)
-    if C < 1 or T <= C:
-        raise ValueError(f"evaluate_prediction needs 1 <= context_frames < max_frames, got {C} and {T}.")
+def validate(cfg) -> None:
+    """Contract C1: one-line ConfigError for settings that would fail the evaluation."""
+    path, ds = cfg.get("test_list_path"), cfg.get("dataset")
+    if not path and not ds:
+        raise ConfigError("test_list_path and dataset are both null: evaluate_prediction needs videos with a "
+                          "continuation; set 'test_list_path LIST' (video lines) or a dataset + eval_range")
+    if path and not Path(path).is_file():
+        what = "is a directory, not a list file" if Path(path).is_dir() else "does not exist"
+        raise ConfigError(f"test_list_path={str(path)!r} {what}; give a text file with one video per line")
+    if not path:
+        er = cfg.get("eval_range")
+        if not (isinstance(er, (list, tuple)) and len(er) == 2 and all(isinstance(x, int) for x in er)
+                and 0 <= er[0] < er[1]):
+            raise ConfigError(f"eval_range={er!r} must be [start, stop) dataset indices with 0 <= start < stop; "
+                              f"set e.g. 'eval_range=[0,64]'")
+    C = cfg.get("context_frames")
+    if isinstance(C, int) and not isinstance(C, bool) and C < 1:
+        raise ConfigError(f"context_frames={C} must be >= 1: the evaluation scores predictions from given frames; "
+                          f"set e.g. 'context_frames=4'")
+    sv = cfg.get("save_videos")
+    if isinstance(sv, bool) or not isinstance(sv, int) or sv < 0:
+        raise ConfigError(f"save_videos={sv!r} must be an integer >= 0 (videos to write); set e.g. 'save_videos=4'")
+    validate_rollout(cfg)
 
-    sources = []  # (name, loader returning (C, T, H, W) or raising)
+
+def _sources(cfg) -> List:
+    """(name, seed, loader(predictor) returning (C, T, H, W) or raising) for every video to score."""
+    T, sources = int(cfg.max_frames), []
     if cfg.test_list_path:
         for item in parse_test_list(Path(cfg.test_list_path), kind="video", rounds=1, base_seed=cfg.seed):
             if item.error:
                 sources.append((f"line {item.line_no}", item.seed, _raiser(item.error)))
             else:
-                sources.append((item.path, item.seed, lambda it=item: predictor.load_video(it.path, T)))
+                sources.append((item.path, item.seed, lambda p, it=item: p.load_video(it.path, T)))
     elif cfg.dataset:
         ds = DATASETS.build(cfg.dataset, "dataset")
         lo, hi = cfg.eval_range
         for i in range(int(lo), int(hi)):
-            sources.append((f"{cfg.dataset['type']}[{i}]", cfg.seed + i, lambda i=i: ds[i]["video"]))
+            sources.append((f"{cfg.dataset['type']}[{i}]", cfg.seed + i, lambda p, i=i: ds[i]["video"]))
     else:
-        raise ValueError("evaluate_prediction needs test_list_path (video lines) or dataset + eval_range.")
+        raise ConfigError("evaluate_prediction needs test_list_path (video lines) or dataset + eval_range.")
+    return sources
+
+
+@INFER_ENGINE.register_class()
+def evaluate_prediction(cfg) -> int:
+    """PSNR/SSIM per predicted frame for the model and copy-last / linear baselines."""
+    C, T = int(cfg.context_frames), int(cfg.max_frames)
+    if C < 1 or T <= C:
+        raise ConfigError(f"evaluate_prediction needs 1 <= context_frames < max_frames, got {C} and {T}.")
+    sources = _sources(cfg)  # the list is read before anything is created
+    out_dir = run_dir(cfg)
+    log = setup_logger(out_dir)  # before the Predictor, so its start-up lines are kept
+    atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
+    predictor = Predictor(cfg)
 
     per_video, failures = [], []
     for n, (name, seed, load) in enumerate(sources):
         t0 = time.time()
         try:
-            truth = load()
+            truth = load(predictor)
             if truth.shape[1] < T:
                 raise ValueError(f"has {truth.shape[1]} frames, needs max_frames={T}")
             truth = truth[:, :T]
@@ -150,9 +180,10 @@ def _mean(xs):
 
 
 def _raiser(msg):
-    def f():
+    def f(predictor):
         raise ValueError(msg)
     return f
 
 
 evaluate_prediction.defaults = DEFAULTS
+evaluate_prediction.validate = validate

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import List
 
 import torch
 
-from tools.inferences.predictor import ROLLOUT_DEFAULTS, Predictor, side_by_side
+from tools.inferences.predictor import ROLLOUT_DEFAULTS, Predictor, side_by_side, validate_rollout
 from utils import distributed as du
-from utils.config import to_yaml
+from utils.checkpoint import embedder_weights_for
+from utils.config import ConfigError, to_yaml
 from utils.io import atomic_write_text
-from utils.logging import setup_logger
+from utils.logging import get_logger, setup_logger
 from utils.registry import INFER_ENGINE
-from utils.test_list import merge_results, parse_test_list, run_test_list
+from utils.test_list import (KINDS, TestItem, failure_reasons, fingerprint, merge_results, parse_test_list,
+                             run_test_list)
 from utils.video_io import to_uint8
 
 DEFAULTS = dict(
@@ -27,63 +30,122 @@ DEFAULTS = dict(
     progress=True,
 )
 
+#: settings that do not change an item's output (left out of the skip fingerprint);
+#: which files are written is checked separately, and item identity (line, seed, round) too
+NOT_IN_FINGERPRINT = ("log_dir", "name", "overwrite", "progress", "save_gif", "save_grid", "test_list_path",
+                      "round")
+
+
+def validate(cfg) -> None:
+    """Contract C1: one-line ConfigError for settings that would fail the run or every item."""
+    path = cfg.get("test_list_path")
+    if not path or not isinstance(path, (str, Path)):
+        raise ConfigError(f"test_list_path={'null' if path is None else repr(path)}: a test list file is required; "
+                          f"pass e.g. 'test_list_path data/demo/test_list.txt'")
+    if not Path(path).is_file():
+        what = "is a directory, not a list file" if Path(path).is_dir() else "does not exist"
+        raise ConfigError(f"test_list_path={str(path)!r} {what}; give a text file with one item per line")
+    if cfg.get("test_list_kind") not in KINDS:
+        raise ConfigError(f"test_list_kind={cfg.get('test_list_kind')!r} is not a list kind; use one of "
+                          f"{list(KINDS)}")
+    r = cfg.get("round")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ConfigError(f"round={r!r} must be an integer >= 1 (how often each line is run, with seed + r); "
+                          f"set e.g. 'round=1'")
+    validate_rollout(cfg)
+
 
 @INFER_ENGINE.register_class()
 def predict_next_clip(cfg) -> int:
     """Autoregressive next-clip rollout for each test-list line; one mp4 per item."""
-    _, _, local_rank = du.env_rank()
+    rank, _, local_rank = du.env_rank()
+    list_path = Path(cfg.test_list_path) if cfg.test_list_path else None
+    if list_path is None:
+        raise ConfigError("test_list_path is not set; pass 'test_list_path data/demo/test_list.txt'.")
+    # the list is read before anything is created: a bad list leaves no run directory behind
+    items = parse_test_list(list_path, kind=cfg.test_list_kind, rounds=cfg.round, base_seed=cfg.seed)
+    out_dir = Path(cfg.log_dir) / list_path.stem
+    setup_logger(out_dir, rank)  # before the Predictor, so its start-up lines are kept
+    if rank == 0:
+        atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
     predictor = Predictor(cfg, local_rank)
     rank, world = du.init_distributed(predictor.backend.dist_backend)
     try:
-        return _predict(cfg, predictor, rank, world)
+        return _predict(cfg, predictor, items, out_dir, rank, world)
     finally:
         du.cleanup()
 
 
-def _predict(cfg, predictor: Predictor, rank: int, world: int) -> int:
-    if not cfg.test_list_path:
-        raise ValueError("test_list_path is not set; pass 'test_list_path data/demo/test_list.txt'.")
-    list_path = Path(cfg.test_list_path)
-    out_dir = Path(cfg.log_dir) / list_path.stem
-    log = setup_logger(out_dir, rank)
-    if rank == 0:
-        atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
-    items = parse_test_list(list_path, kind=cfg.test_list_kind, rounds=cfg.round, base_seed=cfg.seed)
+def output_fingerprint(cfg) -> str:
+    """Hash of the weights files and every setting that changes an output (see :func:`fingerprint`)."""
+    settings = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in NOT_IN_FINGERPRINT}
+    files = [cfg.test_model, embedder_weights_for(Path(cfg.test_model))] if cfg.test_model else []
+    return fingerprint(settings, [str(f) for f in files])
+
+
+def _warn_ignored_conditions(predictor: Predictor, items: List[TestItem], log) -> None:
+    """Once: the model takes no condition, so the list's captions / labels change nothing."""
+    if getattr(predictor.embedder, "num_tokens", 0) != 0:
+        return
+    n = sum(1 for it in items if not it.error and (it.caption or it.label))
+    if n:
+        log.warning("the embedder %s takes no condition (num_tokens 0): the captions/labels of %d of %d items "
+                    "are ignored (the model is unconditional)", predictor.cfg.embedder.get("type"), n, len(items))
+
+
+def _producer(cfg, predictor: Predictor):
     total = int(cfg.max_frames)
 
-    def produce(item):
+    def produce(item: TestItem) -> dict:
         t0 = time.time()
+        cond = item.caption or None
         if item.kind == "video":
             video = predictor.load_video(item.path, total)
             context = video[:, : cfg.context_frames]
-            pred = predictor.predict(context, item.seed, item.caption or None, total)
+            pred = predictor.predict(context, item.seed, cond, total)
             frames = side_by_side(video, pred) if cfg.side_by_side and video.shape[1] > context.shape[1] \
                 else to_uint8(pred)
+            rows = [("truth", to_uint8(video)), ("prediction", to_uint8(pred))]
+            n_ctx = context.shape[1]
         elif item.kind == "image":
             context = predictor.load_image(item.path)
-            frames = to_uint8(predictor.predict(context, item.seed, item.caption or None, total))
+            frames = to_uint8(predictor.predict(context, item.seed, cond, total))
+            rows, n_ctx = [("prediction", frames)], context.shape[1]
         else:  # class / text: generate from nothing but the condition
             cond = item.label if item.kind == "class" else item.caption
             frames = to_uint8(predictor.predict(None, item.seed, cond, total))
-        return {"frames": frames, "rollout_seconds": round(time.time() - t0, 3)}
+            rows, n_ctx = [("generated", frames)], 0
+        return {"frames": frames, "grid": {"rows": rows, "context_frames": n_ctx},
+                "rollout_seconds": round(time.time() - t0, 3)}
 
-    summary = run_test_list(items, out_dir, produce, fps=cfg.fps, overwrite=cfg.overwrite,
-                            save_gif=cfg.save_gif, save_grid=cfg.save_grid, rank=rank,
-                            world_size=world, progress=cfg.progress and rank == 0)
-    if world > 1:  # every rank wrote results.rank{r}.jsonl; rank 0 merges them
+    return produce
+
+
+def _predict(cfg, predictor: Predictor, items: List[TestItem], out_dir: Path, rank: int, world: int) -> int:
+    log = get_logger()
+    if rank == 0:
+        _warn_ignored_conditions(predictor, items, log)
+    summary = run_test_list(items, str(out_dir), _producer(cfg, predictor), fps=cfg.fps, overwrite=cfg.overwrite,
+                            save_gif=cfg.save_gif, save_grid=cfg.save_grid, rank=rank, world_size=world,
+                            progress=cfg.progress and rank == 0, fingerprint=output_fingerprint(cfg))
+    counts = torch.tensor([float(summary[k]) for k in ("ok", "skipped", "failed")], device=predictor.device)
+    if world > 1:  # every rank wrote results.rank{r}.jsonl; rank 0 merges them, then totals for all ranks
         du.barrier()
         if rank == 0:
             merge_results(str(out_dir))
         du.barrier()
-    failed = torch.tensor(float(summary["failed"]))
-    failed = int(du.all_reduce_mean(failed) * world)
+        counts = du.all_reduce_mean(counts) * world
+    ok, skipped, failed = (int(round(float(c))) for c in counts.cpu())
     if rank == 0:
-        log.info("%d items: %d ok, %d skipped (already done), %d failed%s", len(items), summary["ok"],
-                 summary["skipped"], failed, " (this rank)" if world > 1 else "")
-        for idx, why in sorted(summary["reasons"].items()):
+        log.info("%d items: %d ok, %d skipped (done before with the same model and settings), %d failed",
+                 len(items), ok, skipped, failed)
+        # with several ranks: every rank's failures, from the merged results
+        reasons = failure_reasons(str(out_dir), items) if world > 1 else summary["reasons"]
+        for idx, why in sorted(reasons.items()):
             log.warning("item %s failed: %s", idx, why)
         log.info("outputs in %s (results.jsonl lists every item)", out_dir)
     return 0 if failed == 0 else 1
 
 
 predict_next_clip.defaults = DEFAULTS
+predict_next_clip.validate = validate

@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import copy
-import logging
+import math
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
-from tools.inferences.rollout import rollout
+from tools.inferences.rollout import KV_MODES, rollout
 from utils.checkpoint import CheckpointError, embedder_weights_for, format_report, load_weights
-from utils.config import DEFAULT_COMPONENTS
+from utils.config import DEFAULT_COMPONENTS, ConfigError
+from utils.logging import get_logger
 from utils.registry import AUTO_ENCODER, BACKEND, DIFFUSION, EMBEDDER, MODEL, PRETRAIN
 from utils.video_io import read_image, read_video, resize_crop, to_tensor
 
-logger = logging.getLogger("nextclip")
+logger = get_logger()
 
 #: settings shared by every inference engine that rolls a model out
 ROLLOUT_DEFAULTS: Dict[str, Any] = {
@@ -51,8 +52,7 @@ class Predictor:
         self.model = MODEL.build(cfg.model, "model")
         self.model.set_attention(*self.backend.attention_kernel())
         if cfg.test_model:
-            report = load_weights(self.model, Path(cfg.test_model), strict=cfg.strict)
-            logger.info("weights %s: %s", cfg.test_model, format_report(report))
+            _log_report(cfg.test_model, load_weights(self.model, Path(cfg.test_model), strict=cfg.strict))
         elif cfg.pretrain:
             PRETRAIN.build(cfg.pretrain, "pretrain", model=self.model)
         else:
@@ -64,7 +64,7 @@ class Predictor:
         if cfg.test_model and self.embedder.state_dict():  # a trained embedder (e.g. a class table)
             emb_path = embedder_weights_for(Path(cfg.test_model))
             if emb_path.is_file():
-                load_weights(self.embedder, emb_path, strict=cfg.strict)
+                _log_report(emb_path, load_weights(self.embedder, emb_path, strict=cfg.strict))
             elif cfg.strict:
                 raise CheckpointError(
                     f"the embedder {cfg.embedder['type']} has trained weights but {emb_path} does not exist "
@@ -73,6 +73,22 @@ class Predictor:
         self.embedder.to(self.device).eval()
         hw = cfg.resolution
         self.hw = (int(hw), int(hw)) if isinstance(hw, int) else (int(hw[0]), int(hw[1]))
+        self.check_settings()
+
+    def check_settings(self) -> None:
+        """Settings that only the built components can check (ConfigError before any item)."""
+        cfg, ae = self.cfg, self.autoencoder
+        patch, sf, tf = int(getattr(self.model, "patch_size", 1)), int(ae.spatial_factor), int(ae.temporal_factor)
+        m = patch * sf
+        if self.hw[0] % m or self.hw[1] % m:
+            fix = [max(m, round(x / m) * m) for x in self.hw]
+            raise ConfigError(
+                f"resolution={list(self.hw)}: H and W must be multiples of {m} (the model's patch_size={patch} "
+                f"x the auto_encoder's spatial_factor={sf}); use e.g. resolution: {fix}")
+        for key in ("context_frames", "max_frames"):
+            if int(cfg[key]) % tf:
+                raise ConfigError(f"{key}={cfg[key]} must be a multiple of the auto_encoder's temporal_factor={tf} "
+                                  f"({cfg.auto_encoder['type']}); use e.g. {key}: {max(tf, int(cfg[key]) // tf * tf)}")
 
     # -- inputs ------------------------------------------------------------------
     def load_video(self, path: str, num_frames: int) -> torch.Tensor:
@@ -125,6 +141,69 @@ class Predictor:
                           guide_scale=cfg.guide_scale, cond=cond,
                           history_noise=cfg.history_noise, seed=seed, kv_cache=cfg.kv_cache, shape=shape)
         return self.autoencoder.decode(out.float())[0].clamp(-1, 1).cpu()
+
+
+def _log_report(path, report: Dict[str, list]) -> None:
+    """Log how weights loaded: info when every key matched, a loud warning on a partial load."""
+    if not any(report.values()):
+        logger.info("weights %s: %s", path, format_report(report))
+        return
+    counts = ", ".join(f"{len(report.get(k, []))} {k}" for k in ("missing", "unexpected", "mismatched"))
+    logger.warning("PARTIAL LOAD of %s (strict: false): %s keys; the model's missing and mismatched "
+                   "tensors keep their random initial values, so outputs may be meaningless. %s",
+                   path, counts, format_report(report))
+
+
+def _setting_error(key: str, value, allowed: str, fix: str) -> ConfigError:
+    return ConfigError(f"{key}={value!r} is not allowed: {allowed}; {fix}")
+
+
+def _check_int(cfg, key: str, lo: int) -> int:
+    v = cfg.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise _setting_error(key, v, f"it must be an integer >= {lo}", f"set e.g. '{key}={max(lo, 1)}'")
+    return v
+
+
+def _check_number(cfg, key: str, positive: bool = False) -> float:
+    v = cfg.get(key)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+    if not ok:
+        raise _setting_error(key, v, "it must be a " + ("positive " if positive else "") + "finite number",
+                             f"set e.g. '{key}={ROLLOUT_DEFAULTS[key] or 1}'")
+    return float(v)
+
+
+def validate_rollout(cfg) -> None:
+    """ConfigError for a rollout setting that would fail every item (contract C1, shared by the
+    inference engines' ``validate``). Checks needing built components: Predictor.check_settings."""
+    hw = cfg.get("resolution")
+    hw_list = [hw, hw] if isinstance(hw, int) and not isinstance(hw, bool) else hw
+    if not (isinstance(hw_list, (list, tuple)) and len(hw_list) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in hw_list)):
+        raise _setting_error("resolution", hw, "it must be a positive int or [H, W] of positive ints",
+                             "set e.g. 'resolution=[64,64]'")
+    for key, lo in (("num_sample_steps", 1), ("context_frames", 0), ("max_frames", 1), ("clip_len", 1),
+                    ("window", 0), ("frame_stride", 1)):
+        _check_int(cfg, key, lo)
+    if cfg.context_frames >= cfg.max_frames:
+        raise ConfigError(f"context_frames={cfg.context_frames} must be smaller than max_frames={cfg.max_frames} "
+                          f"(the frames of each output, context included); raise max_frames or lower context_frames")
+    _check_number(cfg, "fps", positive=True)
+    for key in ("shift", "guide_scale", "history_guide_scale"):
+        _check_number(cfg, key, positive=key == "shift")
+    hn = cfg.get("history_noise")
+    if hn is not None and not (isinstance(hn, (int, float)) and not isinstance(hn, bool) and 0 <= hn <= 1):
+        raise _setting_error("history_noise", hn, "it must be null (clean history) or a number in [0, 1]",
+                             "set e.g. 'history_noise=0.95' or 'history_noise=null'")
+    if cfg.get("kv_cache") not in KV_MODES:
+        raise _setting_error("kv_cache", cfg.get("kv_cache"), f"use one of {list(KV_MODES)}",
+                             "set e.g. 'kv_cache=recompute'")
+    tm = cfg.get("test_model")
+    if tm and not Path(tm).is_file():
+        raise ConfigError(f"test_model={tm!r}: no such weights file"
+                          f"{' (it is a directory)' if Path(tm).is_dir() else ''}; give the path of a "
+                          f".safetensors file, e.g. 'test_model=data/demo/demo_physics.safetensors'")
 
 
 def side_by_side(*videos: torch.Tensor, gap: int = 2) -> np.ndarray:

@@ -1,0 +1,89 @@
+"""Every ``train_net.py`` / ``inference.py`` command in README.md loads and validates.
+
+The commands are taken from the README's shell code blocks and inline code spans (a
+``torchrun ...`` launcher prefix or a ``... &&`` setup chain is dropped, the entry point's
+arguments are kept) and run in-process through ``utils.cli.main`` with ``--dry-run``.
+"""
+import pathlib
+import re
+import shlex
+from typing import List, Tuple
+
+import pytest
+
+from utils.cli import main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = {"train_net.py": "train", "inference.py": "infer"}
+LAUNCHERS = {"python", "python3", "torchrun"}
+SHELL_OPS = {"&&", "||", ";", "|"}
+
+
+def _commands_in(line: str) -> List[Tuple[str, List[str]]]:
+    """(kind, argv) of each entry-point call on one shell line."""
+    out, words = [], shlex.split(line, comments=True)
+    cmds, cur = [], []
+    for w in words + [";"]:
+        if w in SHELL_OPS:
+            cmds.append(cur)
+            cur = []
+        else:
+            cur.append(w)
+    for cmd in cmds:
+        if not cmd or pathlib.PurePath(cmd[0]).name not in LAUNCHERS:
+            continue
+        script = next((i for i, w in enumerate(cmd) if pathlib.PurePath(w).name in SCRIPTS), None)
+        if script is not None:
+            out.append((SCRIPTS[pathlib.PurePath(cmd[script]).name], cmd[script + 1:]))
+    return out
+
+
+def readme_commands(text: str) -> List[Tuple[str, List[str], str]]:
+    """(kind, argv, source line) of every entry-point command in a Markdown text."""
+    lines = []
+    for block in re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", text, re.S):
+        lines += block.replace("\\\n", " ").splitlines()
+    lines += re.findall(r"(?<!`)`([^`\n]*(?:train_net|inference)\.py[^`\n]*)`(?!`)", text)
+    return [(kind, argv, line.strip()) for line in lines for kind, argv in _commands_in(line)]
+
+
+def run_dry(kind: str, argv: List[str]) -> int:
+    if "--list" in argv:
+        return main(kind, argv)
+    return main(kind, argv + ([] if "--dry-run" in argv else ["--dry-run"]))
+
+
+COMMANDS = readme_commands((ROOT / "README.md").read_text(encoding="utf-8"))
+
+
+def test_the_readme_commands_are_found():
+    lines = {line for _, _, line in COMMANDS}
+    assert len(COMMANDS) >= 12, lines
+    assert {k for k, _, _ in COMMANDS} == {"train", "infer"}
+    assert any("torchrun" in line for line in lines) and any("&&" in line for line in lines)
+
+
+@pytest.mark.parametrize("kind, argv, line", COMMANDS, ids=[c[2] for c in COMMANDS])
+def test_readme_command_validates(kind, argv, line, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert run_dry(kind, argv) == 0, f"README command fails: {line}\n{capsys.readouterr().err}"
+
+
+def test_a_broken_example_is_caught(monkeypatch, capsys):
+    text = ("Some text `python train_net.py --cfg configs/demo/train.yaml num_stepz=3` and\n\n"
+            "```bash\n"
+            "python3 -m venv .venv && python inference.py --cfg configs/demo/predict.yaml  # ok\n"
+            "torchrun --nproc_per_node 2 train_net.py --cfg configs/demo/train.yaml \\\n"
+            "    model.depth=4   # a continued line\n"
+            "python -m pytest tests\n"
+            "```\n")
+    found = readme_commands(text)
+    assert [(k, a) for k, a, _ in found] == [
+        ("infer", ["--cfg", "configs/demo/predict.yaml"]),
+        ("train", ["--cfg", "configs/demo/train.yaml", "model.depth=4"]),
+        ("train", ["--cfg", "configs/demo/train.yaml", "num_stepz=3"]),
+    ]
+    monkeypatch.chdir(ROOT)
+    assert [run_dry(k, a) for k, a, _ in found] == [0, 2, 2]
+    err = capsys.readouterr().err
+    assert "+model.depth=4" in err and "Did you mean num_steps" in err
