@@ -80,6 +80,7 @@ def _fail(line: str, debug: bool) -> int:
 def main(kind: str, argv: Optional[List[str]] = None) -> int:
     from utils.config import ConfigError, InputError, load_config, to_yaml, validate_components
     from utils.checkpoint import CheckpointError
+    from utils.distributed import DistributedError
     from utils.registry import ENGINE, INFER_ENGINE, BuildError, RegistryError
 
     flags, overrides = split_argv(sys.argv[1:] if argv is None else list(argv))
@@ -110,6 +111,11 @@ def main(kind: str, argv: Optional[List[str]] = None) -> int:
         return _fail(f"{'input' if bad_input else 'config'} error: {e}", args.debug)
     except (CheckpointError, FileNotFoundError, InputError) as e:  # bad weights file or input list named by the config
         return _fail(f"input error: {e}", args.debug)
+    except DistributedError as e:  # another rank died or went silent: one line, not a traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:  # a file or folder the run must write or read: permission, not a directory, disk full
         if not e.filename:
             raise

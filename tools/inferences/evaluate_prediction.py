@@ -17,7 +17,8 @@ from typing import Dict, List
 
 import torch
 
-from tools.inferences.predictor import ROLLOUT_DEFAULTS, Predictor, side_by_side, validate_rollout
+from tools.inferences.predictor import (ROLLOUT_DEFAULTS, Predictor, check_list_file, side_by_side,
+                                        validate_rollout)
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_path, atomic_write_text
 from utils.logging import setup_logger
@@ -86,9 +87,8 @@ def validate(cfg) -> None:
     if not path and not ds:
         raise ConfigError("test_list_path and dataset are both null: evaluate_prediction needs videos with a "
                           "continuation; set 'test_list_path LIST' (video lines) or a dataset + eval_range")
-    if path and not Path(path).is_file():
-        what = "is a directory, not a list file" if Path(path).is_dir() else "does not exist"
-        raise ConfigError(f"test_list_path={str(path)!r} {what}; give a text file with one video per line")
+    if path:
+        check_list_file(path, "video")
     if not path:
         er = cfg.get("eval_range")
         if not (isinstance(er, (list, tuple)) and len(er) == 2 and all(isinstance(x, int) for x in er)

@@ -7,7 +7,8 @@ from typing import List
 
 import torch
 
-from tools.inferences.predictor import ROLLOUT_DEFAULTS, Predictor, side_by_side, validate_rollout
+from tools.inferences.predictor import (ROLLOUT_DEFAULTS, Predictor, check_list_file, side_by_side,
+                                        validate_rollout)
 from utils import distributed as du
 from utils.checkpoint import embedder_weights_for
 from utils.config import ConfigError, to_yaml
@@ -42,9 +43,7 @@ def validate(cfg) -> None:
     if not path or not isinstance(path, (str, Path)):
         raise ConfigError(f"test_list_path={'null' if path is None else repr(path)}: a test list file is required; "
                           f"pass e.g. 'test_list_path data/demo/test_list.txt'")
-    if not Path(path).is_file():
-        what = "is a directory, not a list file" if Path(path).is_dir() else "does not exist"
-        raise ConfigError(f"test_list_path={str(path)!r} {what}; give a text file with one item per line")
+    check_list_file(path)
     if cfg.get("test_list_kind") not in KINDS:
         raise ConfigError(f"test_list_kind={cfg.get('test_list_kind')!r} is not a list kind; use one of "
                           f"{list(KINDS)}")

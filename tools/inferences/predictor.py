@@ -174,6 +174,13 @@ def _check_number(cfg, key: str, positive: bool = False) -> float:
     return float(v)
 
 
+def check_list_file(path, what: str = "item") -> None:
+    """ConfigError unless ``test_list_path`` names an existing file (not a directory)."""
+    if not Path(path).is_file():
+        why = "is a directory, not a list file" if Path(path).is_dir() else "does not exist"
+        raise ConfigError(f"test_list_path={str(path)!r} {why}; give a text file with one {what} per line")
+
+
 def validate_rollout(cfg) -> None:
     """ConfigError for a rollout setting that would fail every item (contract C1, shared by the
     inference engines' ``validate``). Checks needing built components: Predictor.check_settings."""
