@@ -326,3 +326,30 @@ def test_cli_batch_over_hostile_list(tmp_path, shared_data):
     errors = [r["error"] for r in recs[len(good):]]
     assert "not found" in errors[0] and "directory" in errors[2] and "context_frames" in errors[3]
     assert "Traceback" not in p.stderr
+
+
+def test_torchrun_summary_covers_every_rank_and_newest_record_wins(tmp_path):
+    """2-rank inference: the summary counts and failure reasons cover rank 1's items too; a later
+    single-process run that succeeds on the formerly missing file replaces its error record."""
+    demo = ROOT / "data" / "demo"
+    missing = tmp_path / "later.mp4"
+    lst = tmp_path / "shard.txt"  # items 1 and 3 run on rank 1; item 3's file appears later
+    lst.write_text(f"{demo / 'physics_4242_000000.mp4'}\n{tmp_path / 'gone.mp4'}\n"
+                   f"{demo / 'physics_4242_000001.mp4'}\n{missing}\n")
+    args = ["--cfg", "configs/demo/predict.yaml", "test_list_path", str(lst), "log_dir", str(tmp_path / "out"),
+            "num_sample_steps=1", "progress=false", "backend.precision=fp32", "backend.attention=sdpa"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29571", "inference.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=180)
+    log = p.stdout + p.stderr
+    assert p.returncode == 1, log[-3000:]
+    assert "4 items: 2 ok, 0 skipped" in log and ", 2 failed" in log, log[-3000:]
+    assert "item 1 failed" in log and "item 3 failed" in log and "(this rank)" not in log
+    out = tmp_path / "out" / "shard"
+    assert [r["status"] for r in _recs(out)] == ["ok", "error", "ok", "error"]
+    vio.write_video(missing, vio.read_video(demo / "physics_4242_000002.mp4")[0], fps=8)
+    p = subprocess.run([sys.executable, "inference.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 1  # item 1 is still missing
+    assert [r["status"] for r in _recs(out)] == ["ok", "error", "ok", "ok"]  # the old rank-1 error lost
