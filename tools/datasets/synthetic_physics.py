@@ -1,5 +1,22 @@
 """Procedural bouncing-ball videos: an offline dataset for smoke tests, demos and
-class-conditional experiments (no files, no downloads)."""
+class- and text-conditional experiments (no files, no downloads).
+
+Conditioning vocabulary. Every item describes its scene with attributes
+``meta["attributes"] = {"num_balls": n, "colors": [names], "gravity": dir, "speed": s}``
+and a caption built from them by :func:`caption`:
+
+- ``num_balls``: 1, 2, 3, ... -> "one ball", "two balls", "three balls", ...
+- ``colors``: palette names of the balls, in palette order (``COLOR_NAMES``: red, green, blue,
+  yellow, purple, cyan, orange, white) -> "red", "red and blue", "red, green and blue";
+- ``gravity``: one of ``GRAVITY_DIRS`` -> "no gravity", "falling down", "rising up",
+  "falling to the left", "falling to the right";
+- ``speed``: "slow" | "fast" (only with ``speeds``; else None and not in the caption) ->
+  "moving slowly" | "moving fast".
+
+Example: ``"two balls, red and blue, falling to the left, moving fast"``.
+``label_mode='scene'`` gives one class per (num_balls, gravity) pair, ``scene_class``;
+its names (``class_names``) read like ``"2 balls, gravity left"``.
+"""
 from __future__ import annotations
 
 import os
@@ -13,6 +30,33 @@ from utils.registry import DATASETS
 
 PALETTE = [(230, 60, 60), (60, 200, 90), (70, 120, 240), (240, 200, 50), (200, 80, 220),
            (60, 210, 220), (250, 140, 40), (240, 240, 240)]
+COLOR_NAMES = ["red", "green", "blue", "yellow", "purple", "cyan", "orange", "white"]  # PALETTE order
+GRAVITY_DIRS = ["none", "down", "up", "left", "right"]
+_GRAVITY_VEC = {"none": (0.0, 0.0), "down": (0.0, 1.0), "up": (0.0, -1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0)}
+_GRAVITY_TEXT = {"none": "no gravity", "down": "falling down", "up": "rising up",
+                 "left": "falling to the left", "right": "falling to the right"}
+SPEED_CLASSES = ["slow", "fast"]
+_SPEED_TEXT = {"slow": "moving slowly", "fast": "moving fast"}
+_NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def caption(attrs: dict) -> str:
+    """The caption of a scene from its attributes (see the module docstring for the vocabulary)."""
+    n = int(attrs["num_balls"])
+    parts = [f"{_NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else n} ball{'s' if n != 1 else ''}"]
+    cols = list(attrs.get("colors") or [])
+    if cols:
+        parts.append(cols[0] if len(cols) == 1 else ", ".join(cols[:-1]) + " and " + cols[-1])
+    parts.append(_GRAVITY_TEXT[attrs.get("gravity") or "none"])
+    if attrs.get("speed"):
+        parts.append(_SPEED_TEXT[attrs["speed"]])
+    return ", ".join(parts)
+
+
+def scene_class(attrs: dict, num_balls_range: Sequence[int], gravity_dirs: Sequence[str]) -> int:
+    """Class index of (num_balls, gravity): ``(n - min_balls) * len(gravity_dirs) + dir index``."""
+    return (int(attrs["num_balls"]) - int(num_balls_range[0])) * len(gravity_dirs) + \
+        list(gravity_dirs).index(attrs["gravity"])
 
 
 def _range(name, v, cast=float, lo=None):
@@ -40,9 +84,17 @@ class SyntheticPhysics(Dataset):
     Units: lengths are fractions of the shorter image side (``radius``), speeds are in
     fractions of the shorter side per frame, ``gravity`` in fractions per frame^2
     (pointing down the image). Item ``i`` is fully determined by ``(seed, i)``.
-    Items: ``dict(video=(3, T, H, W) float32 in [-1, 1], caption="3 balls",
-    label=int (only with label_mode), meta=dict(seed, index, num_balls))``.
-    ``label_mode='num_balls'`` gives ``label = num_balls - min_balls`` (classes 0..max-min).
+    Items: ``dict(video=(3, T, H, W) float32 in [-1, 1], caption=str (vocabulary in the module
+    docstring), label=int (only with label_mode), meta=dict(seed, index, num_balls, attributes))``.
+    ``label_mode='num_balls'`` gives ``label = num_balls - min_balls`` (classes 0..max-min);
+    ``label_mode='scene'`` one class per (num_balls, gravity direction), see ``class_names``.
+
+    Conditioning options: ``gravity_dirs`` (subset of ``GRAVITY_DIRS``): each video draws one
+    direction uniformly and ``gravity`` is its strength (without it, ``gravity`` > 0 points down).
+    ``speeds={"slow": [lo, hi], "fast": [lo, hi]}``: each video draws a speed class, then every
+    ball's initial speed from that range (instead of ``speed``). ``distinct_colors``: refuse
+    scenes with more balls than palette colours (balls always get distinct colours otherwise).
+    These draws use their own random stream, so videos without them are unchanged.
     """
 
     def __init__(self, num_balls: Union[int, Sequence[int]] = (1, 3),
@@ -51,7 +103,8 @@ class SyntheticPhysics(Dataset):
                  mass: str = "area", colors: Optional[Sequence[Sequence[int]]] = None,
                  background: Sequence[int] = (16, 16, 24), resolution: Union[int, Sequence[int]] = 32,
                  num_frames: int = 16, substeps: int = 4, seed: int = 0, length: int = 10000,
-                 label_mode: Optional[str] = None):
+                 label_mode: Optional[str] = None, gravity_dirs: Optional[Sequence[str]] = None,
+                 speeds: Optional[dict] = None, distinct_colors: bool = False):
         self.num_balls = _range("num_balls", num_balls, int, lo=1)
         self.radius = _range("radius", radius, float, lo=1e-3)
         if self.radius[1] >= 0.5:
@@ -74,16 +127,56 @@ class SyntheticPhysics(Dataset):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} must be a positive int.")
         self.num_frames, self.substeps, self.length, self.seed = num_frames, substeps, length, int(seed)
-        if label_mode not in (None, "num_balls"):
-            raise ValueError(f"label_mode={label_mode!r} must be 'num_balls' or null (no label).")
+        if gravity_dirs is not None:
+            bad = [d for d in gravity_dirs if d not in GRAVITY_DIRS]
+            if not gravity_dirs or bad or len(set(gravity_dirs)) != len(gravity_dirs):
+                raise ValueError(f"gravity_dirs={gravity_dirs!r} must be a non-empty list of distinct directions "
+                                 f"from {GRAVITY_DIRS}.")
+            if any(d != "none" for d in gravity_dirs) and self.gravity <= 0:
+                raise ValueError(f"gravity={gravity!r}: with gravity_dirs, gravity is the strength and must be > 0.")
+            self.gravity_dirs = list(gravity_dirs)
+        else:  # the fixed direction of plain `gravity`
+            self.gravity_dirs = ["none" if self.gravity == 0 else "down" if self.gravity > 0 else "up"]
+        self.speeds = None
+        if speeds is not None:
+            if not isinstance(speeds, dict) or not speeds or set(speeds) - set(SPEED_CLASSES):
+                raise ValueError(f"speeds={speeds!r} must map 'slow' and/or 'fast' to [min, max] speeds.")
+            self.speeds = {k: _range(f"speeds.{k}", speeds[k], float, lo=0.0) for k in SPEED_CLASSES if k in speeds}
+        self.distinct_colors = bool(distinct_colors)
+        if self.distinct_colors and self.num_balls[1] > len(self.colors):
+            raise ValueError(f"distinct_colors: num_balls up to {self.num_balls[1]} but only {len(self.colors)} "
+                             f"colours; lower num_balls or add colours.")
+        self.color_names = COLOR_NAMES if colors is None else [f"rgb{tuple(int(x) for x in c)}" for c in self.colors]
+        if label_mode not in (None, "num_balls", "scene"):
+            raise ValueError(f"label_mode={label_mode!r} must be 'num_balls', 'scene' or null (no label).")
         self.label_mode = label_mode
-        self.num_classes = self.num_balls[1] - self.num_balls[0] + 1 if label_mode else 0
+        counts = range(self.num_balls[0], self.num_balls[1] + 1)
+        if label_mode == "scene":
+            self.class_names = [f"{n} ball{'s' if n != 1 else ''}, "
+                                f"{'no gravity' if d == 'none' else 'gravity ' + d}"
+                                for n in counts for d in self.gravity_dirs]
+        elif label_mode == "num_balls":
+            self.class_names = [f"{n} ball{'s' if n != 1 else ''}" for n in counts]
+        else:
+            self.class_names = []
+        self.num_classes = len(self.class_names)
 
     def __len__(self) -> int:
         return self.length
 
     # ------------------------------------------------------------------ simulation
-    def _init_state(self, rng):
+    def scene(self, index: int) -> dict:
+        """The per-video draws of the conditioning options: gravity direction and speed class
+        (from their own stream, so the ball layout stream is unchanged)."""
+        rng = np.random.default_rng([self.seed, int(index), 1])
+        g = self.gravity_dirs[int(rng.integers(len(self.gravity_dirs)))]
+        speed = None
+        if self.speeds:
+            names = list(self.speeds)
+            speed = names[int(rng.integers(len(names)))]
+        return {"gravity": g, "speed": speed}
+
+    def _init_state(self, rng, speed_range=None):
         H, W = self.height, self.width
         side = min(H, W)
         n = int(rng.integers(self.num_balls[0], self.num_balls[1] + 1))
@@ -99,7 +192,7 @@ class SyntheticPhysics(Dataset):
                                  f"use fewer balls (num_balls) or smaller radius.")
             pos[i] = p
         ang = rng.uniform(0, 2 * np.pi, size=n)
-        spd = rng.uniform(*self.speed, size=n) * side
+        spd = rng.uniform(*(speed_range or self.speed), size=n) * side
         vel = np.stack([np.cos(ang), np.sin(ang)], 1) * spd[:, None]
         m = r ** 2 if self.mass == "area" else np.ones(n)
         return pos, vel, r, m
@@ -107,10 +200,11 @@ class SyntheticPhysics(Dataset):
     def simulate(self, index: int):
         """Returns ``(pos (T, n, 2) pixels (x, y), vel (T, n, 2) pixels/frame, radius (n,), mass (n,), rng)``."""
         rng = np.random.default_rng([self.seed, int(index)])
-        pos, vel, r, m = self._init_state(rng)
+        sc = self.scene(index)
+        pos, vel, r, m = self._init_state(rng, self.speeds[sc["speed"]] if sc["speed"] else None)
         H, W = self.height, self.width
         dt = 1.0 / self.substeps
-        g = np.array([0.0, self.gravity * min(H, W)])
+        g = np.array(_GRAVITY_VEC[sc["gravity"]]) * abs(self.gravity) * min(H, W)
         P, V = [pos.copy()], [vel.copy()]
         iu, ju = np.triu_indices(len(r), 1)
         for _ in range(self.num_frames - 1):
@@ -147,13 +241,18 @@ class SyntheticPhysics(Dataset):
         pos, _, r, _, rng = self.simulate(index)
         n = len(r)
         pick = rng.permutation(len(self.colors))
-        cols = self.colors[pick[np.arange(n) % len(pick)]]
+        ids = pick[np.arange(n) % len(pick)]
+        cols = self.colors[ids]
         img = self.render(pos, r, cols)  # (T, H, W, 3)
         video = torch.from_numpy(np.ascontiguousarray((img.transpose(3, 0, 1, 2) / 127.5 - 1.0).astype(np.float32)))
-        item = {"video": video, "caption": f"{n} ball" + ("s" if n != 1 else ""),
-                "meta": {"seed": self.seed, "index": int(index), "num_balls": n}}
+        attrs = dict(num_balls=n, colors=[self.color_names[i] for i in sorted(set(ids.tolist()))],
+                     **self.scene(index))
+        item = {"video": video, "caption": caption(attrs),
+                "meta": {"seed": self.seed, "index": int(index), "num_balls": n, "attributes": attrs}}
         if self.label_mode == "num_balls":
             item["label"] = n - self.num_balls[0]
+        elif self.label_mode == "scene":
+            item["label"] = scene_class(attrs, self.num_balls, self.gravity_dirs)
         return item
 
     # ------------------------------------------------------------------ export
