@@ -98,3 +98,40 @@ def test_prefix_attention_matches_masked_sdpa():
     mask[2:6, :9] = True
     ref = torch.nn.functional.scaled_dot_product_attention(q, K, V, attn_mask=mask)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fcc", [False, True])
+def test_padded_cond_is_invisible_and_blocks_equal_math(fcc):
+    clips, N = LAYOUTS[0]
+    lay = BlockCausalLayout(torch.tensor(clips), N, num_cond=3, frame_causal_clean=fcc, cond_lens=[3, 1, 0])
+    m, eye = lay.dense_mask(), torch.eye(lay.L, dtype=torch.bool)
+    for b, mb in enumerate(lay.cond_lens):
+        real = [i for i in range(lay.seq_lens[b]) if not mb <= i < 3]
+        assert m[b, real, :mb].all(), "a real token misses a real cond token"
+        assert torch.equal(m[b, :, mb:3], eye[:, mb:3]), "a padded cond token is seen by another token"
+        assert torch.equal(m[b, mb:3], eye[mb:3]), "a padded cond token sees more than itself"
+    q, k, v = _qkv(lay)
+    torch.testing.assert_close(block_causal_attention(q, k, v, lay, "blocks"), _reference(q, k, v, lay),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_prefix_attention_hides_padded_cond(with_prefix):
+    g = torch.Generator().manual_seed(2)
+    M, lens, P = 3, [2, 0, 3], 5  # cond tokens, real cond per sample, cached tokens after the cond
+    Lq = 6 if with_prefix else M + 6
+    off = M + P if with_prefix else 0
+    q = torch.randn(3, 2, Lq, 4, generator=g)
+    k, v = (torch.randn(3, 2, off + Lq, 4, generator=g) for _ in range(2))
+    segs = [(0, 2, off + 2), (2, 6, off + 6)] if with_prefix else [(0, M, M), (M, M + 2, M + 2), (M + 2, M + 6, M + 6)]
+    out = prefix_attention(q, k, v, segs, cond_lens=lens, num_cond=M)
+    mask = torch.zeros(3, Lq, off + Lq, dtype=torch.bool)
+    for qs, qe, ke in segs:
+        mask[:, qs:qe, :ke] = True
+    for b, mb in enumerate(lens):
+        mask[b, :, mb:M] = False
+        if not with_prefix:
+            mask[b, mb:M] = False
+            mask[b, range(mb, M), range(mb, M)] = True  # padded cond queries: their own value
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

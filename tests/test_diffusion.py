@@ -101,9 +101,11 @@ class Recorder(torch.nn.Module):
         super().__init__()
         self.fn = fn or (lambda xn, xc, cl, t: xn + 0.5 * xc)
         self.calls = []
+        self.conds = []
 
-    def forward(self, x_noisy, x_clean, clip_lens, t, cond=None):
+    def forward(self, x_noisy, x_clean, clip_lens, t, cond=None, cond_mask=None):
         self.calls.append((x_noisy.clone(), x_clean.clone(), clip_lens, t.clone()))
+        self.conds.append((cond, cond_mask))
         return self.fn(x_noisy, x_clean, clip_lens, t)
 
 
@@ -237,3 +239,12 @@ def test_rank_slice_matches_global_batch(diff):
     assert torch.equal(torch.cat([p["t"] for p in parts]), full["t"])
     with pytest.raises(ValueError, match="rank_slice"):
         diff.training_losses(Recorder(), x1, cl, rank_slice=(2, 2))
+
+
+@pytest.mark.parametrize("diff", [RectifiedFlow(), GaussianDiffusion(num_timesteps=50)])
+def test_training_losses_pass_cond_and_mask_to_the_model(diff):
+    x1 = torch.randn(2, 3, 6, 4, 4)
+    cond, mask = torch.randn(2, 3, 5), torch.tensor([[True, True, False], [True, False, False]])
+    m = Recorder()
+    diff.training_losses(m, x1, CLIP_LENS, cond=cond, cond_mask=mask, generator=torch.Generator().manual_seed(0))
+    assert m.conds[0][0] is cond and m.conds[0][1] is mask

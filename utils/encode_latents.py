@@ -6,6 +6,10 @@ Layout of ``out_dir``: ``shard_00000.safetensors`` ... (one tensor per item, per
 caption / label / meta as JSON in the shard metadata) and ``manifest.json`` (written
 last, atomically) with the fingerprint of the autoencoder and preprocessing config.
 A directory without a manifest is an unfinished cache and is refused by LatentCache.
+With a text embedder in the config (one whose features depend only on the caption,
+``precomputable``), ``text_features.safetensors`` also holds the features of every unique
+caption (``tokens`` (N, M, dim), ``mask`` (N, M), captions in the metadata) and the embedder
+config is part of the fingerprint: training with that cache uses them instead of encoding.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from tools.datasets.latent_cache import MANIFEST
+from tools.datasets.latent_cache import MANIFEST, TEXT_FEATURES
 from utils.io import atomic_path
 
 AE_ATTRS = ("latent_channels", "spatial_factor", "temporal_factor", "scale_factor", "shift_factor")
@@ -50,13 +54,15 @@ def _jsonable(v):
 
 @torch.no_grad()
 def encode_dataset(dataset, autoencoder, out_dir: str, shard_size: int = 256,
-                   fingerprint: Optional[Mapping] = None, device="cpu", progress: bool = True) -> dict:
+                   fingerprint: Optional[Mapping] = None, device="cpu", progress: bool = True,
+                   text_embedder=None) -> dict:
     """Encode every item's ``video`` with ``autoencoder.encode`` into safetensors shards.
 
     ``fingerprint`` should describe the autoencoder config and the preprocessing
     (resolution, num_frames, stride, ...); the autoencoder's contract attributes are
     added under ``autoencoder_attrs``. Items that a dataset substitutes for bad ones
-    (same ``meta['index']`` seen twice) are stored once. Returns the manifest.
+    (same ``meta['index']`` seen twice) are stored once. With ``text_embedder`` the features
+    of every unique caption are stored too (:data:`TEXT_FEATURES`). Returns the manifest.
     """
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -69,7 +75,7 @@ def encode_dataset(dataset, autoencoder, out_dir: str, shard_size: int = 256,
     fp = json.loads(json.dumps(dict(fingerprint or {}), default=str))
     fp["autoencoder_attrs"] = autoencoder_fingerprint(autoencoder)
     autoencoder.eval()
-    shards, tensors, metas, done = [], {}, {}, set()
+    shards, tensors, metas, done, captions = [], {}, {}, set(), {}
 
     def flush():
         if not tensors:
@@ -92,16 +98,46 @@ def encode_dataset(dataset, autoencoder, out_dir: str, shard_size: int = 256,
         key = f"{src:08d}"
         tensors[key] = z.detach().float().cpu().contiguous()
         metas[key] = {k: _jsonable(v) for k, v in item.items() if k not in ("video", "latent")}
+        captions[str(item.get("caption", ""))] = None
         if len(tensors) >= shard_size:
             flush()
     flush()
     manifest = {"fingerprint": fp, "fingerprint_hash": fingerprint_hash(fp), "num_items": len(done),
                 "shards": shards, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "seconds": round(time.time() - t0, 3)}
+    if text_embedder is not None:  # before the manifest: the manifest marks a finished cache
+        manifest["text_features"] = save_text_features(text_embedder, list(captions), out_dir)
     with atomic_path(os.path.join(out_dir, MANIFEST)) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1, ensure_ascii=False)
     return manifest
+
+
+@torch.no_grad()
+def save_text_features(embedder, captions: list, out_dir: str, chunk: int = 64) -> dict:
+    """Features of each caption ("" included: the null condition) -> ``out_dir/TEXT_FEATURES``."""
+    from safetensors.torch import save_file
+
+    captions = list(dict.fromkeys(captions + [""]))
+    toks, masks = [], []
+    for i in range(0, len(captions), chunk):
+        t, m = embedder(captions[i:i + chunk])
+        toks.append(t.float().cpu())
+        masks.append(m.bool().cpu())
+    with atomic_path(os.path.join(out_dir, TEXT_FEATURES)) as tmp:
+        save_file({"tokens": torch.cat(toks).contiguous(), "mask": torch.cat(masks).contiguous()}, tmp,
+                  metadata={"captions": json.dumps(captions, ensure_ascii=False)})
+    return {"file": TEXT_FEATURES, "num_captions": len(captions)}
+
+
+def text_embedder_cfg(cfg) -> Optional[dict]:
+    """The config's embedder if its features depend only on the caption (a frozen text encoder)."""
+    from utils.registry import EMBEDDER, _plain
+
+    emb = cfg.get("embedder")
+    if not emb or not getattr(EMBEDDER.get(emb.get("type")), "precomputable", False):
+        return None
+    return _plain(emb)
 
 
 def main(argv=None) -> int:
@@ -112,7 +148,7 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
     from utils.config import load_config
-    from utils.registry import AUTO_ENCODER, DATASETS, ENGINE
+    from utils.registry import AUTO_ENCODER, DATASETS, EMBEDDER, ENGINE
 
     ap = argparse.ArgumentParser(description="Encode an experiment's dataset into a latent cache.")
     ap.add_argument("--cfg", required=True, help="training YAML (its dataset, auto_encoder and latent_cache)")
@@ -127,16 +163,25 @@ def main(argv=None) -> int:
     data_cfg, ae_cfg = dict(cfg.dataset), dict(cfg.auto_encoder)
     dataset = DATASETS.build(data_cfg, key_path="dataset")
     ae = AUTO_ENCODER.build(ae_cfg, key_path="auto_encoder")
-    m = encode_dataset(dataset, ae, out, shard_size=args.shard_size, fingerprint=cache_fingerprint(cfg))
-    print(f"wrote {m['num_items']} latents in {len(m['shards'])} shards to {out}")
+    text_cfg = text_embedder_cfg(cfg)
+    text = EMBEDDER.build(text_cfg, key_path="embedder") if text_cfg else None
+    m = encode_dataset(dataset, ae, out, shard_size=args.shard_size, fingerprint=cache_fingerprint(cfg),
+                       text_embedder=text)
+    extra = f" and the features of {m['text_features']['num_captions']} captions" if text else ""
+    print(f"wrote {m['num_items']} latents in {len(m['shards'])} shards{extra} to {out}")
     return 0
 
 
 def cache_fingerprint(cfg) -> dict:
-    """What a latent cache must have been made with: the autoencoder and the source dataset config."""
+    """What a latent cache must have been made with: the autoencoder and the source dataset config,
+    and the text embedder config when there is one (its caption features are in the cache)."""
     from utils.registry import _plain
 
-    return {"autoencoder": _plain(cfg.auto_encoder), "data": _plain(cfg.dataset)}
+    fp = {"autoencoder": _plain(cfg.auto_encoder), "data": _plain(cfg.dataset)}
+    text = text_embedder_cfg(cfg)
+    if text is not None:
+        fp["text_embedder"] = text
+    return fp
 
 
 if __name__ == "__main__":

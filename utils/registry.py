@@ -194,9 +194,14 @@ Contract: ``cls(**kwargs)``; items are dicts with at least ``video`` (C, T, H, W
 
 EMBEDDER = Registry("EMBEDDER", """Condition encoders (class labels, text, images) -> condition tokens.
 
-Contract: ``cls(**kwargs) -> nn.Module`` with ``dim`` (token width), ``num_tokens``
-and ``forward(conds: list) -> (B, M, dim)``; ``null(batch) -> (B, M, dim)`` gives the
-unconditional tokens used by classifier-free guidance.""")
+Contract: ``cls(**kwargs) -> nn.Module`` with ``dim`` (token width) and ``num_tokens`` (M);
+``forward(conds: list) -> (tokens, mask)``: tokens (B, M, dim) float32, mask (B, M) bool
+(True = a real token, False = padding). ``None`` in ``conds`` is the null condition (a class
+table's learned null row; the empty caption "" for text). ``null(B) -> (tokens, mask)``
+equals ``forward([None] * B)``: the unconditional branch of classifier-free guidance and what
+condition dropout trains. Engines set the model's ``cond_dim`` from ``dim``. NoCondition has
+dim = num_tokens = 0 and is never called. Text embedders encode each unique caption once
+per run (a cache of CPU features).""")
 
 AUTO_ENCODER = Registry("AUTO_ENCODER", """Autoencoders between pixels and latents (VAEs, or Identity).
 

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from utils.registry import DATASETS
 
 MANIFEST = "manifest.json"
+TEXT_FEATURES = "text_features.safetensors"  # pre-extracted caption features (utils.encode_latents)
 
 
 class CacheMismatchError(ValueError):
@@ -51,12 +52,12 @@ class LatentCache(Dataset):
         if expect_fingerprint is not None:
             want = json.loads(json.dumps(expect_fingerprint, default=str))
             have = {k: v for k, v in self.manifest["fingerprint"].items()
-                    if k != "autoencoder_attrs" or k in want}  # added by encode_dataset itself
+                    if k not in ("autoencoder_attrs", "text_embedder") or k in want}  # extras a run may not use
             diff = fingerprint_diff(have, want)
             if diff:
                 raise CacheMismatchError(
-                    f"latent cache {cache_dir!r} was made with a different autoencoder/preprocessing "
-                    f"config. Differences:\n  " + "\n  ".join(diff) +
+                    f"latent cache {cache_dir!r} was made with a different autoencoder/preprocessing/"
+                    f"text encoder config. Differences:\n  " + "\n  ".join(diff) +
                     "\nRe-encode with the current config (utils.encode_latents) or point to a matching cache.")
         self._where = []  # global index -> (shard number, key)
         for s, shard in enumerate(self.manifest["shards"]):
@@ -68,6 +69,17 @@ class LatentCache(Dataset):
         state = dict(self.__dict__)
         state["_handles"] = {}
         return state
+
+    def text_features(self):
+        """(captions, tokens (N, M, dim), mask (N, M)) stored with the cache, or None."""
+        entry = self.manifest.get("text_features")
+        if not entry:
+            return None
+        from safetensors import safe_open
+
+        with safe_open(os.path.join(self.cache_dir, entry["file"]), framework="pt") as f:
+            captions = json.loads(f.metadata()["captions"])
+            return captions, f.get_tensor("tokens"), f.get_tensor("mask")
 
     def __len__(self) -> int:
         return len(self._where)

@@ -64,7 +64,7 @@ class GaussianDiffusion:
 
     # ---------------------------------------------------------------- training
     def training_losses(self, model: Callable, x1: torch.Tensor, clip_lens: torch.Tensor, cond=None,
-                        generator: Optional[torch.Generator] = None, rank_slice=None) -> dict:
+                        cond_mask=None, generator: Optional[torch.Generator] = None, rank_slice=None) -> dict:
         """Same layout as :meth:`RectifiedFlow.training_losses`; per-clip discrete timesteps.
 
         Returns ``dict(loss, loss_per_frame (B, F), t (B, K) model times, k (B, K) timesteps)``.
@@ -82,7 +82,7 @@ class GaussianDiffusion:
         x_noisy = (ab.sqrt() * x1 + (1 - ab).sqrt() * eps) * vmask
         x_clean = make_clean_input(x1, valid, last, self.history_noise, rng)
         t = self.t_model(k).to(x1.dtype)
-        pred = model(x_noisy, x_clean, clip_lens, t, cond=cond)
+        pred = model(x_noisy, x_clean, clip_lens, t, cond=cond, cond_mask=cond_mask)
         if pred.shape != x_noisy.shape:
             raise ValueError(f"model returned shape {tuple(pred.shape)}, expected {tuple(x_noisy.shape)}.")
         loss, lpf = masked_frame_mse(pred, self.target(x1, eps, ab), valid)

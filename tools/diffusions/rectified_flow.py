@@ -194,12 +194,14 @@ class RectifiedFlow:
         return torch.sigmoid(self.logit_mean + self.logit_std * rng.randn(shape))
 
     def training_losses(self, model: Callable, x1: torch.Tensor, clip_lens: torch.Tensor, cond=None,
-                        generator: Optional[torch.Generator] = None, rank_slice=None) -> dict:
+                        cond_mask=None, generator: Optional[torch.Generator] = None, rank_slice=None) -> dict:
         """One next-clip training step's loss.
 
         x1 (B, C, F, H, W) clean data; clip_lens (B, K). Every clip gets its own t; every
         frame is noised at its clip's t (noisy input); the clean input is x1 with per-frame
-        history noise, the last clip's frames and padding zeroed. ``rank_slice=(rank, world)``
+        history noise, the last clip's frames and padding zeroed. ``cond`` (B, M, D) and
+        ``cond_mask`` (B, M) bool (True = real token) are passed to the model as they are
+        (condition dropout is the engine's job). ``rank_slice=(rank, world)``
         draws the randomness of the global batch and keeps this rank's rows (see
         :class:`Randomness`). Returns ``dict(loss, loss_per_frame (B, F), t (B, K))``.
         """
@@ -217,7 +219,7 @@ class RectifiedFlow:
         vmask = bcast(valid.to(x1.dtype), x1)
         x_noisy = (tf * x1 + (1 - tf) * eps) * vmask
         x_clean = make_clean_input(x1, valid, last, self.history_noise, rng)
-        pred = model(x_noisy, x_clean, clip_lens, t.to(x1.dtype), cond=cond)
+        pred = model(x_noisy, x_clean, clip_lens, t.to(x1.dtype), cond=cond, cond_mask=cond_mask)
         if pred.shape != x_noisy.shape:
             raise ValueError(f"model returned shape {tuple(pred.shape)}, expected {tuple(x_noisy.shape)}.")
         loss, lpf = masked_frame_mse(pred, self.target(x1, eps), valid)

@@ -1,6 +1,8 @@
 """The empty condition."""
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 from torch import nn
 
@@ -9,17 +11,19 @@ from utils.registry import EMBEDDER
 
 @EMBEDDER.register_class()
 class NoCondition(nn.Module):
-    """No condition: zero tokens (B, 0, dim) for unconditional models."""
+    """No condition (unconditional models): ``dim = num_tokens = 0``; engines never call it.
 
-    def __init__(self, dim: int = 1):
+    Called anyway, it returns zero tokens ``(B, 0, 0)`` and an empty mask ``(B, 0)``.
+    """
+
+    def __init__(self):
         super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim={dim!r} must be a positive int.")
-        self.dim, self.num_tokens = dim, 0
+        self.dim, self.num_tokens = 0, 0
         self.register_buffer("_probe", torch.zeros(0), persistent=False)
 
-    def forward(self, conds) -> torch.Tensor:
+    def forward(self, conds) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.null(len(conds))
 
-    def null(self, batch_size: int) -> torch.Tensor:
-        return self._probe.new_zeros(batch_size, 0, self.dim)
+    def null(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        return (self._probe.new_zeros(batch_size, 0, 0),
+                torch.zeros(batch_size, 0, dtype=torch.bool, device=self._probe.device))

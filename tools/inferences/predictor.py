@@ -4,11 +4,12 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
+from tools.embedders.conditioning import embed, is_conditional, model_cfg_for, null_condition
 from tools.inferences.rollout import KV_MODES, rollout
 from utils.checkpoint import CheckpointError, embedder_weights_for, format_report, load_weights
 from utils.config import DEFAULT_COMPONENTS, ConfigError
@@ -49,7 +50,8 @@ class Predictor:
         self.cfg = cfg
         self.backend = BACKEND.build(cfg.backend, "backend", local_rank=local_rank)
         self.device = self.backend.device
-        self.model = MODEL.build(cfg.model, "model")
+        self.embedder = self._build_embedder(cfg)
+        self.model = MODEL.build(model_cfg_for(cfg.model, self.embedder, cfg.embedder.get("type", "")), "model")
         self.model.set_attention(*self.backend.attention_kernel())
         if cfg.test_model:
             _log_report(cfg.test_model, load_weights(self.model, Path(cfg.test_model), strict=cfg.strict))
@@ -60,20 +62,23 @@ class Predictor:
         self.model.to(self.device).eval().requires_grad_(False)
         self.diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")
         self.autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder").to(self.device).eval()
-        self.embedder = EMBEDDER.build(cfg.embedder, "embedder")
-        if cfg.test_model and self.embedder.state_dict():  # a trained embedder (e.g. a class table)
+        hw = cfg.resolution
+        self.hw = (int(hw), int(hw)) if isinstance(hw, int) else (int(hw[0]), int(hw[1]))
+        self.check_settings()
+
+    def _build_embedder(self, cfg):
+        """The embedder, with its trained weights (e.g. a class table) from beside test_model."""
+        embedder = EMBEDDER.build(cfg.embedder, "embedder")
+        if cfg.test_model and embedder.state_dict():
             emb_path = embedder_weights_for(Path(cfg.test_model))
             if emb_path.is_file():
-                _log_report(emb_path, load_weights(self.embedder, emb_path, strict=cfg.strict))
+                _log_report(emb_path, load_weights(embedder, emb_path, strict=cfg.strict))
             elif cfg.strict:
                 raise CheckpointError(
                     f"the embedder {cfg.embedder['type']} has trained weights but {emb_path} does not exist "
                     f"(training writes it beside the model weights). Copy it there, or set strict: false "
                     f"to run with an untrained embedder.")
-        self.embedder.to(self.device).eval()
-        hw = cfg.resolution
-        self.hw = (int(hw), int(hw)) if isinstance(hw, int) else (int(hw[0]), int(hw[1]))
-        self.check_settings()
+        return embedder.to(self.device).eval().requires_grad_(False)
 
     def check_settings(self) -> None:
         """Settings that only the built components can check (ConfigError before any item)."""
@@ -89,6 +94,12 @@ class Predictor:
             if int(cfg[key]) % tf:
                 raise ConfigError(f"{key}={cfg[key]} must be a multiple of the auto_encoder's temporal_factor={tf} "
                                   f"({cfg.auto_encoder['type']}); use e.g. {key}: {max(tf, int(cfg[key]) // tf * tf)}")
+        if float(cfg.guide_scale) != 1.0 and not is_conditional(self.embedder):
+            raise ConfigError(self._no_guidance(cfg.guide_scale))
+
+    def _no_guidance(self, scale) -> str:
+        return (f"guide_scale={scale!r} needs a conditional model, but the embedder {self.cfg.embedder.get('type')} "
+                f"takes no condition; set guide_scale=1 (or use the embedder the model was trained with)")
 
     # -- inputs ------------------------------------------------------------------
     def load_video(self, path: str, num_frames: int) -> torch.Tensor:
@@ -108,24 +119,33 @@ class Predictor:
     def load_image(self, path: str) -> torch.Tensor:
         return to_tensor(resize_crop(read_image(path)[None], self.hw))
 
-    def condition(self, value) -> Optional[torch.Tensor]:
-        """Condition tokens (1, M, dim) for one input, or None (no embedder / no value).
-
-        The unconditional branch of classifier-free guidance uses the model's learned null
-        tokens, the ones its ``cond_dropout`` trained (rollout's default for null_cond)."""
-        if getattr(self.embedder, "num_tokens", 0) == 0 or value is None:
-            return None
+    def condition(self, value) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(cond (1, M, dim), cond_mask (1, M)) for one input; ``None`` gives the embedder's null
+        condition (unconditional generation with a conditional model). (None, None) when the
+        embedder takes no condition. Bad values raise ValueError naming what is allowed."""
+        if not is_conditional(self.embedder):
+            return None, None
         with torch.no_grad():
-            return self.embedder([value]).to(self.device)
+            return embed(self.embedder, [value], self.device)
 
     # -- rollout -----------------------------------------------------------------
     @torch.no_grad()
     def predict(self, context: Optional[torch.Tensor], seed: int, cond_value=None,
-                num_frames: Optional[int] = None) -> torch.Tensor:
-        """context (C, Tc, H, W) in [-1, 1] or None -> video (C, T, H, W) in [-1, 1], context included."""
+                num_frames: Optional[int] = None, guide_scale: Optional[float] = None,
+                history_guide_scale: Optional[float] = None) -> torch.Tensor:
+        """context (C, Tc, H, W) in [-1, 1] or None -> video (C, T, H, W) in [-1, 1], context included.
+
+        ``cond_value`` (a label or caption; None = the null condition) conditions a conditional
+        model; ``guide_scale`` / ``history_guide_scale`` override the config for this call.
+        The unconditional branch of guidance is ``embedder.null(1)``."""
         cfg = self.cfg
         total = int(num_frames or cfg.max_frames)
-        cond = self.condition(cond_value)
+        scale = float(cfg.guide_scale if guide_scale is None else guide_scale)
+        h_scale = float(cfg.history_guide_scale if history_guide_scale is None else history_guide_scale)
+        if scale != 1.0 and not is_conditional(self.embedder):
+            raise ValueError(self._no_guidance(scale))
+        cond, cond_mask = self.condition(cond_value)
+        null_cond, null_mask = null_condition(self.embedder, 1, self.device) if scale != 1.0 else (None, None)
         ae = self.autoencoder
         ctx_latent, shape = None, None
         if context is not None and context.shape[1] > 0:
@@ -137,9 +157,10 @@ class Predictor:
         with self.backend.autocast():
             out = rollout(self.model, self.diffusion, ctx_latent, num_frames=total // ae.temporal_factor - done,
                           clip_len=cfg.clip_len, window=cfg.window, steps=cfg.num_sample_steps,
-                          sampler=cfg.sampler, shift=cfg.shift, history_guide_scale=cfg.history_guide_scale,
-                          guide_scale=cfg.guide_scale, cond=cond,
-                          history_noise=cfg.history_noise, seed=seed, kv_cache=cfg.kv_cache, shape=shape)
+                          sampler=cfg.sampler, shift=cfg.shift, history_guide_scale=h_scale,
+                          guide_scale=scale, cond=cond, cond_mask=cond_mask, null_cond=null_cond,
+                          null_mask=null_mask, history_noise=cfg.history_noise, seed=seed, kv_cache=cfg.kv_cache,
+                          shape=shape)
         return self.autoencoder.decode(out.float())[0].clamp(-1, 1).cpu()
 
 

@@ -18,13 +18,15 @@ KV-cache modes (``kv_cache``):
   a re-encode would compute them without those frames. Positions stay absolute (RoPE is
   relative, so only the offset differs from a re-encode). Cheapest: history is encoded once.
 
-Guidance (raw predictions, affine in the velocity)::
+Guidance (one formula for every KV-cache mode, on raw predictions, affine in the velocity)::
 
     pred = p_full + (s_h - 1) (p_full - p_nohist) + (s_c - 1) (p_full - p_nocond)
 
+with ``s_c = guide_scale`` and ``s_h = history_guide_scale``. ``p_full``: history + cond;
 ``p_nohist``: the same noisy clip with no history (cond kept); ``p_nocond``: history kept,
-cond replaced by ``null_cond`` (default: the model's learned null tokens). A branch is only
-computed when its scale != 1 (and, for history guidance, when there is a history).
+cond replaced by ``null_cond`` / ``null_mask`` (the caller passes ``embedder.null(B)``). A
+branch is only computed when its scale != 1 (and, for history guidance, when there is a
+history), so scales of 1 give exactly the unguided prediction.
 """
 from __future__ import annotations
 
@@ -72,7 +74,8 @@ def _trim_front(lens: List[int], n: int) -> List[int]:
 def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int] = None,
             num_frames: Optional[int] = None, clip_len: int = 4, window: int = 80, steps: int = 50,
             sampler: str = "euler", shift: float = 1.0, history_guide_scale: float = 1.0,
-            guide_scale: float = 1.0, cond: Optional[Tensor] = None, null_cond: Optional[Tensor] = None,
+            guide_scale: float = 1.0, cond: Optional[Tensor] = None, cond_mask: Optional[Tensor] = None,
+            null_cond: Optional[Tensor] = None, null_mask: Optional[Tensor] = None,
             history_noise: Optional[float] = None, seed: int = 0, kv_cache: str = "recompute",
             shape: Optional[Sequence[int]] = None, progress: Optional[Callable[[int, int], None]] = None
             ) -> Tensor:
@@ -85,6 +88,13 @@ def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int
         num_clips / num_frames: how much to generate (exactly one of them); with
             ``num_frames`` the last clip is shorter when needed.
         clip_len: G frames per generated clip; window: max history frames W.
+        cond / cond_mask: condition tokens (B, M, cond_dim) and their mask (B, M) bool
+            (True = real, None = all real), or None (unconditional model).
+        null_cond / null_mask: the null condition (``embedder.null(B)``), needed when
+            ``guide_scale != 1``.
+        guide_scale / history_guide_scale: s_c / s_h of the guidance formula
+            ``pred = p_full + (s_h - 1)(p_full - p_nohist) + (s_c - 1)(p_full - p_nocond)``
+            (every kv_cache mode; a scale of 1 switches its branch off).
         history_noise: t_in applied to the history at inference (x <- t_in x + (1-t_in) eps),
             None = clean history.
         seed: base seed; clip i uses a generator seeded with ``clip_seed(seed, i)``.
@@ -110,10 +120,11 @@ def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int
         [G] * (num_frames // G) + ([num_frames % G] if num_frames % G else [])
     use_h = history_guide_scale != 1.0
     use_c = guide_scale != 1.0
-    if use_c:
-        assert cond is not None, "guide_scale != 1 needs cond"
-        if null_cond is None:
-            null_cond = model.null_cond_like(cond)
+    if use_c and (cond is None or null_cond is None):
+        raise ValueError(f"guide_scale={guide_scale} needs cond and null_cond (pass the embedder's null "
+                         f"condition, embedder.null(B), as null_cond / null_mask), got "
+                         f"cond={'None' if cond is None else 'a tensor'}, "
+                         f"null_cond={'None' if null_cond is None else 'a tensor'}; or use guide_scale=1")
     frames = [context]
     seen = [_noised(context, history_noise, seed, -1)]  # the history as the model sees it
     hist_lens: List[int] = [C0] if C0 else []  # clip structure of the whole video so far
@@ -125,45 +136,48 @@ def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int
         n_hist = min(video_len, window)
         win_lens = _trim_front(hist_lens, video_len - n_hist)
         hist = torch.cat(seen, dim=2)[:, :, video_len - n_hist:]  # (B, C, n_hist, H, W)
-        branches = {"full": cond}
+        branches = {"full": (cond, cond_mask)}
         if use_c:
-            branches["nocond"] = null_cond
+            branches["nocond"] = (null_cond, null_mask)
         use_h_now = use_h and n_hist > 0
 
         # ---- history keys/values, once per clip
         caches = {}
         if kv_cache == "recompute" and n_hist:
-            caches = {k: model.encode_history(hist, 0, cond=c, clip_lens=win_lens) for k, c in branches.items()}
+            caches = {k: model.encode_history(hist, 0, cond=c, cond_mask=m, clip_lens=win_lens)
+                      for k, (c, m) in branches.items()}
         elif kv_cache == "rolling" and n_hist:
-            for k, c in branches.items():
+            for k, (c, m) in branches.items():
                 cache = rolling.get(k)
                 if cache is None:  # first use: encode the whole (noised) window
-                    cache = model.encode_history(hist, video_len - n_hist, cond=c, clip_lens=win_lens)
+                    cache = model.encode_history(hist, video_len - n_hist, cond=c, cond_mask=m, clip_lens=win_lens)
                 cache.drop_frames(cache.num_frames - n_hist)  # the window slides
                 rolling[k] = caches[k] = cache
         pos = n_hist if kv_cache != "rolling" else video_len  # position of the new clip
 
-        def branch(z, t, name, c, with_hist):
+        def branch(z, t, name, with_hist):
+            c, m = branches[name]
             if kv_cache == "off":
                 if with_hist:
                     t_all = torch.cat([torch.ones(B, len(win_lens), device=z.device, dtype=z.dtype),
                                        t.reshape(B, 1).to(z.dtype)], 1)
                     cl = torch.tensor([win_lens + [g]] * B, device=z.device)
-                    out = model(torch.cat([hist, z], 2), torch.cat([hist, torch.zeros_like(z)], 2), cl, t_all, cond=c)
+                    out = model(torch.cat([hist, z], 2), torch.cat([hist, torch.zeros_like(z)], 2), cl, t_all,
+                                cond=c, cond_mask=m)
                     return out[:, :, n_hist:]
                 return model(z, torch.zeros_like(z), torch.full((B, 1), g, device=z.device),
-                             t.reshape(B, 1).to(z.dtype), cond=c)
+                             t.reshape(B, 1).to(z.dtype), cond=c, cond_mask=m)
             if with_hist:
                 return model.denoise(z, t, cache=caches[name], frame_offset=pos)
-            return model.denoise(z, t, cache=None, frame_offset=0, cond=c)
+            return model.denoise(z, t, cache=None, frame_offset=0, cond=c, cond_mask=m)
 
         def pred_fn(z, t):
-            full = branch(z, t, "full", cond, n_hist > 0)
+            full = branch(z, t, "full", n_hist > 0)
             out = full
             if use_h_now:
-                out = out + (history_guide_scale - 1.0) * (full - branch(z, t, "full", cond, False))
+                out = out + (history_guide_scale - 1.0) * (full - branch(z, t, "full", False))
             if use_c:
-                out = out + (guide_scale - 1.0) * (full - branch(z, t, "nocond", null_cond, n_hist > 0))
+                out = out + (guide_scale - 1.0) * (full - branch(z, t, "nocond", n_hist > 0))
             return out
 
         x = diffusion.sample(pred_fn, noise, steps=steps, sampler=sampler, shift=shift)
@@ -173,11 +187,11 @@ def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int
         hist_lens.append(g)
         video_len += g
         if kv_cache == "rolling":
-            for k, c in branches.items():
+            for k, (c, m) in branches.items():
                 if k in rolling:
                     rolling[k] = model.encode_history(x_in, cache=rolling[k], clip_lens=[g])
                 else:  # no history yet: start the cache with this clip
-                    rolling[k] = model.encode_history(x_in, video_len - g, cond=c, clip_lens=[g])
+                    rolling[k] = model.encode_history(x_in, video_len - g, cond=c, cond_mask=m, clip_lens=[g])
         if progress is not None:
             progress(ci, len(lens))
     return torch.cat(frames, dim=2)

@@ -12,6 +12,8 @@ Visibility (query -> key):
 - clean clip k -> clean clips <= k; with ``frame_causal_clean`` clean frame f -> clean
   frames <= f only;
 - clean never sees noisy; padding queries see only themselves; nobody sees padding.
+- padded condition tokens (``cond_lens[b] < M``: sample b has real cond tokens
+  ``[0, cond_lens[b])``) are padding: they see only themselves and nobody sees them.
 
 Because of the token order, every real query segment attends to one *contiguous prefix*
 ``[0, end)`` of cond + clean tokens, plus (noisy only) its own block.  Three
@@ -20,6 +22,10 @@ implementations share :class:`BlockCausalLayout`:
 - ``"flex"``: compiled FlexAttention with a BlockMask built from per-token metadata;
 - ``"blocks"``: per-segment calls of an unmasked ``dense_fn(q, k, v)``;
 - ``"math"``: dense boolean mask + SDPA, the test reference only.
+
+Padded cond tokens keep the kernels mask-free: 'blocks' (and :func:`prefix_attention`, the
+KV-cached path) group samples by their real cond count m and drop the padded cond rows
+``[m, M)`` from q, k, v, so every segment again attends to contiguous key ranges.
 """
 from __future__ import annotations
 
@@ -54,10 +60,13 @@ class BlockCausalLayout:
         num_cond: M, condition tokens at the front of every sample.
         frame_causal_clean: clean frame f sees clean frames <= f only.
         total_len: sequence length L (>= the longest sample); default: the longest sample.
+        cond_lens: real cond tokens per sample (the first ``cond_lens[b]`` of the M), the
+            rest is padding; default: all M are real.
     """
 
     def __init__(self, clip_lens, tokens_per_frame: int, num_cond: int = 0,
-                 frame_causal_clean: bool = False, total_len: Optional[int] = None):
+                 frame_causal_clean: bool = False, total_len: Optional[int] = None,
+                 cond_lens: Optional[Sequence[int]] = None):
         if not torch.is_tensor(clip_lens):
             clip_lens = torch.as_tensor(clip_lens, dtype=torch.long)
         assert clip_lens.dim() == 2, f"clip_lens must be (B, K), got shape {tuple(clip_lens.shape)}"
@@ -73,6 +82,9 @@ class BlockCausalLayout:
             assert all(g > 0 for g in row[: len(nz)]), f"zeros must come after the clips, got {row}"
             self.clips.append(tuple(nz))
         self.B = len(self.clips)
+        self.cond_lens = tuple(int(m) for m in cond_lens) if cond_lens is not None else (self.M,) * self.B
+        assert len(self.cond_lens) == self.B and all(0 <= m <= self.M for m in self.cond_lens), \
+            f"cond_lens {self.cond_lens} must give 0..{self.M} real cond tokens for each of the {self.B} samples"
         self.seq_lens = [self.sample_len(c) for c in self.clips]
         longest = max(self.seq_lens)
         self.L = longest if total_len is None else int(total_len)
@@ -84,26 +96,29 @@ class BlockCausalLayout:
         frames = sum(clips)
         return self.M + (frames - clips[-1]) * self.N + frames * self.N
 
-    def noisy_start(self, clips: Sequence[int]) -> int:
-        return self.M + (sum(clips) - clips[-1]) * self.N
+    def noisy_start(self, clips: Sequence[int], num_cond: Optional[int] = None) -> int:
+        return (self.M if num_cond is None else num_cond) + (sum(clips) - clips[-1]) * self.N
 
     def key(self) -> tuple:
-        return (tuple(self.clips), self.N, self.M, self.frame_causal_clean, self.L, str(self.device))
+        return (tuple(self.clips), self.N, self.M, self.frame_causal_clean, self.L, str(self.device),
+                self.cond_lens)
 
-    def groups(self) -> Dict[Tuple[int, ...], List[int]]:
-        """Samples with identical clip structure, computed together by the 'blocks' impl."""
-        out: Dict[Tuple[int, ...], List[int]] = {}
+    def groups(self) -> Dict[Tuple[Tuple[int, ...], int], List[int]]:
+        """Samples with identical (clip structure, real cond count), computed together by 'blocks'."""
+        out: Dict[Tuple[Tuple[int, ...], int], List[int]] = {}
         for b, c in enumerate(self.clips):
-            out.setdefault(c, []).append(b)
+            out.setdefault((c, self.cond_lens[b]), []).append(b)
         return out
 
-    def segments(self, clips: Sequence[int]) -> List[Tuple[int, int, int, int, int]]:
+    def segments(self, clips: Sequence[int], num_cond: Optional[int] = None) -> List[Tuple[int, int, int, int, int]]:
         """(q_start, q_end, prefix_end, own_start, own_end) for every real query segment.
 
         The segment attends to keys [0, prefix_end) and [own_start, own_end) (empty own
         range for cond / clean segments, whose visible keys are a single prefix).
+        ``num_cond``: cond tokens in front (default M; the 'blocks' impl passes a sample's
+        real count after dropping its padded cond rows).
         """
-        N, M = self.N, self.M
+        N, M = self.N, (self.M if num_cond is None else num_cond)
         segs = []
         if M:
             segs.append((0, M, M, 0, 0))
@@ -118,7 +133,7 @@ class BlockCausalLayout:
                     segs.append((a, a + N, a + N, 0, 0))
             else:
                 segs.append((s, s + g * N, s + g * N, 0, 0))
-        S = self.noisy_start(clips)
+        S = self.noisy_start(clips, M)
         for k, g in enumerate(clips):  # noisy clips
             a = S + starts[k] * N
             segs.append((a, a + g * N, M + starts[k] * N, a, a + g * N))
@@ -146,7 +161,7 @@ class BlockCausalLayout:
             start = torch.cumsum(lens, 0) - lens
             clip_of = torch.repeat_interleave(torch.arange(len(clips)), lens)  # (F,)
             fr = torch.arange(nf)
-            kind[b, :M] = COND
+            kind[b, :self.cond_lens[b]] = COND  # padded cond tokens stay PAD
             clip[b, :M] = -1
             patch[b, :M] = torch.arange(M)
             nc = nf - clips[-1]
@@ -269,24 +284,54 @@ def _attention_flex(q, k, v, layout: BlockCausalLayout) -> Tensor:
     return _compiled_flex()(q, k, v, block_mask=layout.block_mask())
 
 
+def drop_padded_cond(x: Tensor, m: int, M: int) -> Tensor:
+    """x (B, H, L, D) whose first M rows are cond tokens -> without the padded cond rows [m, M)."""
+    return x if m == M else torch.cat([x[:, :, :m], x[:, :, M:]], dim=2)
+
+
+def _compact_index(i: int, m: int, M: int) -> int:
+    """Index i of a sequence with M cond rows -> its index after :func:`drop_padded_cond`."""
+    return min(i, m) if i <= M else i - (M - m)
+
+
+def _put_rows(out: Tensor, ob: Tensor, sel: Optional[Tensor], m: int, M: int) -> None:
+    """Write compacted rows ``ob`` back into ``out`` (rows of the batch ``sel``, or all);
+    the padded cond rows [m, M) of ``out`` are left as they are."""
+    n = ob.shape[2]
+    parts = [(0, 0, n)] if m == M else [(0, 0, m), (M, m, n)]  # (out start, ob start, ob end)
+    for o, a, b in parts:
+        if b > a:
+            if sel is None:
+                out[:, :, o:o + b - a] = ob[:, :, a:b]
+            else:
+                out[sel, :, o:o + b - a] = ob[:, :, a:b]
+
+
+def _select(x: Tensor, sel: Optional[Tensor]) -> Tensor:
+    return x if sel is None else x.index_select(0, sel)
+
+
+def _group_index(idx: List[int], B: int, device) -> Optional[Tensor]:
+    return torch.tensor(idx, device=device) if len(idx) < B else None
+
+
 def _attention_blocks(q, k, v, layout: BlockCausalLayout, dense_fn: Callable) -> Tensor:
     out = v.clone()  # padding queries attend only to themselves -> their own value
-    for clips, idx in layout.groups().items():
-        sel = torch.tensor(idx, device=q.device) if len(idx) < layout.B else None
-        qb, kb, vb = (x if sel is None else x.index_select(0, sel) for x in (q, k, v))
-        ob = torch.empty_like(qb[:, :, : layout.sample_len(clips)])
-        for qs, qe, pe, os_, oe in layout.segments(clips):
+    M = layout.M
+    for (clips, m), idx in layout.groups().items():
+        sel = _group_index(idx, layout.B, q.device)
+        qb, kb, vb = (drop_padded_cond(_select(x, sel), m, M) for x in (q, k, v))
+        ob = torch.empty_like(qb[:, :, : layout.sample_len(clips) - (M - m)])
+        for qs, qe, pe, os_, oe in layout.segments(clips, m):
+            if qe == qs:
+                continue
             if oe > os_:
                 kk = torch.cat([kb[:, :, :pe], kb[:, :, os_:oe]], dim=2)
                 vv = torch.cat([vb[:, :, :pe], vb[:, :, os_:oe]], dim=2)
             else:
                 kk, vv = kb[:, :, :pe], vb[:, :, :pe]
             ob[:, :, qs:qe] = dense_fn(qb[:, :, qs:qe], kk, vv)
-        n = ob.shape[2]
-        if sel is None:
-            out[:, :, :n] = ob
-        else:
-            out[sel, :, :n] = ob
+        _put_rows(out, ob, sel, m, M)
     return out
 
 
@@ -304,16 +349,45 @@ def block_causal_attention(q: Tensor, k: Tensor, v: Tensor, layout: BlockCausalL
 
 
 def prefix_attention(q: Tensor, k: Tensor, v: Tensor, segments: Sequence[Tuple[int, int, int]],
-                     dense_fn: Optional[Callable] = None) -> Tensor:
+                     dense_fn: Optional[Callable] = None, cond_lens: Optional[Sequence[int]] = None,
+                     num_cond: int = 0) -> Tensor:
     """Attention where query rows [qs, qe) see keys [0, ke) (prefix-causal by segment).
 
     Used to encode clean history (cond + clean clips, optionally after a cached prefix
     of length ``k.shape[2] - q.shape[2]``; segment indices are in the query's frame and
     ``ke`` in the key's frame). Rows not covered by a segment are returned as v.
+    The first ``num_cond`` keys are cond tokens, of which sample b has ``cond_lens[b]``
+    real ones (default: all): padded cond keys are invisible; padded cond queries (when
+    q starts with the cond tokens, i.e. there is no cached prefix) return their value.
     """
     dense_fn = dense_fn or sdpa_dense
     off = k.shape[2] - q.shape[2]
     out = v[:, :, off:].clone()
-    for qs, qe, ke in segments:
-        out[:, :, qs:qe] = dense_fn(q[:, :, qs:qe], k[:, :, :ke], v[:, :, :ke])
+    M = num_cond
+    if cond_lens is None or all(m == M for m in cond_lens):
+        for qs, qe, ke in segments:
+            out[:, :, qs:qe] = dense_fn(q[:, :, qs:qe], k[:, :, :ke], v[:, :, :ke])
+        return out
+    q_cond = off == 0  # the queries start with the cond tokens
+    groups: Dict[int, List[int]] = {}
+    for b, m in enumerate(cond_lens):
+        groups.setdefault(int(m), []).append(b)
+    for m, idx in groups.items():
+        sel = _group_index(idx, q.shape[0], q.device)
+        kb, vb = (drop_padded_cond(_select(x, sel), m, M) for x in (k, v))
+        qb, ob = _select(q, sel), _select(out, sel)
+        if q_cond:
+            qb, ob = drop_padded_cond(qb, m, M), drop_padded_cond(ob, m, M)
+        for qs, qe, ke in segments:
+            if q_cond:
+                qs, qe = _compact_index(qs, m, M), _compact_index(qe, m, M)
+            ke = _compact_index(ke, m, M)
+            if qe > qs:
+                ob[:, :, qs:qe] = dense_fn(qb[:, :, qs:qe], kb[:, :, :ke], vb[:, :, :ke])
+        if q_cond:
+            _put_rows(out, ob, sel, m, M)
+        elif sel is None:
+            out = ob
+        else:
+            out[sel] = ob
     return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -67,8 +67,10 @@ class Rope(nn.Module):
     """Rotary position embedding. '1d': position = frame * N + patch; '3d': the head dim is
     split into (t, h, w) parts rotated by frame, patch row and patch column.
 
-    ``angles(frame, patch, tokens_per_frame, grid_w, valid)`` -> (B, L, D/2); tokens with ``valid`` False
-    (condition tokens, padding) get angle 0, i.e. no rotation, in every path.
+    ``angles(frame, patch, tokens_per_frame, grid_w, valid)`` -> (B, L, D/2); ``frame`` may be
+    negative; tokens with ``valid`` False (padding) get angle 0, i.e. no rotation. The model
+    places condition tokens at (first frame of the sequence - 1, patch 0): '3d' rotates
+    them in time only, '1d' puts them at position (first frame - 1) * N.
     """
 
     def __init__(self, head_dim: int, mode: str = "1d", theta: float = 10000.0):
@@ -89,13 +91,19 @@ class Rope(nn.Module):
             self.register_buffer(f"freq{i}", theta ** (-torch.arange(n, dtype=torch.float32) / n), persistent=False)
 
     def angles(self, frame: Tensor, patch: Tensor, tokens_per_frame: int, grid_w: int, valid: Tensor) -> Tensor:
-        frame, patch = frame.clamp(min=0).float(), patch.clamp(min=0)
+        frame, patch = frame.float(), patch.clamp(min=0)
         if self.mode == "1d":
             pos = [frame * tokens_per_frame + patch.float()]
         else:
             pos = [frame, (patch // grid_w).float(), (patch % grid_w).float()]
         ang = torch.cat([p[..., None] * getattr(self, f"freq{i}") for i, p in enumerate(pos)], dim=-1)
         return ang * valid[..., None]
+
+    def frame_step(self, tokens_per_frame: int) -> Tensor:
+        """(D/2) angles of a shift by one frame (the same for every token)."""
+        if self.mode == "1d":
+            return self.freq0 * tokens_per_frame
+        return torch.cat([self.freq0, torch.zeros_like(self.freq1), torch.zeros_like(self.freq2)])
 
     @staticmethod
     def apply(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -112,6 +120,10 @@ class KVCache:
     ``k[i]``/``v[i]``: (B, H, num_cond + num_frames * tokens_per_frame, D) of layer i.
     ``frame_offset``: position (frame index) of the first cached history frame.
     ``clip_lens``: clip structure of the cached history (oldest first).
+    ``cond_lens``: real cond tokens per sample (the rest of the ``num_cond`` are padding,
+    invisible to every query); None = all real.
+    ``frame_step``: (D/2) RoPE angles of a one-frame shift; the cond keys sit at
+    ``frame_offset - 1`` and are rotated along when :meth:`drop_frames` moves the offset.
     """
     k: List[Tensor]
     v: List[Tensor]
@@ -119,6 +131,8 @@ class KVCache:
     tokens_per_frame: int
     frame_offset: int = 0
     clip_lens: List[int] = field(default_factory=list)
+    cond_lens: Optional[List[int]] = None
+    frame_step: Optional[Tensor] = None
 
     @property
     def num_frames(self) -> int:
@@ -130,12 +144,19 @@ class KVCache:
         return self.frame_offset + self.num_frames
 
     def drop_frames(self, n: int) -> "KVCache":
-        """Forget the oldest ``n`` history frames (cond tokens are kept)."""
+        """Forget the oldest ``n`` history frames. The cond tokens are kept and moved along to
+        just before the first kept frame (their keys rotated by ``n`` frames)."""
         n = min(int(n), self.num_frames)
         if n <= 0:
             return self
         a, b = self.num_cond, self.num_cond + n * self.tokens_per_frame
-        self.k = [torch.cat([x[:, :, :a], x[:, :, b:]], dim=2) for x in self.k]
+        cond_k = [x[:, :, :a] for x in self.k]
+        if a:  # move the cond keys along with the window
+            assert self.frame_step is not None, "a cache with cond tokens needs frame_step to drop frames"
+            ang = (self.frame_step * n).to(self.k[0].device)
+            cos, sin = ang.cos(), ang.sin()
+            cond_k = [Rope.apply(x, cos, sin) for x in cond_k]
+        self.k = [torch.cat([c, x[:, :, b:]], dim=2) for c, x in zip(cond_k, self.k)]
         self.v = [torch.cat([x[:, :, :a], x[:, :, b:]], dim=2) for x in self.v]
         lens, left = list(self.clip_lens), n
         while left:

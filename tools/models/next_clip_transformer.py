@@ -12,7 +12,14 @@ the blocks are shared. Time is per clip (clean tokens and cond tokens use t = 1)
 
 Positions are RoPE from frame index and patch index only, so the noisy and clean copy of a
 frame share positions and the token order is an implementation detail. Condition tokens
-and padding are not rotated (angle 0) in every path (forward, encode_history, denoise).
+sit at (first frame of the sequence - 1, patch 0) in every path (forward, encode_history,
+denoise; the rolling KV cache moves them along), so outputs are invariant to a global frame
+shift; padding is not rotated.
+
+Conditioning: ``cond`` (B, M, cond_dim) tokens with ``cond_mask`` (B, M) bool (True = real,
+None = all real). Padded cond tokens are invisible to every query in every attention path.
+The null condition (for condition dropout and guidance) is the embedder's (``embedder.null``);
+the model has no null tokens of its own.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from utils.registry import MODEL
-from .block_causal import (CLEAN, IMPLS, NOISY, BlockCausalLayout, block_causal_attention,
+from .block_causal import (CLEAN, COND, IMPLS, NOISY, PAD, BlockCausalLayout, block_causal_attention,
                            prefix_attention, sdpa_dense)
 from .layers import KVCache, Mlp, RMSNorm, Rope, TimeEmbed, make_norm
 
@@ -73,7 +80,7 @@ class Block(nn.Module):
 
 
 DEFAULTS = dict(in_channels=4, patch_size=2, hidden=256, depth=4, heads=4, ffn=1024, norm="layernorm",
-                mlp="gelu", time_cond="adaln", rope="1d", cond_dim=0, cond_dropout=0.0,
+                mlp="gelu", time_cond="adaln", rope="1d", cond_dim=0,
                 frame_causal_clean=False, grad_checkpointing=False, attention="blocks", qk_norm=True)
 
 
@@ -83,6 +90,7 @@ class NextClipTransformer(nn.Module):
 
     Every argument defaults to ``None`` = "take it from ``preset`` (if any), else from
     ``DEFAULTS``"; explicit values override the preset. Presets: see ``PRESETS``.
+    ``cond_dropout`` is refused: condition dropout is the training engine's setting.
     """
 
     def __init__(self, in_channels=None, patch_size=None, hidden=None, depth=None, heads=None, ffn=None,
@@ -90,7 +98,11 @@ class NextClipTransformer(nn.Module):
                  frame_causal_clean=None, grad_checkpointing=None, attention=None, qk_norm=None,
                  preset=None):
         super().__init__()
-        given = {k: v for k, v in locals().items() if k not in ("self", "preset", "__class__") and v is not None}
+        if cond_dropout is not None:
+            raise ValueError(f"cond_dropout={cond_dropout!r} is not a model setting: condition dropout is the "
+                             f"training engine's setting cond_dropout (move it out of the model config)")
+        given = {k: v for k, v in locals().items()
+                 if k not in ("self", "preset", "__class__", "cond_dropout") and v is not None}
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"preset={preset!r} is unknown; use one of {sorted(PRESETS)} or None")
         cfg = {**DEFAULTS, **(PRESETS[preset] if preset else {}), **given}
@@ -100,7 +112,7 @@ class NextClipTransformer(nn.Module):
         self.in_channels, self.patch_size = cfg["in_channels"], cfg["patch_size"]
         self.hidden, self.heads = cfg["hidden"], cfg["heads"]
         self.adaln = cfg["time_cond"] == "adaln"
-        self.cond_dim, self.cond_dropout = cfg["cond_dim"], cfg["cond_dropout"]
+        self.cond_dim = cfg["cond_dim"]
         self.frame_causal_clean = bool(cfg["frame_causal_clean"])
         self.grad_checkpointing = bool(cfg["grad_checkpointing"])
         self.set_attention(cfg["attention"])
@@ -110,7 +122,6 @@ class NextClipTransformer(nn.Module):
         self.time_embed = TimeEmbed(C)
         if self.cond_dim:
             self.cond_proj = nn.Linear(self.cond_dim, C)
-            self.null_cond = nn.Parameter(torch.randn(self.cond_dim) * 0.02)
         self.rope = Rope(C // self.heads, cfg["rope"])
         self.blocks = nn.ModuleList(Block(C, self.heads, cfg["ffn"], cfg["norm"], cfg["mlp"], self.adaln,
                                           cfg["qk_norm"]) for _ in range(cfg["depth"]))
@@ -152,24 +163,40 @@ class NextClipTransformer(nn.Module):
         x = x.reshape(B, Fr, H // p, W // p, C, p, p).permute(0, 4, 1, 2, 5, 3, 6)
         return x.reshape(B, C, Fr, H, W)
 
-    def _cond_tokens(self, cond: Optional[Tensor], B: int) -> Optional[Tensor]:
+    def _cond_tokens(self, cond: Optional[Tensor], cond_mask: Optional[Tensor]):
+        """-> (cond tokens (B, M, C) or None, real cond count per sample or None = all real).
+
+        With padding the real tokens are moved to the front (stable); cond tokens share one
+        position and see only each other, so their order does not matter."""
         if cond is None:
-            return None
+            assert cond_mask is None, "cond_mask was given without cond"
+            return None, None
         assert self.cond_dim, "cond was given but the model was built with cond_dim=0"
         assert cond.dim() == 3 and cond.shape[-1] == self.cond_dim, \
             f"cond must be (B, M, {self.cond_dim}), got {tuple(cond.shape)}"
-        if self.training and self.cond_dropout > 0:
-            drop = torch.rand(B, 1, 1, device=cond.device) < self.cond_dropout
-            cond = torch.where(drop, self.null_cond.to(cond.dtype), cond)
-        return self.cond_proj(cond)
-
-    def null_cond_like(self, cond: Tensor) -> Tensor:
-        """The learned unconditional tokens, shaped like ``cond`` (for classifier-free guidance)."""
-        return self.null_cond.to(cond.dtype).expand_as(cond)
+        lens = None
+        if cond_mask is not None:
+            assert tuple(cond_mask.shape) == tuple(cond.shape[:2]), \
+                f"cond_mask must be (B, M) = {tuple(cond.shape[:2])}, got {tuple(cond_mask.shape)}"
+            real = cond_mask.to(torch.bool)
+            if not bool(real.all()):
+                order = torch.argsort((~real).to(torch.uint8), dim=1, stable=True)  # real tokens first
+                cond = _gather_tokens(cond, order)
+                lens = real.sum(1).tolist()
+        return self.cond_proj(cond), lens
 
     def _rope(self, frame, patch, N, grid_w, valid):
         ang = self.rope.angles(frame, patch, N, grid_w, valid)
         return ang.cos()[:, None], ang.sin()[:, None]  # (B, 1, L, D/2)
+
+    def _rope_cached(self, M: int, frames: int, N: int, grid_w: int, first_frame: int, B: int, dev):
+        """cos/sin of [M cond tokens][frames x N tokens] with the frames at first_frame + f and
+        the cond tokens at (first_frame - 1, patch 0)."""
+        frame = torch.cat([torch.full((M,), -1, device=dev), torch.arange(frames, device=dev).repeat_interleave(N)])
+        patch = torch.cat([torch.zeros(M, dtype=torch.long, device=dev), torch.arange(N, device=dev).repeat(frames)])
+        L = frame.shape[0]
+        return self._rope((frame + first_frame)[None].expand(B, L), patch[None].expand(B, L), N, grid_w,
+                          torch.ones(B, L, device=dev))
 
     def _run(self, x, temb, tid, cos, sin, attns: Sequence[Callable]):
         if self.time_cond_token:
@@ -192,15 +219,18 @@ class NextClipTransformer(nn.Module):
 
     # ------------------------------------------------------------------ training forward
     def forward(self, x_noisy: Tensor, x_clean: Tensor, clip_lens: Tensor, t: Tensor,
-                cond: Optional[Tensor] = None, frame_offset: int = 0) -> Tensor:
+                cond: Optional[Tensor] = None, cond_mask: Optional[Tensor] = None,
+                frame_offset: int = 0) -> Tensor:
         """x_noisy, x_clean (B, C, F, H, W); clip_lens (B, K) long; t (B, K) per-clip time
-        (1 = clean); cond (B, M, cond_dim) or None -> prediction shaped like x_noisy.
+        (1 = clean); cond (B, M, cond_dim) or None, cond_mask (B, M) bool (True = real) or
+        None -> prediction shaped like x_noisy. Frame f sits at position frame_offset + f.
         Outputs at padded frames are arbitrary (finite); x_clean of each last clip is unused."""
         B, _, Fr, H, W = x_noisy.shape
         N, gw = (H // self.patch_size) * (W // self.patch_size), W // self.patch_size
-        ctok = self._cond_tokens(cond, B)
+        ctok, cond_lens = self._cond_tokens(cond, cond_mask)
         M = 0 if ctok is None else ctok.shape[1]
-        layout = BlockCausalLayout(clip_lens, N, num_cond=M, frame_causal_clean=self.frame_causal_clean)
+        layout = BlockCausalLayout(clip_lens, N, num_cond=M, frame_causal_clean=self.frame_causal_clean,
+                                   cond_lens=cond_lens)
         meta = {k: v[:, : layout.L] for k, v in layout.meta().items()}
         kind, clip, frame, patch = meta["kind"], meta["clip"], meta["frame"], meta["patch"]
         assert max(sum(c) for c in layout.clips) <= Fr, f"clip_lens sum past the {Fr} frames given"
@@ -210,12 +240,12 @@ class NextClipTransformer(nn.Module):
         src = torch.cat(parts, dim=1)  # (B, M + 2*F*N + 1, C)
         fp = frame.clamp(min=0) * N + patch
         idx = torch.where(kind == CLEAN, M + fp, torch.where(kind == NOISY, M + Fr * N + fp, patch))
-        idx = torch.where(kind > NOISY, M + 2 * Fr * N, idx)  # padding -> the zero row
+        idx = torch.where(kind > NOISY, M + 2 * Fr * N, idx)  # padding (and padded cond) -> the zero row
         x = _gather_tokens(src, idx)  # (B, L, C)
         tid = torch.where(kind == NOISY, clip + 1, 0)  # 0 -> t = 1 (clean, cond, padding)
         temb = self.time_embed(torch.cat([t.new_ones(B, 1), t], dim=1).to(x.dtype))  # (B, K+1, C)
-        valid = ((kind == CLEAN) | (kind == NOISY)).float()
-        cos, sin = self._rope(frame + frame_offset, patch, N, gw, valid)
+        is_cond = kind == COND  # at frame -1 (before the first frame), patch 0
+        cos, sin = self._rope(frame + frame_offset, patch.masked_fill(is_cond, 0), N, gw, (kind != PAD).float())
 
         def attn(q, k, v):
             return block_causal_attention(q, k, v, layout, self.attn_impl, self.dense_fn)
@@ -239,14 +269,29 @@ class NextClipTransformer(nn.Module):
             s += g * N
         return segs
 
+    def _cached_attns(self, cache: Optional[KVCache], segs, cond_lens, num_cond: int,
+                      keep: Optional[list] = None) -> List[Callable]:
+        """Per-layer attention of new tokens against [cache][new] keys (kept in ``keep``)."""
+        def make_attn(i):
+            def attn(q, k, v):
+                if cache is not None:
+                    k, v = torch.cat([cache.k[i], k], dim=2), torch.cat([cache.v[i], v], dim=2)
+                if keep is not None:
+                    keep.append((k, v))
+                return prefix_attention(q, k, v, segs, self.dense_fn, cond_lens=cond_lens, num_cond=num_cond)
+            return attn
+        return [make_attn(i) for i in range(len(self.blocks))]
+
     def encode_history(self, x_hist: Tensor, frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
-                       clip_lens: Optional[Sequence[int]] = None, cache: Optional[KVCache] = None) -> KVCache:
+                       cond_mask: Optional[Tensor] = None, clip_lens: Optional[Sequence[int]] = None,
+                       cache: Optional[KVCache] = None) -> KVCache:
         """Keys/values of [cond][clean history] for every layer.
 
         x_hist (B, C, Fh, H, W) clean frames (Fh may be 0) treated as clean clips of
-        ``clip_lens`` frames (default: one clip), at positions frame_offset + f.
-        With ``cache``: append x_hist after the cached history (cond comes from the cache;
-        ``frame_offset`` defaults to ``cache.end_frame``, else 0); returns a new cache.
+        ``clip_lens`` frames (default: one clip), at positions frame_offset + f; the cond
+        tokens (cond_mask: True = real) sit at frame_offset - 1.
+        With ``cache``: append x_hist after the cached history (cond and its mask come from
+        the cache; ``frame_offset`` defaults to ``cache.end_frame``, else 0); returns a new cache.
         """
         assert x_hist is not None and x_hist.dim() == 5, "x_hist must be (B, C, Fh, H, W)"
         B, _, Fh, H, W = x_hist.shape
@@ -254,82 +299,63 @@ class NextClipTransformer(nn.Module):
         clip_lens = [int(g) for g in (clip_lens if clip_lens is not None else ([Fh] if Fh else []))]
         assert sum(clip_lens) == Fh and all(g > 0 for g in clip_lens), f"clip_lens {clip_lens} vs {Fh} frames"
         if cache is not None:
-            assert cond is None, "cond is taken from the cache when extending it"
+            assert cond is None and cond_mask is None, "cond is taken from the cache when extending it"
             frame_offset = cache.end_frame if frame_offset is None else frame_offset
             assert frame_offset == cache.end_frame, \
                 f"new frames must follow the cache: frame_offset={frame_offset}, cache ends at {cache.end_frame}"
         frame_offset = frame_offset or 0
-        ctok = self._cond_tokens(cond, B) if cache is None else None
+        ctok, cond_lens = self._cond_tokens(cond, cond_mask) if cache is None else (None, cache.cond_lens)
         M = 0 if ctok is None else ctok.shape[1]
         x = self.embed_clean(self._patchify(x_hist))
         if ctok is not None:
             x = torch.cat([ctok, x], dim=1)  # (B, M + Fh*N, C)
-        L = x.shape[1]
-        frame = torch.cat([x.new_full((M,), -1), torch.arange(Fh, device=x.device).repeat_interleave(N)])
-        patch = torch.cat([torch.arange(M, device=x.device), torch.arange(N, device=x.device).repeat(Fh)])
-        valid = (frame >= 0).float()[None].expand(B, L)
-        cos, sin = self._rope((frame + frame_offset)[None].expand(B, L), patch[None].expand(B, L), N, gw, valid)
+        cos, sin = self._rope_cached(M, Fh, N, gw, frame_offset, B, x.device)
         temb = self.time_embed(x.new_ones(B, 1))
-        tid = torch.zeros(B, L, dtype=torch.long, device=x.device)
+        tid = torch.zeros(B, x.shape[1], dtype=torch.long, device=x.device)
         prefix = 0 if cache is None else cache.k[0].shape[2]
         segs = self._clean_segments(clip_lens, N, M, prefix)
-        ks: List[Tensor] = []
-        vs: List[Tensor] = []
-
-        def make_attn(i):
-            def attn(q, k, v):
-                if cache is not None:
-                    k, v = torch.cat([cache.k[i], k], dim=2), torch.cat([cache.v[i], v], dim=2)
-                ks.append(k)
-                vs.append(v)
-                return prefix_attention(q, k, v, segs, self.dense_fn)
-            return attn
-
-        self._run(x, temb, tid, cos, sin, [make_attn(i) for i in range(len(self.blocks))])
+        kv: list = []
+        num_cond = M if cache is None else cache.num_cond
+        self._run(x, temb, tid, cos, sin, self._cached_attns(cache, segs, cond_lens, num_cond, kv))
+        ks, vs = [k for k, _ in kv], [v for _, v in kv]
         if cache is None:
-            return KVCache(ks, vs, num_cond=M, tokens_per_frame=N, frame_offset=frame_offset, clip_lens=clip_lens)
+            return KVCache(ks, vs, num_cond=M, tokens_per_frame=N, frame_offset=frame_offset, clip_lens=clip_lens,
+                           cond_lens=cond_lens, frame_step=self.rope.frame_step(N))
         return KVCache(ks, vs, num_cond=cache.num_cond, tokens_per_frame=N, frame_offset=cache.frame_offset,
-                       clip_lens=list(cache.clip_lens) + clip_lens)
+                       clip_lens=list(cache.clip_lens) + clip_lens, cond_lens=cache.cond_lens,
+                       frame_step=cache.frame_step)
 
     def denoise(self, x_clip: Tensor, t: Tensor, cache: Optional[KVCache] = None,
-                frame_offset: Optional[int] = None, cond: Optional[Tensor] = None) -> Tensor:
+                frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
+                cond_mask: Optional[Tensor] = None) -> Tensor:
         """Predict one noisy clip x_clip (B, C, G, H, W) at time t (B,) given a history cache.
 
-        Without a cache the clip sees only itself (and ``cond`` tokens if given); with a cache
-        cond comes from the cache. ``frame_offset``: position of the clip's first frame
-        (default: right after the cache). Equals the noisy-clip output of ``forward``.
+        Without a cache the clip sees only itself (and ``cond`` tokens if given, at
+        frame_offset - 1); with a cache cond comes from the cache. ``frame_offset``: position
+        of the clip's first frame (default: right after the cache). Equals the noisy-clip
+        output of ``forward``.
         """
         B, _, G, H, W = x_clip.shape
         N, gw = (H // self.patch_size) * (W // self.patch_size), W // self.patch_size
         if frame_offset is None:
             frame_offset = cache.end_frame if cache is not None else 0
         if cache is not None:
-            assert cond is None, "with a cache the cond tokens come from the cache (encode_history(cond=...))"
-        ctok = self._cond_tokens(cond, B)
+            assert cond is None and cond_mask is None, \
+                "with a cache the cond tokens come from the cache (encode_history(cond=...))"
+        ctok, cond_lens = self._cond_tokens(cond, cond_mask) if cache is None else (None, cache.cond_lens)
         M = 0 if ctok is None else ctok.shape[1]
         x = self.embed_noisy(self._patchify(x_clip))
         if ctok is not None:
             x = torch.cat([ctok, x], dim=1)
         L = x.shape[1]
-        dev = x.device
-        frame = torch.cat([torch.full((M,), -1, device=dev), torch.arange(G, device=dev).repeat_interleave(N)])
-        patch = torch.cat([torch.arange(M, device=dev), torch.arange(N, device=dev).repeat(G)])
-        valid = (frame >= 0).float()[None].expand(B, L)
-        cos, sin = self._rope((frame + frame_offset)[None].expand(B, L), patch[None].expand(B, L), N, gw, valid)
+        cos, sin = self._rope_cached(M, G, N, gw, frame_offset, B, x.device)
         t = t.reshape(B, 1).to(x.dtype)
         temb = self.time_embed(torch.cat([torch.ones_like(t), t], dim=1))  # (B, 2, C)
-        tid = (frame >= 0).long()[None].expand(B, L)
+        tid = (torch.arange(L, device=x.device) >= M).long()[None].expand(B, L)  # cond: t = 1
         prefix = 0 if cache is None else cache.k[0].shape[2]
         segs = ([(0, M, M)] if M else []) + [(M, L, prefix + L)]
-
-        def make_attn(i):
-            def attn(q, k, v):
-                if cache is not None:
-                    k, v = torch.cat([cache.k[i], k], dim=2), torch.cat([cache.v[i], v], dim=2)
-                return prefix_attention(q, k, v, segs, self.dense_fn)
-            return attn
-
-        y = self._run(x, temb, tid, cos, sin, [make_attn(i) for i in range(len(self.blocks))])
+        num_cond = M if cache is None else cache.num_cond
+        y = self._run(x, temb, tid, cos, sin, self._cached_attns(cache, segs, cond_lens, num_cond))
         return self._unpatchify(y[:, M:], G, H, W)
 
 

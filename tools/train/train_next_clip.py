@@ -12,6 +12,13 @@ epoch and are the same again on resume. A dataset with ``yields_batches`` (e.g.
 first step and number of (micro-)steps and read with ``DataLoader(batch_size=None)``;
 image batches are trained as one-frame clips.
 
+Conditioning (contracts K1/K4). ``cond_key`` names the item key fed to the embedder (label |
+caption); the model's ``cond_dim`` follows the embedder's token width unless the model config
+sets it. Condition dropout (``cond_dropout``, for classifier-free guidance) is drawn per sample
+of the global batch from the step generator and sliced per rank like every other draw: a
+dropped sample's value becomes ``None``, i.e. the embedder's null condition. A dataset with
+``write_label_map`` (e.g. LabelList) gets its label map written to ``<run dir>/label_map.json``.
+
 Resume (``resume: auto | PATH``). The checkpoint is read and checked against the built model
 before anything is written to the run dir. ``auto`` takes the newest *readable* checkpoint
 (warning about corrupt newer ones). Settings that differ from the checkpoint's stored config
@@ -45,6 +52,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tools.datasets.latent_cache import flatten
+from tools.embedders.conditioning import condition_values, embed, is_conditional, model_cfg_for
 from tools.train.clip_sampling import CLIP_MODES, sample_clip_lens
 from utils import distributed as du
 from utils.checkpoint import (CheckpointError, clean_checkpoint_dir, compare_state_dict, format_report,
@@ -61,6 +69,7 @@ DEFAULTS: Dict[str, Any] = {
     "latent_cache": None,       # dir made by `python -m utils.encode_latents`: train on cached latents
     "visual": [],
     "cond_key": None,           # item key fed to the embedder: label | caption | null
+    "cond_dropout": 0.1,        # share of samples trained with the null condition (for guidance)
     "log_dir": "workspace/experiments",
     "seed": 8888,
     "num_steps": 1000,
@@ -187,13 +196,26 @@ def latents_of(batch: Dict[str, Any], autoencoder, max_frames: int, device) -> t
     return autoencoder.encode(video[:, :, :max_frames].to(device, non_blocking=True))
 
 
-def build_conditioning(embedder, batch: Dict[str, Any], cond_key: Optional[str], device) -> Optional[torch.Tensor]:
-    if cond_key is None or getattr(embedder, "num_tokens", 0) == 0:
-        return None
-    if cond_key not in batch:
-        raise KeyError(f"cond_key={cond_key!r} but dataset items have only {sorted(batch)}; "
-                       f"set cond_key to one of them or null.")
-    return embedder(batch[cond_key]).to(device)
+def drop_conditions(values: List[Any], p: float, generator: torch.Generator, rank: int = 0,
+                    world: int = 1) -> List[Any]:
+    """Condition dropout: each sample of the GLOBAL batch (``len(values) * world``) is dropped
+    with probability ``p`` by one draw from ``generator`` (the step generator); this rank keeps
+    its slice. A dropped value becomes ``None`` (the embedder's null condition)."""
+    B = len(values)
+    drop = (torch.rand(B * world, generator=generator) < p)[rank * B:(rank + 1) * B].tolist()
+    return [None if d else v for v, d in zip(values, drop)]
+
+
+def build_conditioning(embedder, batch: Dict[str, Any], cond_key: Optional[str], device,
+                       dropout: float = 0.0, generator: Optional[torch.Generator] = None,
+                       rank: int = 0, world: int = 1) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(cond, cond_mask) of a batch, after condition dropout; (None, None) for unconditional models."""
+    if cond_key is None or not is_conditional(embedder):
+        return None, None
+    values = condition_values(batch, cond_key)
+    if dropout > 0:
+        values = drop_conditions(values, dropout, generator, rank, world)
+    return embed(embedder, values, device)
 
 
 # ---------------------------------------------------------------------------- validation
@@ -242,6 +264,12 @@ def validate(cfg) -> None:
              "e.g. keep_last=3")
     v = g("seed", DEFAULTS["seed"])
     _require(_is_int(v) and v >= 0, "seed", v, "must be an integer >= 0", "e.g. seed=8888")
+    v = g("cond_dropout", DEFAULTS["cond_dropout"])
+    _require(_is_num(v) and 0 <= v < 1, "cond_dropout", v, "must be a number in [0, 1)",
+             "e.g. cond_dropout=0.1 (0: never train the null condition)")
+    v = g("cond_key", None)
+    _require(v is None or (isinstance(v, str) and v), "cond_key", v, "must be an item key (label | caption) or null",
+             "e.g. cond_key=label")
     v = g("dist_timeout", DEFAULTS["dist_timeout"])
     _require(_is_num(v) and v > 0, "dist_timeout", v, "must be a number of seconds > 0", "e.g. dist_timeout=600")
     v = g("resume", "auto")
@@ -363,6 +391,25 @@ def _build_dataset(cfg):
     return DATASETS.build(cfg.dataset, "dataset")
 
 
+def _check_cond_key(cfg, embedder, log) -> None:
+    """A conditional embedder needs cond_key; an unconditional one ignores it (logged)."""
+    if is_conditional(embedder) and not cfg.cond_key:
+        raise ConfigError(f"embedder {cfg.embedder.get('type')} makes condition tokens but cond_key is null; "
+                          f"set cond_key to the item key it reads (label | caption)")
+    if cfg.cond_key and not is_conditional(embedder):
+        log.warning("cond_key=%r is ignored: the embedder %s takes no condition (the model is unconditional)",
+                    cfg.cond_key, cfg.embedder.get("type"))
+
+
+def _use_cached_text_features(dataset, embedder, log) -> None:
+    """Caption features stored with a latent cache (its fingerprint matched this embedder's config)."""
+    stored = dataset.text_features() if callable(getattr(dataset, "text_features", None)) else None
+    if stored is None or not callable(getattr(embedder, "add_features", None)):
+        return
+    embedder.add_features(*stored)
+    log.info("using the latent cache's features of %d captions (not re-encoded)", len(stored[0]))
+
+
 def _yields_batches(dataset) -> bool:
     if isinstance(dataset, torch.utils.data.IterableDataset):
         if not getattr(dataset, "yields_batches", False):
@@ -425,7 +472,9 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
         raise ConfigError(f"dataset {type(dataset).__name__} mixes one-frame image batches, but the autoencoder "
                           f"compresses time (temporal_factor {factor}); use an autoencoder with temporal_factor 1.")
     embedder = EMBEDDER.build(cfg.embedder, "embedder").to(device)
-    model = MODEL.build(cfg.model, "model")
+    _check_cond_key(cfg, embedder, log)
+    _use_cached_text_features(dataset, embedder, log)
+    model = MODEL.build(model_cfg_for(cfg.model, embedder, cfg.embedder.get("type", "")), "model")
     model.set_attention(*backend.attention_kernel(training=True))
     if cfg.pretrain:
         PRETRAIN.build(cfg.pretrain, "pretrain", model=model)
@@ -448,6 +497,8 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
         check_resume(ckpt, model, config_yaml, log)
     if rank == 0:
         atomic_write_text(out_dir / "config.yaml", config_yaml)
+        if callable(getattr(dataset, "write_label_map", None)):
+            log.info("label map written to %s", dataset.write_label_map(out_dir / "label_map.json"))
         for path in clean_checkpoint_dir(ckpt_dir):
             log.info("removed %s (left by an interrupted or failed checkpoint write)", path)
     start = 0
@@ -482,12 +533,13 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
             # global-batch randomness, sliced for this rank
             clip_lens = sample_clip_lens(x1.shape[2], B * world, cs.mode, cs.clip_len, cs.min_clips,
                                          cs.max_clips, generator=gen)[rank * B:(rank + 1) * B]
-            cond = build_conditioning(embedder, batch, cfg.cond_key, device)
+            cond, cond_mask = build_conditioning(embedder, batch, cfg.cond_key, device, cfg.cond_dropout, gen,
+                                                 rank, world)
             sync = micro == accum - 1 or world == 1
             ctx = net.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
             with ctx:
                 with backend.autocast():
-                    out = diffusion.training_losses(net, x1, clip_lens.to(device), cond=cond,
+                    out = diffusion.training_losses(net, x1, clip_lens.to(device), cond=cond, cond_mask=cond_mask,
                                                     generator=gen, rank_slice=(rank, world))
                 scaler.scale(out["loss"] / accum).backward()
             loss_sum += float(out["loss"].detach()) / accum

@@ -3,11 +3,12 @@ training videos and write ground truth | prediction side by side."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from tools.embedders.conditioning import condition_values, embed, is_conditional
 from tools.inferences.predictor import side_by_side
 from tools.inferences.rollout import rollout
 from utils.registry import VISUAL
@@ -16,12 +17,26 @@ from utils.video_io import write_video
 
 @VISUAL.register_class()
 class RolloutVideo:
-    """Ground truth | rollout mp4 of the current batch's first videos (EMA weights)."""
+    """Ground truth | rollout mp4 of the current batch's first videos (EMA weights).
+
+    A conditional model is given each video's own condition (the batch's ``cond_key`` values);
+    ``context_frames: 0`` generates from the condition alone.
+    """
 
     def __init__(self, num_samples: int = 2, context_frames: int = 4, clip_len: int = 4, window: int = 16,
                  num_sample_steps: int = 20, fps: int = 8, seed: int = 0):
         self.n, self.context, self.clip_len, self.window = num_samples, context_frames, clip_len, window
         self.steps, self.fps, self.seed = num_sample_steps, fps, seed
+
+    @staticmethod
+    def conditions(state: Dict, n: int) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(cond, cond_mask) of the batch's first ``n`` samples, or (None, None) if unconditional."""
+        embedder, cfg = state.get("embedder"), state.get("cfg") or {}
+        cond_key = cfg.get("cond_key")
+        if embedder is None or not cond_key or not is_conditional(embedder):
+            return None, None
+        with torch.no_grad():
+            return embed(embedder, condition_values(state["batch"], cond_key)[:n], state["backend"].device)
 
     @torch.no_grad()
     def __call__(self, state: Dict) -> List[str]:
@@ -34,11 +49,17 @@ class RolloutVideo:
                 video = batch["video"][: self.n].to(backend.device)
             else:  # trained from a latent cache
                 video = ae.decode(batch["latent"][: self.n].to(backend.device)).clamp(-1, 1)
-            ctx = ae.encode(video[:, :, : self.context])
+            ctx = ae.encode(video[:, :, : self.context]) if self.context > 0 else None
+            shape = None
+            if ctx is None:
+                sf = int(ae.spatial_factor)
+                shape = (video.shape[0], int(ae.latent_channels), video.shape[3] // sf, video.shape[4] // sf)
+            cond, cond_mask = self.conditions(state, video.shape[0])
+            tf = int(getattr(ae, "temporal_factor", 1) or 1)
             with backend.autocast():
-                out = rollout(model, diffusion, ctx, num_frames=video.shape[2] - self.context,
+                out = rollout(model, diffusion, ctx, num_frames=(video.shape[2] - self.context) // tf,
                               clip_len=self.clip_len, window=self.window, steps=self.steps,
-                              seed=self.seed)
+                              seed=self.seed, cond=cond, cond_mask=cond_mask, shape=shape)
             pred = ae.decode(out.float()).clamp(-1, 1).cpu()
         finally:
             model.train(was_training)

@@ -1,0 +1,255 @@
+"""Scene analyser for SyntheticPhysics-style videos (numpy/OpenCV, no learned weights).
+
+Reads from uint8 frames (T, H, W, 3) what a condition asks for: how many balls, which
+palette colours, and how they move (gravity direction from the mean acceleration of the
+ball centroids, speed class from the initial speed). Used by the ``evaluate_condition``
+engine to score generated videos; validated on ground-truth videos.
+
+Pixels are explained as ``background + a * (colour - background)`` (the dataset's
+anti-aliased discs): for every palette colour the coverage ``a`` that fits a pixel best is
+found by projection, and the pixel takes the colour with the smallest residual. Pixels
+with ``a >= 0.5`` form per-colour masks whose connected components are the balls.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+GRAVITY_NAMES = ("none", "down", "up", "left", "right")
+SPEED_NAMES = ("slow", "fast")
+ATTRIBUTES = ("num_balls", "colors", "gravity", "speed")
+
+#: SyntheticPhysics defaults (kept here so that the analyser does not import the dataset's
+#: torch machinery; ``settings_from_dataset`` reads the real values from a dataset config)
+DEFAULT_BACKGROUND = (16, 16, 24)
+
+
+@dataclass
+class SceneSettings:
+    """What the analyser needs to know about the dataset (see :func:`settings_from_dataset`).
+
+    ``gravity`` is the dataset's gravity strength (fraction of the shorter side per
+    frame^2; 0 = the analyser never reports a direction), ``speeds`` the dataset's
+    ``{"slow": [lo, hi], "fast": [lo, hi]}`` (fractions of the shorter side per frame; None
+    = no speed class), ``substeps`` the simulation's sub-steps per frame and ``min_radius`` /
+    ``max_radius`` the ball radius range (fractions of the shorter side): blobs much smaller or
+    larger (e.g. a washed-out frame) are not balls.
+    """
+    palette: Sequence[Sequence[float]]
+    color_names: Sequence[str]
+    background: Sequence[float] = DEFAULT_BACKGROUND
+    gravity: float = 0.0
+    speeds: Optional[Mapping[str, Sequence[float]]] = None
+    substeps: int = 4
+    min_radius: float = 0.08
+    max_radius: float = 0.15
+
+
+@dataclass
+class SceneAnalysis:
+    """What one video shows. ``tracks[i]`` is ball i's centroid (x, y) in pixels per frame
+    (NaN where it is not visible); ``accel`` the mean acceleration (x, y) in pixels/frame^2
+    (NaN if unmeasurable); ``init_speed`` the mean initial speed in pixels/frame."""
+    num_balls: int
+    colors: List[str]
+    gravity: Optional[str]
+    speed: Optional[str]
+    tracks: List[np.ndarray] = field(repr=False, default_factory=list)
+    track_colors: List[str] = field(default_factory=list)
+    accel: Tuple[float, float] = (float("nan"), float("nan"))
+    init_speed: float = float("nan")
+
+    def attributes(self) -> Dict:
+        """The four attributes in the dataset's ``meta["attributes"]`` format."""
+        return {"num_balls": self.num_balls, "colors": list(self.colors), "gravity": self.gravity,
+                "speed": self.speed}
+
+
+def settings_from_dataset(dataset_cfg: Mapping, palette: Optional[Sequence] = None,
+                          color_names: Optional[Sequence[str]] = None) -> SceneSettings:
+    """SceneSettings from a SyntheticPhysics config dict (its gravity, speeds, colours, ...).
+
+    The palette and colour names default to the dataset module's PALETTE / COLOR_NAMES.
+    """
+    from tools.datasets import synthetic_physics as sp
+
+    colors = dataset_cfg.get("colors") or palette or sp.PALETTE
+    names = color_names or (sp.COLOR_NAMES if colors is sp.PALETTE else None)
+    if names is None or len(names) != len(colors):  # the dataset's names of custom colours
+        names = [f"rgb{tuple(int(x) for x in c)}" for c in colors]
+    radius = dataset_cfg.get("radius", (0.08, 0.15))
+    lo, hi = (radius, radius) if isinstance(radius, (int, float)) else radius
+    return SceneSettings(palette=[tuple(map(float, c)) for c in colors], color_names=list(names),
+                         background=tuple(dataset_cfg.get("background", DEFAULT_BACKGROUND)),
+                         gravity=float(dataset_cfg.get("gravity", 0.0) or 0.0),
+                         speeds=dataset_cfg.get("speeds"), substeps=int(dataset_cfg.get("substeps", 4)),
+                         min_radius=float(lo), max_radius=float(hi))
+
+
+# ---------------------------------------------------------------------- pixels -> colour masks
+def coverage_maps(frames: np.ndarray, settings: SceneSettings) -> Tuple[np.ndarray, np.ndarray]:
+    """Per pixel: index of the best-fitting palette colour (T, H, W) and every colour's coverage
+    a (T, H, W, K).
+
+    ``a`` is the projection of ``pixel - background`` on ``colour - background`` clipped to
+    [0, 1]; the best colour has the smallest residual (ties of empty pixels give a = 0).
+    """
+    bg = np.asarray(settings.background, np.float32)
+    d = frames.astype(np.float32) - bg                                   # (T, H, W, 3)
+    c = np.asarray(settings.palette, np.float32) - bg                   # (K, 3)
+    cc = np.maximum((c * c).sum(1), 1e-6)                                # (K,)
+    dot = d @ c.T                                                        # (T, H, W, K)
+    a = np.clip(dot / cc, 0.0, 1.0)
+    resid = (d * d).sum(-1, keepdims=True) - 2 * a * dot + a * a * cc    # squared residual
+    return resid.argmin(-1), a
+
+
+def _blobs(mask: np.ndarray, weight: np.ndarray, free: np.ndarray, min_area: int,
+           max_area: int) -> List[Tuple[float, float, float]]:
+    """Connected components of one binary frame -> [(x, y, area)], components with an area
+    outside [min_area, max_area] dropped. Centroids are coverage-weighted over the component grown by 2 pixels
+    into ``free`` pixels (edge or background, not another ball), pixel centres at +0.5 like
+    the renderer, so the anti-aliased rim counts symmetrically."""
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    out = []
+    for k in range(1, n):
+        if not min_area <= stats[k, cv2.CC_STAT_AREA] <= max_area:
+            continue
+        comp = (lab == k).astype(np.uint8)
+        grown = (cv2.dilate(comp, np.ones((5, 5), np.uint8)) > 0) & (free | (comp > 0))
+        ys, xs = np.nonzero(grown)
+        w = weight[ys, xs]
+        out.append((float((xs + 0.5) @ w / w.sum()), float((ys + 0.5) @ w / w.sum()), float(stats[k, cv2.CC_STAT_AREA])))
+    return out
+
+
+def _link(per_frame: List[List[Tuple[float, float, float]]], count: int) -> List[np.ndarray]:
+    """Greedy nearest-neighbour tracks of ``count`` balls of one colour over the frames."""
+    T = len(per_frame)
+    tracks = [np.full((T, 2), np.nan) for _ in range(count)]
+    last: List[Optional[np.ndarray]] = [None] * count
+    for t, blobs in enumerate(per_frame):
+        pts = [np.array(b[:2]) for b in sorted(blobs, key=lambda b: -b[2])[:count]]
+        free = list(range(count))
+        for p in pts:
+            seen = [i for i in free if last[i] is not None]
+            i = min(seen, key=lambda i: np.linalg.norm(last[i] - p)) if seen else free[0]
+            tracks[i][t] = p
+            last[i] = p
+            free.remove(i)
+    return tracks
+
+
+def _mode(values: Sequence[int]) -> int:
+    """Most frequent value; ties go to the larger one (a ball hidden in some frames)."""
+    counts = Counter(values)
+    return max(counts, key=lambda v: (counts[v], v))
+
+
+# ---------------------------------------------------------------------- motion
+def _accel_samples(tracks: Sequence[np.ndarray], cap: float) -> np.ndarray:
+    """Second differences of the centroids (N, 2) in pixels/frame^2, without the samples around
+    a bounce: a wall or ball contact flips or exchanges velocity, which shows as a second
+    difference far above gravity (> ``cap`` in some axis); gravity alone never exceeds it."""
+    out = []
+    for tr in tracks:
+        d2 = tr[2:] - 2 * tr[1:-1] + tr[:-2]
+        ok = np.isfinite(d2).all(1) & (np.abs(d2) <= cap).all(1)
+        out.extend(d2[ok])
+    return np.array(out, np.float64).reshape(-1, 2)
+
+
+def gravity_direction(accel: np.ndarray, strength_px: float) -> str:
+    """Mean acceleration (x, y) in pixels/frame^2 -> "none"|"down"|"up"|"left"|"right".
+
+    "none" when its magnitude is below half the dataset's gravity strength (or unknown)."""
+    if strength_px <= 0 or not np.isfinite(accel).all() or np.hypot(*accel) < 0.5 * strength_px:
+        return "none"
+    ax, ay = accel
+    if abs(ay) >= abs(ax):
+        return "down" if ay > 0 else "up"  # image y points down
+    return "right" if ax > 0 else "left"
+
+
+def initial_speed(tracks: Sequence[np.ndarray], accel: np.ndarray, substeps: int) -> float:
+    """Median over balls of the initial speed (pixels/frame): per ball the larger of the first
+    two frame-to-frame steps (a wall bounce inside a step only shortens it), each with the
+    displacement gravity adds removed (``a (t + (S + 1) / 2S)`` for step t, S sub-steps)."""
+    a = np.nan_to_num(np.asarray(accel, np.float64))
+    speeds = []
+    for tr in tracks:
+        steps = [np.hypot(*(tr[t + 1] - tr[t] - a * (t + (substeps + 1) / (2 * substeps))))
+                 for t in range(min(2, len(tr) - 1))]
+        steps = [v for v in steps if np.isfinite(v)]
+        if steps:
+            speeds.append(max(steps))
+    return float(np.median(speeds)) if speeds else float("nan")
+
+
+def speed_class(speed_px: float, speeds: Optional[Mapping[str, Sequence[float]]], side: int) -> Optional[str]:
+    """Initial speed (pixels/frame) -> "slow"|"fast" by the midpoint between the slow range's
+    top and the fast range's bottom; None when the dataset has no speed classes."""
+    if not speeds:
+        return None
+    if len(speeds) == 1:
+        return next(iter(speeds))
+    if not np.isfinite(speed_px):
+        return "slow"  # no clean step seen: balls that barely moved
+    cut = 0.5 * (float(speeds["slow"][1]) + float(speeds["fast"][0])) * side
+    return "fast" if speed_px > cut else "slow"
+
+
+# ---------------------------------------------------------------------- entry point
+def analyse_video(frames: np.ndarray, settings: SceneSettings) -> SceneAnalysis:
+    """uint8 frames (T, H, W, 3) -> SceneAnalysis (count, colours, tracks, gravity, speed)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"analyse_video takes frames (T, H, W, 3), got shape {frames.shape}")
+    T, H, W, _ = frames.shape
+    side = min(H, W)
+    best, cover = coverage_maps(frames, settings)
+    a = np.take_along_axis(cover, best[..., None], -1)[..., 0]
+    fg = a >= 0.5
+    min_area = max(3, int(0.5 * np.pi * (settings.min_radius * side) ** 2))
+    max_area = int(2.5 * np.pi * (settings.max_radius * side + 1) ** 2)  # two touching balls of one colour
+    tracks, track_colors, colors, num = [], [], [], 0
+    for k, name in enumerate(settings.color_names):
+        masks = fg & (best == k)
+        if masks.sum() < min_area:
+            continue
+        per_frame = [_blobs(masks[t], cover[t, ..., k], ~fg[t], min_area, max_area) for t in range(T)]
+        count = _mode([len(b) for b in per_frame])
+        if count == 0:
+            continue
+        colors.append(name)
+        num += count
+        for tr in _link(per_frame, count):
+            tracks.append(tr)
+            track_colors.append(name)
+    g_px = settings.gravity * side
+    samples = _accel_samples(tracks, cap=2 * g_px + 0.15)
+    accel = samples.mean(0) if len(samples) else np.full(2, np.nan)
+    if len(samples) >= 3:  # robust to one missed bounce
+        accel = np.median(samples, 0)
+    g = gravity_direction(accel, g_px)
+    v0 = initial_speed(tracks, accel if g != "none" else np.zeros(2), settings.substeps)
+    return SceneAnalysis(num_balls=num, colors=colors, gravity=g, speed=speed_class(v0, settings.speeds, side),
+                         tracks=tracks, track_colors=track_colors, accel=(float(accel[0]), float(accel[1])),
+                         init_speed=v0)
+
+
+def compare(found: Mapping, truth: Mapping, attributes: Sequence[str] = ATTRIBUTES) -> Dict[str, bool]:
+    """Attribute-wise equality (colours as sets); attributes the truth does not have (None) are skipped."""
+    out = {}
+    for key in attributes:
+        if truth.get(key) is None:
+            continue
+        if key == "colors":
+            out[key] = set(found.get(key) or []) == set(truth[key])
+        else:
+            out[key] = found.get(key) == truth[key]
+    return out
