@@ -147,3 +147,20 @@ def test_device_calls_only_in_backends():
         if pat.search(p.read_text(encoding="utf-8")):
             offenders.append(rel)
     assert not offenders, f"device-specific code outside tools/backends: {offenders}"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_precision_auto_follows_native_bf16_and_slow_bf16_warns(native, monkeypatch, caplog):
+    """precision: auto is bf16 only where the CPU has bf16 kernels (emulated bf16 is ~600x slower
+    than fp32 on an AVX2 machine); an explicit bf16 there runs but warns."""
+    import logging
+
+    import tools.backends.cpu as cpu
+
+    monkeypatch.setattr(cpu, "native_bf16", lambda: native)
+    assert BACKEND.build({"type": "cpu", "precision": "auto"}).precision == ("bf16" if native else "fp32")
+    log = logging.getLogger("nextclip")
+    monkeypatch.setattr(log, "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="nextclip"):
+        assert BACKEND.build({"type": "cpu", "precision": "bf16"}).precision == "bf16"
+    assert ("no native bf16 kernels" in caplog.text) is (not native)

@@ -12,7 +12,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # every experiment; partial bases without TASK_TYPE (demo/base.yaml, videogpt/base.yaml) are
 # validated through the experiments that inherit them
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "TASK_TYPE" in p.read_text() or "_BASE" in p.read_text())
-INFER_TASKS = {"predict_next_clip", "evaluate_prediction"}
 
 
 def kind_of(path):
@@ -20,7 +19,11 @@ def kind_of(path):
     from utils.config import load_yaml_tree
 
     data, _ = load_yaml_tree(path)
-    return "infer" if data.get("TASK_TYPE") in INFER_TASKS else "train"
+    from tools import load_components
+    from utils.registry import INFER_ENGINE
+
+    load_components()
+    return "infer" if data.get("TASK_TYPE") in INFER_ENGINE else "train"
 
 
 #: configs naming inputs that are not in the repo (paper-scale data and weights on a cluster); the

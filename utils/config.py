@@ -37,7 +37,7 @@ COMPONENT_KEYS = {
 }
 #: the components an engine builds when the experiment does not name them
 DEFAULT_COMPONENTS = {
-    "backend": {"type": "auto", "precision": "bf16", "attention": "auto"},
+    "backend": {"type": "auto", "precision": "auto", "attention": "auto"},
     "model": {"type": "NextClipTransformer"},
     "diffusion": {"type": "RectifiedFlow"},
     "auto_encoder": {"type": "Identity"},

@@ -184,8 +184,9 @@ records each item's status, returns 0 if all succeeded, 1 if any failed.""")
 MODEL = Registry("MODEL", """Networks (``torch.nn.Module``), built with plain kwargs.
 
 Contract: ``cls(**kwargs) -> nn.Module``; no I/O, no device calls. Next-clip models
-implement ``forward(x_noisy, x_clean, clip_lens, t, cond=None) -> prediction``
-shaped like ``x_noisy`` (B, C, F, H, W).""")
+implement ``forward(x_noisy, x_clean, clip_lens, t, cond=None, cond_mask=None) -> prediction``
+shaped like ``x_noisy`` (B, C, F, H, W); ``cond`` (B, M, cond_dim) condition tokens and
+``cond_mask`` (B, M) bool (False = padding, invisible to every query), both from an EMBEDDER.""")
 
 DATASETS = Registry("DATASETS", """Datasets (map-style ``torch.utils.data.Dataset`` or iterable).
 
@@ -212,7 +213,7 @@ on (B, C, T, H, W) tensors (pixels in [-1, 1]); attributes ``latent_channels``,
 DIFFUSION = Registry("DIFFUSION", """Diffusion / flow objectives.
 
 Contract: ``cls(**kwargs)``; ``training_losses(model, x0, clip_lens, cond=None,
-generator=None) -> dict(loss=scalar, ...)`` and ``velocity``/``sample`` helpers used
+cond_mask=None, generator=None) -> dict(loss=scalar, ...)`` and ``velocity``/``sample`` helpers used
 by the rollout; samplers themselves are plain functions.""")
 
 PRETRAIN = Registry("PRETRAIN", """Weight loaders applied to a built model.

@@ -19,7 +19,7 @@ def detect_device_type() -> str:
 
 
 @BACKEND.register_class("auto")
-def AutoBackend(precision: str = "bf16", attention: str = "auto", local_rank=None, threads=None):
+def AutoBackend(precision: str = "auto", attention: str = "auto", local_rank=None, threads=None):
     """Pick NPU, else CUDA, else CPU, and build that backend with the same settings."""
     kind = detect_device_type()
     cls = {"npu": NPUBackend, "cuda": CUDABackend, "cpu": CPUBackend}[kind]

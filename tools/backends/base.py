@@ -24,14 +24,17 @@ class Backend:
     dist_backend = "gloo"
     allowed_precisions = PRECISIONS
 
-    def __init__(self, precision: str = "bf16", attention: str = "auto", local_rank: Optional[int] = None,
+    def __init__(self, precision: str = "auto", attention: str = "auto", local_rank: Optional[int] = None,
                  threads: Optional[int] = None):
-        if precision not in self.allowed_precisions:
+        if precision == "auto":
+            precision = self.auto_precision()
+        elif precision not in self.allowed_precisions:
             raise ValueError(
                 f"backend {type(self).__name__}: precision={precision!r} is not supported here; "
-                f"choose one of {', '.join(self.allowed_precisions)}."
+                f"choose one of {', '.join(self.allowed_precisions)} or auto."
             )
         self.precision = precision
+        self.check_precision()
         self.attention = attention
         self.local_rank = local_rank
         self.threads = threads
@@ -39,6 +42,13 @@ class Backend:
         self.setup()
 
     # -- hooks for subclasses -------------------------------------------------
+    def auto_precision(self) -> str:
+        """What ``precision: auto`` means on this device."""
+        return "bf16"
+
+    def check_precision(self) -> None:
+        """Warn about a precision that runs but is slow on this device."""
+
     def setup(self) -> None:
         if self.threads:
             torch.set_num_threads(int(self.threads))

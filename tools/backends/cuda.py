@@ -19,6 +19,9 @@ class CUDABackend(Backend):
     device_type = "cuda"
     dist_backend = "nccl"
 
+    def auto_precision(self) -> str:
+        return "bf16" if cuda_present() and torch.cuda.is_bf16_supported() else "fp16"
+
     def setup(self) -> None:
         super().setup()
         if not cuda_present():

@@ -19,7 +19,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
-from tools.inferences.predictor import ROLLOUT_DEFAULTS, Predictor, validate_rollout
+from tools.inferences.predictor import (ROLLOUT_DEFAULTS, Predictor, check_eval_range, check_save_videos,
+                                        validate_rollout)
 from tools.inferences.scene import ATTRIBUTES, analyse_video, compare, settings_from_dataset
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
@@ -120,11 +121,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"dataset={got!r}: evaluate_condition scores scenes of SyntheticPhysics videos; set "
                           f"dataset to a SyntheticPhysics config with a held-out seed, e.g. "
                           f"'dataset={{type: SyntheticPhysics, seed: 4242, ...}}'")
-    er = cfg.get("eval_range")
-    if not (isinstance(er, (list, tuple)) and len(er) == 2 and all(isinstance(x, int) for x in er)
-            and 0 <= er[0] < er[1]):
-        raise ConfigError(f"eval_range={er!r} must be [start, stop) dataset indices with 0 <= start < stop; "
-                          f"set e.g. 'eval_range=[0,64]'")
+    check_eval_range(cfg.get("eval_range"))
     key = cfg.get("cond_key")
     if key not in COND_KEYS:
         raise ConfigError(f"cond_key={key!r} is not allowed: use one of {list(COND_KEYS)} (what the model was "
@@ -142,9 +139,7 @@ def validate(cfg) -> None:
     if C != 0:
         raise ConfigError(f"context_frames={C!r} must be 0: the evaluation generates videos from the condition "
                           f"alone (given frames would show the answer); set 'context_frames=0'")
-    sv = cfg.get("save_videos")
-    if isinstance(sv, bool) or not isinstance(sv, int) or sv < 0:
-        raise ConfigError(f"save_videos={sv!r} must be an integer >= 0 (items to write); set e.g. 'save_videos=4'")
+    check_save_videos(cfg.get("save_videos"))
     validate_rollout(cfg)
 
 

@@ -17,8 +17,8 @@ from typing import Dict, List
 
 import torch
 
-from tools.inferences.predictor import (ROLLOUT_DEFAULTS, Predictor, check_list_file, side_by_side,
-                                        validate_rollout)
+from tools.inferences.predictor import (ROLLOUT_DEFAULTS, Predictor, check_eval_range, check_list_file,
+                                        check_save_videos, side_by_side, validate_rollout)
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_path, atomic_write_text
 from utils.logging import setup_logger
@@ -90,18 +90,12 @@ def validate(cfg) -> None:
     if path:
         check_list_file(path, "video")
     if not path:
-        er = cfg.get("eval_range")
-        if not (isinstance(er, (list, tuple)) and len(er) == 2 and all(isinstance(x, int) for x in er)
-                and 0 <= er[0] < er[1]):
-            raise ConfigError(f"eval_range={er!r} must be [start, stop) dataset indices with 0 <= start < stop; "
-                              f"set e.g. 'eval_range=[0,64]'")
+        check_eval_range(cfg.get("eval_range"))
     C = cfg.get("context_frames")
     if isinstance(C, int) and not isinstance(C, bool) and C < 1:
         raise ConfigError(f"context_frames={C} must be >= 1: the evaluation scores predictions from given frames; "
                           f"set e.g. 'context_frames=4'")
-    sv = cfg.get("save_videos")
-    if isinstance(sv, bool) or not isinstance(sv, int) or sv < 0:
-        raise ConfigError(f"save_videos={sv!r} must be an integer >= 0 (videos to write); set e.g. 'save_videos=4'")
+    check_save_videos(cfg.get("save_videos"))
     validate_rollout(cfg)
 
 

@@ -202,6 +202,20 @@ def check_list_file(path, what: str = "item") -> None:
         raise ConfigError(f"test_list_path={str(path)!r} {why}; give a text file with one {what} per line")
 
 
+def check_eval_range(er) -> None:
+    """ConfigError unless ``eval_range`` is [start, stop) dataset indices."""
+    if not (isinstance(er, (list, tuple)) and len(er) == 2 and all(isinstance(x, int) for x in er)
+            and 0 <= er[0] < er[1]):
+        raise ConfigError(f"eval_range={er!r} must be [start, stop) dataset indices with 0 <= start < stop; "
+                          f"set e.g. 'eval_range=[0,64]'")
+
+
+def check_save_videos(sv) -> None:
+    """ConfigError unless ``save_videos`` is a count >= 0."""
+    if isinstance(sv, bool) or not isinstance(sv, int) or sv < 0:
+        raise ConfigError(f"save_videos={sv!r} must be an integer >= 0 (videos to write); set e.g. 'save_videos=4'")
+
+
 def validate_rollout(cfg) -> None:
     """ConfigError for a rollout setting that would fail every item (contract C1, shared by the
     inference engines' ``validate``). Checks needing built components: Predictor.check_settings."""
