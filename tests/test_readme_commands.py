@@ -65,7 +65,11 @@ def test_the_readme_commands_are_found():
 
 @pytest.mark.parametrize("kind, argv, line", COMMANDS, ids=[c[2] for c in COMMANDS])
 def test_readme_command_validates(kind, argv, line, monkeypatch, capsys):
+    from test_entry_points import CLUSTER_INPUTS
+
     monkeypatch.chdir(ROOT)
+    cfg = argv[argv.index("--cfg") + 1] if "--cfg" in argv else None
+    argv = argv + CLUSTER_INPUTS.get(cfg, [])  # configs run on weights their training makes
     assert run_dry(kind, argv) == 0, f"README command fails: {line}\n{capsys.readouterr().err}"
 
 
