@@ -34,9 +34,10 @@ def _garbled(cond, mask):
     return torch.where(mask[..., None], cond, torch.full_like(cond, 7.0))
 
 
-@pytest.mark.parametrize("impl", ["math", "blocks", "flex"])
-def test_forward_padded_cond_equals_truncated_cond(impl):
-    model = tiny(frame_causal_clean=impl == "blocks")
+@pytest.mark.parametrize("impl,pooled", [("math", False), ("blocks", False), ("flex", False),
+                                         ("math", True), ("blocks", True)])
+def test_forward_padded_cond_equals_truncated_cond(impl, pooled):
+    model = tiny(frame_causal_clean=impl == "blocks", pooled_cond=pooled)
     model.set_attention(impl)
     xn, xc, cl, t, cond, mask = _batch()
     with torch.no_grad():  # FlexAttention has no CPU backward
@@ -84,7 +85,8 @@ def test_blocks_gradients_equal_math_with_padded_cond():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(frame_causal_clean=True, rope="3d", time_cond="token")])
+@pytest.mark.parametrize("kw", [dict(), dict(frame_causal_clean=True, rope="3d", time_cond="token"),
+                                dict(pooled_cond=True), dict(pooled_cond=True, time_cond="token")])
 def test_cached_paths_hide_padded_cond(kw):
     model = tiny(**kw)
     g = torch.Generator().manual_seed(3)
@@ -111,9 +113,9 @@ def test_cached_paths_hide_padded_cond(kw):
 
 
 @pytest.mark.parametrize("rope", ["1d", "3d"])
-@pytest.mark.parametrize("with_cond", [False, True])
+@pytest.mark.parametrize("with_cond", [False, True, "pooled"])
 def test_outputs_invariant_to_a_global_frame_shift(rope, with_cond):
-    model = tiny(rope=rope)
+    model = tiny(rope=rope, pooled_cond=with_cond == "pooled")
     xn, xc, cl, t, cond, mask = _batch()
     c = dict(cond=cond, cond_mask=mask) if with_cond else {}
     with torch.no_grad():
@@ -140,3 +142,31 @@ def test_drop_frames_moves_the_cond_keys_along():
             torch.testing.assert_close(ka[b, :, :m], kb[b, :, :m], atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(va[b, :, :m], vb[b, :, :m], atol=1e-5, rtol=1e-4)
         assert ka.shape == kb.shape
+
+
+def test_pooled_cond_starts_as_the_model_without_it_and_then_conditions_every_noisy_token():
+    """Zero-initialised last layer: weights of a model without pooled_cond load (strict=False)
+    and give the same outputs; once trained (perturbed), the pooled path changes the output
+    even with the cond tokens hidden from attention."""
+    base = tiny()
+    pooled = NextClipTransformer(preset="tiny", in_channels=3, cond_dim=D, pooled_cond=True).eval()
+    missing, unexpected = pooled.load_state_dict(base.state_dict(), strict=False)
+    assert sorted(missing) == ["cond_pool.0.bias", "cond_pool.0.weight", "cond_pool.2.bias", "cond_pool.2.weight"]
+    assert not unexpected
+    xn, xc, cl, t, cond, mask = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(pooled(xn, xc, cl, t, cond=cond, cond_mask=mask),
+                                   base(xn, xc, cl, t, cond=cond, cond_mask=mask))
+        pooled.cond_pool[2].weight.normal_(0, 0.1)
+        other = torch.randn_like(cond)
+        a = pooled.denoise(xn[:, :, :2], t[:, 0], cond=cond, cond_mask=mask)
+        b = pooled.denoise(xn[:, :, :2], t[:, 0], cond=other, cond_mask=mask)
+        assert not torch.allclose(a, b, atol=1e-4)
+        # the pooled vector is the mean of the real tokens only
+        c = pooled.denoise(xn[:, :, :2], t[:, 0], cond=_garbled(cond, mask), cond_mask=mask)
+        torch.testing.assert_close(a, c)
+
+
+def test_pooled_cond_needs_a_condition():
+    with pytest.raises(ValueError, match="pooled_cond=True needs a condition"):
+        NextClipTransformer(preset="tiny", in_channels=3, pooled_cond=True)

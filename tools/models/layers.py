@@ -124,6 +124,8 @@ class KVCache:
     invisible to every query); None = all real.
     ``frame_step``: (D/2) RoPE angles of a one-frame shift; the cond keys sit at
     ``frame_offset - 1`` and are rotated along when :meth:`drop_frames` moves the offset.
+    ``pooled``: (B, C) pooled condition of a ``pooled_cond`` model (added to the noisy
+    tokens' time embedding when denoising against this cache), else None.
     """
     k: List[Tensor]
     v: List[Tensor]
@@ -133,6 +135,7 @@ class KVCache:
     clip_lens: List[int] = field(default_factory=list)
     cond_lens: Optional[List[int]] = None
     frame_step: Optional[Tensor] = None
+    pooled: Optional[Tensor] = None
 
     @property
     def num_frames(self) -> int:

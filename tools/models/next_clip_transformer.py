@@ -19,7 +19,11 @@ shift; padding is not rotated.
 Conditioning: ``cond`` (B, M, cond_dim) tokens with ``cond_mask`` (B, M) bool (True = real,
 None = all real). Padded cond tokens are invisible to every query in every attention path.
 The null condition (for condition dropout and guidance) is the embedder's (``embedder.null``);
-the model has no null tokens of its own.
+the model has no null tokens of its own. ``pooled_cond=True`` also adds an MLP of the masked
+mean of the cond tokens to the time embedding of the noisy tokens (DiT's class embedding,
+SD3's pooled text embedding): every noisy token is then modulated by the condition directly
+instead of only attending to it. The MLP's last layer starts at zero, so loading weights of a
+model without it starts from the same function; KV caches carry the pooled vector.
 """
 from __future__ import annotations
 
@@ -80,7 +84,7 @@ class Block(nn.Module):
 
 
 DEFAULTS = dict(in_channels=4, patch_size=2, hidden=256, depth=4, heads=4, ffn=1024, norm="layernorm",
-                mlp="gelu", time_cond="adaln", rope="1d", cond_dim=0,
+                mlp="gelu", time_cond="adaln", rope="1d", cond_dim=0, pooled_cond=False,
                 frame_causal_clean=False, grad_checkpointing=False, attention="blocks", qk_norm=True)
 
 
@@ -94,7 +98,7 @@ class NextClipTransformer(nn.Module):
     """
 
     def __init__(self, in_channels=None, patch_size=None, hidden=None, depth=None, heads=None, ffn=None,
-                 norm=None, mlp=None, time_cond=None, rope=None, cond_dim=None, cond_dropout=None,
+                 norm=None, mlp=None, time_cond=None, rope=None, cond_dim=None, pooled_cond=None, cond_dropout=None,
                  frame_causal_clean=None, grad_checkpointing=None, attention=None, qk_norm=None,
                  preset=None):
         super().__init__()
@@ -113,6 +117,10 @@ class NextClipTransformer(nn.Module):
         self.hidden, self.heads = cfg["hidden"], cfg["heads"]
         self.adaln = cfg["time_cond"] == "adaln"
         self.cond_dim = cfg["cond_dim"]
+        self.pooled_cond = bool(cfg["pooled_cond"])
+        if self.pooled_cond and not self.cond_dim:
+            raise ValueError("pooled_cond=True needs a condition (cond_dim > 0, i.e. an EMBEDDER other than "
+                             "NoCondition); set pooled_cond: false for an unconditional model")
         self.frame_causal_clean = bool(cfg["frame_causal_clean"])
         self.grad_checkpointing = bool(cfg["grad_checkpointing"])
         self.set_attention(cfg["attention"])
@@ -122,6 +130,8 @@ class NextClipTransformer(nn.Module):
         self.time_embed = TimeEmbed(C)
         if self.cond_dim:
             self.cond_proj = nn.Linear(self.cond_dim, C)
+        if self.pooled_cond:
+            self.cond_pool = nn.Sequential(nn.Linear(self.cond_dim, C), nn.SiLU(), nn.Linear(C, C))
         self.rope = Rope(C // self.heads, cfg["rope"])
         self.blocks = nn.ModuleList(Block(C, self.heads, cfg["ffn"], cfg["norm"], cfg["mlp"], self.adaln,
                                           cfg["qk_norm"]) for _ in range(cfg["depth"]))
@@ -139,6 +149,7 @@ class NextClipTransformer(nn.Module):
         nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
         zero = [self.out] + ([b.ada[1] for b in self.blocks] + [self.ada_out[1]] if self.adaln else [])
+        zero += [self.cond_pool[2]] if self.pooled_cond else []
         for m in zero:  # blocks start as identity, output starts at 0
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
@@ -164,13 +175,14 @@ class NextClipTransformer(nn.Module):
         return x.reshape(B, C, Fr, H, W)
 
     def _cond_tokens(self, cond: Optional[Tensor], cond_mask: Optional[Tensor]):
-        """-> (cond tokens (B, M, C) or None, real cond count per sample or None = all real).
+        """-> (cond tokens (B, M, C) or None, real cond count per sample or None = all real,
+        pooled cond vector (B, C) or None).
 
         With padding the real tokens are moved to the front (stable); cond tokens share one
         position and see only each other, so their order does not matter."""
         if cond is None:
             assert cond_mask is None, "cond_mask was given without cond"
-            return None, None
+            return None, None, None
         assert self.cond_dim, "cond was given but the model was built with cond_dim=0"
         assert cond.dim() == 3 and cond.shape[-1] == self.cond_dim, \
             f"cond must be (B, M, {self.cond_dim}), got {tuple(cond.shape)}"
@@ -183,7 +195,28 @@ class NextClipTransformer(nn.Module):
                 order = torch.argsort((~real).to(torch.uint8), dim=1, stable=True)  # real tokens first
                 cond = _gather_tokens(cond, order)
                 lens = real.sum(1).tolist()
-        return self.cond_proj(cond), lens
+        return self.cond_proj(cond), lens, self._pool(cond, lens)
+
+    def _pool(self, cond: Tensor, lens: Optional[List[int]]) -> Optional[Tensor]:
+        """MLP of the mean of the real cond tokens (real tokens first) -> (B, C); None without
+        ``pooled_cond``. A sample with no real token pools the zero vector."""
+        if not self.pooled_cond:
+            return None
+        B, M = cond.shape[:2]
+        if lens is None:
+            mean = cond.mean(1)
+        else:
+            n = torch.tensor(lens, device=cond.device)
+            w = (torch.arange(M, device=cond.device)[None] < n[:, None]).to(cond.dtype)
+            mean = (cond * w[..., None]).sum(1) / n.clamp(min=1)[:, None].to(cond.dtype)
+        return self.cond_pool(mean)
+
+    @staticmethod
+    def _add_pooled(temb: Tensor, pooled: Optional[Tensor]) -> Tensor:
+        """Add the pooled cond to the noisy rows (1..K) of a (B, K+1, C) time-embedding table."""
+        if pooled is None:
+            return temb
+        return torch.cat([temb[:, :1], temb[:, 1:] + pooled[:, None].to(temb.dtype)], dim=1)
 
     def _rope(self, frame, patch, N, grid_w, valid):
         ang = self.rope.angles(frame, patch, N, grid_w, valid)
@@ -227,7 +260,7 @@ class NextClipTransformer(nn.Module):
         Outputs at padded frames are arbitrary (finite); x_clean of each last clip is unused."""
         B, _, Fr, H, W = x_noisy.shape
         N, gw = (H // self.patch_size) * (W // self.patch_size), W // self.patch_size
-        ctok, cond_lens = self._cond_tokens(cond, cond_mask)
+        ctok, cond_lens, pooled = self._cond_tokens(cond, cond_mask)
         M = 0 if ctok is None else ctok.shape[1]
         layout = BlockCausalLayout(clip_lens, N, num_cond=M, frame_causal_clean=self.frame_causal_clean,
                                    cond_lens=cond_lens)
@@ -244,6 +277,7 @@ class NextClipTransformer(nn.Module):
         x = _gather_tokens(src, idx)  # (B, L, C)
         tid = torch.where(kind == NOISY, clip + 1, 0)  # 0 -> t = 1 (clean, cond, padding)
         temb = self.time_embed(torch.cat([t.new_ones(B, 1), t], dim=1).to(x.dtype))  # (B, K+1, C)
+        temb = self._add_pooled(temb, pooled)
         is_cond = kind == COND  # at frame -1 (before the first frame), patch 0
         cos, sin = self._rope(frame + frame_offset, patch.masked_fill(is_cond, 0), N, gw, (kind != PAD).float())
 
@@ -304,7 +338,8 @@ class NextClipTransformer(nn.Module):
             assert frame_offset == cache.end_frame, \
                 f"new frames must follow the cache: frame_offset={frame_offset}, cache ends at {cache.end_frame}"
         frame_offset = frame_offset or 0
-        ctok, cond_lens = self._cond_tokens(cond, cond_mask) if cache is None else (None, cache.cond_lens)
+        ctok, cond_lens, pooled = (self._cond_tokens(cond, cond_mask) if cache is None
+                                   else (None, cache.cond_lens, cache.pooled))
         M = 0 if ctok is None else ctok.shape[1]
         x = self.embed_clean(self._patchify(x_hist))
         if ctok is not None:
@@ -320,10 +355,10 @@ class NextClipTransformer(nn.Module):
         ks, vs = [k for k, _ in kv], [v for _, v in kv]
         if cache is None:
             return KVCache(ks, vs, num_cond=M, tokens_per_frame=N, frame_offset=frame_offset, clip_lens=clip_lens,
-                           cond_lens=cond_lens, frame_step=self.rope.frame_step(N))
+                           cond_lens=cond_lens, frame_step=self.rope.frame_step(N), pooled=pooled)
         return KVCache(ks, vs, num_cond=cache.num_cond, tokens_per_frame=N, frame_offset=cache.frame_offset,
                        clip_lens=list(cache.clip_lens) + clip_lens, cond_lens=cache.cond_lens,
-                       frame_step=cache.frame_step)
+                       frame_step=cache.frame_step, pooled=pooled)
 
     def denoise(self, x_clip: Tensor, t: Tensor, cache: Optional[KVCache] = None,
                 frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
@@ -342,7 +377,8 @@ class NextClipTransformer(nn.Module):
         if cache is not None:
             assert cond is None and cond_mask is None, \
                 "with a cache the cond tokens come from the cache (encode_history(cond=...))"
-        ctok, cond_lens = self._cond_tokens(cond, cond_mask) if cache is None else (None, cache.cond_lens)
+        ctok, cond_lens, pooled = (self._cond_tokens(cond, cond_mask) if cache is None
+                                   else (None, cache.cond_lens, cache.pooled))
         M = 0 if ctok is None else ctok.shape[1]
         x = self.embed_noisy(self._patchify(x_clip))
         if ctok is not None:
@@ -350,7 +386,7 @@ class NextClipTransformer(nn.Module):
         L = x.shape[1]
         cos, sin = self._rope_cached(M, G, N, gw, frame_offset, B, x.device)
         t = t.reshape(B, 1).to(x.dtype)
-        temb = self.time_embed(torch.cat([torch.ones_like(t), t], dim=1))  # (B, 2, C)
+        temb = self._add_pooled(self.time_embed(torch.cat([torch.ones_like(t), t], dim=1)), pooled)  # (B, 2, C)
         tid = (torch.arange(L, device=x.device) >= M).long()[None].expand(B, L)  # cond: t = 1
         prefix = 0 if cache is None else cache.k[0].shape[2]
         segs = ([(0, M, M)] if M else []) + [(M, L, prefix + L)]
