@@ -15,9 +15,9 @@ def test_four_stages_exist():
     assert [p.stem for p in STAGES] == ["stage1", "stage2", "stage3", "stage4"]
 
 
-@pytest.mark.parametrize("path", STAGES + [ROOT / "configs/videogpt/predict.yaml"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STAGES, ids=lambda p: p.stem)  # predict.yaml: the VideoGPT model (its own tests)
 def test_paper_model_builds_on_meta(path):
-    cfg = load_config(path, registry=INFER_ENGINE if path.stem == "predict" else ENGINE)
+    cfg = load_config(path, registry=ENGINE)
     with torch.device("meta"):
         model = MODEL.build(cfg.model, "model")
     n = sum(p.numel() for p in model.parameters())
@@ -37,3 +37,22 @@ def test_stage_settings_follow_the_paper():
         assert c.max_frames == c.dataset.num_frames
     p = load_config(ROOT / "configs/videogpt/predict.yaml", registry=INFER_ENGINE)
     assert (p.clip_len, p.window, p.num_sample_steps, p.history_guide_scale) == (24, 80, 50, 1.5)
+
+
+def test_stages_use_the_sdxl_vae_like_the_paper(tmp_path, monkeypatch):
+    """SDXL-VAE latents (4 ch, 8x) in 2x2 patches: 176x320 -> 11x20 = 220 tokens per frame; the VAE
+    path is the user's (a local dir / file / cached repo id) and a missing one fails at once, clearly."""
+    from utils.registry import AUTO_ENCODER
+
+    for p in STAGES + [ROOT / "configs/videogpt/predict.yaml"]:
+        c = load_config(p, registry=INFER_ENGINE if p.stem == "predict" else ENGINE)
+        ae = c.auto_encoder
+        assert (ae.type, ae.variant, ae.path) == ("AutoencoderKL", "sdxl", "stabilityai/sdxl-vae")
+        if p.stem != "predict":
+            assert (c.model.in_channels, c.model.patch_size) == (4, 2)
+            h, w = c.dataset.resolution
+            assert (h // 16) * (w // 16) == 220
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
+    with pytest.raises(Exception, match="stabilityai/sdxl-vae.*never downloaded.*auto_encoder.path"):
+        AUTO_ENCODER.build(dict(load_config(STAGES[0], registry=ENGINE).auto_encoder), "auto_encoder")

@@ -25,7 +25,7 @@ import torch
 from tools.datasets.latent_cache import MANIFEST, TEXT_FEATURES
 from utils.io import atomic_path
 
-AE_ATTRS = ("latent_channels", "spatial_factor", "temporal_factor", "scale_factor", "shift_factor")
+AE_ATTRS = ("latent_channels", "spatial_factor", "temporal_factor", "causal", "scale_factor", "shift_factor")
 
 
 def autoencoder_fingerprint(autoencoder) -> dict:

@@ -4,11 +4,12 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
+from tools.autoencoders.base import frames_rule, latent_frames, model_cfg_with_channels, nearest_frames, valid_frames
 from tools.embedders.conditioning import embed, is_conditional, model_cfg_for, null_condition
 from tools.inferences.rollout import KV_MODES, rollout
 from utils.checkpoint import CheckpointError, embedder_weights_for, format_report, load_weights
@@ -28,10 +29,13 @@ ROLLOUT_DEFAULTS: Dict[str, Any] = {
     "seed": 8888,
     "resolution": [64, 64],     # [H, W] inputs are resized (keeping aspect) and center-cropped to
     "frame_stride": 1,          # stride when reading context frames from a video
-    "context_frames": 4,        # C: frames given to the model (0 = generate from nothing)
-    "max_frames": 16,           # total frames of every output video (context included)
-    "clip_len": 4,              # G: frames generated per autoregressive step
-    "window": 16,               # W: most history frames the model attends to
+    # frame units: context_frames / max_frames count PIXEL frames (what you give and get), clip_len /
+    # window count LATENT frames (what the model generates and attends to): the same for temporal_factor
+    # 1; for a causal f=4 video VAE, T = 1 + 4k pixel frames are 1 + k latent frames
+    "context_frames": 4,        # C: pixel frames given to the model (0 = generate from nothing)
+    "max_frames": 16,           # pixel frames of every output video (context included)
+    "clip_len": 4,              # G: latent frames generated per autoregressive step
+    "window": 16,               # W: most latent history frames the model attends to
     "num_sample_steps": 25,
     "sampler": "euler",
     "shift": 1.0,
@@ -51,7 +55,9 @@ class Predictor:
         self.backend = BACKEND.build(cfg.backend, "backend", local_rank=local_rank)
         self.device = self.backend.device
         self.embedder = self._build_embedder(cfg)
-        self.model = MODEL.build(model_cfg_for(cfg.model, self.embedder, cfg.embedder.get("type", "")), "model")
+        self.autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder").to(self.device).eval()
+        model_cfg = model_cfg_with_channels(cfg.model, self.autoencoder, cfg.auto_encoder.get("type", ""))
+        self.model = MODEL.build(model_cfg_for(model_cfg, self.embedder, cfg.embedder.get("type", "")), "model")
         self.model.set_attention(*self.backend.attention_kernel())
         if cfg.test_model:
             _log_report(cfg.test_model, load_weights(self.model, Path(cfg.test_model), strict=cfg.strict))
@@ -61,7 +67,6 @@ class Predictor:
             logger.warning("no test_model and no pretrain: the model has random weights")
         self.model.to(self.device).eval().requires_grad_(False)
         self.diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")
-        self.autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder").to(self.device).eval()
         hw = cfg.resolution
         self.hw = (int(hw), int(hw)) if isinstance(hw, int) else (int(hw[0]), int(hw[1]))
         self.check_settings()
@@ -91,9 +96,12 @@ class Predictor:
                 f"resolution={list(self.hw)}: H and W must be multiples of {m} (the model's patch_size={patch} "
                 f"x the auto_encoder's spatial_factor={sf}); use e.g. resolution: {fix}")
         for key in ("context_frames", "max_frames"):
-            if int(cfg[key]) % tf:
-                raise ConfigError(f"{key}={cfg[key]} must be a multiple of the auto_encoder's temporal_factor={tf} "
-                                  f"({cfg.auto_encoder['type']}); use e.g. {key}: {max(tf, int(cfg[key]) // tf * tf)}")
+            if key == "context_frames" and int(cfg[key]) == 0:
+                continue  # generate from nothing
+            if not valid_frames(ae, int(cfg[key])):
+                raise ConfigError(f"{key}={cfg[key]} pixel frames cannot be encoded by the auto_encoder "
+                                  f"{cfg.auto_encoder['type']} (temporal_factor {tf}): it takes {frames_rule(ae)} "
+                                  f"frames; use e.g. {key}: {nearest_frames(ae, int(cfg[key]))}")
         if float(cfg.guide_scale) != 1.0 and not is_conditional(self.embedder):
             raise ConfigError(self._no_guidance(cfg.guide_scale))
 
@@ -132,11 +140,13 @@ class Predictor:
     @torch.no_grad()
     def predict(self, context: Optional[torch.Tensor], seed: int, cond_value=None,
                 num_frames: Optional[int] = None, guide_scale: Optional[float] = None,
-                history_guide_scale: Optional[float] = None) -> torch.Tensor:
+                history_guide_scale: Optional[float] = None,
+                progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
         """context (C, Tc, H, W) in [-1, 1] or None -> video (C, T, H, W) in [-1, 1], context included.
 
         ``cond_value`` (a label or caption; None = the null condition) conditions a conditional
         model; ``guide_scale`` / ``history_guide_scale`` override the config for this call.
+        ``progress(clip_index, num_clips)`` is called after each generated clip (see rollout).
         The unconditional branch of guidance is ``embedder.null(1)``."""
         cfg = self.cfg
         total = int(num_frames or cfg.max_frames)
@@ -155,12 +165,12 @@ class Predictor:
             shape = (1, ae.latent_channels, self.hw[0] // sf, self.hw[1] // sf)
         done = 0 if ctx_latent is None else ctx_latent.shape[2]  # latent frames
         with self.backend.autocast():
-            out = rollout(self.model, self.diffusion, ctx_latent, num_frames=total // ae.temporal_factor - done,
+            out = rollout(self.model, self.diffusion, ctx_latent, num_frames=latent_frames(ae, total) - done,
                           clip_len=cfg.clip_len, window=cfg.window, steps=cfg.num_sample_steps,
                           sampler=cfg.sampler, shift=cfg.shift, history_guide_scale=h_scale,
                           guide_scale=scale, cond=cond, cond_mask=cond_mask, null_cond=null_cond,
                           null_mask=null_mask, history_noise=cfg.history_noise, seed=seed, kv_cache=cfg.kv_cache,
-                          shape=shape)
+                          shape=shape, progress=progress)
         return self.autoencoder.decode(out.float())[0].clamp(-1, 1).cpu()
 
 

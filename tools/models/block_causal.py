@@ -26,6 +26,15 @@ implementations share :class:`BlockCausalLayout`:
 Padded cond tokens keep the kernels mask-free: 'blocks' (and :func:`prefix_attention`, the
 KV-cached path) group samples by their real cond count m and drop the padded cond rows
 ``[m, M)`` from q, k, v, so every segment again attends to contiguous key ranges.
+
+Slot levels (``clean_levels`` / ``noisy_levels``, one int per token slot of a frame, default
+all 0) refine the rule *inside* a block (a noisy clip; a clean clip, or a clean frame with
+``frame_causal_clean``): a query of level l sees the keys of its own block whose level is
+<= l (earlier blocks are seen whole). Video-GPT's frames are ``<|diffusion|> time patches``
+(levels 0 1 2: the marker sees only the clip's markers, the time token markers and time
+tokens) and ``<img> patches </img>`` (levels 0 1 2). Inside a block the tokens are stored
+level-major (:func:`block_token_order`), so every level's query rows again see one prefix
+of keys and 'blocks' stays mask-free.
 """
 from __future__ import annotations
 
@@ -46,6 +55,33 @@ _BLOCK_MASK_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
 _BLOCK_MASK_CACHE_SIZE = 16
 
 
+def block_token_order(frames: int, levels: Sequence[int]) -> Tuple[Tensor, Tensor]:
+    """(frame, slot) LongTensors of the ``frames * len(levels)`` tokens of one block, stored
+    level-major: by slot level, then frame, then slot (all levels 0: frame-major)."""
+    order = sorted((lv, f, s) for f in range(frames) for s, lv in enumerate(levels))
+    return (torch.tensor([f for _, f, _ in order], dtype=torch.long),
+            torch.tensor([s for _, _, s in order], dtype=torch.long))
+
+
+def level_spans(frames: int, levels: Sequence[int]) -> List[Tuple[int, int]]:
+    """[start, end) of each level's tokens inside a level-major block of ``frames`` frames."""
+    spans, a = [], 0
+    for lv in sorted(set(levels)):
+        n = frames * sum(1 for x in levels if x == lv)
+        spans.append((a, a + n))
+        a += n
+    return spans
+
+
+def _check_levels(levels: Optional[Sequence[int]], N: int, what: str) -> Tuple[int, ...]:
+    if levels is None:
+        return (0,) * N
+    levels = tuple(int(x) for x in levels)
+    assert len(levels) == N and min(levels) >= 0, \
+        f"{what} must give a level >= 0 for each of the {N} token slots of a frame, got {levels}"
+    return levels
+
+
 def sdpa_dense(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Default ``dense_fn``: unmasked scaled-dot-product attention, scale 1/sqrt(D)."""
     return F.scaled_dot_product_attention(q, k, v)
@@ -62,11 +98,14 @@ class BlockCausalLayout:
         total_len: sequence length L (>= the longest sample); default: the longest sample.
         cond_lens: real cond tokens per sample (the first ``cond_lens[b]`` of the M), the
             rest is padding; default: all M are real.
+        clean_levels / noisy_levels: level of each of the N token slots of a clean / noisy
+            frame (see the module docstring); default all 0 = a block is bidirectional.
     """
 
     def __init__(self, clip_lens, tokens_per_frame: int, num_cond: int = 0,
                  frame_causal_clean: bool = False, total_len: Optional[int] = None,
-                 cond_lens: Optional[Sequence[int]] = None):
+                 cond_lens: Optional[Sequence[int]] = None, clean_levels: Optional[Sequence[int]] = None,
+                 noisy_levels: Optional[Sequence[int]] = None):
         if not torch.is_tensor(clip_lens):
             clip_lens = torch.as_tensor(clip_lens, dtype=torch.long)
         assert clip_lens.dim() == 2, f"clip_lens must be (B, K), got shape {tuple(clip_lens.shape)}"
@@ -74,6 +113,9 @@ class BlockCausalLayout:
         self.N = int(tokens_per_frame)
         self.M = int(num_cond)
         self.frame_causal_clean = bool(frame_causal_clean)
+        self.clean_levels = _check_levels(clean_levels, self.N, "clean_levels")
+        self.noisy_levels = _check_levels(noisy_levels, self.N, "noisy_levels")
+        self.leveled = any(self.clean_levels) or any(self.noisy_levels)
         rows = clip_lens.detach().cpu().tolist()
         self.clips: List[Tuple[int, ...]] = []
         for b, row in enumerate(rows):
@@ -101,7 +143,7 @@ class BlockCausalLayout:
 
     def key(self) -> tuple:
         return (tuple(self.clips), self.N, self.M, self.frame_causal_clean, self.L, str(self.device),
-                self.cond_lens)
+                self.cond_lens, self.clean_levels, self.noisy_levels)
 
     def groups(self) -> Dict[Tuple[Tuple[int, ...], int], List[int]]:
         """Samples with identical (clip structure, real cond count), computed together by 'blocks'."""
@@ -125,26 +167,27 @@ class BlockCausalLayout:
         starts = [0]
         for g in clips:
             starts.append(starts[-1] + g)
-        for k, g in enumerate(clips[:-1]):  # clean clips
+        for k, g in enumerate(clips[:-1]):  # clean clips (blocks: frames or the whole clip)
             s = M + starts[k] * N
-            if self.frame_causal_clean:
-                for f in range(g):
-                    a = s + f * N
-                    segs.append((a, a + N, a + N, 0, 0))
-            else:
-                segs.append((s, s + g * N, s + g * N, 0, 0))
+            step = 1 if self.frame_causal_clean else g
+            for f in range(0, g, step):
+                a = s + f * N
+                for x, y in level_spans(step, self.clean_levels):
+                    segs.append((a + x, a + y, a + y, 0, 0))
         S = self.noisy_start(clips, M)
         for k, g in enumerate(clips):  # noisy clips
             a = S + starts[k] * N
-            segs.append((a, a + g * N, M + starts[k] * N, a, a + g * N))
+            for x, y in level_spans(g, self.noisy_levels):
+                segs.append((a + x, a + y, M + starts[k] * N, a, a + y))
         return segs
 
     # ------------------------------------------------------------------ metadata
     def meta(self) -> Dict[str, Tensor]:
-        """Per-token (B, Lpad) LongTensors: kind, clip, frame, lim, patch (Lpad = L rounded up to 128).
+        """Per-token (B, Lpad) LongTensors: kind, clip, frame, lim, patch, level (Lpad = L rounded up to 128).
 
         ``frame``: frame index within the sample (-1 for cond / padding); ``lim``: a query
-        sees clean keys whose frame < lim; ``patch``: index within the frame (cond: its index).
+        sees clean keys whose frame < lim; ``patch``: index (token slot) within the frame
+        (cond: its index); ``level``: the slot's level (0 for cond / padding).
         """
         if self._meta is not None:
             return self._meta
@@ -155,6 +198,8 @@ class BlockCausalLayout:
         frame = torch.full((B, Lp), -1, dtype=torch.long)
         lim = torch.full((B, Lp), -1, dtype=torch.long)
         patch = torch.zeros((B, Lp), dtype=torch.long)
+        level = torch.zeros((B, Lp), dtype=torch.long)
+        clean_lv, noisy_lv = torch.tensor(self.clean_levels), torch.tensor(self.noisy_levels)
         for b, clips in enumerate(self.clips):
             lens = torch.tensor(clips, dtype=torch.long)
             nf = int(lens.sum())
@@ -170,28 +215,43 @@ class BlockCausalLayout:
                 kind[b, sl] = CLEAN
                 clip[b, sl] = clip_of[:nc].repeat_interleave(N)
                 frame[b, sl] = fr[:nc].repeat_interleave(N)
-                end = (start + lens)[clip_of[:nc]]
-                lim[b, sl] = (fr[:nc] + 1 if self.frame_causal_clean else end).repeat_interleave(N)
-                patch[b, sl] = torch.arange(N).repeat(nc)
+                blocks = [(f, 1) for f in range(nc)] if self.frame_causal_clean else \
+                    [(int(start[k]), g) for k, g in enumerate(clips[:-1])]
+                fc, sc = self._block_tokens(blocks, self.clean_levels)
+                end = (start + lens)[clip_of[fc]]
+                frame[b, sl], patch[b, sl], level[b, sl] = fc, sc, clean_lv[sc]
+                clip[b, sl] = clip_of[fc]
+                lim[b, sl] = fc + 1 if self.frame_causal_clean else end
             S = M + nc * N
             sl = slice(S, S + nf * N)
+            fn, sn = self._block_tokens([(int(start[k]), g) for k, g in enumerate(clips)], self.noisy_levels)
             kind[b, sl] = NOISY
-            clip[b, sl] = clip_of.repeat_interleave(N)
-            frame[b, sl] = fr.repeat_interleave(N)
-            lim[b, sl] = start[clip_of].repeat_interleave(N)
-            patch[b, sl] = torch.arange(N).repeat(nf)
+            clip[b, sl] = clip_of[fn]
+            frame[b, sl], patch[b, sl], level[b, sl] = fn, sn, noisy_lv[sn]
+            lim[b, sl] = start[clip_of[fn]]
         self._meta = {k: v.to(self.device) for k, v in
-                      dict(kind=kind, clip=clip, frame=frame, lim=lim, patch=patch).items()}
+                      dict(kind=kind, clip=clip, frame=frame, lim=lim, patch=patch, level=level).items()}
         return self._meta
+
+    @staticmethod
+    def _block_tokens(blocks: Sequence[Tuple[int, int]], levels: Sequence[int]) -> Tuple[Tensor, Tensor]:
+        """(frame, slot) of consecutive blocks (first frame, frames), each stored level-major."""
+        parts = [block_token_order(g, levels) for _, g in blocks]
+        return (torch.cat([f + f0 for (f0, _), (f, _) in zip(blocks, parts)]),
+                torch.cat([s for _, s in parts]))
 
     def dense_mask(self) -> Tensor:
         """(B, L, L) boolean mask, True = may attend. Test reference only (O(L^2) memory)."""
         m = self.meta()
-        kind, clip, frame, lim = (m[k][:, : self.L] for k in ("kind", "clip", "frame", "lim"))
-        return _visible(kind[:, :, None], kind[:, None, :], clip[:, :, None], clip[:, None, :],
-                        frame[:, None, :], lim[:, :, None],
-                        torch.arange(self.L, device=kind.device)[:, None],
-                        torch.arange(self.L, device=kind.device)[None, :])
+        kind, clip, frame, lim, level = (m[k][:, : self.L] for k in ("kind", "clip", "frame", "lim", "level"))
+        ar = torch.arange(self.L, device=kind.device)
+        vis = _visible(kind[:, :, None], kind[:, None, :], clip[:, :, None], clip[:, None, :],
+                       frame[:, None, :], lim[:, :, None], ar[:, None], ar[None, :])
+        if not self.leveled:
+            return vis
+        return vis & _level_ok(kind[:, :, None], kind[:, None, :], clip[:, :, None], clip[:, None, :],
+                               frame[:, :, None], frame[:, None, :], level[:, :, None], level[:, None, :],
+                               ar[:, None], ar[None, :], self.frame_causal_clean)
 
     def block_mask(self):
         """FlexAttention BlockMask for this layout (cached by layout across calls)."""
@@ -201,10 +261,19 @@ class BlockCausalLayout:
             _BLOCK_MASK_CACHE.move_to_end(key)
             return bm
         m = self.meta()
-        kind, clip, frame, lim = m["kind"], m["clip"], m["frame"], m["lim"]
+        kind, clip, frame, lim, level = m["kind"], m["clip"], m["frame"], m["lim"], m["level"]
+        fcc = self.frame_causal_clean
 
         def mask_mod(b, h, q, kv):
             return _visible(kind[b, q], kind[b, kv], clip[b, q], clip[b, kv], frame[b, kv], lim[b, q], q, kv)
+
+        if self.leveled:
+            plain = mask_mod
+
+            def mask_mod(b, h, q, kv):  # noqa: F811 - the level rule on top of the plain one
+                return plain(b, h, q, kv) & _level_ok(kind[b, q], kind[b, kv], clip[b, q], clip[b, kv],
+                                                      frame[b, q], frame[b, kv], level[b, q], level[b, kv],
+                                                      q, kv, fcc)
 
         bm = _compiled_create_block_mask()(mask_mod, self.B, None, self.L, self.L, device=self.device)
         _BLOCK_MASK_CACHE[key] = bm
@@ -220,6 +289,13 @@ def _visible(kq, kk, cq, ck, fk, limq, q, kv):
     clean_k = (kk == CLEAN) & (fk < limq)
     noisy_k = (kk == NOISY) & (kq == NOISY) & (ck == cq)
     return (q == kv) | cond_k | clean_k | noisy_k
+
+
+def _level_ok(kq, kk, cq, ck, fq, fk, lq, lk, q, kv, frame_causal_clean: bool):
+    """False where a key of the query's own block has a higher slot level than the query."""
+    same_clip = (kq == kk) & (cq == ck)
+    same_block = same_clip & ((kq == NOISY) | ((fq == fk) if frame_causal_clean else (kq == CLEAN)))
+    return (q == kv) | ~same_block | (lk <= lq)
 
 
 def interleaved_dense_mask(clips: Sequence[int], tokens_per_frame: int, num_cond: int = 0,
@@ -346,6 +422,23 @@ def block_causal_attention(q: Tensor, k: Tensor, v: Tensor, layout: BlockCausalL
     if impl == "math":
         return _attention_math(q, k, v, layout)
     raise ValueError(f"attention impl {impl!r} is unknown; use one of {IMPLS}")
+
+
+def cached_prefix_attns(cache, segments: Sequence[Tuple[int, int, int]], depth: int,
+                        dense_fn: Optional[Callable] = None, keep: Optional[list] = None,
+                        cond_lens: Optional[Sequence[int]] = None, num_cond: int = 0) -> List[Callable]:
+    """One ``attn(q, k, v)`` per layer: the new tokens against [cached][new] keys with
+    :func:`prefix_attention` over ``segments``; ``cache`` has per-layer ``k`` / ``v`` lists (or is
+    None); the concatenated (k, v) of every layer are appended to ``keep`` when given."""
+    def make_attn(i):
+        def attn(q, k, v):
+            if cache is not None:
+                k, v = torch.cat([cache.k[i], k], dim=2), torch.cat([cache.v[i], v], dim=2)
+            if keep is not None:
+                keep.append((k, v))
+            return prefix_attention(q, k, v, segments, dense_fn, cond_lens=cond_lens, num_cond=num_cond)
+        return attn
+    return [make_attn(i) for i in range(depth)]
 
 
 def prefix_attention(q: Tensor, k: Tensor, v: Tensor, segments: Sequence[Tuple[int, int, int]],

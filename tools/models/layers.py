@@ -49,17 +49,21 @@ class Mlp(nn.Module):
 
 
 class TimeEmbed(nn.Module):
-    """Sinusoidal features of t in [0, 1] (scaled by 1000) -> MLP -> (..., dim)."""
+    """Sinusoidal features [cos, sin] of t in [0, 1] (times ``t_scale``, default 1000) -> MLP -> (..., dim).
 
-    def __init__(self, dim: int, freq_dim: int = 256):
+    ``t_scale=1``, ``max_period=10000`` is Video-GPT's embedding of the raw t."""
+
+    def __init__(self, dim: int, freq_dim: int = 256, t_scale: float = 1000.0, max_period: float = 10000.0):
         super().__init__()
-        self.freq_dim = freq_dim
+        self.freq_dim, self.t_scale, self.max_period = freq_dim, float(t_scale), float(max_period)
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
         half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        ang = t.float()[..., None] * 1000.0 * freqs
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device, dtype=torch.float32)
+                          / half)
+        tt = t.float() if self.t_scale == 1.0 else t.float() * self.t_scale
+        ang = tt[..., None] * freqs
         return self.mlp(torch.cat([ang.cos(), ang.sin()], dim=-1).to(self.mlp[0].weight.dtype))
 
 
@@ -111,6 +115,40 @@ class Rope(nn.Module):
         x1, x2 = x.float().chunk(2, dim=-1)
         out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
         return out.to(x.dtype)
+
+
+class LongRope(nn.Module):
+    """Phi-3 "longrope" RoPE on explicit position ids (rotate-half convention, see :meth:`Rope.apply`).
+
+    ``inv_freq_i = 1 / (factor_i * theta^(2i/D))`` with one factor per frequency (None = all 1),
+    and cos / sin multiplied by ``mscale = sqrt(1 + ln(s) / ln(original_max))`` with
+    ``s = max_position / original_max`` (1 when s <= 1). The factors are plain floats (no
+    buffer), so casting the model to bf16 never rounds them; :meth:`set_factors` replaces them.
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0, factors: Optional[List[float]] = None,
+                 max_position: int = 4096, original_max_position: int = 4096):
+        super().__init__()
+        assert head_dim % 2 == 0, f"head dim {head_dim} must be even for RoPE"
+        self.head_dim, self.theta = head_dim, float(theta)
+        s = max_position / original_max_position
+        self.mscale = 1.0 if s <= 1.0 else math.sqrt(1 + math.log(s) / math.log(original_max_position))
+        self.set_factors(factors)
+
+    def set_factors(self, factors: Optional[List[float]]) -> None:
+        half = self.head_dim // 2
+        factors = [1.0] * half if factors is None else [float(f) for f in factors]
+        if len(factors) != half:
+            raise ValueError(f"longrope needs head_dim / 2 = {half} factors, got {len(factors)}")
+        self.factors = factors
+
+    def cos_sin(self, pos: Tensor):
+        """pos (B, L) position ids -> cos, sin (B, 1, L, D/2) in fp32, mscale included."""
+        shape = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=pos.device).float() / self.head_dim
+        ext = torch.tensor(self.factors, dtype=torch.float32, device=pos.device)
+        inv_freq = 1.0 / (ext * self.theta ** shape)
+        ang = pos.float()[..., None] * inv_freq  # (B, L, D/2)
+        return (ang.cos() * self.mscale)[:, None], (ang.sin() * self.mscale)[:, None]
 
 
 @dataclass

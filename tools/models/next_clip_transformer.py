@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from utils.registry import MODEL
 from .block_causal import (CLEAN, COND, IMPLS, NOISY, PAD, BlockCausalLayout, block_causal_attention,
-                           prefix_attention, sdpa_dense)
+                           cached_prefix_attns, sdpa_dense)
 from .layers import KVCache, Mlp, RMSNorm, Rope, TimeEmbed, make_norm
 
 
@@ -303,19 +303,6 @@ class NextClipTransformer(nn.Module):
             s += g * N
         return segs
 
-    def _cached_attns(self, cache: Optional[KVCache], segs, cond_lens, num_cond: int,
-                      keep: Optional[list] = None) -> List[Callable]:
-        """Per-layer attention of new tokens against [cache][new] keys (kept in ``keep``)."""
-        def make_attn(i):
-            def attn(q, k, v):
-                if cache is not None:
-                    k, v = torch.cat([cache.k[i], k], dim=2), torch.cat([cache.v[i], v], dim=2)
-                if keep is not None:
-                    keep.append((k, v))
-                return prefix_attention(q, k, v, segs, self.dense_fn, cond_lens=cond_lens, num_cond=num_cond)
-            return attn
-        return [make_attn(i) for i in range(len(self.blocks))]
-
     def encode_history(self, x_hist: Tensor, frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
                        cond_mask: Optional[Tensor] = None, clip_lens: Optional[Sequence[int]] = None,
                        cache: Optional[KVCache] = None) -> KVCache:
@@ -351,7 +338,7 @@ class NextClipTransformer(nn.Module):
         segs = self._clean_segments(clip_lens, N, M, prefix)
         kv: list = []
         num_cond = M if cache is None else cache.num_cond
-        self._run(x, temb, tid, cos, sin, self._cached_attns(cache, segs, cond_lens, num_cond, kv))
+        self._run(x, temb, tid, cos, sin, cached_prefix_attns(cache, segs, len(self.blocks), self.dense_fn, kv, cond_lens, num_cond))
         ks, vs = [k for k, _ in kv], [v for _, v in kv]
         if cache is None:
             return KVCache(ks, vs, num_cond=M, tokens_per_frame=N, frame_offset=frame_offset, clip_lens=clip_lens,
@@ -391,7 +378,7 @@ class NextClipTransformer(nn.Module):
         prefix = 0 if cache is None else cache.k[0].shape[2]
         segs = ([(0, M, M)] if M else []) + [(M, L, prefix + L)]
         num_cond = M if cache is None else cache.num_cond
-        y = self._run(x, temb, tid, cos, sin, self._cached_attns(cache, segs, cond_lens, num_cond))
+        y = self._run(x, temb, tid, cos, sin, cached_prefix_attns(cache, segs, len(self.blocks), self.dense_fn, None, cond_lens, num_cond))
         return self._unpatchify(y[:, M:], G, H, W)
 
 

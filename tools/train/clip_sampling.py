@@ -11,7 +11,8 @@ CLIP_MODES = ("random", "fixed", "single_frame")
 def sample_clip_lens(num_frames: int, batch: int, mode: str = "random", clip_len: int = 4,
                      min_clips: int = 2, max_clips: Optional[int] = None,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Clip lengths (B, Kmax) for videos of ``num_frames`` frames.
+    """Clip lengths (B, Kmax) for videos of ``num_frames`` LATENT frames (what the model sees: pixel
+    frames for Identity, 1 + k for 1 + 4k pixel frames of a causal f=4 VAE); lengths are latent frames.
 
     * ``random`` (paper stages 2-4): K ~ U{min_clips..max_clips or F}, K-1 distinct random cut
       points, so clip lengths differ within a sample;

@@ -1,0 +1,17 @@
+"""Serve a web page for a model: Predict, Animate, Generate.
+
+    python app.py --cfg configs/demo/predict.yaml [test_model CKPT] [key=value ...]
+    python app.py --cfg ... --host 0.0.0.0 --port 7860    # open to the network (opt-in)
+    python app.py --cfg ... --share                       # public gradio link (opt-in)
+
+Needs the app extra: pip install -r requirements-app.txt
+"""
+import os
+
+# See train_net.py: must be set before torch is imported.
+os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+
+from tools.inferences.web_app import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())

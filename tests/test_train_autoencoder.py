@@ -1,0 +1,92 @@
+"""ENGINE train_autoencoder on a tiny CausalVAE: runs from the demo YAML, checkpoints, exact resume, GAN, errors."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from utils.checkpoint import read_state_dict
+from utils.cli import main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CFG = ROOT / "configs" / "demo" / "train_vae.yaml"
+TINY = ["backend.type=cpu", "backend.precision=fp32", "auto_encoder.base_channels=4",
+        "auto_encoder.channel_mult=[1,1,1,1]", "auto_encoder.latent_channels=4", "dataset.resolution=16",
+        "dataset.num_frames=5", "dataset.length=16", "max_frames=5", "batch_size=2", "progress=false",
+        "warmup_steps=0", "lr_schedule=constant", "log_interval=1", "viz_interval=1000"]
+
+
+def train(tmp_path, *extra):
+    return main("train", ["--cfg", str(CFG), "log_dir", str(tmp_path), *TINY, *extra])
+
+
+def ckpt(tmp_path, step, suffix=".safetensors"):
+    return tmp_path / "demo_vae" / "checkpoints" / f"step_{step:08d}{suffix}"
+
+
+def scalars(tmp_path):
+    return [json.loads(x) for x in (tmp_path / "demo_vae" / "scalars.jsonl").read_text().splitlines()]
+
+
+def test_trains_writes_checkpoints_and_the_weights_load_as_an_auto_encoder(tmp_path):
+    from utils.registry import AUTO_ENCODER
+
+    assert train(tmp_path, "num_steps=4", "save_ckp_interval=2", "viz_interval=4") == 0
+    for step in (2, 4):
+        assert ckpt(tmp_path, step).is_file() and ckpt(tmp_path, step, ".ema.safetensors").is_file()
+    recs = scalars(tmp_path)
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    assert {"loss", "l1", "ssim", "kl", "psnr", "latent_std", "lr", "grad_norm", "steps_per_s"} <= set(recs[0])
+    assert (tmp_path / "demo_vae" / "visuals" / "vae_step_00000004.mp4").is_file()
+    ae = AUTO_ENCODER.build({"type": "CausalVAE", "base_channels": 4, "channel_mult": [1, 1, 1, 1],
+                             "latent_channels": 4, "weights": str(ckpt(tmp_path, 4, ".ema.safetensors"))})
+    assert ae.encode(torch.zeros(1, 3, 5, 16, 16)).shape == (1, 4, 2, 2, 2)
+
+
+def test_exact_resume_with_gan(tmp_path):
+    gan = ["gan.weight=0.1", "gan.start_step=1", "gan.channels=4"]
+    assert train(tmp_path / "a", "num_steps=4", "save_ckp_interval=4", *gan) == 0
+    assert train(tmp_path / "b", "num_steps=2", "save_ckp_interval=2", *gan) == 0
+    assert train(tmp_path / "b", "num_steps=4", "save_ckp_interval=2", *gan) == 0  # resumes at step 2
+    a, b = read_state_dict(ckpt(tmp_path / "a", 4)), read_state_dict(ckpt(tmp_path / "b", 4))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = scalars(tmp_path / "a"), scalars(tmp_path / "b")
+    assert [r["step"] for r in rb] == [1, 2, 3, 4] and "d_loss" in ra[2] and "g_loss" in ra[2]
+    assert "d_loss" not in ra[0]  # the GAN starts after gan.start_step
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
+
+
+def test_resume_refuses_another_vae(tmp_path, capsys):
+    assert train(tmp_path, "num_steps=1", "save_ckp_interval=1") == 0
+    assert train(tmp_path, "num_steps=2", "auto_encoder.latent_channels=8") == 2
+    assert "cannot resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("max_frames=4", "max_frames=4: CausalVAE (temporal_factor 4, causal) encodes 1 + 4 k"),
+    ("gan.weight=-1", "gan.weight=-1"),
+    ("+loss.lpips=1.0", "loss="),
+])
+def test_bad_settings_are_one_line_config_errors(tmp_path, capsys, override, message):
+    assert train(tmp_path, "num_steps=1", override) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_an_untrainable_auto_encoder_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "identity.yaml"
+    cfg.write_text(f"_BASE: {CFG}\nauto_encoder: {{_delete_: true, type: Identity}}\n")
+    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path), *TINY[:2], "num_steps=1"]) == 2
+    assert "Identity cannot be trained by train_autoencoder" in capsys.readouterr().err
+
+
+def test_cli_command_runs(tmp_path):
+    """The README command (tiny sizes): exit 0 and a checkpoint."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "train_net.py", "--cfg", str(CFG), "num_steps=2", "log_dir", str(tmp_path),
+                        *TINY], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert ckpt(tmp_path, 2).is_file()

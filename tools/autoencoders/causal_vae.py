@@ -1,0 +1,248 @@
+"""AUTO_ENCODER ``CausalVAE``: a small causal video VAE the project trains (ENGINE train_autoencoder).
+
+Design (after the Open-Sora Plan CausalVAE / WF-VAE family): causal 3-D convolutions (time is
+padded on the left only, with copies of the first frame), two temporal stride-2 downsamples
+(temporal factor 4) and three spatial ones (factor 8). The first frame is encoded alone: T = 1 + 4k
+pixel frames <-> 1 + k latent frames, and an image is a one-frame video.
+
+Long videos are encoded and decoded in chunks of ``chunk_size`` pixel frames (the first chunk
+1 + chunk_size): every causal conv keeps the frames the next chunk needs (a causal cache), so
+chunked results equal whole-video results. Normalization is per position (a LayerNorm over
+channels, no statistics over time or space), so large frames can be cut into spatial tiles
+(``tile_size`` pixels) with a margin of the network's receptive field: tiled results equal
+untiled ones and there are no seams.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tools.autoencoders.base import VideoAutoencoder
+from utils.registry import AUTO_ENCODER
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d causal in time. Whole video: left pad of ``kt - 1`` copies of the first frame.
+    Streaming (``self.stream = True``): the previous chunk's unconsumed frames are the left pad."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: Tuple[int, int] = (1, 1)):
+        super().__init__()
+        self.kt, self.st = kernel, stride[0]
+        self.conv = nn.Conv3d(cin, cout, kernel, stride=(stride[0], stride[1], stride[1]),
+                              padding=(0, kernel // 2, kernel // 2))
+        self.stream, self.cache = False, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+        if self.cache is not None:
+            x = torch.cat([self.cache, x], dim=2)
+        elif self.kt > 1:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.kt - 1, -1, -1), x], dim=2)
+        n = (x.shape[2] - self.kt) // self.st + 1  # output frames
+        if self.stream:
+            self.cache = x[:, :, self.st * n:]
+        return self.conv(x)
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over channels at every (t, h, w): no statistics across time or space."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.n1, self.c1 = ChannelNorm(cin), CausalConv3d(cin, cout)
+        self.n2, self.c2 = ChannelNorm(cout), CausalConv3d(cout, cout)
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c1(F.silu(self.n1(x)))
+        return self.skip(x) + self.c2(F.silu(self.n2(h)))
+
+
+class Upsample(nn.Module):
+    """2x nearest in space; with ``temporal``, each frame -> 2 frames (conv to 2C, depth to time) and
+    the video's very first frame -> 1 (causal: 1 + k -> 1 + 2k)."""
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.temporal = temporal
+        self.time_conv = CausalConv3d(channels, 2 * channels) if temporal else None
+        self.conv = CausalConv3d(channels, channels)
+        self.at_start = True  # the next frame is the video's first (set by CausalVAE while streaming)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.temporal:
+            B, C, T, H, W = x.shape
+            x = self.time_conv(x).reshape(B, 2, C, T, H, W).permute(0, 2, 3, 1, 4, 5).reshape(B, C, 2 * T, H, W)
+            if self.at_start:
+                x = x[:, :, 1:]
+        B, C, T, H, W = x.shape
+        x = F.interpolate(x.transpose(1, 2).reshape(B * T, C, H, W), scale_factor=2.0, mode="nearest")
+        return self.conv(x.reshape(B, T, C, 2 * H, 2 * W).transpose(1, 2))
+
+
+class Encoder(nn.Module):
+    def __init__(self, chans: Sequence[int], temporal: Sequence[bool], latent_channels: int, blocks: int):
+        super().__init__()
+        self.conv_in = CausalConv3d(3, chans[0])
+        layers: List[nn.Module] = []
+        for i in range(len(chans) - 1):
+            layers += [ResBlock(chans[i] if j == 0 else chans[i + 1], chans[i + 1]) for j in range(blocks)]
+            layers.append(CausalConv3d(chans[i + 1], chans[i + 1], stride=(2 if temporal[i] else 1, 2)))
+        self.down = nn.Sequential(*layers)
+        self.mid = ResBlock(chans[-1], chans[-1])
+        self.norm, self.conv_out = ChannelNorm(chans[-1]), CausalConv3d(chans[-1], 2 * latent_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pixels -> moments (mean, logvar)
+        return self.conv_out(F.silu(self.norm(self.mid(self.down(self.conv_in(x))))))
+
+
+class Decoder(nn.Module):
+    def __init__(self, chans: Sequence[int], temporal: Sequence[bool], latent_channels: int, blocks: int):
+        super().__init__()
+        self.conv_in = CausalConv3d(latent_channels, chans[-1])
+        self.mid = ResBlock(chans[-1], chans[-1])
+        layers: List[nn.Module] = []
+        for i in reversed(range(len(chans) - 1)):
+            layers += [ResBlock(chans[i + 1] if j == 0 else chans[i], chans[i]) for j in range(blocks)]
+            layers.append(Upsample(chans[i], temporal[i]))
+        self.up = nn.Sequential(*layers)
+        self.norm, self.conv_out = ChannelNorm(chans[0]), CausalConv3d(chans[0], 3)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(F.silu(self.norm(self.up(self.mid(self.conv_in(z))))))
+
+
+@AUTO_ENCODER.register_class()
+class CausalVAE(VideoAutoencoder):
+    """Causal video VAE: temporal 4 over 1+4k frames, spatial 8, chunked / tiled without seams; trainable."""
+
+    causal = True
+    variational = True
+    trainable = True  # ENGINE train_autoencoder calls forward(x, generator, rank_slice)
+
+    def __init__(self, latent_channels: int = 4, base_channels: int = 32, channel_mult: Sequence[int] = (1, 2, 4, 4),
+                 temporal_downsample: Sequence[bool] = (True, True, False), num_res_blocks: int = 1,
+                 weights: Optional[str] = None, scale_factor: float = 1.0, shift_factor: float = 0.0,
+                 chunk_size: Optional[int] = None, tile_size: Optional[int] = None, sample_posterior: bool = False):
+        super().__init__(chunk_size=chunk_size, sample_posterior=sample_posterior)
+        mult, temporal = list(channel_mult), [bool(t) for t in temporal_downsample]
+        if len(temporal) != len(mult) - 1:
+            raise ValueError(f"temporal_downsample={list(temporal_downsample)} needs one flag per downsample "
+                             f"({len(mult) - 1} for channel_mult={mult}).")
+        self.latent_channels = int(latent_channels)
+        self.spatial_factor, self.temporal_factor = 2 ** (len(mult) - 1), 2 ** sum(temporal)
+        self.scale_factor, self.shift_factor = float(scale_factor), float(shift_factor)
+        chans = [int(base_channels * m) for m in mult]
+        self.encoder = Encoder(chans, temporal, self.latent_channels, num_res_blocks)
+        self.decoder = Decoder(chans, temporal, self.latent_channels, num_res_blocks)
+        self.enc_margin, self.dec_margin = self._margins(len(mult) - 1, num_res_blocks)
+        if tile_size is not None and (tile_size < 1 or tile_size % self.spatial_factor):
+            raise ValueError(f"tile_size={tile_size} must be a positive multiple of spatial_factor "
+                             f"{self.spatial_factor} (pixels) or null (no tiling).")
+        self.tile_size = tile_size
+        if weights:
+            from utils.checkpoint import load_weights
+
+            load_weights(self, Path(weights), strict=True)
+
+    @staticmethod
+    def _margins(levels: int, blocks: int) -> Tuple[int, int]:
+        """Receptive-field radius: of the encoder in pixels, of the decoder in latents (each 3x3 conv
+        adds one unit of its input resolution)."""
+        enc = 1 + sum((2 * blocks + 1) * 2 ** i for i in range(levels)) + 2 * 2 ** levels + 2 ** levels
+        dec = 1 + 2 + sum((2 * blocks) / 2 ** (levels - 1 - i) + (1 + 1 / 2) / 2 ** (levels - 1 - i)
+                          for i in range(levels)) + 1
+        return enc, math.ceil(dec)
+
+    # -- streaming over time ----------------------------------------------------------------
+    @contextmanager
+    def _streaming(self, net: nn.Module) -> Iterator[None]:
+        convs = [m for m in net.modules() if isinstance(m, CausalConv3d)]
+        ups = [m for m in net.modules() if isinstance(m, Upsample)]
+        for m in convs:
+            m.stream, m.cache = True, None
+        try:
+            yield
+        finally:
+            for m in convs:
+                m.stream, m.cache = False, None
+            for m in ups:
+                m.at_start = True
+
+    def _run(self, net: nn.Module, x: torch.Tensor, first: int, step: Optional[int]) -> torch.Tensor:
+        """``net`` over time: all at once, or chunks ``[0, first)``, then ``step`` frames each."""
+        if step is None or x.shape[2] <= first:
+            return net(x)
+        out = []
+        with self._streaming(net):
+            for i, c in enumerate([x[:, :, :first]] + list(x[:, :, first:].split(step, dim=2))):
+                out.append(net(c))
+                if i == 0:
+                    for m in net.modules():
+                        if isinstance(m, Upsample):
+                            m.at_start = False
+        return torch.cat(out, dim=2)
+
+    def _encode_frames(self, x: torch.Tensor) -> torch.Tensor:
+        step = self._chunk(self.chunk_size, self.temporal_factor, "chunk_size")
+        enc = lambda v: self._run(self.encoder, v, 1 + (step or 0), step)  # noqa: E731
+        return self._tiled(enc, x, self.tile_size, self.enc_margin, self.spatial_factor, down=True)
+
+    def _decode_frames(self, z: torch.Tensor) -> torch.Tensor:
+        step = self._chunk(self.chunk_size, self.temporal_factor, "chunk_size")
+        lstep = step // self.temporal_factor if step else None
+        dec = lambda v: self._run(self.decoder, v, 1 + (lstep or 0), lstep)  # noqa: E731
+        tile = self.tile_size // self.spatial_factor if self.tile_size else None
+        return self._tiled(dec, z, tile, self.dec_margin, self.spatial_factor, down=False)
+
+    # -- spatial tiles ------------------------------------------------------------------------
+    @staticmethod
+    def _tiled(fn, x: torch.Tensor, tile: Optional[int], margin: int, factor: int, down: bool) -> torch.Tensor:
+        """``fn`` over tiles of ``tile`` input pixels, each read with ``margin`` more on every side and
+        cropped back: equal to ``fn(x)`` when ``margin`` covers the receptive field."""
+        H, W = x.shape[-2:]
+        if tile is None or (H <= tile and W <= tile):
+            return fn(x)
+        unit = factor if down else 1  # input margins stay aligned with the downsampling grid
+        margin = -(-margin // unit) * unit
+        rows = []
+        for y0 in range(0, H, tile):
+            cols = []
+            for x0 in range(0, W, tile):
+                ya, xa = max(0, y0 - margin), max(0, x0 - margin)
+                yb, xb = min(H, y0 + tile + margin), min(W, x0 + tile + margin)
+                out = fn(x[..., ya:yb, xa:xb])
+                s = (1 / factor) if down else factor
+                oy, ox = int((y0 - ya) * s), int((x0 - xa) * s)
+                th, tw = int(min(tile, H - y0) * s), int(min(tile, W - x0) * s)
+                cols.append(out[..., oy:oy + th, ox:ox + tw])
+            rows.append(torch.cat(cols, dim=-1))
+        return torch.cat(rows, dim=-2)
+
+    # -- training -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None,
+                rank_slice: Tuple[int, int] = (0, 1)) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: pixels -> (reconstruction, posterior mean, logvar); the latent is sampled with
+        noise from ``generator`` (global batch, sliced per rank)."""
+        self.check_frames(x.shape[2], "num_frames")
+        moments = self.encoder(x)
+        mean, logvar = moments.chunk(2, dim=1)
+        rank, world = rank_slice
+        B = x.shape[0]
+        noise = torch.randn((B * world, *mean.shape[1:]), generator=generator)[rank * B:(rank + 1) * B]
+        z = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise.to(mean)
+        return self.decoder(z), mean, logvar
