@@ -3,7 +3,6 @@ utils.encode_latents + LatentCache (1 + 4k pixel frames -> 1 + k latent frames).
 import json
 import pathlib
 
-
 from utils.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
