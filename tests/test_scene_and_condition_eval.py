@@ -108,7 +108,7 @@ def _tiny_conditional_weights(tmp_path):
     torch.manual_seed(0)
     emb = EMBEDDER.build({"type": "ClassLabel", "num_classes": 15, "dim": EMB_DIM})
     model = MODEL.build({"type": "NextClipTransformer", "preset": "tiny", "in_channels": 3, "patch_size": 8,
-                         "cond_dim": EMB_DIM})
+                         "cond_dim": EMB_DIM, "pooled_cond": True})  # as configs/demo/evaluate_condition.yaml
     path = tmp_path / "cls.safetensors"
     save_weights(path, model.state_dict())
     save_weights(embedder_weights_for(path), emb.state_dict())

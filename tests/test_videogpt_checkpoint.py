@@ -204,3 +204,66 @@ def test_kv_cached_rollout_equals_uncached(reference_model, guide):
     big = dict(kw, window=20)  # rolling is exact while the window never slides
     roll = rollout(reference_model, flow, ctx, kv_cache="rolling", **big)
     assert (rollout(reference_model, flow, ctx, kv_cache="off", **big) - roll).abs().max() < 1e-5
+
+
+def test_predictor_loads_a_weights_folder_through_the_pretrain_loader(tmp_path, official, reference_model):
+    """test_model may be an official folder when pretrain names a loader for it; without one the
+    folder is a one-line config error; the output fingerprint covers the folder's files."""
+    from tools.inferences.predict_next_clip import output_fingerprint
+    from tools.inferences.predictor import Predictor, validate_rollout
+    from utils.config import ConfigError, load_config
+    from utils.registry import INFER_ENGINE
+
+    folder = checkpoint_dir(tmp_path, official, "sharded")
+    yml = tmp_path / "predict.yaml"
+    yml.write_text(
+        "TASK_TYPE: predict_next_clip\n"
+        "backend: {type: cpu, precision: fp32, attention: sdpa}\n"
+        "model: {type: VideoGPT, preset: tiny}\n"
+        "auto_encoder: {type: Identity, channels: 4}\n"
+        "pretrain: {type: VideoGPTCheckpoint, path: unused}\n"
+        f"test_model: {folder}\n"
+        "resolution: [8, 8]\ncontext_frames: 2\nmax_frames: 4\nclip_len: 2\nwindow: 4\nnum_sample_steps: 2\n")
+    cfg = load_config(yml, registry=INFER_ENGINE)
+    validate_rollout(cfg)
+    p = Predictor(cfg)
+    assert_same_weights(p.model, reference_model)
+    before = output_fingerprint(cfg)
+    shard = sorted(folder.glob("model-*.safetensors"))[0]
+    save_file(load_file(str(shard)), str(shard), metadata={"retrained": "1"})
+    assert output_fingerprint(cfg) != before  # a changed shard changes the outputs' fingerprint
+    cfg.pretrain = None
+    with pytest.raises(ConfigError, match="is a folder, which needs a pretrain loader"):
+        validate_rollout(cfg)
+
+
+def test_stage_style_training_fine_tunes_an_official_folder(tmp_path):
+    """As configs/videogpt/stage*.yaml do: VideoGPT built on meta (empty_weights), filled from an
+    official-layout folder by VideoGPTCheckpoint, trained by train_next_clip; its checkpoint
+    loads back through the same loader."""
+    from utils.cli import main
+
+    src = VideoGPT(preset="tiny", in_channels=3)  # pixel frames in this test
+    folder = tmp_path / "official"
+    vc.export_videogpt(src, folder)
+    yml = tmp_path / "stage.yaml"
+    yml.write_text(
+        "TASK_TYPE: train_next_clip\nname: stage\n"
+        "backend: {type: cpu, precision: fp32, attention: sdpa}\n"
+        "model: {type: VideoGPT, preset: tiny, in_channels: 3, empty_weights: true}\n"
+        f"pretrain: {{type: VideoGPTCheckpoint, path: {folder}}}\n"
+        "diffusion: {type: RectifiedFlow, prediction: x1}\nauto_encoder: {type: Identity}\n"
+        "dataset: {type: SyntheticPhysics, resolution: 8, num_frames: 4, length: 16, seed: 0}\n"
+        "max_frames: 4\nclip_sampling: {mode: random, min_clips: 2}\nbatch_size: 2\nnum_steps: 2\n"
+        "lr: 1.0e-3\nwarmup_steps: 1\nsave_ckp_interval: 2\nviz_interval: 1000\nlog_interval: 1\n"
+        "use_ema: false\nprogress: false\n")
+    assert main("train", ["--cfg", str(yml), "log_dir", str(tmp_path / "runs")]) == 0
+    step = tmp_path / "runs" / "stage" / "checkpoints" / "step_00000002.safetensors"
+    tuned = VideoGPT(preset="tiny", in_channels=3)
+    vc.VideoGPTCheckpoint(tuned, str(step))  # stage 2 reads stage 1's file the same way
+    moved = [k for k, v in tuned.state_dict().items()
+             if torch.is_tensor(v) and v.is_floating_point() and not torch.equal(v, src.state_dict()[k])]
+    assert moved  # it trained ...
+    drift = max(float((v - src.state_dict()[k]).abs().max()) for k, v in tuned.state_dict().items()
+                if torch.is_tensor(v) and v.is_floating_point())
+    assert drift < 0.01, drift  # ... two Adam steps of lr 1e-3 away from the folder's weights

@@ -28,6 +28,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from tools.autoencoders.base import VideoAutoencoder
+from utils.hub import cached_snapshot, is_repo_id
 from utils.registry import AUTO_ENCODER
 
 #: what a variant fills in when the checkpoint config lacks it
@@ -131,36 +132,17 @@ def resolve_path(path: str) -> Path:
             raise ValueError(f"auto_encoder.path={path!r}: only .safetensors weights are read (pickled checkpoints "
                              f"can run code when loaded); convert it to safetensors first.")
         return p
-    if _looks_like_repo_id(path):
+    if is_repo_id(path):
         return _from_caches(path)
     raise FileNotFoundError(f"auto_encoder.path={path!r} does not exist; give a VAE directory, a .safetensors file, "
                             f"or a hub repo id (org/name) that is in the local Hugging Face or ModelScope cache.")
 
 
-def _looks_like_repo_id(path: str) -> bool:
-    parts = path.split("/")
-    return len(parts) == 2 and all(parts) and not path.startswith((".", "~")) and "\\" not in path
-
-
 def _from_caches(repo_id: str) -> Path:
     """A cached snapshot of ``repo_id`` (Hugging Face, then ModelScope); never the network."""
-    from huggingface_hub import snapshot_download
-
-    hf_cache = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub")
-                                                  if os.environ.get("HF_HOME") else None)
-    tried = []
-    try:
-        snap = snapshot_download(repo_id, cache_dir=hf_cache, local_files_only=True)
-    except Exception:  # not in the cache (LocalEntryNotFoundError and friends)
-        tried.append(f"Hugging Face cache {hf_cache or '~/.cache/huggingface/hub'}")
-    else:
+    snap, tried = cached_snapshot(repo_id)
+    if snap is not None:
         return resolve_path(str(snap))
-    ms_root = Path(os.environ.get("MODELSCOPE_CACHE") or Path.home() / ".cache" / "modelscope" / "hub")
-    org, name = repo_id.split("/")
-    for cand in (ms_root / "models" / org / name, ms_root / org / name, ms_root / "models" / org / name.replace(".", "___")):
-        if cand.is_dir():
-            return resolve_path(str(cand))
-    tried.append(f"ModelScope cache {ms_root}")
     raise FileNotFoundError(
         f"auto_encoder.path={repo_id!r} is not a local path and is not in the {' or the '.join(tried)}; weights are "
         f"never downloaded at run time. Fetch it once where there is network (`huggingface-cli download {repo_id}` "

@@ -78,7 +78,11 @@ def predict_next_clip(cfg) -> int:
 def output_fingerprint(cfg) -> str:
     """Hash of the weights files and every setting that changes an output (see :func:`fingerprint`)."""
     settings = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in NOT_IN_FINGERPRINT}
-    files = [cfg.test_model, embedder_weights_for(Path(cfg.test_model))] if cfg.test_model else []
+    tm = Path(cfg.test_model) if cfg.test_model else None
+    if tm is not None and tm.is_dir():  # a weights folder: every file in it
+        files = sorted(p for p in tm.rglob("*") if p.is_file() and not p.name.startswith("."))
+    else:
+        files = [tm, embedder_weights_for(tm)] if tm is not None else []
     return fingerprint(settings, [str(f) for f in files])
 
 

@@ -59,7 +59,9 @@ class Predictor:
         model_cfg = model_cfg_with_channels(cfg.model, self.autoencoder, cfg.auto_encoder.get("type", ""))
         self.model = MODEL.build(model_cfg_for(model_cfg, self.embedder, cfg.embedder.get("type", "")), "model")
         self.model.set_attention(*self.backend.attention_kernel())
-        if cfg.test_model:
+        if cfg.test_model and Path(cfg.test_model).is_dir():  # a folder in a loader's layout (validate_rollout)
+            PRETRAIN.build({**cfg.pretrain, "path": str(cfg.test_model)}, "pretrain", model=self.model)
+        elif cfg.test_model:
             _log_report(cfg.test_model, load_weights(self.model, Path(cfg.test_model), strict=cfg.strict))
         elif cfg.pretrain:
             PRETRAIN.build(cfg.pretrain, "pretrain", model=self.model)
@@ -252,10 +254,13 @@ def validate_rollout(cfg) -> None:
         raise _setting_error("kv_cache", cfg.get("kv_cache"), f"use one of {list(KV_MODES)}",
                              "set e.g. 'kv_cache=recompute'")
     tm = cfg.get("test_model")
-    if tm and not Path(tm).is_file():
-        raise ConfigError(f"test_model={tm!r}: no such weights file"
-                          f"{' (it is a directory)' if Path(tm).is_dir() else ''}; give the path of a "
-                          f".safetensors file, e.g. 'test_model=data/demo/demo_physics.safetensors'")
+    if tm and Path(tm).is_dir() and not cfg.get("pretrain"):
+        raise ConfigError(f"test_model={tm!r} is a folder, which needs a pretrain loader that reads its layout "
+                          f"(e.g. pretrain: {{type: VideoGPTCheckpoint}} for official Video-GPT weights); set "
+                          f"pretrain, or give the path of a .safetensors file")
+    if tm and not Path(tm).exists():
+        raise ConfigError(f"test_model={tm!r}: no such weights file or folder; give the path of a .safetensors "
+                          f"file, e.g. 'test_model=data/demo/demo_physics.safetensors'")
 
 
 def side_by_side(*videos: torch.Tensor, gap: int = 2) -> np.ndarray:

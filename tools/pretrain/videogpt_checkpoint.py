@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -32,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from utils.checkpoint import CheckpointError, format_report
+from utils.hub import SOURCES, cached_snapshot, is_repo_id
 from utils.io import atomic_path, atomic_write_text
 from utils.registry import PRETRAIN
 
@@ -57,52 +56,21 @@ TOKEN_KWARGS = {"<|diffusion|>": "diffusion_token_id", "<img>": "image_start_tok
 
 
 # ---------------------------------------------------------------------------- finding the files
-def _is_repo_id(s: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", s)) and not s.startswith(".")
-
-
-def _hf_cached(repo: str, revision: Optional[str]) -> Optional[Path]:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        return None
-    try:
-        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
-    except Exception:  # not in the cache (LocalEntryNotFoundError and friends)
-        return None
-
-
-def modelscope_cache_dirs(repo: str) -> List[Path]:
-    """Where ModelScope keeps ``repo`` (``$MODELSCOPE_CACHE`` or ~/.cache/modelscope/hub; new and old layout)."""
-    root = Path(os.environ.get("MODELSCOPE_CACHE", Path.home() / ".cache" / "modelscope" / "hub"))
-    owner, name = repo.split("/")
-    return [root / "models" / owner / name, root / owner / name, root / "models" / owner / name.replace(".", "___")]
-
-
-def _modelscope_cached(repo: str, revision: Optional[str]) -> Optional[Path]:
-    try:
-        from modelscope import snapshot_download
-        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
-    except Exception:  # not installed, or not cached: look at the cache folders directly
-        return next((p for p in modelscope_cache_dirs(repo) if p.is_dir()), None)
-
-
 def resolve_path(path: str, source: str = "auto", revision: Optional[str] = None) -> Path:
     """A local file / folder, or a repo id found in the local HF / ModelScope cache (no download)."""
-    if source not in ("auto", "local", "huggingface", "modelscope"):
+    if source not in ("local",) + SOURCES:
         raise CheckpointError(f"source={source!r} is unknown; use auto, local, huggingface or modelscope")
     p = Path(str(path)).expanduser()
     if p.exists():
         return p
-    if source != "local" and _is_repo_id(str(path)):
-        if source in ("auto", "huggingface") and (hit := _hf_cached(str(path), revision)) is not None:
-            return hit
-        if source in ("auto", "modelscope") and (hit := _modelscope_cached(str(path), revision)) is not None:
+    tried: List[str] = []
+    if source != "local" and is_repo_id(str(path)):
+        hit, tried = cached_snapshot(str(path), source, revision)
+        if hit is not None:
             return hit
     raise CheckpointError(
         f"VideoGPT checkpoint {str(path)!r} is not a local file or folder"
-        + (", nor in the local Hugging Face cache or ModelScope cache "
-           f"({', '.join(str(d) for d in modelscope_cache_dirs(str(path))[:2])})" if _is_repo_id(str(path)) else "")
+        + (f", nor in the local {' or the '.join(tried)}" if tried else "")
         + ". Nothing is downloaded: fetch the weights on a machine with network access (README, 'Running "
           "official Video-GPT weights') and give the folder as path.")
 

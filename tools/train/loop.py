@@ -132,18 +132,28 @@ def lr_lambda(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     raise ValueError(f"lr_schedule={schedule!r}; choose constant or cosine.")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float):
-    """No weight decay on norms, biases and other 1-D parameters."""
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, fast: Sequence[torch.nn.Parameter] = (),
+                 fast_mult: float = 1.0):
+    """No weight decay on norms, biases and other 1-D parameters; the ``fast`` parameters (new
+    layers of a fine-tune) learn at ``fast_mult`` x lr. The two extra groups exist only when
+    fast_mult != 1, so optimizer states saved without them still load."""
+    fast_ids = {id(p) for p in fast} if fast_mult != 1.0 else set()
+    groups: Dict[tuple, list] = {(True, False): [], (False, False): []}
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((p.dim() >= 2, id(p) in fast_ids), []).append(p)
+    if fast_ids:
+        groups.setdefault((True, True), []), groups.setdefault((False, True), [])
+    return [{"params": ps, "weight_decay": weight_decay if decays else 0.0, "decays": decays,
+             "lr_mult": fast_mult if is_fast else 1.0} for (decays, is_fast), ps in sorted(groups.items(),
+                                                                                        key=lambda kv: (kv[0][1], not kv[0][0]))]
 
 
-def make_optimizer(module: torch.nn.Module, cfg, lr: Optional[float] = None) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr if lr is None else lr,
-                             betas=tuple(cfg.betas))
+def make_optimizer(module: torch.nn.Module, cfg, lr: Optional[float] = None, fast: Sequence[torch.nn.Parameter] = (),
+                   fast_mult: float = 1.0) -> torch.optim.Optimizer:
+    base = cfg.lr if lr is None else lr
+    groups = [dict(g, lr=base * g["lr_mult"]) for g in param_groups(module, cfg.weight_decay, fast, fast_mult)]
+    return torch.optim.AdamW(groups, lr=base, betas=tuple(cfg.betas))
 
 
 def make_scheduler(optimizer, cfg, last_epoch: int = -1):
@@ -154,8 +164,11 @@ def make_scheduler(optimizer, cfg, last_epoch: int = -1):
 
 def reset_optimizer_settings(optimizer, cfg, lr: Optional[float] = None) -> None:
     """After loading a resumed optimizer: the current lr / weight decay / betas take effect."""
-    for group, wd in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):
-        group.update(initial_lr=cfg.lr if lr is None else lr, weight_decay=wd, betas=tuple(cfg.betas))
+    base = cfg.lr if lr is None else lr
+    for i, group in enumerate(optimizer.param_groups):
+        decays = group.get("decays", i % 2 == 0)  # states saved before the keys existed: [decay, no decay]
+        group.update(initial_lr=base * group.get("lr_mult", 1.0), weight_decay=cfg.weight_decay if decays else 0.0,
+                     betas=tuple(cfg.betas))
 
 
 @torch.no_grad()
@@ -312,7 +325,17 @@ def apply_resume(ckpt, cfg, model, ema, optimizer, embedder=None) -> Tuple[int, 
     if embedder is not None and ckpt["embedder"] is not None:
         embedder.load_state_dict(ckpt["embedder"])
     state = ckpt["state"]
+    current = [(g.get("lr_mult", 1.0), g.get("decays")) for g in optimizer.param_groups]
+    saved = len(state["optimizer"]["param_groups"])
+    if saved != len(current):
+        raise CheckpointError(f"the checkpoint's optimizer has {saved} parameter groups, this run builds "
+                              f"{len(current)} (a learning-rate multiplier such as cond_lr_mult != 1 adds groups); resume "
+                              f"with the checkpoint's settings, or start a new run (pretrain from its weights)")
     optimizer.load_state_dict(state["optimizer"])
+    for g, (mult, decays) in zip(optimizer.param_groups, current):  # this run's multipliers take effect
+        g["lr_mult"] = mult
+        if decays is not None:
+            g["decays"] = decays
     reset_optimizer_settings(optimizer, cfg)
     step = int(state["step"])
     set_rng_state(state["rng"])

@@ -66,6 +66,7 @@ DEFAULTS: Dict[str, Any] = {
     "visual": [],
     "cond_key": None,           # item key fed to the embedder: label | caption | null
     "cond_dropout": 0.1,        # share of samples trained with the null condition (for guidance)
+    "cond_lr_mult": 1.0,        # lr multiplier of the condition path (embedder, model cond_* layers)
     "log_dir": "workspace/experiments",
     "seed": 8888,
     "num_steps": 1000,
@@ -133,6 +134,11 @@ def drop_conditions(values: List[Any], p: float, generator: torch.Generator, ran
     return [None if d else v for v, d in zip(values, drop)]
 
 
+def condition_parameters(model, embedder) -> List[torch.nn.Parameter]:
+    """The condition path: the embedder's parameters and the model's ``cond_*`` layers."""
+    return list(embedder.parameters()) + [p for n, p in model.named_parameters() if n.startswith("cond_")]
+
+
 def build_conditioning(embedder, batch: Dict[str, Any], cond_key: Optional[str], device,
                        dropout: float = 0.0, generator: Optional[torch.Generator] = None,
                        rank: int = 0, world: int = 1) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -153,6 +159,9 @@ def validate(cfg) -> None:
     v = g("cond_dropout", DEFAULTS["cond_dropout"])
     _require(_is_num(v) and 0 <= v < 1, "cond_dropout", v, "must be a number in [0, 1)",
              "e.g. cond_dropout=0.1 (0: never train the null condition)")
+    v = g("cond_lr_mult", DEFAULTS["cond_lr_mult"])
+    _require(_is_num(v) and v > 0, "cond_lr_mult", v, "must be a number > 0",
+             "e.g. cond_lr_mult=10 (the new condition layers of a fine-tune learn 10x faster; 1: same lr)")
     v = g("cond_key", None)
     _require(v is None or (isinstance(v, str) and v), "cond_key", v, "must be an item key (label | caption) or null",
              "e.g. cond_key=label")
@@ -286,7 +295,8 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2fM parameters", cfg.model.get("type"), n_params / 1e6)
 
-    optimizer = loop.make_optimizer(trainable, cfg)
+    optimizer = loop.make_optimizer(trainable, cfg, fast=condition_parameters(model, embedder),
+                                    fast_mult=float(cfg.cond_lr_mult))
     scheduler = loop.make_scheduler(optimizer, cfg)
     scaler = backend.grad_scaler()
 
