@@ -168,3 +168,21 @@ def test_predictor_with_a_causal_vae(tmp_path):
     assert p.predict(None, seed=1, num_frames=9).shape == (3, 9, 16, 16)
     with pytest.raises(ConfigError, match=r"context_frames=4 pixel frames .* 1 \+ 4 k .* context_frames: 1"):
         Predictor(_predict_cfg(tmp_path, 4, 13))
+
+
+@pytest.mark.parametrize("context", [0, 5])
+def test_rollout_video_counts_latent_frames_of_a_causal_vae(tmp_path, context):
+    """The training-time sample video generates latent_frames(T) - context latents, so it shows as
+    many frames as the batch: 13 pixel frames = 4 latent frames (from nothing, 13 // 4 = 3 latents
+    would decode to only 9 frames)."""
+    from tools.inferences.predictor import Predictor
+    from tools.visuals.rollout_video import RolloutVideo
+    from utils.video_io import probe_video
+
+    p = Predictor(_predict_cfg(tmp_path, 5, 13))
+    hook = RolloutVideo(num_samples=1, context_frames=context, clip_len=1, window=4, num_sample_steps=1)
+    state = {"model": p.model, "diffusion": p.diffusion, "autoencoder": p.autoencoder, "backend": p.backend,
+             "embedder": p.embedder, "batch": {"video": torch.rand(1, 3, 13, 16, 16) * 2 - 1}, "step": 3,
+             "run_dir": tmp_path, "cfg": p.cfg}
+    (path,) = hook(state)
+    assert probe_video(path).num_frames == 13

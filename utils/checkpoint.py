@@ -21,7 +21,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -285,7 +285,14 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
             f"{path}: cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: {e}). "
             f"NextClip never unpickles arbitrary objects; convert the file to safetensors."
         ) from e
-    for key in ("ema", "state_dict", "model"):
+    return unwrap_state_dict(obj, path)
+
+
+def unwrap_state_dict(obj: Any, path: Path, keys: Sequence[str] = ("ema", "state_dict", "model", "module")
+                      ) -> Dict[str, torch.Tensor]:
+    """The tensors of an unpickled checkpoint: the dict itself, or its first entry of ``keys`` that
+    is a dict (EMA, plain, trainer and DeepSpeed wrappers); CheckpointError otherwise."""
+    for key in keys:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break

@@ -543,3 +543,17 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
                          f"{type(video).__name__} {tuple(getattr(video, 'shape', ()))}")
     x = ((video.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(1, 2, 3, 0).contiguous().numpy()
+
+
+def side_by_side(*videos: torch.Tensor, gap: int = 2) -> np.ndarray:
+    """(C, T, H, W) videos in [-1, 1] -> uint8 (T, H, sum W + gaps, 3), white gaps; shorter
+    videos are padded with their last frame."""
+    T = max(v.shape[1] for v in videos)
+    parts = []
+    for i, v in enumerate(videos):
+        if v.shape[1] < T:
+            v = torch.cat([v, v[:, -1:].expand(-1, T - v.shape[1], -1, -1)], 1)
+        parts.append(to_uint8(v))
+        if i < len(videos) - 1:
+            parts.append(np.full((T, v.shape[2], gap, 3), 255, np.uint8))
+    return np.concatenate(parts, axis=2)

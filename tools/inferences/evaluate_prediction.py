@@ -18,14 +18,14 @@ from typing import Dict, List
 import torch
 
 from tools.inferences.predictor import (ROLLOUT_DEFAULTS, Predictor, check_eval_range, check_list_file,
-                                        check_save_videos, side_by_side, validate_rollout)
+                                        check_save_videos, validate_rollout)
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_path, atomic_write_text
 from utils.logging import setup_logger
 from utils.metrics import copy_last_baseline, linear_baseline, psnr_per_frame, ssim_per_frame
 from utils.registry import DATASETS, INFER_ENGINE
 from utils.test_list import parse_test_list
-from utils.video_io import write_video
+from utils.video_io import side_by_side, write_video
 
 METHODS = ("model", "copy_last", "linear")
 

@@ -7,8 +7,7 @@ from typing import List
 
 import torch
 
-from tools.inferences.predictor import (ROLLOUT_DEFAULTS, Predictor, check_list_file, side_by_side,
-                                        validate_rollout)
+from tools.inferences.predictor import ROLLOUT_DEFAULTS, Predictor, check_list_file, validate_rollout
 from utils import distributed as du
 from utils.checkpoint import embedder_weights_for
 from utils.config import ConfigError, to_yaml
@@ -17,7 +16,7 @@ from utils.logging import get_logger, setup_logger
 from utils.registry import INFER_ENGINE
 from utils.test_list import (KINDS, TestItem, failure_reasons, fingerprint, merge_results, parse_test_list,
                              run_test_list)
-from utils.video_io import to_uint8
+from utils.video_io import side_by_side, to_uint8
 
 DEFAULTS = dict(
     ROLLOUT_DEFAULTS,

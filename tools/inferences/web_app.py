@@ -33,10 +33,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tools.embedders.conditioning import is_conditional
-from tools.inferences.predictor import Predictor, side_by_side, validate_rollout
+from tools.inferences.predictor import Predictor, validate_rollout
 from utils.cli import EXIT_CONFIG, os_error_line
 from utils.logging import get_logger
-from utils.video_io import VideoReadError, probe_video, read_image, to_uint8, write_video
+from utils.video_io import VideoReadError, probe_video, read_image, side_by_side, to_uint8, write_video
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = ROOT / "data" / "demo"

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from utils.checkpoint import CheckpointError, format_report
+from utils.checkpoint import CheckpointError, format_report, unwrap_state_dict
 from utils.hub import SOURCES, cached_snapshot, is_repo_id
 from utils.io import atomic_path, atomic_write_text
 from utils.registry import PRETRAIN
@@ -104,16 +104,6 @@ def weight_files(path: Path) -> Tuple[List[Path], Path]:
 
 
 # ---------------------------------------------------------------------------- reading tensors
-def _unwrap(obj, path: Path) -> Dict[str, torch.Tensor]:
-    for key in ("state_dict", "module", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: does not hold a state_dict of tensors")
-    return obj
-
-
 def _strip(key: str) -> str:
     for pre in WRAPPER_PREFIXES:
         if key.startswith(pre):
@@ -136,7 +126,8 @@ class _Shard:
             self.shapes = {k: tuple(self._f.get_slice(raw).get_shape()) for k, raw in self._keys.items()}
         else:
             try:  # mmap: the pickled tensors stay on disk until read
-                sd = _unwrap(torch.load(str(path), map_location="cpu", weights_only=True, mmap=True), path)
+                sd = unwrap_state_dict(torch.load(str(path), map_location="cpu", weights_only=True, mmap=True), path,
+                                       keys=("state_dict", "module", "model"))
             except CheckpointError:
                 raise
             except Exception as e:

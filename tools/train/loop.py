@@ -31,6 +31,21 @@ from utils.logging import ScalarLog, setup_logger
 from utils.registry import BACKEND
 
 
+#: loop settings every training engine has, with their defaults (an engine may override them)
+LOOP_DEFAULTS: Dict[str, Any] = {
+    "warmup_steps": 100,
+    "lr_schedule": "constant",  # constant | cosine
+    "min_lr_ratio": 0.1,
+    "grad_clip": 1.0,
+    "use_ema": True,
+    "ema_decay": 0.999,
+    "save_ckp_interval": 500,
+    "keep_last": 3,
+    "viz_interval": 500,
+    "log_interval": 10,
+}
+
+
 # ---------------------------------------------------------------------------- launch
 def launch(cfg, body: Callable[..., int]) -> int:
     """Backend, process group, run dir and logger, then ``body(cfg, backend, rank, world, out_dir, log)``

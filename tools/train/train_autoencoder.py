@@ -54,16 +54,8 @@ DEFAULTS: Dict[str, Any] = {
     "lr": 2e-4,
     "weight_decay": 0.0,
     "betas": [0.9, 0.99],
-    "warmup_steps": 100,
-    "lr_schedule": "constant",  # constant | cosine
-    "min_lr_ratio": 0.1,
-    "grad_clip": 1.0,
-    "use_ema": True,
-    "ema_decay": 0.999,
-    "save_ckp_interval": 500,
-    "keep_last": 3,
+    **loop.LOOP_DEFAULTS,
     "viz_interval": 500,        # a truth | reconstruction mp4 under <run>/visuals/
-    "log_interval": 10,
     "resume": "auto",           # auto | none | path to a checkpoint
     "progress": True,
     "dist_timeout": 600,
@@ -281,8 +273,7 @@ def _write_visual(vae, x: torch.Tensor, out_dir: Path, step: int) -> str:
     """truth | reconstruction of the batch's first two videos -> <run>/visuals/vae_step_N.mp4."""
     import numpy as np
 
-    from tools.inferences.predictor import side_by_side
-    from utils.video_io import write_video
+    from utils.video_io import side_by_side, write_video
 
     was = vae.training
     vae.eval()

@@ -80,16 +80,7 @@ DEFAULTS: Dict[str, Any] = {
     "lr": 1e-4,
     "weight_decay": 0.1,
     "betas": [0.9, 0.95],
-    "warmup_steps": 100,
-    "lr_schedule": "constant",  # constant | cosine
-    "min_lr_ratio": 0.1,
-    "grad_clip": 1.0,
-    "use_ema": True,
-    "ema_decay": 0.999,
-    "save_ckp_interval": 500,
-    "keep_last": 3,
-    "viz_interval": 500,
-    "log_interval": 10,
+    **loop.LOOP_DEFAULTS,
     "resume": "auto",           # auto | none | path to a checkpoint
     "progress": True,
     "dist_timeout": 600,        # seconds a collective waits for a silent rank before the run stops

@@ -8,11 +8,11 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from tools.autoencoders.base import latent_frames
 from tools.embedders.conditioning import condition_values, embed, is_conditional
-from tools.inferences.predictor import side_by_side
 from tools.inferences.rollout import rollout
 from utils.registry import VISUAL
-from utils.video_io import write_video
+from utils.video_io import side_by_side, write_video
 
 
 @VISUAL.register_class()
@@ -55,9 +55,9 @@ class RolloutVideo:
                 sf = int(ae.spatial_factor)
                 shape = (video.shape[0], int(ae.latent_channels), video.shape[3] // sf, video.shape[4] // sf)
             cond, cond_mask = self.conditions(state, video.shape[0])
-            tf = int(getattr(ae, "temporal_factor", 1) or 1)
+            n_new = latent_frames(ae, video.shape[2]) - (0 if ctx is None else ctx.shape[2])  # latent frames
             with backend.autocast():
-                out = rollout(model, diffusion, ctx, num_frames=(video.shape[2] - self.context) // tf,
+                out = rollout(model, diffusion, ctx, num_frames=n_new,
                               clip_len=self.clip_len, window=self.window, steps=self.steps,
                               seed=self.seed, cond=cond, cond_mask=cond_mask, shape=shape)
             pred = ae.decode(out.float()).clamp(-1, 1).cpu()
