@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 EXIT_CONFIG = 2
 #: flags without a value; like ``--cfg FILE`` they may stand anywhere, also after the overrides
@@ -70,18 +70,56 @@ def os_error_line(err: OSError) -> str:
     return f"error: {err.strerror or err}: {where}{disk_full_hint(err)}"
 
 
-def _fail(line: str, debug: bool) -> int:
+def fail(line: str, debug: bool) -> int:
+    """Print one error line (the traceback too with ``--debug``); the config/input exit code."""
     if debug:
         traceback.print_exc()
     print(line, file=sys.stderr)
     return EXIT_CONFIG
 
 
-def main(kind: str, argv: Optional[List[str]] = None) -> int:
-    from utils.config import ConfigError, InputError, load_config, to_yaml, validate_components
+def load_checked_config(path: str, overrides: Sequence[str], registry):
+    """The merged config of ``path`` + ``overrides``, every component config checked (ConfigError)."""
+    from utils.config import ConfigError, load_config, validate_components
+
+    cfg = load_config(path, overrides, registry=registry)
+    problems = validate_components(cfg)
+    if problems:
+        raise ConfigError(f"{path}: " + "\n  ".join(["invalid component config:"] + problems))
+    return cfg
+
+
+def run_guarded(body: Callable[[], int], debug: bool) -> int:
+    """``body()``'s exit code, or one line per known failure: config / input errors exit 2, a dead or
+    silent rank exits 1, an OSError naming a file exits 2; anything else is a bug and propagates."""
     from utils.checkpoint import CheckpointError
+    from utils.config import ConfigError, InputError
     from utils.distributed import DistributedError
-    from utils.registry import ENGINE, INFER_ENGINE, BuildError, RegistryError
+    from utils.registry import BuildError, RegistryError
+
+    try:
+        return int(body() or 0)
+    except (ConfigError, BuildError, RegistryError) as e:
+        # a component that could not be built because of its input (an empty list file, a
+        # missing cache) is an input problem, not a typo in the config
+        bad_input = isinstance(e.__cause__, (CheckpointError, FileNotFoundError, InputError))
+        return fail(f"{'input' if bad_input else 'config'} error: {e}", debug)
+    except (CheckpointError, FileNotFoundError, InputError) as e:  # bad weights file or input list named by the config
+        return fail(f"input error: {e}", debug)
+    except DistributedError as e:  # another rank died or went silent: one line, not a traceback
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a file or folder the run must write or read: permission, not a directory, disk full
+        if not e.filename:
+            raise
+        return fail(os_error_line(e), debug)
+
+
+def main(kind: str, argv: Optional[List[str]] = None) -> int:
+    from utils.config import to_yaml
+    from utils.registry import ENGINE, INFER_ENGINE
 
     flags, overrides = split_argv(sys.argv[1:] if argv is None else list(argv))
     args = _parser(kind).parse_args(flags)
@@ -92,31 +130,15 @@ def main(kind: str, argv: Optional[List[str]] = None) -> int:
         print("error: --cfg FILE is required (or --list).", file=sys.stderr)
         return EXIT_CONFIG
     registry = ENGINE if kind == "train" else INFER_ENGINE
-    try:
-        cfg = load_config(args.cfg, overrides, registry=registry)
-        problems = validate_components(cfg)
-        if problems:
-            raise ConfigError(f"{args.cfg}: " + "\n  ".join(["invalid component config:"] + problems))
+
+    def body() -> int:
+        cfg = load_checked_config(args.cfg, overrides, registry)
         engine = registry.get(cfg.TASK_TYPE)
         validate_engine(engine, cfg)
         if args.dry_run:
             print(to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}), end="")
             print(f"# dry run OK: {cfg.TASK_TYPE} from {', '.join(cfg._files)}")
             return 0
-        return int(engine(cfg) or 0)
-    except (ConfigError, BuildError, RegistryError) as e:
-        # a component that could not be built because of its input (an empty list file, a
-        # missing cache) is an input problem, not a typo in the config
-        bad_input = isinstance(e.__cause__, (CheckpointError, FileNotFoundError, InputError))
-        return _fail(f"{'input' if bad_input else 'config'} error: {e}", args.debug)
-    except (CheckpointError, FileNotFoundError, InputError) as e:  # bad weights file or input list named by the config
-        return _fail(f"input error: {e}", args.debug)
-    except DistributedError as e:  # another rank died or went silent: one line, not a traceback
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # a file or folder the run must write or read: permission, not a directory, disk full
-        if not e.filename:
-            raise
-        return _fail(os_error_line(e), args.debug)
+        return engine(cfg)
+
+    return run_guarded(body, args.debug)

@@ -34,7 +34,7 @@ import numpy as np
 
 from tools.embedders.conditioning import is_conditional
 from tools.inferences.predictor import Predictor, validate_rollout
-from utils.cli import EXIT_CONFIG, os_error_line
+from utils.cli import fail, load_checked_config, os_error_line, run_guarded
 from utils.logging import get_logger
 from utils.video_io import VideoReadError, probe_video, read_image, side_by_side, to_uint8, write_video
 
@@ -396,15 +396,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_app(cfg_path: str, overrides: Sequence[str], max_upload_bytes: int) -> WebApp:
     """Config (+ overrides) -> the output folder, its log and config.yaml, a Predictor, a WebApp."""
-    from utils.config import ConfigError, load_config, to_yaml, validate_components
+    from utils.config import to_yaml
     from utils.io import atomic_write_text
     from utils.logging import setup_logger
     from utils.registry import INFER_ENGINE
 
-    cfg = load_config(cfg_path, overrides, registry=INFER_ENGINE)
-    problems = validate_components(cfg)
-    if problems:
-        raise ConfigError(f"{cfg_path}: " + "\n  ".join(["invalid component config:"] + problems))
+    cfg = load_checked_config(cfg_path, overrides, INFER_ENGINE)
     validate_rollout(cfg)
     out_dir = Path(cfg.log_dir) / "app"
     setup_logger(out_dir, 0)
@@ -425,36 +422,17 @@ def _keep_gradio_inside(out_dir: Path) -> None:
                              os.environ.get("TMPDIR", "/tmp"))
 
 
-def _fail(line: str, debug: bool) -> int:
-    if debug:
-        traceback.print_exc()
-    print(line, file=sys.stderr)
-    return EXIT_CONFIG
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``app.py``: load the config, build the page, serve it until Ctrl-C."""
-    from utils.checkpoint import CheckpointError
-    from utils.config import ConfigError, InputError
-    from utils.registry import BuildError, RegistryError
-
     args, overrides = _parser().parse_known_args(sys.argv[1:] if argv is None else list(argv))
     bad = [o for o in overrides if o.startswith("--")]
     if bad:
-        return _fail(f"error: unknown option(s) {' '.join(bad)}; see python app.py --help", False)
+        return fail(f"error: unknown option(s) {' '.join(bad)}; see python app.py --help", False)
     if importlib.util.find_spec("gradio") is None:  # found, not imported: see _keep_gradio_inside
-        return _fail("error: the web page needs gradio: pip install -r requirements-app.txt", False)
-    try:
-        app = load_app(args.cfg, overrides, int(args.max_upload_mb * 2 ** 20))
-    except (ConfigError, BuildError, RegistryError) as e:
-        return _fail(f"config error: {e}", args.debug)
-    except (CheckpointError, FileNotFoundError, InputError) as e:
-        return _fail(f"input error: {e}", args.debug)
-    except OSError as e:
-        if not e.filename:
-            raise
-        return _fail(os_error_line(e), args.debug)
-    return serve(app, args.host, args.port, args.share, args.max_upload_mb)
+        return fail("error: the web page needs gradio: pip install -r requirements-app.txt", False)
+    max_bytes = int(args.max_upload_mb * 2 ** 20)
+    return run_guarded(lambda: serve(load_app(args.cfg, overrides, max_bytes), args.host, args.port, args.share,
+                                     args.max_upload_mb), args.debug)
 
 
 def serve(app: WebApp, host: str, port: int, share: bool, max_upload_mb: float) -> int:
