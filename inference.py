@@ -10,6 +10,9 @@ import os
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
 from utils.cli import main  # noqa: E402
+from tools import load_components  # noqa: E402
+
+load_components()  # every built-in component registers itself (entry points do this, utils never imports tools)
 
 if __name__ == "__main__":
     raise SystemExit(main("infer"))

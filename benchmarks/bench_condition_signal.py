@@ -20,6 +20,7 @@ from tools.embedders.conditioning import embed, model_cfg_for
 from utils.checkpoint import embedder_weights_for, load_weights
 from utils.config import load_config
 from utils.registry import DATASETS, DIFFUSION, EMBEDDER, ENGINE, MODEL
+from tools import load_components
 
 
 def main():
@@ -30,6 +31,7 @@ def main():
     ap.add_argument("--seed", type=int, default=4242, help="dataset seed of the held-out items")
     ap.add_argument("--ts", default="0,0.1,0.2,0.3,0.5,0.7", help="noise levels t (comma separated)")
     args = ap.parse_args()
+    load_components()
     torch.manual_seed(0)
     cfg = load_config(args.cfg, registry=ENGINE)
     embedder = EMBEDDER.build(cfg.embedder, "embedder")

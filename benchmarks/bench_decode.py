@@ -76,7 +76,7 @@ def epoch_bench(list_file: str) -> None:
     from tools.autoencoders.identity import Identity
     from tools.datasets.latent_cache import LatentCache
     from tools.datasets.video_list import VideoList
-    from utils.encode_latents import encode_dataset
+    from tools.datasets.latent_cache import encode_dataset
 
     ds = VideoList(list_file, num_frames=16, resolution=64)
     t0 = time.perf_counter()

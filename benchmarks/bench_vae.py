@@ -8,7 +8,9 @@ videos of ``--frames`` frames from the config's dataset settings with a held-out
 demo VAE trains on seed 0), encodes and decodes each one (posterior mean) and prints one JSON
 line: mean PSNR / SSIM over frames and videos, the latent std (the ``scale_factor`` to use for
 latent training is about 1 / latent_std) and the encode / decode throughput. Baseline for
-reading the figures: a decoder that outputs the mean frame of the video.
+reading the figures: a decoder that outputs the mean frame of the video (``mean_frame_*``) and, for
+datasets with a flat ``background`` colour (SyntheticPhysics), one that outputs the empty background
+(``empty_frame_*``): a VAE that draws only the background scores about the latter.
 """
 import argparse
 import json
@@ -19,6 +21,7 @@ import torch
 from utils.config import load_config
 from utils.metrics import psnr_per_frame, ssim_per_frame
 from utils.registry import AUTO_ENCODER, DATASETS, ENGINE
+from tools import load_components
 
 
 def main():
@@ -29,11 +32,14 @@ def main():
     ap.add_argument("--frames", type=int, default=17, help="frames per video (1 + 4k for a causal VAE)")
     ap.add_argument("--seed", type=int, default=777, help="dataset seed of the held-out videos")
     args = ap.parse_args()
+    load_components()
     cfg = load_config(args.cfg, registry=ENGINE)
     ae_cfg = dict(cfg.auto_encoder, **({"weights": args.weights} if args.weights else {}))
     ae = AUTO_ENCODER.build(ae_cfg, "auto_encoder").eval()
     ds = DATASETS.build({**cfg.dataset, "num_frames": args.frames, "seed": args.seed, "length": args.num}, "dataset")
-    psnr, ssim, base_psnr, stds = [], [], [], []
+    psnr, ssim, stds = [], [], []
+    base = {"mean_frame_psnr": [], "mean_frame_ssim": [], "empty_frame_psnr": [], "empty_frame_ssim": []}
+    background = getattr(ds, "background", None)
     t_enc = t_dec = 0.0
     frames = 0
     with torch.no_grad():
@@ -48,13 +54,20 @@ def main():
             t_enc, t_dec, frames = t_enc + t1 - t0, t_dec + t2 - t1, frames + x.shape[2]
             psnr.append(psnr_per_frame(y[0], x[0]).mean().item())
             ssim.append(ssim_per_frame(y[0], x[0]).mean().item())
-            mean_frame = x[0].mean(1, keepdim=True).expand_as(x[0])
-            base_psnr.append(psnr_per_frame(mean_frame, x[0]).mean().item())
+            refs = {"mean_frame": x[0].mean(1, keepdim=True).expand_as(x[0])}
+            if background is not None:
+                bg = torch.as_tensor(background / 127.5 - 1.0, dtype=x.dtype).view(3, 1, 1, 1)
+                refs["empty_frame"] = bg.expand_as(x[0])
+            for name, ref in refs.items():
+                base[f"{name}_psnr"].append(psnr_per_frame(ref, x[0]).mean().item())
+                base[f"{name}_ssim"].append(ssim_per_frame(ref, x[0]).mean().item())
             stds.append(z.std().item())
     n = args.num
+    avg = lambda xs, d: round(sum(xs) / len(xs), d)  # noqa: E731
     print(json.dumps({"videos": n, "frames_per_video": args.frames, "seed": args.seed,
-                      "psnr": round(sum(psnr) / n, 3), "ssim": round(sum(ssim) / n, 4),
-                      "mean_frame_psnr": round(sum(base_psnr) / n, 3), "latent_std": round(sum(stds) / n, 4),
+                      "psnr": avg(psnr, 3), "ssim": avg(ssim, 4),
+                      **{k: avg(v, 4 if k.endswith("ssim") else 3) for k, v in base.items() if v},
+                      "latent_std": avg(stds, 4),
                       "encode_fps": round(frames / t_enc, 1), "decode_fps": round(frames / t_dec, 1)}))
 
 

@@ -8,6 +8,10 @@ import pathlib
 
 import pytest
 
+from tools import load_components  # noqa: E402
+
+load_components()  # as the entry points do: every built-in component registered before a test builds one
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 

@@ -145,3 +145,10 @@ def test_command_line_errors_exit_2_with_one_line(capsys, tmp_path, monkeypatch)
     assert main(["--cfg", str(ROOT / "configs/demo/predict.yaml")]) == 2
     assert "pip install -r requirements-app.txt" in capsys.readouterr().err
 
+
+
+def test_page_header_shows_the_window_the_predictor_uses(app):
+    """predict.yaml asks for window 12; the shipped model was trained on 12 frames, so with clips of 4
+    the predictor uses window 8, and the page must say so (it printed the config's 12)."""
+    assert app.predictor.cfg.window == 12 and app.predictor.window == 8
+    assert "window 8." in app.describe()

@@ -7,7 +7,7 @@ from torch import nn
 
 from tools.datasets.latent_cache import CacheMismatchError, LatentCache
 from tools.datasets.video_list import VideoList
-from utils.encode_latents import encode_dataset
+from tools.datasets.latent_cache import encode_dataset
 
 
 class PoolAE(nn.Module):
@@ -85,7 +85,7 @@ def test_text_features_stored_with_the_cache_and_used_by_training(tmp_path, caps
     from safetensors.torch import load_file
 
     from utils.cli import main
-    from utils.encode_latents import main as encode
+    from scripts.encode_latents import main as encode
 
     cfg = tmp_path / "txt.yaml"
     cfg.write_text(TEXT_CFG)

@@ -1,5 +1,5 @@
 """Latent next-clip training with the causal VAE: configs/demo/train_latent.yaml on the fly and through
-utils.encode_latents + LatentCache (1 + 4k pixel frames -> 1 + k latent frames)."""
+scripts.encode_latents + LatentCache (1 + 4k pixel frames -> 1 + k latent frames)."""
 import json
 import pathlib
 
@@ -27,7 +27,7 @@ def test_train_latent_on_the_fly_writes_checkpoints(tmp_path):
 
 def test_encode_latents_then_train_from_the_cache(tmp_path, capsys):
     from tools.datasets.latent_cache import LatentCache
-    from utils.encode_latents import main as encode
+    from scripts.encode_latents import main as encode
 
     cache = tmp_path / "cache"
     assert encode(["--cfg", str(CFG), "--out", str(cache), *TINY]) == 0

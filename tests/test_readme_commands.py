@@ -21,7 +21,9 @@ SHELL_OPS = {"&&", "||", ";", "|"}
 
 def _commands_in(line: str) -> List[Tuple[str, List[str]]]:
     """(kind, argv) of each entry-point call on one shell line."""
-    out, words = [], shlex.split(line, comments=True)
+    lex = shlex.shlex(line, posix=True, punctuation_chars=True)  # `a; b`, `a&&b`: operators are their own words
+    lex.whitespace_split = True
+    out, words = [], list(lex)
     cmds, cur = [], []
     for w in words + [";"]:
         if w in SHELL_OPS:
@@ -48,9 +50,13 @@ def readme_commands(text: str) -> List[Tuple[str, List[str], str]]:
 
 
 def run_dry(kind: str, argv: List[str]) -> int:
+    """The command through its entry point (train_net.py adds ``--world-size`` and the memory plan)."""
+    import train_net
+
+    run = train_net.run if kind == "train" else (lambda a: main(kind, a))
     if "--list" in argv:
-        return main(kind, argv)
-    return main(kind, argv + ([] if "--dry-run" in argv else ["--dry-run"]))
+        return run(argv)
+    return run(argv + ([] if "--dry-run" in argv else ["--dry-run"]))
 
 
 COMMANDS = readme_commands((ROOT / "README.md").read_text(encoding="utf-8"))

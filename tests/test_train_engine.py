@@ -102,7 +102,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
 
 
 def test_train_from_latent_cache_and_refuse_a_mismatched_one(tmp_path, capsys):
-    from utils.encode_latents import main as encode
+    from scripts.encode_latents import main as encode
 
     cfg = write_cfg(tmp_path, length=8, batch=2, steps=2, save=1000)
     cache = tmp_path / "cache"

@@ -245,7 +245,7 @@ def test_clip_sampling_of_one_frame_items():
 
 # ---------------------------------------------------------------------------- 4: cached latents cut
 def test_training_on_a_longer_latent_cache_uses_max_frames(tmp_path, monkeypatch):
-    from utils.encode_latents import main as encode
+    from scripts.encode_latents import main as encode
 
     cfg = write_cfg(tmp_path, batch=2, steps=1, save=1000)
     cache = tmp_path / "cache"

@@ -7,6 +7,18 @@ Layout in ``<log_dir>/<name>/checkpoints/``::
     step_00001000.embedder.safetensors  trained condition embedder (e.g. a class table), if any
     step_00001000.state.pt           optimizer / LR schedule / step / RNG / merged config
 
+Sharded checkpoints (``backend.parallel: fsdp``) keep the state file and replace the three
+weights files by one ``torch.distributed.checkpoint`` (DCP) directory that every rank writes
+its shards into::
+
+    step_00001000.dcp/               model, ema, embedder and optimizer state, sharded
+    step_00001000.state.pt           LR schedule / step / RNG / merged config, "format": "dcp"
+
+The directory is written under ``.step_00001000.dcp.tmp`` and renamed when every rank is done;
+the state file is written after it. DCP reshards on load, so a checkpoint written by N ranks
+resumes on M (also on one process); ``python -m scripts.consolidate_checkpoint`` turns one into a
+single safetensors file for inference.
+
 Every file is written atomically (temp file + rename), so a crash never leaves a
 checkpoint that looks complete. A failed save (disk full) removes that step's files;
 :func:`clean_checkpoint_dir` removes what killed writers left; :func:`load_resume` skips
@@ -20,6 +32,7 @@ import logging
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -95,11 +108,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model_sd, ema_sd, train_state: Di
     except Exception as e:
         if written:  # this step's files are now a mix of new and old: none of them is usable
             remove_step_files(ckpt_dir, step)
-        err = _as_os_error(e)
-        if err is None:
-            raise
-        raise OSError(err.errno, f"{err.strerror} while saving checkpoint step {step} (the partial files of "
-                                 f"this step were removed; earlier checkpoints are intact)", str(current)) from e
+        _raise_save_error(e, f"checkpoint step {step} (the partial files of this step", current)
     return stem
 
 
@@ -115,6 +124,16 @@ def _torch_save(obj: Any, path: str) -> None:
         if st.f_bavail * st.f_frsize < LOW_SPACE_BYTES:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
         raise
+
+
+def _raise_save_error(e: BaseException, what: str, path) -> None:
+    """Re-raise a failed save: an OS-level cause as one OSError naming ``what`` and ``path`` (the step's
+    files were removed, earlier checkpoints are intact); anything else unchanged."""
+    err = _as_os_error(e)
+    if err is None:
+        raise e
+    raise OSError(err.errno, f"{err.strerror} while saving {what} were removed; earlier checkpoints are intact)",
+                  str(path)) from e
 
 
 def _as_os_error(e: BaseException) -> Optional[OSError]:
@@ -133,7 +152,7 @@ def remove_step_files(ckpt_dir: Path, step: int) -> List[str]:
     removed = []
     for p in Path(ckpt_dir).glob(f"step_{step:08d}.*"):
         try:
-            p.unlink()
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
             removed.append(str(p))
         except FileNotFoundError:
             pass
@@ -150,6 +169,10 @@ def clean_checkpoint_dir(ckpt_dir: Path) -> List[str]:
     """
     ckpt_dir = Path(ckpt_dir)
     removed = clean_stale_temps(ckpt_dir)
+    if ckpt_dir.is_dir():  # sharded writes of a killed run (the run that cleans writes nothing yet)
+        for p in ckpt_dir.glob(".step_*" + DCP_SUFFIX + ".tmp"):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(str(p))
     latest = find_latest(ckpt_dir)
     if latest is None:
         return removed
@@ -231,6 +254,8 @@ def read_checkpoint(stem: Path) -> Dict[str, Any]:
     and the ``model`` / ``ema`` / ``embedder`` state_dicts (None when not saved). Raises
     :class:`CheckpointError` naming the unreadable file."""
     out: Dict[str, Any] = {"stem": Path(stem), "state": load_train_state(stem)}
+    if out["state"].get("format") == "dcp":
+        return _read_sharded(out)
     for key, suffix in zip(("model", "ema", "embedder"), WEIGHT_SUFFIXES):
         path = Path(str(stem) + suffix)
         if key != "model" and not path.is_file():
@@ -265,6 +290,155 @@ def load_resume(resume: Any, ckpt_dir: Path,
             f"resume: auto: no readable checkpoint in {ckpt_dir} ({len(bad)} unreadable; newest: {bad[0]}). "
             f"Give a good checkpoint with resume=PATH, or move the directory away to start over.")
     return None
+
+
+# ---------------------------------------------------------------------------- sharded (DCP)
+DCP_SUFFIX = ".dcp"
+DCP_PARTS = ("model", "ema", "embedder")
+
+
+def sharded_dir(stem: Path) -> Path:
+    return Path(str(stem) + DCP_SUFFIX)
+
+
+def _optim_root(model: torch.nn.Module, embedder: Optional[torch.nn.Module]) -> torch.nn.Module:
+    """The module whose parameter names key the sharded optimizer state (the engines' trainable set)."""
+    return torch.nn.ModuleList([model] + ([embedder] if embedder is not None else []))
+
+
+def _dist_barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _is_rank0() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def sharded_state(model, ema, embedder, optimizer) -> Dict[str, Any]:
+    """What a sharded checkpoint holds: each rank's shards of the model, EMA and optimizer state
+    (DTensors; plain tensors when the modules are not sharded) and the (replicated) embedder."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    sd: Dict[str, Any] = {"model": get_model_state_dict(model)}
+    if ema is not None:
+        sd["ema"] = get_model_state_dict(ema)
+    if embedder is not None and len(embedder.state_dict()):
+        sd["embedder"] = embedder.state_dict()
+    if optimizer is not None:
+        sd["optimizer"] = get_optimizer_state_dict(_optim_root(model, embedder), optimizer)
+    return sd
+
+
+def save_sharded_checkpoint(ckpt_dir: Path, step: int, model, ema, embedder, optimizer, train_state: Dict[str, Any],
+                            config_yaml: str) -> Path:
+    """Collective: every rank writes its shards with DCP into a temp directory, rank 0 renames it
+    to ``step_N.dcp`` and then writes the state file (``train_state`` + step / RNG / config)."""
+    import torch.distributed.checkpoint as dcp
+
+    ckpt_dir = Path(ckpt_dir)
+    stem = ckpt_dir / f"step_{step:08d}"
+    final = sharded_dir(stem)
+    tmp = ckpt_dir / f".{final.name}.tmp"
+    if _is_rank0():
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    _dist_barrier()
+    dcp.save(sharded_state(model, ema, embedder, optimizer), checkpoint_id=str(tmp))
+    _dist_barrier()
+    if _is_rank0():
+        try:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            state = dict(train_state, step=step, config=config_yaml, rng=rng_state(), format="dcp")
+            with atomic_path(Path(str(stem) + ".state.pt")) as t:
+                _torch_save(state, t)
+        except Exception as e:
+            remove_step_files(ckpt_dir, step)
+            _raise_save_error(e, f"sharded checkpoint step {step} (its files", final)
+    _dist_barrier()
+    return stem
+
+
+def sharded_metadata(path: Path) -> Dict[str, tuple]:
+    """{flattened key: global shape} of the tensors of a DCP directory (``model.blocks.0...``)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    try:
+        meta = dcp.FileSystemReader(str(path)).read_metadata()
+    except Exception as e:  # missing / truncated .metadata
+        raise CheckpointError(f"{path}: not a readable sharded checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}).") from e
+    return {k: tuple(v.size) for k, v in meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+
+
+def _read_sharded(out: Dict[str, Any]) -> Dict[str, Any]:
+    """A DCP checkpoint for :func:`read_checkpoint`: the tensors stay on disk (``dcp``); ``model`` /
+    ``ema`` / ``embedder`` are meta tensors of the stored global shapes, for the resume checks."""
+    path = sharded_dir(out["stem"])
+    shapes = sharded_metadata(path)
+    out["dcp"] = path
+    for part in DCP_PARTS:
+        sd = {k[len(part) + 1:]: torch.empty(s, device="meta") for k, s in shapes.items() if k.startswith(part + ".")}
+        out[part] = sd if (sd or part == "model") else None
+    return out
+
+
+def load_sharded_checkpoint(ckpt: Dict[str, Any], model, ema, embedder, optimizer) -> None:
+    """Load a DCP checkpoint (see :func:`read_checkpoint`) into this run's modules and optimizer,
+    resharded to this run's world size (collective under torchrun; plain modules on one process)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    sd = sharded_state(model, ema if ckpt["ema"] is not None else None,
+                       embedder if ckpt["embedder"] is not None else None, optimizer)
+    try:
+        dcp.load(sd, checkpoint_id=str(ckpt["dcp"]))
+    except Exception as e:
+        raise CheckpointError(f"{ckpt['dcp']}: the sharded checkpoint does not load into this run "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}).") from e
+    set_model_state_dict(model, sd["model"])
+    if ema is not None:
+        set_model_state_dict(ema, sd["ema"] if "ema" in sd else sd["model"])
+    if "embedder" in sd:
+        embedder.load_state_dict(sd["embedder"])
+    if optimizer is not None:
+        set_optimizer_state_dict(_optim_root(model, embedder), optimizer, sd["optimizer"])
+
+
+def consolidate_checkpoint(src: Path, dst: Path, part: str = "ema", dtype: Optional[str] = None) -> Path:
+    """One safetensors file (``part``: ema | model | embedder) of a sharded checkpoint, with the run's
+    config in the metadata like every NextClip weights file (inference loads it as ``test_model``).
+    Runs in one process; holds one full copy of that part."""
+    import torch.distributed.checkpoint as dcp
+
+    stem = checkpoint_stem(Path(src))
+    if stem.name.endswith(DCP_SUFFIX):
+        stem = stem.with_name(stem.name[: -len(DCP_SUFFIX)])
+    state = load_train_state(stem)
+    if state.get("format") != "dcp":
+        raise CheckpointError(f"{stem}: not a sharded checkpoint (its weights are already safetensors files: "
+                              f"{stem}.safetensors / .ema.safetensors)")
+    shapes = sharded_metadata(sharded_dir(stem))
+    meta = dcp.FileSystemReader(str(sharded_dir(stem))).read_metadata().state_dict_metadata
+    keys = {k: s for k, s in shapes.items() if k.startswith(part + ".")}
+    if not keys:
+        have = sorted({k.split(".")[0] for k in shapes} & set(DCP_PARTS))
+        raise CheckpointError(f"{stem}: the sharded checkpoint has no {part!r} weights; choose one of {have}")
+    sd = {k[len(part) + 1:]: torch.empty(s, dtype=meta[k].properties.dtype) for k, s in keys.items()}
+    dcp.load({part: sd}, checkpoint_id=str(sharded_dir(stem)), no_dist=True)
+    if dtype:
+        target = getattr(torch, dtype)
+        sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
+    info = {"step": str(state["step"]), "config": state.get("config", ""), "format": "nextclip-1",
+            "consolidated_from": sharded_dir(stem).name, "part": part}
+    save_weights(Path(dst), sd, info)
+    return Path(dst)
 
 
 # ---------------------------------------------------------------------------- weights

@@ -43,10 +43,8 @@ def split_argv(argv: List[str]) -> Tuple[List[str], List[str]]:
 
 
 def list_registries() -> str:
-    from tools import load_components
     from utils.registry import REGISTRIES
 
-    load_components()
     out = []
     for name, reg in REGISTRIES.items():
         out.append(f"{name}  ({reg.__doc__.strip().splitlines()[0]})")

@@ -37,7 +37,7 @@ COMPONENT_KEYS = {
 }
 #: the components an engine builds when the experiment does not name them
 DEFAULT_COMPONENTS = {
-    "backend": {"type": "auto", "precision": "auto", "attention": "auto"},
+    "backend": {"type": "auto", "precision": "auto", "attention": "auto", "parallel": "auto"},
     "model": {"type": "NextClipTransformer"},
     "diffusion": {"type": "RectifiedFlow"},
     "auto_encoder": {"type": "Identity"},
@@ -399,9 +399,6 @@ def load_config(path: os.PathLike, overrides: Sequence[str] = (), registry=None)
     ``registry`` is ENGINE or INFER_ENGINE; the engine named by TASK_TYPE contributes its
     default settings so that every key the engine reads exists and is type-checked.
     """
-    from tools import load_components
-
-    load_components()
     data, files = load_yaml_tree(path)
     files_str = ", ".join(str(f) for f in files)
     import_custom(data.get("custom_imports"), Path(path).resolve().parent)

@@ -12,12 +12,21 @@ A component registers itself with a decorator where it is defined::
 and is built from a YAML dict ``{type: MyNet, hidden: 128}`` with ``MODEL.build(cfg)``.
 Components take plain keyword arguments; turning a config dict into arguments
 happens only in :meth:`Registry.build`.
+
+The built-in components live in ``tools/`` and register when their modules are imported:
+entry points (train_net.py, inference.py, app.py, scripts/, benchmarks/) call
+``tools.load_components()`` first; this module (like all of ``utils``) never imports ``tools``.
 """
 from __future__ import annotations
 
 import difflib
 import inspect
 from typing import Any, Callable, Dict, Mapping, Optional
+
+
+#: what an empty registry's error says: the built-in components register when their modules are imported
+EMPTY_HINT = ("(none registered: import the components first; `tools.load_components()` registers every "
+              "built-in one, as train_net.py, inference.py and app.py do)")
 
 
 class RegistryError(KeyError):
@@ -67,19 +76,12 @@ class Registry:
         return len(self._obj)
 
     def keys(self):
-        from tools import load_components
-
-        load_components()
         return sorted(self._obj)
 
     def items(self):
         return sorted(self._obj.items())
 
     def get(self, key: str):
-        if key not in self._obj:
-            from tools import load_components  # the built-in components register on import
-
-            load_components()
         if key not in self._obj:
             raise RegistryError(self.unknown_message(key))
         return self._obj[key]
@@ -91,7 +93,7 @@ class Registry:
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         return (
             f"{self.name}: no component named {key!r}.{hint} "
-            f"Valid names: {', '.join(self.keys()) or '(none registered)'}. "
+            f"Valid names: {', '.join(self.keys()) or EMPTY_HINT}. "
             f"Register your own with @{self.name}.register_class() and load it via custom_imports."
         )
 

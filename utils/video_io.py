@@ -505,21 +505,23 @@ def _as_hw(size) -> Tuple[int, int]:
 
 
 def resize_crop(frames: np.ndarray, size, crop: str = "center",
-                rng: Optional[np.random.Generator] = None) -> np.ndarray:
+                rng: Optional[np.random.Generator] = None, nearest: bool = False) -> np.ndarray:
     """Resize (keeping aspect) so the frames cover ``size`` = (H, W), then crop to it.
 
-    ``crop`` is ``'center'`` or ``'random'`` (uses ``rng``; same offset for every frame).
+    ``frames``: (T, H, W, C) images, or (T, H, W) maps. ``crop`` is ``'center'`` or ``'random'``
+    (uses ``rng``; same offset for every frame). ``nearest``: nearest-neighbour resizing, for label /
+    object-id maps (default: area when shrinking, cubic when enlarging).
     """
     import cv2
 
     th, tw = _as_hw(size)
     if crop not in ("center", "random"):
         raise ValueError(f"crop={crop!r} is not supported; use 'center' or 'random'")
-    t, h, w, _ = frames.shape
+    h, w = frames.shape[1:3]
     scale = max(th / h, tw / w)
     nh, nw = max(th, int(round(h * scale))), max(tw, int(round(w * scale)))
     if (nh, nw) != (h, w):
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+        interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
         frames = np.stack([cv2.resize(f, (nw, nh), interpolation=interp) for f in frames])
     if crop == "random":
         rng = rng if rng is not None else np.random.default_rng()

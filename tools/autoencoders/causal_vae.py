@@ -106,6 +106,15 @@ class Encoder(nn.Module):
         self.mid = ResBlock(chans[-1], chans[-1])
         self.norm, self.conv_out = ChannelNorm(chans[-1]), CausalConv3d(chans[-1], 2 * latent_channels)
 
+    def init_logvar(self, value: float) -> None:
+        """Start the posterior nearly deterministic: logvar = ``value`` everywhere (zero weights, constant
+        bias). With the default init (logvar ~ 0, std ~ 1) the decoder first sees latents buried in unit
+        noise and learns only the background."""
+        half = self.conv_out.conv.out_channels // 2
+        with torch.no_grad():
+            self.conv_out.conv.weight[half:].zero_()
+            self.conv_out.conv.bias[half:].fill_(float(value))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pixels -> moments (mean, logvar)
         return self.conv_out(F.silu(self.norm(self.mid(self.down(self.conv_in(x))))))
 
@@ -137,7 +146,8 @@ class CausalVAE(VideoAutoencoder):
     def __init__(self, latent_channels: int = 4, base_channels: int = 32, channel_mult: Sequence[int] = (1, 2, 4, 4),
                  temporal_downsample: Sequence[bool] = (True, True, False), num_res_blocks: int = 1,
                  weights: Optional[str] = None, scale_factor: float = 1.0, shift_factor: float = 0.0,
-                 chunk_size: Optional[int] = None, tile_size: Optional[int] = None, sample_posterior: bool = False):
+                 chunk_size: Optional[int] = None, tile_size: Optional[int] = None, sample_posterior: bool = False,
+                 init_logvar: Optional[float] = -6.0):
         super().__init__(chunk_size=chunk_size, sample_posterior=sample_posterior)
         mult, temporal = list(channel_mult), [bool(t) for t in temporal_downsample]
         if len(temporal) != len(mult) - 1:
@@ -149,6 +159,8 @@ class CausalVAE(VideoAutoencoder):
         chans = [int(base_channels * m) for m in mult]
         self.encoder = Encoder(chans, temporal, self.latent_channels, num_res_blocks)
         self.decoder = Decoder(chans, temporal, self.latent_channels, num_res_blocks)
+        if init_logvar is not None:  # initial posterior std exp(init_logvar / 2) (0.05 for -6); null: torch's init
+            self.encoder.init_logvar(init_logvar)
         self.enc_margin, self.dec_margin = self._margins(len(mult) - 1, num_res_blocks)
         if tile_size is not None and (tile_size < 1 or tile_size % self.spatial_factor):
             raise ValueError(f"tile_size={tile_size} must be a positive multiple of spatial_factor "

@@ -19,9 +19,11 @@ def detect_device_type() -> str:
 
 
 @BACKEND.register_class("auto")
-def AutoBackend(precision: str = "auto", attention: str = "auto", local_rank=None, threads=None):
+def AutoBackend(precision: str = "auto", attention: str = "auto", local_rank=None, threads=None, parallel: str = "auto",
+                meta_init: bool = False):
     """Pick NPU, else CUDA, else CPU, and build that backend with the same settings."""
     kind = detect_device_type()
     cls = {"npu": NPUBackend, "cuda": CUDABackend, "cpu": CPUBackend}[kind]
     logger.info("backend auto -> %s", kind)
-    return cls(precision=precision, attention=attention, local_rank=local_rank, threads=threads)
+    return cls(precision=precision, attention=attention, local_rank=local_rank, threads=threads, parallel=parallel,
+               meta_init=meta_init)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .attention import select_attention
+from . import parallel as par
 
 logger = logging.getLogger("nextclip")
 
@@ -25,7 +26,7 @@ class Backend:
     allowed_precisions = PRECISIONS
 
     def __init__(self, precision: str = "auto", attention: str = "auto", local_rank: Optional[int] = None,
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, parallel: str = "auto", meta_init: bool = False):
         if precision == "auto":
             precision = self.auto_precision()
         elif precision not in self.allowed_precisions:
@@ -38,6 +39,9 @@ class Backend:
         self.attention = attention
         self.local_rank = local_rank
         self.threads = threads
+        par.check_parallel(parallel)
+        self.parallel = parallel  # none | ddp | fsdp | auto (resolved by :meth:`wrap` from the world size)
+        self.meta_init = bool(meta_init)
         self._attn: Optional[Tuple[str, str, Optional[Callable]]] = None
         self.setup()
 
@@ -104,8 +108,40 @@ class Backend:
         self.attention_kernel()
         return self._attn[0]
 
+    # -- data parallelism (tools/backends/parallel.py) -------------------------
+    def parallel_mode(self, world: int) -> str:
+        """``parallel`` resolved for ``world`` processes: none | ddp | fsdp."""
+        return par.resolve_parallel(self.parallel, world)
+
+    def init_context(self, world: int):
+        """Where the engine builds the model: on the meta device (parameters only) for
+        ``parallel: fsdp`` with ``meta_init: true`` (materialised shard by shard by :meth:`wrap`)."""
+        if self.meta_init and self.parallel_mode(world) == "fsdp":
+            return par.meta_parameters()
+        return contextlib.nullcontext()
+
+    def wrap(self, model: torch.nn.Module, world: int) -> torch.nn.Module:
+        """The module to train: the model on this device (none), in DDP, or FSDP2-sharded per block
+        with bf16 compute / fp32 reduce where ``precision`` is bf16 (fp32 otherwise)."""
+        return par.wrap_model(model, self.parallel_mode(world), self.device, self._fsdp_dtype(), world)
+
+    def shard_like(self, copy: torch.nn.Module, world: int) -> torch.nn.Module:
+        """A copy of the model (the EMA) sharded like :meth:`wrap` shards under fsdp; else on the device."""
+        if self.parallel_mode(world) == "fsdp":
+            return par.shard_like(copy, self.device, self._fsdp_dtype())
+        return copy.to(self.device)
+
+    def grad_sync(self, net: torch.nn.Module, sync: bool):
+        """Context of one micro-step's backward: gradients are reduced across ranks only when
+        ``sync`` (the last micro-step); DDP ``no_sync`` / FSDP2 ``set_requires_gradient_sync``."""
+        return par.no_sync(net, sync)
+
+    def _fsdp_dtype(self) -> Optional[torch.dtype]:
+        return torch.bfloat16 if self.precision == "bf16" else None
+
     def to_device(self, obj):
         return obj.to(self.device) if hasattr(obj, "to") else obj
 
     def describe(self) -> str:
-        return f"{type(self).__name__}(device={self.device}, precision={self.precision}, dist={self.dist_backend})"
+        return (f"{type(self).__name__}(device={self.device}, precision={self.precision}, dist={self.dist_backend}, "
+                f"parallel={self.parallel})")

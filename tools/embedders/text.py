@@ -26,7 +26,7 @@ class _FrozenText(nn.Module):
     pre-extracted next to a latent cache (:meth:`add_features`) are kept without a cap.
     """
 
-    #: the features are a pure function of the caption (utils.encode_latents may pre-extract them)
+    #: the features are a pure function of the caption (scripts.encode_latents may pre-extract them)
     precomputable = True
 
     def __init__(self, cache_mb: float = 256.0):

@@ -1,33 +1,57 @@
-"""INFER_ENGINE evaluate_prediction: PSNR / SSIM per predicted frame, model vs two baselines.
+"""INFER_ENGINE evaluate_prediction: pixels and objects per predicted frame, model vs baselines.
 
 Videos with a ground-truth continuation come from a test list (``test_list_path``, video
 lines) or from a dataset config (``dataset`` + ``eval_range``, e.g. SyntheticPhysics with a
-seed never used in training). For each video the first ``context_frames`` frames are
-given, ``max_frames - context_frames`` are predicted by the model, by copying the last
-context frame and by per-pixel linear extrapolation of the last two; all three are scored
-against the truth in the same run. Writes metrics.json and psnr_ssim.png.
+seed never used in training; ``dataset.seed=N`` on the command line picks other videos). For
+each video the first ``context_frames`` frames are given and ``max_frames - context_frames``
+are predicted by every method in ``METHODS``:
+
+- ``model``: the rollout (its window kept within the trained frame positions, see Predictor);
+- ``tracker``: the physics-aware tracker (tools/inferences/tracker.py);
+- ``empty``: the background (with the obstacles) and no ball;
+- ``copy_last`` / ``linear``: the last context frame / per-pixel linear extrapolation.
+
+Scores per predicted frame: ``psnr``, ``ssim`` and, read by the scene analyser from predicted
+and true frames (``detect_objects`` / ``match_objects``), ``position_error`` (pixels, mean over
+true balls matched by colour; a missing ball counts ``position_miss`` x the shorter side, also
+the cap), ``count_accuracy`` (share of videos whose predicted frame shows as many balls as the
+true one) and ``color_consistency`` (Jaccard index of the colour sets). metrics.json::
+
+    {"methods": {method: {metric: [mean over videos per predicted frame]}},
+     "horizons": {"8": {method: {metric: mean over the first 8 predicted frames}}, ...},
+     "mean": {method: {"psnr_per_frame", "psnr_mean", "ssim_per_frame", "ssim_mean"}},
+     "per_video": [...], "failures": [...], "context_frames", "predicted_frames", "num_videos"}
+
+``eval_horizons`` (default: all predicted frames) lists the horizons of ``horizons``; one rollout
+of ``max_frames`` serves them all (a shorter rollout gives the same first frames). Plot:
+metrics.png (all metrics) and psnr_ssim.png. Every output is written atomically.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 import torch
 
 from tools.inferences.predictor import (ROLLOUT_DEFAULTS, Predictor, check_eval_range, check_list_file,
                                         check_save_videos, validate_rollout)
+from tools.inferences.scene import detect_objects, match_objects, settings_from_dataset
+from tools.inferences.tracker import empty_frames, physics_from_dataset, track_and_predict
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_path, atomic_write_text
 from utils.logging import setup_logger
 from utils.metrics import copy_last_baseline, linear_baseline, psnr_per_frame, ssim_per_frame
 from utils.registry import DATASETS, INFER_ENGINE
 from utils.test_list import parse_test_list
-from utils.video_io import side_by_side, write_video
+from utils.video_io import side_by_side, to_uint8, write_video
 
-METHODS = ("model", "copy_last", "linear")
+METHODS = ("model", "tracker", "empty", "copy_last", "linear")
+METRICS = ("psnr", "ssim", "position_error", "count_accuracy", "color_consistency")
 
 DEFAULTS = dict(
     ROLLOUT_DEFAULTS,
@@ -35,7 +59,9 @@ DEFAULTS = dict(
     test_list_path=None,
     dataset=None,
     eval_range=[0, 64],    # dataset item indices [start, stop)
-    save_videos=4,         # write GT | model | copy-last | linear for the first N videos
+    save_videos=4,         # write GT | model | tracker | copy-last | linear for the first N videos
+    eval_horizons=None,    # predicted-frame horizons summarised in metrics.json (null = all predicted frames)
+    position_miss=0.5,     # position error of a missing ball (and the cap), fraction of the shorter side
 )
 
 
@@ -47,8 +73,34 @@ def baselines(context: torch.Tensor, n: int) -> Dict[str, torch.Tensor]:
     return {"copy_last": copy_last_baseline(context, n), "linear": linear_baseline(context, n)}
 
 
+def object_scores(pred: np.ndarray, truth_objects: List[List[Dict]], settings, miss: float) -> Dict[str, List[float]]:
+    """Object metrics per frame of uint8 ``pred`` (T, H, W, 3) against the true frames' objects."""
+    rows = [match_objects(p, t, miss) for p, t in zip(detect_objects(pred, settings), truth_objects)]
+    return {"position_error": [r["position_error"] for r in rows], "count_accuracy": [r["count_correct"] for r in rows],
+            "color_consistency": [r["color_consistency"] for r in rows]}
+
+
+def object_baselines(context: torch.Tensor, n: int, settings, physics) -> Dict[str, torch.Tensor]:
+    """The tracker's and the empty scene's predictions of ``n`` frames after ``context`` (C, T, H, W)."""
+    ctx = to_uint8(context)
+    return {"tracker": _from_uint8(track_and_predict(ctx, n, settings, physics)),
+            "empty": _from_uint8(empty_frames(ctx, n, settings))}
+
+
+def _from_uint8(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (3, T, H, W) in [-1, 1] (the inverse of to_uint8)."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+
+
+def _nanmean(rows: np.ndarray, axis=None):
+    """Mean ignoring NaN (frames without true balls); NaN where nothing is finite."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice"
+        return np.nanmean(rows, axis)
+
+
 def summarize(per_video: List[Dict]) -> Dict:
-    """Mean over videos of each metric at each predicted frame index, and overall."""
+    """Mean over videos of PSNR / SSIM at each predicted frame index, and overall (legacy "mean")."""
     out = {}
     for m in METHODS:
         out[m] = {}
@@ -57,6 +109,50 @@ def summarize(per_video: List[Dict]) -> Dict:
             out[m][metric + "_per_frame"] = rows.mean(0).tolist()
             out[m][metric + "_mean"] = float(rows.mean())
     return out
+
+
+def summarize_methods(per_video: List[Dict], horizons: List[int]) -> Dict:
+    """``methods``: per predicted frame the mean over videos of every metric; ``horizons``: the
+    mean over the first h predicted frames (and videos) for each h."""
+    methods, by_h = {}, {str(h): {} for h in horizons}
+    for m in METHODS:
+        methods[m] = {}
+        for metric in METRICS:
+            rows = np.array([v[m][metric] for v in per_video], np.float64)  # (N, T_pred)
+            methods[m][metric] = [_json_float(x) for x in _nanmean(rows, 0)]
+            for h in horizons:
+                by_h[str(h)].setdefault(m, {})[metric] = _json_float(_nanmean(rows[:, :h]))
+    return {"methods": methods, "horizons": by_h}
+
+
+def _json_float(x) -> float:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def plot_methods(methods: Dict, path: Path, title: str) -> None:
+    """Every metric per predicted frame for every method (one panel per metric)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    units = {"psnr": "PSNR (dB)", "ssim": "SSIM", "position_error": "position error (px, lower is better)",
+             "count_accuracy": "ball count accuracy", "color_consistency": "colour consistency"}
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.8))
+    for ax, metric in zip(axes, METRICS):
+        for m in METHODS:
+            ys = [np.nan if y is None else y for y in methods[m][metric]]
+            ax.plot(range(1, len(ys) + 1), ys, marker="o" if len(ys) <= 16 else None, label=m)
+        ax.set_xlabel("predicted frame index")
+        ax.set_ylabel(units[metric])
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
 
 
 def plot(summary: Dict, path: Path, title: str) -> None:
@@ -97,6 +193,32 @@ def validate(cfg) -> None:
                           f"set e.g. 'context_frames=4'")
     check_save_videos(cfg.get("save_videos"))
     validate_rollout(cfg)
+    horizons(cfg)
+    pm = cfg.get("position_miss")
+    if isinstance(pm, bool) or not isinstance(pm, (int, float)) or not 0 < pm <= 2:
+        raise ConfigError(f"position_miss={pm!r} must be a number in (0, 2] (fraction of the shorter side); "
+                          f"set e.g. 'position_miss=0.5'")
+
+
+def horizons(cfg) -> List[int]:
+    """``eval_horizons`` checked against the predicted frames (default: [all predicted frames])."""
+    n = int(cfg.max_frames) - int(cfg.context_frames)
+    hs = cfg.get("eval_horizons")
+    if hs is None:
+        return [n]
+    if not (isinstance(hs, (list, tuple)) and hs and all(isinstance(h, int) and not isinstance(h, bool)
+                                                          and 1 <= h <= n for h in hs)):
+        raise ConfigError(f"eval_horizons={hs!r} must be a list of predicted-frame counts in 1..{n} "
+                          f"(max_frames - context_frames); raise max_frames (and the dataset's num_frames) "
+                          f"or set e.g. 'eval_horizons=[{min(8, n)},{n}]'")
+    return sorted(set(int(h) for h in hs))
+
+
+def scene_settings(cfg):
+    """Scene analyser settings and tracker physics of the evaluated videos: the dataset's when it
+    is SyntheticPhysics, else the SyntheticPhysics defaults (palette, background)."""
+    ds = dict(cfg.dataset) if cfg.get("dataset") and cfg.dataset.get("type") == "SyntheticPhysics" else {}
+    return settings_from_dataset(ds), physics_from_dataset(ds)
 
 
 def _sources(cfg) -> List:
@@ -130,6 +252,8 @@ def evaluate_prediction(cfg) -> int:
     atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
     predictor = Predictor(cfg)
 
+    settings, physics = scene_settings(cfg)
+    miss = float(cfg.position_miss) * min(predictor.hw)
     per_video, failures = [], []
     for n, (name, seed, load) in enumerate(sources):
         t0 = time.time()
@@ -144,28 +268,53 @@ def evaluate_prediction(cfg) -> int:
             log.warning("skipped %s: %s", name, e)
             continue
         future = truth[:, C:]
-        preds = {"model": pred[:, C:T], **baselines(truth[:, :C], T - C)}
-        rec = {"input": name, "seed": seed, **{m: score(p, future) for m, p in preds.items()}}
+        preds = {"model": pred[:, C:T], **object_baselines(truth[:, :C], T - C, settings, physics),
+                 **baselines(truth[:, :C], T - C)}
+        truth_objects = detect_objects(to_uint8(future), settings)
+        rec = {"input": name, "seed": seed}
+        for m, p in preds.items():
+            rec[m] = {**score(p, future), **object_scores(to_uint8(p), truth_objects, settings, miss)}
         rec["seconds"] = round(time.time() - t0, 3)
         per_video.append(rec)
         if n < cfg.save_videos:
-            panel = side_by_side(truth, pred, torch.cat([truth[:, :C], preds["copy_last"]], 1),
-                                 torch.cat([truth[:, :C], preds["linear"]], 1))
+            panel = side_by_side(truth, pred, *(torch.cat([truth[:, :C], preds[m]], 1)
+                                                for m in ("tracker", "copy_last", "linear")))
             write_video(out_dir / "videos" / f"{n:04d}.mp4", panel, fps=cfg.fps)
-        log.info("%s: model PSNR %.2f dB, copy-last %.2f, linear %.2f", name,
-                 _mean(rec["model"]["psnr"]), _mean(rec["copy_last"]["psnr"]), _mean(rec["linear"]["psnr"]))
+        log.info("%s: PSNR model %.2f dB, tracker %.2f, empty %.2f; position error model %.2f px, tracker %.2f",
+                 name, _mean(rec["model"]["psnr"]), _mean(rec["tracker"]["psnr"]), _mean(rec["empty"]["psnr"]),
+                 _mean(rec["model"]["position_error"]), _mean(rec["tracker"]["position_error"]))
 
     result = {"context_frames": C, "predicted_frames": T - C, "num_videos": len(per_video),
-              "failures": failures, "per_video": per_video}
+              "window": predictor.window, "failures": failures, "per_video": _finite(per_video)}
     if per_video:
+        result.update(summarize_methods(per_video, horizons(cfg)))
         result["mean"] = summarize(per_video)
-        plot(result["mean"], out_dir / "psnr_ssim.png", f"{cfg.name}: {len(per_video)} videos, C={C}")
-        for m in METHODS:
-            log.info("mean %-9s PSNR %.2f dB  SSIM %.4f", m, result["mean"][m]["psnr_mean"],
-                     result["mean"][m]["ssim_mean"])
-    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1))
+        title = f"{cfg.name}: {len(per_video)} videos, C={C}"
+        plot(result["mean"], out_dir / "psnr_ssim.png", title)
+        plot_methods(result["methods"], out_dir / "metrics.png", title)
+        for h, per in result["horizons"].items():
+            for m in METHODS:
+                log.info("first %3s frames %-9s PSNR %.2f dB  SSIM %.4f  position error %s px  count accuracy %.3f",
+                         h, m, per[m]["psnr"], per[m]["ssim"], _fmt(per[m]["position_error"]),
+                         per[m]["count_accuracy"])
+    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1, allow_nan=False))
     log.info("wrote %s (%d videos, %d failed)", out_dir / "metrics.json", len(per_video), len(failures))
     return 0 if per_video and not failures else 1
+
+
+def _finite(obj):
+    """NaN (a frame without true balls) -> None, so metrics.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def _mean(xs):

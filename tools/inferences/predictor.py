@@ -6,13 +6,13 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
-import numpy as np
 import torch
+import yaml
 
 from tools.autoencoders.base import frames_rule, latent_frames, model_cfg_with_channels, nearest_frames, valid_frames
 from tools.embedders.conditioning import embed, is_conditional, model_cfg_for, null_condition
 from tools.inferences.rollout import KV_MODES, rollout
-from utils.checkpoint import CheckpointError, embedder_weights_for, format_report, load_weights
+from utils.checkpoint import CheckpointError, checkpoint_config, embedder_weights_for, format_report, load_weights
 from utils.config import DEFAULT_COMPONENTS, ConfigError
 from utils.logging import get_logger
 from utils.registry import AUTO_ENCODER, BACKEND, DIFFUSION, EMBEDDER, MODEL, PRETRAIN
@@ -36,6 +36,9 @@ ROLLOUT_DEFAULTS: Dict[str, Any] = {
     "max_frames": 16,           # pixel frames of every output video (context included)
     "clip_len": 4,              # G: latent frames generated per autoregressive step
     "window": 16,               # W: most latent history frames the model attends to
+    # the model only knows the frame positions it was trained on: history + clip must fit in them
+    "trained_frames": None,     # latent frames seen in training (null = from the checkpoint's config, if stored)
+    "allow_untrained_positions": False,  # true: keep a window + clip_len beyond trained_frames (warned)
     "num_sample_steps": 25,
     "sampler": "euler",
     "shift": 1.0,
@@ -72,6 +75,7 @@ class Predictor:
         hw = cfg.resolution
         self.hw = (int(hw), int(hw)) if isinstance(hw, int) else (int(hw[0]), int(hw[1]))
         self.check_settings()
+        self.window = self.fit_window()
 
     def _build_embedder(self, cfg):
         """The embedder, with its trained weights (e.g. a class table) from beside test_model."""
@@ -106,6 +110,43 @@ class Predictor:
                                   f"frames; use e.g. {key}: {nearest_frames(ae, int(cfg[key]))}")
         if float(cfg.guide_scale) != 1.0 and not is_conditional(self.embedder):
             raise ConfigError(self._no_guidance(cfg.guide_scale))
+
+    def trained_frames(self) -> Optional[int]:
+        """Latent frames per training video: the ``trained_frames`` setting, else the ``max_frames``
+        of the training config stored in ``test_model`` (None when neither is known)."""
+        if self.cfg.get("trained_frames") is not None:
+            return int(self.cfg.trained_frames)
+        tm = self.cfg.get("test_model")
+        if not tm or not Path(tm).is_file() or not str(tm).endswith(".safetensors"):
+            return None
+        try:
+            text = checkpoint_config(Path(tm))
+            train_cfg = yaml.safe_load(text) if text else None
+            T = int(train_cfg["max_frames"])
+        except Exception:  # no or foreign metadata: nothing to check against
+            return None
+        return latent_frames(self.autoencoder, T) if valid_frames(self.autoencoder, T) else None
+
+    def fit_window(self) -> int:
+        """The history window: ``window``, lowered so that window + clip_len stays within the
+        trained frame positions (positions are re-based to start at 0 in every window), with a
+        warning; kept as asked with ``allow_untrained_positions: true`` (also warned)."""
+        cfg = self.cfg
+        W, G, trained = int(cfg.window), int(cfg.clip_len), self.trained_frames()
+        if trained is None or W + G <= trained:
+            return W
+        if G > trained:
+            raise ConfigError(f"clip_len={G} is longer than the {trained} latent frames the model was trained on "
+                              f"(trained_frames / the checkpoint's max_frames); use clip_len <= {trained}")
+        if cfg.get("allow_untrained_positions"):
+            logger.warning("window=%d + clip_len=%d = %d frames exceeds the %d frames the model was trained on: "
+                           "positions %d..%d were never trained (balls tend to fade); kept because "
+                           "allow_untrained_positions is true", W, G, W + G, trained, trained, W + G - 1)
+            return W
+        logger.warning("window=%d + clip_len=%d = %d frames exceeds the %d frames the model was trained on; "
+                       "using window=%d (set window<=%d, or allow_untrained_positions=true to keep it)",
+                       W, G, W + G, trained, trained - G, trained - G)
+        return trained - G
 
     def _no_guidance(self, scale) -> str:
         return (f"guide_scale={scale!r} needs a conditional model, but the embedder {self.cfg.embedder.get('type')} "
@@ -168,7 +209,7 @@ class Predictor:
         done = 0 if ctx_latent is None else ctx_latent.shape[2]  # latent frames
         with self.backend.autocast():
             out = rollout(self.model, self.diffusion, ctx_latent, num_frames=latent_frames(ae, total) - done,
-                          clip_len=cfg.clip_len, window=cfg.window, steps=cfg.num_sample_steps,
+                          clip_len=cfg.clip_len, window=self.window, steps=cfg.num_sample_steps,
                           sampler=cfg.sampler, shift=cfg.shift, history_guide_scale=h_scale,
                           guide_scale=scale, cond=cond, cond_mask=cond_mask, null_cond=null_cond,
                           null_mask=null_mask, history_noise=cfg.history_noise, seed=seed, kv_cache=cfg.kv_cache,
@@ -240,6 +281,8 @@ def validate_rollout(cfg) -> None:
     for key, lo in (("num_sample_steps", 1), ("context_frames", 0), ("max_frames", 1), ("clip_len", 1),
                     ("window", 0), ("frame_stride", 1)):
         _check_int(cfg, key, lo)
+    if cfg.get("trained_frames") is not None:
+        _check_int(cfg, "trained_frames", 1)
     if cfg.context_frames >= cfg.max_frames:
         raise ConfigError(f"context_frames={cfg.context_frames} must be smaller than max_frames={cfg.max_frames} "
                           f"(the frames of each output, context included); raise max_frames or lower context_frames")

@@ -18,6 +18,12 @@ KV-cache modes (``kv_cache``):
   a re-encode would compute them without those frames. Positions stay absolute (RoPE is
   relative, so only the offset differs from a re-encode). Cheapest: history is encoded once.
 
+Positions. ``'recompute'`` and ``'off'`` re-base every window: the history starts at frame
+position 0 and the new clip sits at ``n_hist <= window``, so a rollout of any length only uses
+positions ``0 .. window + clip_len - 1``. The model only knows the positions it was trained on
+(its ``max_frames``): ``Predictor.fit_window`` lowers ``window`` to keep window + clip_len within
+them (beyond them, balls fade within ~20 frames).
+
 Guidance (one formula for every KV-cache mode, on raw predictions, affine in the velocity)::
 
     pred = p_full + (s_h - 1) (p_full - p_nohist) + (s_c - 1) (p_full - p_nocond)

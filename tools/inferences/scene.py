@@ -9,6 +9,12 @@ Pixels are explained as ``background + a * (colour - background)`` (the dataset'
 anti-aliased discs): for every palette colour the coverage ``a`` that fits a pixel best is
 found by projection, and the pixel takes the colour with the smallest residual. Pixels
 with ``a >= 0.5`` form per-colour masks whose connected components are the balls.
+
+Object level (``detect_objects``): per frame, every visible ball as (colour, x, y, area), with
+blobs down to half the smallest disc (a quarter with depth layers, so that balls partly hidden
+behind others still count); pixels best explained by the dataset's obstacle colour
+(``SceneSettings.obstacle_color``) are scenery, never balls (``detect_obstacles`` boxes them).
+``match_objects`` pairs predicted and true balls of the same colour (position error per frame).
 """
 from __future__ import annotations
 
@@ -47,6 +53,8 @@ class SceneSettings:
     substeps: int = 4
     min_radius: float = 0.08
     max_radius: float = 0.15
+    obstacle_color: Optional[Sequence[float]] = None  # the dataset's obstacle colour when it has obstacles
+    min_blob_fraction: float = 0.5  # smallest ball blob / smallest disc area (0.25 with occlusion: partly hidden)
 
 
 @dataclass
@@ -83,11 +91,16 @@ def settings_from_dataset(dataset_cfg: Mapping, palette: Optional[Sequence] = No
         names = [f"rgb{tuple(int(x) for x in c)}" for c in colors]
     radius = dataset_cfg.get("radius", (0.08, 0.15))
     lo, hi = (radius, radius) if isinstance(radius, (int, float)) else radius
+    obstacles = dataset_cfg.get("obstacles", 0) or 0
+    has_obstacles = max(obstacles) > 0 if isinstance(obstacles, (list, tuple)) else int(obstacles) > 0
     return SceneSettings(palette=[tuple(map(float, c)) for c in colors], color_names=list(names),
                          background=tuple(dataset_cfg.get("background", DEFAULT_BACKGROUND)),
                          gravity=float(dataset_cfg.get("gravity", 0.0) or 0.0),
                          speeds=dataset_cfg.get("speeds"), substeps=int(dataset_cfg.get("substeps", 4)),
-                         min_radius=float(lo), max_radius=float(hi))
+                         min_radius=float(lo), max_radius=float(hi),
+                         obstacle_color=tuple(map(float, dataset_cfg.get("obstacle_color", sp.OBSTACLE_COLOR)))
+                         if has_obstacles else None,
+                         min_blob_fraction=0.25 if int(dataset_cfg.get("depth_layers", 1) or 1) > 1 else 0.5)
 
 
 # ---------------------------------------------------------------------- pixels -> colour masks
@@ -100,7 +113,8 @@ def coverage_maps(frames: np.ndarray, settings: SceneSettings) -> Tuple[np.ndarr
     """
     bg = np.asarray(settings.background, np.float32)
     d = frames.astype(np.float32) - bg                                   # (T, H, W, 3)
-    c = np.asarray(settings.palette, np.float32) - bg                   # (K, 3)
+    palette = list(settings.palette) + ([settings.obstacle_color] if settings.obstacle_color is not None else [])
+    c = np.asarray(palette, np.float32) - bg                            # (K, 3), obstacle colour last
     cc = np.maximum((c * c).sum(1), 1e-6)                                # (K,)
     dot = d @ c.T                                                        # (T, H, W, K)
     a = np.clip(dot / cc, 0.0, 1.0)
@@ -204,16 +218,22 @@ def speed_class(speed_px: float, speeds: Optional[Mapping[str, Sequence[float]]]
 
 
 # ---------------------------------------------------------------------- entry point
-def analyse_video(frames: np.ndarray, settings: SceneSettings) -> SceneAnalysis:
-    """uint8 frames (T, H, W, 3) -> SceneAnalysis (count, colours, tracks, gravity, speed)."""
+def _foreground(frames, settings: SceneSettings, caller: str):
+    """(frames, best colour index, coverage maps, ball foreground mask) of uint8 frames (T, H, W, 3);
+    obstacle pixels are scenery, not balls."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"analyse_video takes frames (T, H, W, 3), got shape {frames.shape}")
-    T, H, W, _ = frames.shape
-    side = min(H, W)
+        raise ValueError(f"{caller} takes frames (T, H, W, 3), got shape {frames.shape}")
     best, cover = coverage_maps(frames, settings)
     a = np.take_along_axis(cover, best[..., None], -1)[..., 0]
-    fg = a >= 0.5
+    return frames, best, cover, (a >= 0.5) & (best < len(settings.palette))
+
+
+def analyse_video(frames: np.ndarray, settings: SceneSettings) -> SceneAnalysis:
+    """uint8 frames (T, H, W, 3) -> SceneAnalysis (count, colours, tracks, gravity, speed)."""
+    frames, best, cover, fg = _foreground(frames, settings, "analyse_video")
+    T, H, W, _ = frames.shape
+    side = min(H, W)
     min_area = max(3, int(0.5 * np.pi * (settings.min_radius * side) ** 2))
     max_area = int(2.5 * np.pi * (settings.max_radius * side + 1) ** 2)  # two touching balls of one colour
     tracks, track_colors, colors, num = [], [], [], 0
@@ -240,6 +260,63 @@ def analyse_video(frames: np.ndarray, settings: SceneSettings) -> SceneAnalysis:
     return SceneAnalysis(num_balls=num, colors=colors, gravity=g, speed=speed_class(v0, settings.speeds, side),
                          tracks=tracks, track_colors=track_colors, accel=(float(accel[0]), float(accel[1])),
                          init_speed=v0)
+
+
+# ---------------------------------------------------------------------- objects per frame
+def detect_objects(frames: np.ndarray, settings: SceneSettings,
+                   min_fraction: Optional[float] = None) -> List[List[Dict]]:
+    """uint8 frames (T, H, W, 3) -> per frame the visible balls ``{"color", "x", "y", "area"}``
+    (pixels, centroids as in ``_blobs``). Blobs from ``min_fraction`` (default
+    ``settings.min_blob_fraction``) of the smallest disc's area up to two of the largest discs count."""
+    min_fraction = settings.min_blob_fraction if min_fraction is None else min_fraction
+    frames, best, cover, fg = _foreground(frames, settings, "detect_objects")
+    T, H, W, _ = frames.shape
+    side = min(H, W)
+    min_area = max(2, int(min_fraction * np.pi * (settings.min_radius * side) ** 2))
+    max_area = int(2.5 * np.pi * (settings.max_radius * side + 1) ** 2)
+    out: List[List[Dict]] = [[] for _ in range(T)]
+    for k, name in enumerate(settings.color_names):
+        masks = fg & (best == k)
+        for t in np.nonzero(masks.reshape(T, -1).sum(1) >= min_area)[0]:
+            for x, y, area in _blobs(masks[t], cover[t, ..., k], ~fg[t], min_area, max_area):
+                out[t].append({"color": name, "x": x, "y": y, "area": area})
+    return out
+
+
+def detect_obstacles(frame: np.ndarray, settings: SceneSettings) -> np.ndarray:
+    """Boxes (k, 4) ``x0, y0, x1, y1`` in pixels of the obstacle-coloured regions of one uint8
+    frame (H, W, 3); empty without ``settings.obstacle_color``."""
+    if settings.obstacle_color is None:
+        return np.zeros((0, 4))
+    best, cover = coverage_maps(np.asarray(frame)[None], settings)
+    k = len(settings.palette)
+    mask = ((best[0] == k) & (cover[0, ..., k] >= 0.5)).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
+    boxes = [(stats[i, 0], stats[i, 1], stats[i, 0] + stats[i, 2], stats[i, 1] + stats[i, 3])
+             for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= 4]
+    return np.array(boxes, np.float64).reshape(-1, 4)
+
+
+def match_objects(pred: Sequence[Mapping], truth: Sequence[Mapping], miss: float) -> Dict[str, float]:
+    """Pair one frame's predicted and true balls of the same colour (optimal assignment by
+    distance). Returns ``position_error`` (mean over true balls of the distance in pixels,
+    ``miss`` for a true ball without a predicted one, capped at ``miss``; NaN without true
+    balls), ``count_correct`` (1.0 when both have as many balls) and ``color_consistency``
+    (Jaccard index of the two colour sets, 1.0 when both are empty)."""
+    from scipy.optimize import linear_sum_assignment
+
+    errors = []
+    for color in {o["color"] for o in truth}:
+        t = np.array([(o["x"], o["y"]) for o in truth if o["color"] == color])
+        p = np.array([(o["x"], o["y"]) for o in pred if o["color"] == color]).reshape(-1, 2)
+        d = np.minimum(np.linalg.norm(t[:, None] - p[None], axis=-1), miss) if len(p) else np.zeros((len(t), 0))
+        rows, cols = linear_sum_assignment(d) if len(p) else (np.array([], int), np.array([], int))
+        errors.extend(d[rows, cols].tolist())
+        errors.extend([miss] * (len(t) - len(rows)))
+    cp, ct = {o["color"] for o in pred}, {o["color"] for o in truth}
+    return {"position_error": float(np.mean(errors)) if errors else float("nan"),
+            "count_correct": float(len(pred) == len(truth)),
+            "color_consistency": len(cp & ct) / len(cp | ct) if cp | ct else 1.0}
 
 
 def compare(found: Mapping, truth: Mapping, attributes: Sequence[str] = ATTRIBUTES) -> Dict[str, bool]:

@@ -126,7 +126,7 @@ class WebApp:
         weights = cfg.test_model or "random weights (no test_model)"
         return (f"`{weights}`: {cfg.model.get('type')} ({kind}), {cfg.embedder.get('type')} embedder, "
                 f"{self.predictor.hw[0]}x{self.predictor.hw[1]} frames, clips of {cfg.clip_len}, "
-                f"window {cfg.window}. Outputs in `{self.out_dir}`.")
+                f"window {self.predictor.window}. Outputs in `{self.out_dir}`.")
 
     # -- handlers ------------------------------------------------------------------
     def predict(self, video_path: Optional[str], context_frames=4, new_frames=8, steps=10, guide_scale=1.0,

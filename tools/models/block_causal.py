@@ -38,6 +38,8 @@ of keys and 'blocks' stays mask-free.
 """
 from __future__ import annotations
 
+import logging
+import math
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -48,11 +50,25 @@ from torch import Tensor
 COND, CLEAN, NOISY, PAD = 0, 1, 2, 3
 FLEX_BLOCK = 128
 IMPLS = ("flex", "blocks", "math")
+logger = logging.getLogger("nextclip")
 
 _FLEX_FN = None  # compiled flex_attention, built once per process
 _CBM_FN = None  # compiled create_block_mask
 _BLOCK_MASK_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
 _BLOCK_MASK_CACHE_SIZE = 16
+#: (padded length, batch, heads, head dim, dtype) of every FlexAttention compile of this process
+FLEX_COMPILES: List[tuple] = []
+
+
+def flex_len(L: int) -> int:
+    """Sequence length the flex kernels run at: ``L`` rounded up to whole 128-token blocks and, past
+    8 blocks, to one of 8 sizes per octave (m * 2^e blocks, m = 8..15): random clip cuts then hit a
+    few lengths (<= 12.5 % padding) instead of compiling once per length."""
+    blocks = -(-int(L) // FLEX_BLOCK)
+    if blocks > 8:
+        step = 2 ** (int(math.log2(blocks)) - 3)
+        blocks = -(-blocks // step) * step
+    return blocks * FLEX_BLOCK
 
 
 def block_token_order(frames: int, levels: Sequence[int]) -> Tuple[Tensor, Tensor]:
@@ -183,7 +199,7 @@ class BlockCausalLayout:
 
     # ------------------------------------------------------------------ metadata
     def meta(self) -> Dict[str, Tensor]:
-        """Per-token (B, Lpad) LongTensors: kind, clip, frame, lim, patch, level (Lpad = L rounded up to 128).
+        """Per-token (B, Lpad) LongTensors: kind, clip, frame, lim, patch, level (Lpad = :func:`flex_len` of L).
 
         ``frame``: frame index within the sample (-1 for cond / padding); ``lim``: a query
         sees clean keys whose frame < lim; ``patch``: index (token slot) within the frame
@@ -191,7 +207,7 @@ class BlockCausalLayout:
         """
         if self._meta is not None:
             return self._meta
-        Lp = -(-self.L // FLEX_BLOCK) * FLEX_BLOCK
+        Lp = flex_len(self.L)
         B, N, M = self.B, self.N, self.M
         kind = torch.full((B, Lp), PAD, dtype=torch.long)
         clip = torch.full((B, Lp), -2, dtype=torch.long)
@@ -254,7 +270,10 @@ class BlockCausalLayout:
                                ar[:, None], ar[None, :], self.frame_causal_clean)
 
     def block_mask(self):
-        """FlexAttention BlockMask for this layout (cached by layout across calls)."""
+        """FlexAttention BlockMask of this layout at the padded length :func:`flex_len` (padding tokens
+        see only themselves). Cached by layout (a rollout meets the same layouts again); the compiled
+        mask builder and kernel depend only on the padded shape, so a new layout of a known shape
+        costs no compile."""
         key = self.key()
         bm = _BLOCK_MASK_CACHE.get(key)
         if bm is not None:
@@ -275,7 +294,8 @@ class BlockCausalLayout:
                                                       frame[b, q], frame[b, kv], level[b, q], level[b, kv],
                                                       q, kv, fcc)
 
-        bm = _compiled_create_block_mask()(mask_mod, self.B, None, self.L, self.L, device=self.device)
+        Lp = flex_len(self.L)
+        bm = _compiled_create_block_mask()(mask_mod, self.B, None, Lp, Lp, device=self.device)
         _BLOCK_MASK_CACHE[key] = bm
         while len(_BLOCK_MASK_CACHE) > _BLOCK_MASK_CACHE_SIZE:
             _BLOCK_MASK_CACHE.popitem(last=False)
@@ -356,8 +376,21 @@ def _compiled_create_block_mask():
     return _CBM_FN
 
 
+def _note_flex_shape(q: Tensor, Lp: int) -> None:
+    """Log each new padded shape: the first call at a shape compiles (seconds on CPU)."""
+    sig = (Lp, q.shape[0], q.shape[1], q.shape[3], str(q.dtype))
+    if sig not in FLEX_COMPILES:
+        FLEX_COMPILES.append(sig)
+        logger.info("FlexAttention: compiling for padded length %d (batch %d, heads %d, head dim %d, %s); "
+                    "compile #%d of this process", *sig, len(FLEX_COMPILES))
+
+
 def _attention_flex(q, k, v, layout: BlockCausalLayout) -> Tensor:
-    return _compiled_flex()(q, k, v, block_mask=layout.block_mask())
+    L, Lp = q.shape[2], flex_len(q.shape[2])
+    _note_flex_shape(q, Lp)
+    if Lp > L:  # padding rows see only themselves (kind PAD) and are cut off again
+        q, k, v = (F.pad(x, (0, 0, 0, Lp - L)) for x in (q, k, v))
+    return _compiled_flex()(q, k, v, block_mask=layout.block_mask())[:, :, :L]
 
 
 def drop_padded_cond(x: Tensor, m: int, M: int) -> Tensor:

@@ -48,18 +48,21 @@ def _gather_tokens(table: Tensor, idx: Tensor) -> Tensor:
 class Block(nn.Module):
     """Pre-norm attention + MLP block with optional per-token adaLN modulation."""
 
-    def __init__(self, hidden, heads, ffn, norm, mlp, adaln, qk_norm):
+    def __init__(self, hidden, heads, ffn, norm, mlp, adaln, qk_norm, bias=True):
         super().__init__()
         assert hidden % heads == 0, f"hidden={hidden} is not divisible by heads={heads}"
         self.heads, self.adaln = heads, adaln
         hd = hidden // heads
         self.norm1 = make_norm(norm, hidden, affine=not adaln)
-        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden, bias=bias)
         self.q_norm = RMSNorm(hd, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(hd, eps=1e-6) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(hidden, hidden)
+        self.proj = nn.Linear(hidden, hidden, bias=bias)
         self.norm2 = make_norm(norm, hidden, affine=not adaln)
         self.mlp = Mlp(hidden, ffn, mlp)
+        if not bias:  # Phi-3 layout: no bias in any attention / MLP linear
+            for fc in (self.mlp.fc1, self.mlp.fc2):
+                fc.register_parameter("bias", None)
         if adaln:
             self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
 
@@ -85,7 +88,8 @@ class Block(nn.Module):
 
 DEFAULTS = dict(in_channels=4, patch_size=2, hidden=256, depth=4, heads=4, ffn=1024, norm="layernorm",
                 mlp="gelu", time_cond="adaln", rope="1d", cond_dim=0, pooled_cond=False,
-                frame_causal_clean=False, grad_checkpointing=False, attention="blocks", qk_norm=True)
+                frame_causal_clean=False, grad_checkpointing=False, attention="blocks", qk_norm=True,
+                bias=True)
 
 
 @MODEL.register_class()
@@ -95,12 +99,14 @@ class NextClipTransformer(nn.Module):
     Every argument defaults to ``None`` = "take it from ``preset`` (if any), else from
     ``DEFAULTS``"; explicit values override the preset. Presets: see ``PRESETS``.
     ``cond_dropout`` is refused: condition dropout is the training engine's setting.
+    ``bias=False`` drops the biases of every block's attention and MLP linears (Phi-3 has none);
+    embeddings, time MLP and output layer keep theirs.
     """
 
     def __init__(self, in_channels=None, patch_size=None, hidden=None, depth=None, heads=None, ffn=None,
                  norm=None, mlp=None, time_cond=None, rope=None, cond_dim=None, pooled_cond=None, cond_dropout=None,
                  frame_causal_clean=None, grad_checkpointing=None, attention=None, qk_norm=None,
-                 preset=None):
+                 bias=None, preset=None):
         super().__init__()
         if cond_dropout is not None:
             raise ValueError(f"cond_dropout={cond_dropout!r} is not a model setting: condition dropout is the "
@@ -134,7 +140,7 @@ class NextClipTransformer(nn.Module):
             self.cond_pool = nn.Sequential(nn.Linear(self.cond_dim, C), nn.SiLU(), nn.Linear(C, C))
         self.rope = Rope(C // self.heads, cfg["rope"])
         self.blocks = nn.ModuleList(Block(C, self.heads, cfg["ffn"], cfg["norm"], cfg["mlp"], self.adaln,
-                                          cfg["qk_norm"]) for _ in range(cfg["depth"]))
+                                          cfg["qk_norm"], bool(cfg["bias"])) for _ in range(cfg["depth"]))
         self.norm_out = make_norm(cfg["norm"], C, affine=not self.adaln)
         if self.adaln:
             self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
@@ -145,7 +151,8 @@ class NextClipTransformer(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
         zero = [self.out] + ([b.ada[1] for b in self.blocks] + [self.ada_out[1]] if self.adaln else [])
@@ -231,7 +238,9 @@ class NextClipTransformer(nn.Module):
         return self._rope((frame + first_frame)[None].expand(B, L), patch[None].expand(B, L), N, grid_w,
                           torch.ones(B, L, device=dev))
 
-    def _run(self, x, temb, tid, cos, sin, attns: Sequence[Callable]):
+    def _blocks(self, x, temb, tid, cos, sin, attns: Sequence[Callable], keep: Optional[List[Tensor]] = None):
+        """The time-conditioned input through one block per ``attns`` entry; ``keep`` collects
+        every block's output (B, L, C)."""
         if self.time_cond_token:
             x = x + _gather_tokens(temb, tid)
         ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
@@ -240,6 +249,12 @@ class NextClipTransformer(nn.Module):
                 x = checkpoint(blk, x, temb, tid, cos, sin, attn, use_reentrant=False)
             else:
                 x = blk(x, temb, tid, cos, sin, attn)
+            if keep is not None:
+                keep.append(x)
+        return x
+
+    def _run(self, x, temb, tid, cos, sin, attns: Sequence[Callable]):
+        x = self._blocks(x, temb, tid, cos, sin, attns)
         h = self.norm_out(x)
         if self.adaln:
             sh, sc = _gather_tokens(self.ada_out(temb), tid).chunk(2, dim=-1)
@@ -303,6 +318,21 @@ class NextClipTransformer(nn.Module):
             s += g * N
         return segs
 
+    def _clean_stream(self, video: Tensor, ctok: Optional[Tensor], frame_offset: int):
+        """Inputs of the blocks for clean frames (B, C, F, H, W) after the cond tokens ``ctok``: tokens
+        [cond][clean frames], their RoPE at ``frame_offset``, the clean time embedding (t = 1) and the
+        time ids. Returns (x, cos, sin, temb, tid, M) with M cond tokens."""
+        B, _, Fr, H, W = video.shape
+        N, gw = (H // self.patch_size) * (W // self.patch_size), W // self.patch_size
+        M = 0 if ctok is None else ctok.shape[1]
+        x = self.embed_clean(self._patchify(video))
+        if ctok is not None:
+            x = torch.cat([ctok, x], dim=1)  # (B, M + F*N, C)
+        cos, sin = self._rope_cached(M, Fr, N, gw, frame_offset, B, x.device)
+        temb = self.time_embed(x.new_ones(B, 1))
+        tid = torch.zeros(B, x.shape[1], dtype=torch.long, device=x.device)
+        return x, cos, sin, temb, tid, M
+
     def encode_history(self, x_hist: Tensor, frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
                        cond_mask: Optional[Tensor] = None, clip_lens: Optional[Sequence[int]] = None,
                        cache: Optional[KVCache] = None) -> KVCache:
@@ -316,7 +346,7 @@ class NextClipTransformer(nn.Module):
         """
         assert x_hist is not None and x_hist.dim() == 5, "x_hist must be (B, C, Fh, H, W)"
         B, _, Fh, H, W = x_hist.shape
-        N, gw = (H // self.patch_size) * (W // self.patch_size), W // self.patch_size
+        N = (H // self.patch_size) * (W // self.patch_size)
         clip_lens = [int(g) for g in (clip_lens if clip_lens is not None else ([Fh] if Fh else []))]
         assert sum(clip_lens) == Fh and all(g > 0 for g in clip_lens), f"clip_lens {clip_lens} vs {Fh} frames"
         if cache is not None:
@@ -327,13 +357,7 @@ class NextClipTransformer(nn.Module):
         frame_offset = frame_offset or 0
         ctok, cond_lens, pooled = (self._cond_tokens(cond, cond_mask) if cache is None
                                    else (None, cache.cond_lens, cache.pooled))
-        M = 0 if ctok is None else ctok.shape[1]
-        x = self.embed_clean(self._patchify(x_hist))
-        if ctok is not None:
-            x = torch.cat([ctok, x], dim=1)  # (B, M + Fh*N, C)
-        cos, sin = self._rope_cached(M, Fh, N, gw, frame_offset, B, x.device)
-        temb = self.time_embed(x.new_ones(B, 1))
-        tid = torch.zeros(B, x.shape[1], dtype=torch.long, device=x.device)
+        x, cos, sin, temb, tid, M = self._clean_stream(x_hist, ctok, frame_offset)
         prefix = 0 if cache is None else cache.k[0].shape[2]
         segs = self._clean_segments(clip_lens, N, M, prefix)
         kv: list = []
@@ -346,6 +370,43 @@ class NextClipTransformer(nn.Module):
         return KVCache(ks, vs, num_cond=cache.num_cond, tokens_per_frame=N, frame_offset=cache.frame_offset,
                        clip_lens=list(cache.clip_lens) + clip_lens, cond_lens=cache.cond_lens,
                        frame_step=cache.frame_step, pooled=pooled)
+
+    def feature_layers(self, layers: Sequence[int]) -> List[int]:
+        """Block indices (negative counts from the last block) -> 0-based indices; ValueError if out of range."""
+        depth = len(self.blocks)
+        out = []
+        for i in layers:
+            if isinstance(i, bool) or not isinstance(i, int) or not -depth <= i < depth:
+                raise ValueError(f"feature layer {i!r} is out of range: the model has {depth} blocks, use "
+                                 f"0..{depth - 1} or -{depth}..-1 (-1 = the last block)")
+            out.append(i % depth)
+        return out
+
+    def features(self, video: Tensor, layers: Sequence[int] = (-1,), clip_len: Optional[int] = None,
+                 frame_offset: int = 0, cond: Optional[Tensor] = None,
+                 cond_mask: Optional[Tensor] = None) -> List[Tensor]:
+        """Hidden states of the clean tokens of ``video`` (B, C, F, H, W) after the chosen blocks
+        (``layers``: block indices, -1 = last) -> one (B, F, H/p, W/p, hidden) tensor per layer.
+
+        The frames are encoded exactly as ``encode_history`` encodes history (clean embedding,
+        t = 1, cond tokens at frame_offset - 1): clips of ``clip_len`` frames (None = one clip)
+        see themselves and earlier clips. Only the blocks up to the deepest requested one run;
+        gradients flow unless called under ``torch.no_grad()`` (frozen backbone)."""
+        assert video.dim() == 5, f"video must be (B, C, F, H, W), got {tuple(video.shape)}"
+        idx = self.feature_layers(layers)
+        B, _, Fr, H, W = video.shape
+        gh, gw = H // self.patch_size, W // self.patch_size
+        N = gh * gw
+        g = Fr if clip_len is None else int(clip_len)
+        assert g >= 1, f"clip_len={clip_len!r} must be >= 1 (frames per clean clip) or None (one clip)"
+        clip_lens = [min(g, Fr - s) for s in range(0, Fr, g)]
+        ctok, cond_lens, _ = self._cond_tokens(cond, cond_mask)
+        x, cos, sin, temb, tid, M = self._clean_stream(video, ctok, frame_offset)
+        segs = self._clean_segments(clip_lens, N, M, 0)
+        attns = cached_prefix_attns(None, segs, max(idx) + 1, self.dense_fn, None, cond_lens, M)
+        keep: List[Tensor] = []
+        self._blocks(x, temb, tid, cos, sin, attns, keep)
+        return [keep[i][:, M:].reshape(B, Fr, gh, gw, self.hidden) for i in idx]
 
     def denoise(self, x_clip: Tensor, t: Tensor, cache: Optional[KVCache] = None,
                 frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
@@ -388,7 +449,7 @@ PRESETS = {
     "demo": dict(hidden=256, depth=6, heads=4, ffn=1024, mlp="swiglu", norm="rmsnorm", time_cond="adaln",
                  rope="3d"),
     # paper scale (hidden 3072, 32 layers, 32 heads, FFN 8192); the reference adds the time to
-    # the tokens and is frame-causal inside clean clips
+    # the tokens and is frame-causal inside clean clips; Phi-3 layers have no qk-norm and no biases
     "videogpt-3.8b": dict(hidden=3072, depth=32, heads=32, ffn=8192, mlp="swiglu", norm="rmsnorm",
-                          time_cond="token", rope="1d", frame_causal_clean=True),
+                          time_cond="token", rope="1d", frame_causal_clean=True, qk_norm=False, bias=False),
 }

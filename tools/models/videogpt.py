@@ -413,6 +413,34 @@ class VideoGPT(nn.Module):
         lens = clip_lens if cache is None else list(cache.clip_lens) + clip_lens
         return KVCache(ks, vs, num_cond=0, tokens_per_frame=N, frame_offset=start, clip_lens=lens)
 
+    def features(self, video: Tensor, layers: Sequence[int] = (-1,), clip_len: Optional[int] = None,
+                 frame_offset: int = 0, cond: Optional[Tensor] = None,
+                 cond_mask: Optional[Tensor] = None) -> List[Tensor]:
+        """Hidden states of the clean patch tokens of ``video`` (B, C, F, H, W) after the chosen Phi-3
+        layers (-1 = last, before ``llm.norm``) -> one (B, F, H/p, W/p, hidden) tensor per layer; the
+        frames are encoded as ``encode_history`` encodes history (frame-causal, so ``clip_len`` has no
+        effect). Same API as NextClipTransformer.features."""
+        self._no_cond(cond, cond_mask)
+        depth = len(self.llm.layers)
+        bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not -depth <= i < depth]
+        if bad:
+            raise ValueError(f"feature layers {bad} are out of range: the model has {depth} layers, use "
+                             f"0..{depth - 1} or -{depth}..-1 (-1 = the last layer)")
+        idx = [i % depth for i in layers]
+        B, _, Fr, H, W = video.shape
+        gh, gw, n = self._geometry(H, W)
+        N = n + 2
+        kind, frame, slot, clip = self._frame_tokens(B, Fr, CLEAN, n, video.device)
+        x = self._embed(kind, frame, slot, clip, video, None, None, gh, gw)
+        segs = [(f * N + a, f * N + b, f * N + b) for f in range(Fr) for a, b in level_spans(1, clean_levels(n))]
+        cos, sin = self.rope.cos_sin((frame + frame_offset) * N + slot)
+        keep = []
+        for layer, attn in zip(self.llm.layers, cached_prefix_attns(None, segs, max(idx) + 1, self.dense_fn)):
+            x = layer(x, cos, sin, attn)
+            keep.append(x)
+        # clean frame f is [<img>, n patches, </img>] at tokens f*N .. f*N + N - 1
+        return [keep[i].reshape(B, Fr, N, -1)[:, :, 1:n + 1].reshape(B, Fr, gh, gw, self.hidden) for i in idx]
+
     def denoise(self, x_clip: Tensor, t: Tensor, cache: Optional[KVCache] = None,
                 frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
                 cond_mask: Optional[Tensor] = None) -> Tensor:

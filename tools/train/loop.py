@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -24,7 +25,8 @@ import yaml
 from tools.datasets.latent_cache import flatten
 from utils import distributed as du
 from utils.checkpoint import (CheckpointError, clean_checkpoint_dir, compare_state_dict, format_report,
-                              load_resume, save_checkpoint, set_rng_state)
+                              load_resume, load_sharded_checkpoint, save_checkpoint, save_sharded_checkpoint,
+                              set_rng_state)
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import ScalarLog, setup_logger
@@ -194,10 +196,33 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
+def grad_norm_and_clip(params: Sequence[torch.nn.Parameter], max_norm: Optional[float]) -> torch.Tensor:
+    """``clip_grad_norm_`` over a mix of FSDP-sharded (DTensor) and plain gradients: the norm of the
+    sharded ones is reduced over their mesh (every rank gets the global norm), then all are scaled
+    by the same factor. Without DTensors it is exactly ``torch.nn.utils.clip_grad_norm_``."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    if not sharded:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf"))
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    total = torch.nn.utils.get_total_norm(sharded).full_tensor() ** 2
+    if plain:
+        total = total + torch.nn.utils.get_total_norm(plain).to(total.device) ** 2
+    total = total.sqrt()
+    if max_norm:
+        coef = float(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+        for g in grads:
+            g.mul_(coef)
+    return total
+
+
 def clip_and_step(trainable: torch.nn.Module, optimizer, scheduler, scaler, grad_clip) -> torch.Tensor:
-    """Unscale, clip (0 / None: no clipping), step, zero the grads, advance the LR schedule; the grad norm."""
+    """Unscale, clip (0 / None: no clipping), step, zero the grads, advance the LR schedule; the grad norm
+    (correct under FSDP too: see :func:`grad_norm_and_clip`)."""
     scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), grad_clip or float("inf"))
+    grad_norm = grad_norm_and_clip(list(trainable.parameters()), grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -331,22 +356,40 @@ def open_run(cfg, out_dir: Path, rank: int, log, config_yaml: str,
     return ckpt_dir, ckpt
 
 
+def resume_run(cfg, out_dir: Path, rank: int, log, config_yaml: str, model, ema, optimizer, scheduler,
+               defaults: Mapping[str, Any], must_match: Callable[[str], bool], stream_keys: Sequence[str],
+               what: str) -> Tuple[Path, int, Any, Optional[Dict[str, Any]]]:
+    """:func:`open_run` with :func:`check_resume` against ``model``, then :func:`apply_resume`: the resume
+    stage of an engine whose model is one module. Returns (ckpt_dir, start step, scheduler, ckpt or
+    None; the engine reads its own extra state, e.g. a discriminator, from ``ckpt["state"]``)."""
+    ckpt_dir, ckpt = open_run(cfg, out_dir, rank, log, config_yaml, lambda c: check_resume(
+        c, model, config_yaml, log, defaults, must_match, lambda k: effect(k, stream_keys), what))
+    start = 0
+    if ckpt is not None:
+        start, scheduler = apply_resume(ckpt, cfg, model, ema, optimizer)
+        log.info("resumed from %s at step %d", ckpt["stem"], start)
+    return ckpt_dir, start, scheduler, ckpt
+
+
+def require_parallel(backend, world: int, engine: str, why: str) -> None:
+    """ConfigError unless ``backend.parallel`` resolves to none | ddp for ``world`` processes (engines
+    whose models fit one device and whose checkpoints are whole files)."""
+    mode = backend.parallel_mode(world)
+    if mode not in ("none", "ddp"):
+        raise ConfigError(f"backend.parallel={mode!r}: {engine} runs parallel none | ddp ({why}); set "
+                          f"backend.parallel=ddp or auto.")
+
+
 def apply_resume(ckpt, cfg, model, ema, optimizer, embedder=None) -> Tuple[int, Any]:
     """Load weights, optimizer state and the RNG state; the current optimizer/schedule settings take
-    effect. Returns (step, scheduler rebuilt at that step)."""
-    model.load_state_dict(ckpt["model"])
-    if ema is not None:
-        ema.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else model.state_dict())
-    if embedder is not None and ckpt["embedder"] is not None:
-        embedder.load_state_dict(ckpt["embedder"])
+    effect. Returns (step, scheduler rebuilt at that step). A sharded (DCP) checkpoint is resharded
+    into this run's modules, sharded or not (collective: every rank calls this)."""
     state = ckpt["state"]
     current = [(g.get("lr_mult", 1.0), g.get("decays")) for g in optimizer.param_groups]
-    saved = len(state["optimizer"]["param_groups"])
-    if saved != len(current):
-        raise CheckpointError(f"the checkpoint's optimizer has {saved} parameter groups, this run builds "
-                              f"{len(current)} (a learning-rate multiplier such as cond_lr_mult != 1 adds groups); resume "
-                              f"with the checkpoint's settings, or start a new run (pretrain from its weights)")
-    optimizer.load_state_dict(state["optimizer"])
+    if "dcp" in ckpt:
+        load_sharded_checkpoint(ckpt, model, ema, embedder, optimizer)
+    else:
+        _load_full(ckpt, model, ema, embedder, optimizer, len(current))
     for g, (mult, decays) in zip(optimizer.param_groups, current):  # this run's multipliers take effect
         g["lr_mult"] = mult
         if decays is not None:
@@ -355,6 +398,28 @@ def apply_resume(ckpt, cfg, model, ema, optimizer, embedder=None) -> Tuple[int, 
     step = int(state["step"])
     set_rng_state(state["rng"])
     return step, make_scheduler(optimizer, cfg, last_epoch=step - 1)
+
+
+def _load_full(ckpt, model, ema, embedder, optimizer, groups: int) -> None:
+    """Weights and optimizer state of a safetensors checkpoint into unsharded modules."""
+    from tools.backends.parallel import is_sharded
+
+    if is_sharded(model):
+        raise CheckpointError(f"{ckpt['stem'].name} was written without sharding (safetensors weights) and this "
+                              f"run uses backend.parallel=fsdp; resume it with backend.parallel=ddp (or none), or "
+                              f"start the fsdp run from its weights with pretrain: {{type: LoadCheckpoint, path: "
+                              f"{ckpt['stem']}.safetensors}} and resume=none")
+    model.load_state_dict(ckpt["model"])
+    if ema is not None:
+        ema.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else model.state_dict())
+    if embedder is not None and ckpt["embedder"] is not None:
+        embedder.load_state_dict(ckpt["embedder"])
+    saved = len(ckpt["state"]["optimizer"]["param_groups"])
+    if saved != groups:
+        raise CheckpointError(f"the checkpoint's optimizer has {saved} parameter groups, this run builds "
+                              f"{groups} (a learning-rate multiplier such as cond_lr_mult != 1 adds groups); resume "
+                              f"with the checkpoint's settings, or start a new run (pretrain from its weights)")
+    optimizer.load_state_dict(ckpt["state"]["optimizer"])
 
 
 # ---------------------------------------------------------------------------- log and save
@@ -397,9 +462,22 @@ def is_due(cfg, done: int, interval_key: str) -> bool:
 
 
 def save_step(cfg, ckpt_dir: Path, done: int, rank: int, model, ema, state: Callable[[], Dict[str, Any]],
-              config_yaml: str, embedder_sd=None) -> None:
+              config_yaml: str, embedder_sd=None, optimizer=None, embedder=None) -> None:
     """Rank 0 writes checkpoint ``done`` (weights, EMA, ``state()`` = optimizer etc.) and prunes to
-    ``keep_last``; every rank waits for it. Call when ``is_due(cfg, done, "save_ckp_interval")``."""
+    ``keep_last``; every rank waits for it. Call when ``is_due(cfg, done, "save_ckp_interval")``.
+    A sharded model (FSDP) is saved by every rank together as a DCP checkpoint (``optimizer`` and
+    ``embedder`` must then be given; ``state()``'s optimizer entry is replaced by the sharded one)."""
+    from tools.backends.parallel import is_sharded
+
+    if is_sharded(model):
+        if optimizer is None:
+            raise ValueError("save_step: a sharded model needs optimizer= (its state is saved sharded)")
+        extra = {k: v for k, v in state().items() if k != "optimizer"}
+        save_sharded_checkpoint(ckpt_dir, done, model, ema, embedder, optimizer, extra, config_yaml)
+        if rank == 0:
+            prune(ckpt_dir, cfg.keep_last)
+        du.barrier()
+        return
     if rank == 0:
         save_checkpoint(ckpt_dir, done, model.state_dict(), ema.state_dict() if ema is not None else None,
                         state(), config_yaml, embedder_sd=embedder_sd)
@@ -413,4 +491,4 @@ def prune(ckpt_dir: Path, keep: int) -> None:
     stems = sorted({p.name.split(".")[0] for p in ckpt_dir.glob("step_*.state.pt")})
     for old in stems[:-keep]:
         for p in ckpt_dir.glob(old + ".*"):
-            os.unlink(p)
+            shutil.rmtree(p) if p.is_dir() else os.unlink(p)

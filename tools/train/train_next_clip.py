@@ -34,19 +34,27 @@ are all logged, and the rule is:
   data or noise stream mean the run no longer reproduces an uninterrupted one;
 * ``pretrain`` is ignored on resume (the weights come from the checkpoint).
 
+Parallelism (``backend.parallel: auto | none | ddp | fsdp``, auto = ddp under torchrun with more than one
+process): the backend wraps the model (``backend.wrap``); DDP and FSDP2 go through the same stages
+(:func:`_build`, :func:`_resume`, :func:`_step`, :func:`_checkpoint`). Under fsdp every rank holds a
+shard of the model, its gradients, the AdamW state and the EMA, checkpoints are sharded
+(torch.distributed.checkpoint; all ranks write) and resume on any number of processes;
+``python -m scripts.consolidate_checkpoint`` makes one safetensors file of them for inference.
+Visual hooks are skipped under fsdp.
+
 Distributed: every collective waits at most ``dist_timeout`` seconds; then the run stops with
 one error naming the rank(s) that stopped answering (utils.distributed.collective_guard).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
+from tools.backends.parallel import has_meta
 from tools.autoencoders.base import check_frames, latent_frames, model_cfg_with_channels, valid_frames
 from tools.autoencoders.base import encode as ae_encode
 from tools.embedders.conditioning import condition_values, embed, is_conditional, model_cfg_for
@@ -62,7 +70,7 @@ from utils.registry import AUTO_ENCODER, DATASETS, DIFFUSION, EMBEDDER, ENGINE, 
 DEFAULTS: Dict[str, Any] = {
     **copy.deepcopy(DEFAULT_COMPONENTS),
     "dataset": None,
-    "latent_cache": None,       # dir made by `python -m utils.encode_latents`: train on cached latents
+    "latent_cache": None,       # dir made by `python -m scripts.encode_latents`: train on cached latents
     "visual": [],
     "cond_key": None,           # item key fed to the embedder: label | caption | null
     "cond_dropout": 0.1,        # share of samples trained with the null condition (for guidance)
@@ -218,7 +226,7 @@ def _build_dataset(cfg):
     if cfg.dataset is None:
         raise ValueError("dataset: is not set; add a DATASETS component (e.g. type: SyntheticPhysics).")
     if cfg.latent_cache:  # refuses a cache made with another autoencoder / dataset config
-        from utils.encode_latents import cache_fingerprint
+        from tools.datasets.latent_cache import cache_fingerprint
 
         if cfg.dataset.get("type") == "JointImageVideo":
             raise ConfigError("latent_cache is set but dataset is JointImageVideo; latent caches hold one "
@@ -260,102 +268,175 @@ def _use_cached_text_features(dataset, embedder, log) -> None:
     log.info("using the latent cache's features of %d captions (not re-encoded)", len(stored[0]))
 
 
-def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
-    device = backend.device
-    config_yaml = loop.config_yaml_of(cfg)
-    log.info("run %s on %s, %d process(es)", out_dir, backend.describe(), world)
-    backend.seed_everything(cfg.seed + rank)
+@dataclass
+class Run:
+    """Everything one training run builds (stage 1) and the later stages use."""
+    cfg: Any
+    backend: Any
+    rank: int
+    world: int
+    out_dir: Path
+    log: Any
+    config_yaml: str
+    dataset: Any = None
+    autoencoder: Any = None
+    embedder: Any = None
+    model: Any = None          # the model itself (its weights / state_dict)
+    net: Any = None            # what is called in training: the model, DDP(model) or the FSDP-sharded model
+    ema: Any = None
+    diffusion: Any = None
+    visuals: List[Any] = field(default_factory=list)
+    trainable: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    scaler: Any = None
+    ckpt_dir: Optional[Path] = None
+    start: int = 0
 
-    # -- components
-    dataset = _build_dataset(cfg)
-    autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder").to(device).eval()
-    check_autoencoder_frames(autoencoder, cfg.max_frames, dataset)
-    embedder = EMBEDDER.build(cfg.embedder, "embedder").to(device)
+    @property
+    def parallel(self) -> str:
+        return self.backend.parallel_mode(self.world)
+
+
+def _build(run: Run) -> None:
+    """Stage 1: components, the model wrapped for the chosen parallelism (none | ddp | fsdp), its
+    EMA (sharded like it under fsdp), optimizer, LR schedule and loss scaler."""
+    cfg, backend, log, device = run.cfg, run.backend, run.log, run.backend.device
+    log.info("run %s on %s, %d process(es), parallel %s", run.out_dir, backend.describe(), run.world, run.parallel)
+    backend.seed_everything(cfg.seed + run.rank)
+    run.dataset = _build_dataset(cfg)
+    run.autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder").to(device).eval()
+    check_autoencoder_frames(run.autoencoder, cfg.max_frames, run.dataset)
+    run.embedder = embedder = EMBEDDER.build(cfg.embedder, "embedder").to(device)
     _check_cond_key(cfg, embedder, log)
-    _use_cached_text_features(dataset, embedder, log)
-    model_cfg = model_cfg_with_channels(cfg.model, autoencoder, cfg.auto_encoder.get("type", ""))
-    model = MODEL.build(model_cfg_for(model_cfg, embedder, cfg.embedder.get("type", "")), "model")
+    _use_cached_text_features(run.dataset, embedder, log)
+    model_cfg = model_cfg_with_channels(cfg.model, run.autoencoder, cfg.auto_encoder.get("type", ""))
+    with backend.init_context(run.world):  # fsdp + meta_init: parameters on the meta device
+        model = MODEL.build(model_cfg_for(model_cfg, embedder, cfg.embedder.get("type", "")), "model")
     model.set_attention(*backend.attention_kernel(training=True))
     if cfg.pretrain:
         PRETRAIN.build(cfg.pretrain, "pretrain", model=model)
-    model.to(device)
-    diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")
-    visuals = [VISUAL.build(v, f"visual[{i}]") for i, v in enumerate(cfg.visual or [])]
-    ema = copy.deepcopy(model).float().eval().requires_grad_(False) if cfg.use_ema else None
-    trainable = torch.nn.ModuleList([model, embedder])
+        if has_meta(model):  # a loader that copies into a meta model leaves it empty: never train fresh weights
+            raise ConfigError(f"pretrain {cfg.pretrain.get('type')} did not fill the meta-device model (backend."
+                              f"meta_init / model empty_weights); set backend.meta_init=false, or use a loader that "
+                              f"assigns every tensor (e.g. VideoGPTCheckpoint)")
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2fM parameters", cfg.model.get("type"), n_params / 1e6)
+    if run.parallel == "fsdp":
+        ema = copy.deepcopy(model).requires_grad_(False) if cfg.use_ema else None
+        run.net = run.model = backend.wrap(model, run.world)
+        run.ema = backend.shard_like(ema, run.world).eval() if ema is not None else None
+        _copy_weights(run.ema, run.model)
+        if cfg.visual:
+            log.warning("visual hooks are skipped under backend.parallel=fsdp (rank 0 alone cannot run the "
+                        "sharded model); render from a consolidated checkpoint instead")
+    else:
+        run.net = backend.wrap(model, run.world)
+        run.model = model
+        run.ema = copy.deepcopy(model).float().eval().requires_grad_(False) if cfg.use_ema else None
+        run.visuals = [VISUAL.build(v, f"visual[{i}]") for i, v in enumerate(cfg.visual or [])]
+    run.diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")
+    run.trainable = torch.nn.ModuleList([run.model, embedder])
+    run.optimizer = loop.make_optimizer(run.trainable, cfg, fast=condition_parameters(run.model, embedder),
+                                        fast_mult=float(cfg.cond_lr_mult))
+    run.scheduler = loop.make_scheduler(run.optimizer, cfg)
+    run.scaler = backend.grad_scaler()
 
-    optimizer = loop.make_optimizer(trainable, cfg, fast=condition_parameters(model, embedder),
-                                    fast_mult=float(cfg.cond_lr_mult))
-    scheduler = loop.make_scheduler(optimizer, cfg)
-    scaler = backend.grad_scaler()
 
-    # -- resume: read and check the checkpoint before anything is written to the run dir
-    ckpt_dir, ckpt = loop.open_run(cfg, out_dir, rank, log, config_yaml,
-                                   lambda c: check_resume(c, model, config_yaml, log))
-    if rank == 0 and callable(getattr(dataset, "write_label_map", None)):
-        log.info("label map written to %s", dataset.write_label_map(out_dir / "label_map.json"))
-    start = 0
+@torch.no_grad()
+def _copy_weights(dst, src) -> None:
+    if dst is not None:
+        for d, s_ in zip(dst.parameters(), src.parameters()):
+            d.copy_(s_.detach())
+
+
+def _resume(run: Run) -> None:
+    """Stage 2: read and check the checkpoint before anything is written to the run dir, then load
+    it (a sharded checkpoint reshards to this world size; every rank takes part)."""
+    cfg, log = run.cfg, run.log
+    run.ckpt_dir, ckpt = loop.open_run(cfg, run.out_dir, run.rank, log, run.config_yaml,
+                                       lambda c: check_resume(c, run.model, run.config_yaml, log))
+    if run.rank == 0 and callable(getattr(run.dataset, "write_label_map", None)):
+        log.info("label map written to %s", run.dataset.write_label_map(run.out_dir / "label_map.json"))
     if ckpt is not None:
-        start, scheduler = loop.apply_resume(ckpt, cfg, model, ema, optimizer, embedder)
-        log.info("resumed from %s at step %d", ckpt["stem"], start)
-        del ckpt
+        run.start, run.scheduler = loop.apply_resume(ckpt, cfg, run.model, run.ema, run.optimizer, run.embedder)
+        log.info("resumed from %s at step %d", ckpt["stem"], run.start)
 
-    net = DDP(model, device_ids=None if device.type == "cpu" else [device]) if world > 1 else model
+
+def _step(run: Run, batches, step: int) -> Dict[str, Any]:
+    """Stage 3: one optimizer step over ``grad_accum`` micro-batches (gradients reduced across ranks
+    on the last one only), clipping, EMA update. Returns the step's figures and last batch."""
+    cfg, backend, rank, world, device = run.cfg, run.backend, run.rank, run.world, run.backend.device
+    accum, cs = int(cfg.grad_accum), cfg.clip_sampling
+    run.net.train()
+    loss_sum, images, batch = 0.0, 0, None
+    for micro in range(accum):
+        batch = next(batches)
+        images += batch.get("kind") == "image"
+        gen = step_generator(cfg.seed, step, micro)
+        x1 = latents_of(batch, run.autoencoder, cfg.max_frames, device, gen, (rank, world))
+        B = x1.shape[0]
+        # global-batch randomness, sliced for this rank
+        clip_lens = sample_clip_lens(x1.shape[2], B * world, cs.mode, cs.clip_len, cs.min_clips,
+                                     cs.max_clips, generator=gen)[rank * B:(rank + 1) * B]
+        cond, cond_mask = build_conditioning(run.embedder, batch, cfg.cond_key, device, cfg.cond_dropout, gen,
+                                             rank, world)
+        with backend.grad_sync(run.net, micro == accum - 1):
+            with backend.autocast():
+                out = run.diffusion.training_losses(run.net, x1, clip_lens.to(device), cond=cond,
+                                                    cond_mask=cond_mask, generator=gen, rank_slice=(rank, world))
+            run.scaler.scale(out["loss"] / accum).backward()
+        loss_sum += float(out["loss"].detach()) / accum
+    du.all_reduce_grads(run.embedder)  # DDP / FSDP only reduce the model's gradients
+    grad_norm = loop.clip_and_step(run.trainable, run.optimizer, run.scheduler, run.scaler, cfg.grad_clip)
+    if run.ema is not None:
+        ema_update(run.ema, run.model, cfg.ema_decay)
+    return {"loss": float(du.all_reduce_mean(torch.tensor(loss_sum))), "grad_norm": float(grad_norm),
+            "images": images, "batch": batch}
+
+
+def _checkpoint(run: Run, done: int, loss: float) -> None:
+    """Stage 4: checkpoint ``done`` when due (safetensors from rank 0, or sharded from every rank)."""
+    cfg = run.cfg
+    if not loop.is_due(cfg, done, "save_ckp_interval"):
+        return
+    loop.save_step(cfg, run.ckpt_dir, done, run.rank, run.model, run.ema,
+                   lambda: {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict()},
+                   run.config_yaml, embedder_sd=run.embedder.state_dict(), optimizer=run.optimizer,
+                   embedder=run.embedder)
+    if run.rank == 0:
+        run.log.info("step %d: loss %.4f, checkpoint saved", done, loss)
+
+
+def _visualise(run: Run, done: int, batch) -> None:
+    if not run.visuals or run.rank != 0 or not loop.is_due(run.cfg, done, "viz_interval"):
+        return
+    vstate = {"model": run.ema if run.ema is not None else run.model, "diffusion": run.diffusion,
+              "autoencoder": run.autoencoder, "embedder": run.embedder, "batch": batch, "step": done,
+              "run_dir": run.out_dir, "backend": run.backend, "cfg": run.cfg}
+    for hook in run.visuals:
+        for path in hook(vstate):
+            run.log.info("step %d: wrote %s", done, path)
+
+
+def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
+    run = Run(cfg, backend, rank, world, out_dir, log, loop.config_yaml_of(cfg))
+    _build(run)
+    _resume(run)
+    mixed = isinstance(run.dataset, torch.utils.data.IterableDataset)
+    batches = iter(loop.make_loader(cfg, run.dataset, rank, world, run.start))
+    steplog = loop.StepLog(cfg, out_dir, rank, run.start)
     accum = int(cfg.grad_accum)
-    mixed = isinstance(dataset, torch.utils.data.IterableDataset)
-    batches = iter(loop.make_loader(cfg, dataset, rank, world, start))
-    steplog = loop.StepLog(cfg, out_dir, rank, start)
-    cs = cfg.clip_sampling
-
-    for step in range(start, cfg.num_steps):
-        net.train()
-        loss_sum, images = 0.0, 0
-        for micro in range(accum):
-            batch = next(batches)
-            images += batch.get("kind") == "image"
-            gen = step_generator(cfg.seed, step, micro)
-            x1 = latents_of(batch, autoencoder, cfg.max_frames, device, gen, (rank, world))
-            B = x1.shape[0]
-            # global-batch randomness, sliced for this rank
-            clip_lens = sample_clip_lens(x1.shape[2], B * world, cs.mode, cs.clip_len, cs.min_clips,
-                                         cs.max_clips, generator=gen)[rank * B:(rank + 1) * B]
-            cond, cond_mask = build_conditioning(embedder, batch, cfg.cond_key, device, cfg.cond_dropout, gen,
-                                                 rank, world)
-            sync = micro == accum - 1 or world == 1
-            ctx = net.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-            with ctx:
-                with backend.autocast():
-                    out = diffusion.training_losses(net, x1, clip_lens.to(device), cond=cond, cond_mask=cond_mask,
-                                                    generator=gen, rank_slice=(rank, world))
-                scaler.scale(out["loss"] / accum).backward()
-            loss_sum += float(out["loss"].detach()) / accum
-        du.all_reduce_grads(embedder)  # DDP only syncs the model's gradients
-        grad_norm = loop.clip_and_step(trainable, optimizer, scheduler, scaler, cfg.grad_clip)
-        if ema is not None:
-            ema_update(ema, model, cfg.ema_decay)
-
+    for step in range(run.start, cfg.num_steps):
+        res = _step(run, batches, step)
         done = step + 1
-        loss_mean = float(du.all_reduce_mean(torch.tensor(loss_sum)))
-        lr_now = scheduler.get_last_lr()[0]
-        record = lambda: {"loss": loss_mean, "lr": lr_now, "grad_norm": float(grad_norm),  # noqa: E731
+        lr_now = run.scheduler.get_last_lr()[0]
+        record = lambda: {"loss": res["loss"], "lr": lr_now, "grad_norm": res["grad_norm"],  # noqa: E731
                           # share of this step's batches that were images
-                          **({"image_frac": images / accum} if mixed else {})}
-        steplog.step(done, record, {"loss": f"{loss_mean:.4f}", "lr": f"{lr_now:.2e}"})
-        if loop.is_due(cfg, done, "save_ckp_interval"):
-            loop.save_step(cfg, ckpt_dir, done, rank, model, ema,
-                           lambda: {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                           config_yaml, embedder_sd=embedder.state_dict())
-            if rank == 0:
-                log.info("step %d: loss %.4f, checkpoint saved", done, loss_mean)
-        if visuals and rank == 0 and loop.is_due(cfg, done, "viz_interval"):
-            vstate = {"model": ema if ema is not None else model, "diffusion": diffusion,
-                      "autoencoder": autoencoder, "embedder": embedder, "batch": batch, "step": done,
-                      "run_dir": out_dir, "backend": backend, "cfg": cfg}
-            for hook in visuals:
-                for path in hook(vstate):
-                    log.info("step %d: wrote %s", done, path)
+                          **({"image_frac": res["images"] / accum} if mixed else {})}
+        steplog.step(done, record, {"loss": f"{res['loss']:.4f}", "lr": f"{lr_now:.2e}"})
+        _checkpoint(run, done, res["loss"])
+        _visualise(run, done, res["batch"])
     steplog.close()
     log.info("training finished at step %d; memory %s", cfg.num_steps, backend.memory_stats())
     return 0

@@ -1,4 +1,4 @@
-"""Export a checkpoint's weights for shipping: ``python -m utils.export_weights SRC DST [--dtype float16]``."""
+"""Export a checkpoint's weights for shipping: ``python -m scripts.export_weights SRC DST [--dtype float16]``."""
 import argparse
 
 from utils.checkpoint import export_weights

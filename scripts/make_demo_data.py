@@ -1,6 +1,6 @@
 """Regenerate the demo inputs under data/demo/ (deterministic; seeds never used in training).
 
-    python -m utils.make_demo_data
+    python -m scripts.make_demo_data
 """
 from __future__ import annotations
 

@@ -1,0 +1,54 @@
+"""The physics-aware tracker baseline (tools/inferences/tracker.py) on SyntheticPhysics videos."""
+import numpy as np
+
+from tools.datasets.synthetic_physics import SyntheticPhysics
+from tools.inferences.scene import detect_objects, match_objects, settings_from_dataset
+from tools.inferences.tracker import TrackerPhysics, empty_frames, physics_from_dataset, track_and_predict
+
+
+def _frames(ds, i):
+    return ((ds[i]["video"].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+
+
+def _errors(cfg, n_videos=4, C=4, n=8):
+    ds = SyntheticPhysics(**cfg)
+    st, ph = settings_from_dataset(cfg), physics_from_dataset(cfg)
+    trk, copy = [], []
+    for i in range(n_videos):
+        v = _frames(ds, i)
+        truth = detect_objects(v[C:C + n], st)
+        pred = track_and_predict(v[:C], n, st, ph)
+        assert pred.shape == (n, *v.shape[1:]) and pred.dtype == np.uint8
+        last = np.repeat(v[C - 1:C], n, 0)
+        trk.append([match_objects(p, t, 16)["position_error"] for p, t in zip(detect_objects(pred, st), truth)])
+        copy.append([match_objects(p, t, 16)["position_error"] for p, t in zip(detect_objects(last, st), truth)])
+    return np.nanmean(trk, 0), np.nanmean(copy, 0)
+
+
+def test_tracker_follows_bouncing_balls():
+    trk, copy = _errors(dict(resolution=32, num_frames=12, num_balls=[1, 3], seed=55))
+    assert trk[0] < 0.6 and trk[-1] < 3.0, trk          # sub-pixel at first, a few px after 8 frames
+    assert (trk < copy).all(), (trk, copy)
+
+
+def test_tracker_estimates_gravity_and_obstacles():
+    cfg = dict(resolution=48, num_frames=12, num_balls=[1, 3], radius=[0.06, 0.1], gravity=0.006,
+               gravity_dirs=["down", "left"], obstacles=[1, 2], seed=9)
+    assert physics_from_dataset(cfg).has_gravity
+    trk, copy = _errors(cfg)
+    assert trk[-1] < 3.0 and (trk < copy).all(), (trk, copy)
+    st = settings_from_dataset(cfg)
+    v = _frames(SyntheticPhysics(**cfg), 0)
+    empty = empty_frames(v[:4], 2, st)
+    assert np.abs(empty[0].astype(int) - v[0]).max() > 50          # the balls are gone ...
+    assert detect_objects(empty, st) == [[], []]
+    grey = np.abs(v[0].astype(int) - [110, 110, 120]).max(-1) < 3
+    kept = np.abs(empty[0].astype(int) - [110, 110, 120]).max(-1)[grey] < 3
+    assert grey.any() and kept.all()                                 # ... not the obstacles
+
+
+def test_tracker_without_balls_returns_background():
+    st = settings_from_dataset({})
+    bg = np.zeros((4, 16, 16, 3), np.uint8) + np.array([16, 16, 24], np.uint8)
+    out = track_and_predict(bg, 3, st, TrackerPhysics())
+    assert out.shape == (3, 16, 16, 3) and (out == bg[:3]).all()
