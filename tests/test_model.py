@@ -137,3 +137,30 @@ def test_paper_preset_on_meta_device():
     n = sum(p.numel() for p in model.parameters())
     assert n == 3_634_461_712, n  # exact count of this implementation (Phi-3 blocks: no biases, no qk-norm)
     assert 3.5e9 < n < 4.0e9
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(frame_causal_clean=True, rope="3d", time_cond="token")])
+def test_bf16_policy_cached_path_equals_training_forward(kw):
+    """One dtype policy in every path (issue 13): under bf16 autocast the residual stream is bf16 in the
+    training forward AND in encode_history / denoise (the forward's fp32 padding row used to promote every
+    token to fp32), time embeddings are computed from fp32 t. Bound: the cached prediction equals the
+    training forward within 2 bf16 ulps (2 * 2**-7) of the output's magnitude."""
+    model = tiny(cond_dim=5, **kw)
+    g = torch.Generator().manual_seed(3)
+    B, C, H, W = 2, 3, 8, 8
+    hist = torch.randn(B, C, 5, H, W, generator=g)
+    z = torch.randn(B, C, 2, H, W, generator=g)
+    tt = torch.rand(B, generator=g)
+    cond = torch.randn(B, 2, 5, generator=g)
+    clip_lens = torch.tensor([[2, 3, 2]] * B)
+    t = torch.cat([torch.ones(B, 2), tt[:, None]], 1)
+    seen = []
+    hook = model.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = model(torch.cat([hist, z], 2), torch.cat([hist, torch.zeros_like(z)], 2), clip_lens, t, cond=cond)
+        cache = model.encode_history(hist, frame_offset=0, cond=cond, clip_lens=[2, 3])
+        out = model.denoise(z, tt, cache=cache, frame_offset=5)
+    hook.remove()
+    assert seen == [torch.bfloat16] * 3, seen  # forward, encode_history, denoise
+    ref = ref[:, :, 5:].float()
+    assert (out.float() - ref).abs().max() <= 2 * 2 ** -7 * ref.abs().max()

@@ -283,15 +283,15 @@ class NextClipTransformer(nn.Module):
         kind, clip, frame, patch = meta["kind"], meta["clip"], meta["frame"], meta["patch"]
         assert max(sum(c) for c in layout.clips) <= Fr, f"clip_lens sum past the {Fr} frames given"
         parts = [] if ctok is None else [ctok]
-        parts += [self.embed_clean(self._patchify(x_clean)), self.embed_noisy(self._patchify(x_noisy)),
-                  x_noisy.new_zeros(B, 1, self.hidden)]
+        parts += [self.embed_clean(self._patchify(x_clean)), self.embed_noisy(self._patchify(x_noisy))]
+        parts.append(parts[-1].new_zeros(B, 1, self.hidden))  # the padding row, in the activation dtype
         src = torch.cat(parts, dim=1)  # (B, M + 2*F*N + 1, C)
         fp = frame.clamp(min=0) * N + patch
         idx = torch.where(kind == CLEAN, M + fp, torch.where(kind == NOISY, M + Fr * N + fp, patch))
         idx = torch.where(kind > NOISY, M + 2 * Fr * N, idx)  # padding (and padded cond) -> the zero row
         x = _gather_tokens(src, idx)  # (B, L, C)
         tid = torch.where(kind == NOISY, clip + 1, 0)  # 0 -> t = 1 (clean, cond, padding)
-        temb = self.time_embed(torch.cat([t.new_ones(B, 1), t], dim=1).to(x.dtype))  # (B, K+1, C)
+        temb = self.time_embed(torch.cat([t.new_ones(B, 1), t], dim=1))  # (B, K+1, C); t stays fp32
         temb = self._add_pooled(temb, pooled)
         is_cond = kind == COND  # at frame -1 (before the first frame), patch 0
         cos, sin = self._rope(frame + frame_offset, patch.masked_fill(is_cond, 0), N, gw, (kind != PAD).float())
