@@ -84,3 +84,37 @@ def test_metrics_schema_and_seed_override(tmp_path, monkeypatch):
     # the seed override picks other videos
     truth = SyntheticPhysics(resolution=32, num_frames=12, num_balls=[1, 3], seed=4321)[0]["video"]
     assert m["per_video"][0]["input"] == "SyntheticPhysics[0]" and truth.shape[1] == 12
+
+
+def test_a_conditional_model_predicts_with_each_items_caption(tmp_path, monkeypatch, capsys):
+    """cond_key: the item's caption reaches Predictor.predict (it used to predict with the null condition
+    only); a cond_key for an unconditional model or for video-list inputs is a one-line config error."""
+    import tools.inferences.evaluate_prediction as ep
+
+    real = ep.Predictor
+    seen = []
+
+    class Conditional(real):  # the demo model, with a stand-in conditional embedder
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self.embedder.num_tokens = 1
+
+        def predict(self, context, seed, cond_value=None, num_frames=None, **kw):
+            seen.append(cond_value)
+            self.embedder.num_tokens = 0  # the demo weights are unconditional: predict as they were trained
+            try:
+                return real.predict(self, context, seed, None, num_frames, **kw)
+            finally:
+                self.embedder.num_tokens = 1
+
+    monkeypatch.chdir(ROOT)
+    args = ["--cfg", "configs/demo/evaluate.yaml", "log_dir", str(tmp_path), "eval_range=[0,2]", "num_sample_steps=1",
+            "save_videos=0", "max_frames=6", "backend.attention=sdpa"]
+    assert main("infer", args + ["cond_key=caption"]) == 2  # the demo model is unconditional
+    assert "cond_key='caption' but the model is unconditional" in capsys.readouterr().err
+    monkeypatch.setattr(ep, "Predictor", Conditional)
+    assert main("infer", args + ["cond_key=caption"]) == 0
+    ds = SyntheticPhysics(resolution=32, num_frames=12, num_balls=[1, 3], seed=777)
+    assert seen == [ds[0]["caption"], ds[1]["caption"]]
+    assert main("infer", args + ["cond_key=caption", "test_list_path=data/demo/test_list.txt"]) == 2
+    assert "video lines carry no condition" in capsys.readouterr().err

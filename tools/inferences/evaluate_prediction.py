@@ -33,11 +33,12 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
+from tools.embedders.conditioning import is_conditional
 from tools.inferences.predictor import (ROLLOUT_DEFAULTS, Predictor, check_eval_range, check_list_file,
                                         check_save_videos, validate_rollout)
 from tools.inferences.scene import detect_objects, match_objects, settings_from_dataset
@@ -62,6 +63,7 @@ DEFAULTS = dict(
     save_videos=4,         # write GT | model | tracker | copy-last | linear for the first N videos
     eval_horizons=None,    # predicted-frame horizons summarised in metrics.json (null = all predicted frames)
     position_miss=0.5,     # position error of a missing ball (and the cap), fraction of the shorter side
+    cond_key=None,         # dataset item key a conditional model predicts with (caption | label); null: the null condition
 )
 
 
@@ -194,6 +196,13 @@ def validate(cfg) -> None:
     check_save_videos(cfg.get("save_videos"))
     validate_rollout(cfg)
     horizons(cfg)
+    key = cfg.get("cond_key")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise ConfigError(f"cond_key={key!r} must be a dataset item key (caption | label) or null; set e.g. "
+                          f"'cond_key=caption'")
+    if key is not None and path:
+        raise ConfigError(f"cond_key={key!r} reads the condition from dataset items, but the videos come from "
+                          f"test_list_path (video lines carry no condition); use a dataset or set cond_key=null")
     pm = cfg.get("position_miss")
     if isinstance(pm, bool) or not isinstance(pm, (int, float)) or not 0 < pm <= 2:
         raise ConfigError(f"position_miss={pm!r} must be a number in (0, 2] (fraction of the shorter side); "
@@ -222,22 +231,34 @@ def scene_settings(cfg):
 
 
 def _sources(cfg) -> List:
-    """(name, seed, loader(predictor) returning (C, T, H, W) or raising) for every video to score."""
+    """(name, seed, loader(predictor) returning ((C, T, H, W) video, condition value or None) or raising)
+    for every video to score; the condition is the item's ``cond_key`` value (datasets only)."""
     T, sources = int(cfg.max_frames), []
     if cfg.test_list_path:
         for item in parse_test_list(Path(cfg.test_list_path), kind="video", rounds=1, base_seed=cfg.seed):
             if item.error:
                 sources.append((f"line {item.line_no}", item.seed, _raiser(item.error)))
             else:
-                sources.append((item.path, item.seed, lambda p, it=item: p.load_video(it.path, T)))
+                sources.append((item.path, item.seed, lambda p, it=item: (p.load_video(it.path, T), None)))
     elif cfg.dataset:
         ds = DATASETS.build(cfg.dataset, "dataset")
         lo, hi = cfg.eval_range
         for i in range(int(lo), int(hi)):
-            sources.append((f"{cfg.dataset['type']}[{i}]", cfg.seed + i, lambda p, i=i: ds[i]["video"]))
+            sources.append((f"{cfg.dataset['type']}[{i}]", cfg.seed + i, lambda p, i=i: _item(ds[i], cfg.cond_key)))
     else:
         raise ConfigError("evaluate_prediction needs test_list_path (video lines) or dataset + eval_range.")
     return sources
+
+
+def _item(item: Dict, cond_key: Optional[str]):
+    """(video, condition value) of a dataset item; KeyError naming the keys it has."""
+    if cond_key is None:
+        return item["video"], None
+    if cond_key not in item:
+        raise KeyError(f"cond_key={cond_key!r} but the dataset's items have only {sorted(item)}; set cond_key to one "
+                       f"of them (caption | label) or null")
+    value = item[cond_key]
+    return item["video"], (value.item() if torch.is_tensor(value) else value)
 
 
 @INFER_ENGINE.register_class()
@@ -251,6 +272,12 @@ def evaluate_prediction(cfg) -> int:
     log = setup_logger(out_dir)  # before the Predictor, so its start-up lines are kept
     atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
     predictor = Predictor(cfg)
+    if cfg.cond_key is not None and not is_conditional(predictor.embedder):
+        raise ConfigError(f"cond_key={cfg.cond_key!r} but the model is unconditional (embedder "
+                          f"{cfg.embedder.get('type')}); set cond_key=null or use the embedder it was trained with")
+    if cfg.cond_key is None and is_conditional(predictor.embedder):
+        log.warning("a conditional model (embedder %s) predicts with the null condition: set cond_key=caption|label "
+                    "to give it each item's condition", cfg.embedder.get("type"))
 
     settings, physics = scene_settings(cfg)
     miss = float(cfg.position_miss) * min(predictor.hw)
@@ -258,11 +285,11 @@ def evaluate_prediction(cfg) -> int:
     for n, (name, seed, load) in enumerate(sources):
         t0 = time.time()
         try:
-            truth = load(predictor)
+            truth, cond_value = load(predictor)
             if truth.shape[1] < T:
                 raise ValueError(f"has {truth.shape[1]} frames, needs max_frames={T}")
             truth = truth[:, :T]
-            pred = predictor.predict(truth[:, :C], seed, None, T)
+            pred = predictor.predict(truth[:, :C], seed, cond_value, T)
         except Exception as e:  # a bad video is reported and the evaluation goes on
             failures.append({"input": name, "error": f"{type(e).__name__}: {e}"})
             log.warning("skipped %s: %s", name, e)
