@@ -201,3 +201,13 @@ def test_flag_like_override_is_refused():
     with pytest.raises(ConfigError, match="'--dry_run' is not a flag"):
         split_overrides(["a=1", "--dry_run"])
     assert split_overrides(["lr", "-1e-3"]) == [("lr", "-1e-3", False)]
+
+
+def test_a_dict_override_merges_and_delete_replaces():
+    """`key={...}` on the command line merges into the current dict as a config file does; with
+    `_delete_: true` it replaces it (was merged anyway: a DAVIS dataset kept SyntheticPhysics's keys)."""
+    cfg = {"dataset": {"type": "SyntheticPhysics", "resolution": 32, "num_balls": [1, 3]}}
+    merged = apply_overrides(cfg, split_overrides(["dataset={resolution: 64}"]), "x.yaml")
+    assert merged["dataset"] == {"type": "SyntheticPhysics", "resolution": 64, "num_balls": [1, 3]}
+    replaced = apply_overrides(cfg, split_overrides(["dataset={_delete_: true, type: DAVIS, root: /data}"]), "x.yaml")
+    assert replaced["dataset"] == {"type": "DAVIS", "root": "/data"}

@@ -271,7 +271,8 @@ def _coerce(key: str, old: Any, raw: str, new: Any, files: str, default: Any = N
             f"got {_type_name(new)} {new!r}. Fix the value or its quoting."
         )
     if isinstance(val, dict) and isinstance(ref, dict):
-        val = deep_merge(old, val) if isinstance(old, dict) else val
+        # a dict merges into the current one, as in a config file; `_delete_: true` replaces it
+        val = deep_merge({"v": old if isinstance(old, dict) else {}}, {"v": val})["v"]
         for sub, sub_ref in ref.items():  # a dict default with fixed keys: check their types too
             if sub in val and _fit(sub_ref, val[sub]) is _NO_FIT:
                 raise ConfigError(
