@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import distributed as du
 from .io import atomic_path, clean_stale_temps
 
 STEP_RE = re.compile(r"^step_(\d+)\.state\.pt$")
@@ -306,19 +307,6 @@ def _optim_root(model: torch.nn.Module, embedder: Optional[torch.nn.Module]) -> 
     return torch.nn.ModuleList([model] + ([embedder] if embedder is not None else []))
 
 
-def _dist_barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _is_rank0() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def sharded_state(model, ema, embedder, optimizer) -> Dict[str, Any]:
     """What a sharded checkpoint holds: each rank's shards of the model, EMA and optimizer state
     (DTensors; plain tensors when the modules are not sharded) and the (replicated) embedder."""
@@ -344,13 +332,13 @@ def save_sharded_checkpoint(ckpt_dir: Path, step: int, model, ema, embedder, opt
     stem = ckpt_dir / f"step_{step:08d}"
     final = sharded_dir(stem)
     tmp = ckpt_dir / f".{final.name}.tmp"
-    if _is_rank0():
+    if du.get_rank() == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    _dist_barrier()
+    du.barrier()
     dcp.save(sharded_state(model, ema, embedder, optimizer), checkpoint_id=str(tmp))
-    _dist_barrier()
-    if _is_rank0():
+    du.barrier()
+    if du.get_rank() == 0:
         try:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -360,12 +348,13 @@ def save_sharded_checkpoint(ckpt_dir: Path, step: int, model, ema, embedder, opt
         except Exception as e:
             remove_step_files(ckpt_dir, step)
             _raise_save_error(e, f"sharded checkpoint step {step} (its files", final)
-    _dist_barrier()
+    du.barrier()
     return stem
 
 
-def sharded_metadata(path: Path) -> Dict[str, tuple]:
-    """{flattened key: global shape} of the tensors of a DCP directory (``model.blocks.0...``)."""
+def sharded_metadata(path: Path) -> Dict[str, Any]:
+    """{flattened key: tensor metadata (``.size``, ``.properties.dtype``)} of the tensors of a DCP directory
+    (``model.blocks.0...``)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -374,17 +363,18 @@ def sharded_metadata(path: Path) -> Dict[str, tuple]:
     except Exception as e:  # missing / truncated .metadata
         raise CheckpointError(f"{path}: not a readable sharded checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}).") from e
-    return {k: tuple(v.size) for k, v in meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+    return {k: v for k, v in meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
 
 
 def _read_sharded(out: Dict[str, Any]) -> Dict[str, Any]:
     """A DCP checkpoint for :func:`read_checkpoint`: the tensors stay on disk (``dcp``); ``model`` /
     ``ema`` / ``embedder`` are meta tensors of the stored global shapes, for the resume checks."""
     path = sharded_dir(out["stem"])
-    shapes = sharded_metadata(path)
+    tensors = sharded_metadata(path)
     out["dcp"] = path
     for part in DCP_PARTS:
-        sd = {k[len(part) + 1:]: torch.empty(s, device="meta") for k, s in shapes.items() if k.startswith(part + ".")}
+        sd = {k[len(part) + 1:]: torch.empty(tuple(m.size), device="meta") for k, m in tensors.items()
+              if k.startswith(part + ".")}
         out[part] = sd if (sd or part == "model") else None
     return out
 
@@ -424,13 +414,12 @@ def consolidate_checkpoint(src: Path, dst: Path, part: str = "ema", dtype: Optio
     if state.get("format") != "dcp":
         raise CheckpointError(f"{stem}: not a sharded checkpoint (its weights are already safetensors files: "
                               f"{stem}.safetensors / .ema.safetensors)")
-    shapes = sharded_metadata(sharded_dir(stem))
-    meta = dcp.FileSystemReader(str(sharded_dir(stem))).read_metadata().state_dict_metadata
-    keys = {k: s for k, s in shapes.items() if k.startswith(part + ".")}
+    tensors = sharded_metadata(sharded_dir(stem))
+    keys = {k: m for k, m in tensors.items() if k.startswith(part + ".")}
     if not keys:
-        have = sorted({k.split(".")[0] for k in shapes} & set(DCP_PARTS))
+        have = sorted({k.split(".")[0] for k in tensors} & set(DCP_PARTS))
         raise CheckpointError(f"{stem}: the sharded checkpoint has no {part!r} weights; choose one of {have}")
-    sd = {k[len(part) + 1:]: torch.empty(s, dtype=meta[k].properties.dtype) for k, s in keys.items()}
+    sd = {k[len(part) + 1:]: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in keys.items()}
     dcp.load({part: sd}, checkpoint_id=str(sharded_dir(stem)), no_dist=True)
     if dtype:
         target = getattr(torch, dtype)

@@ -15,6 +15,7 @@ A bad item (unreadable, no object, ...) is recorded under ``failures`` and the e
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from typing import Any, Dict, List
@@ -33,7 +34,7 @@ from utils.logging import setup_logger
 from utils.registry import BACKEND, DATASETS, INFER_ENGINE, MODEL, PRETRAIN
 
 DEFAULTS: Dict[str, Any] = {
-    **{k: v for k, v in DEFAULT_COMPONENTS.items()},
+    **copy.deepcopy(DEFAULT_COMPONENTS),  # the engines' own copy: merged configs never share these dicts
     "model": None,
     "dataset": None,
     "eval_range": [0, 64],

@@ -19,6 +19,16 @@ class RMSNorm(nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, w, self.eps)
 
 
+@torch.no_grad()
+def xavier_linears(module: nn.Module) -> None:
+    """Fresh-start init of every Linear in ``module``: xavier-uniform weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def make_norm(kind: str, dim: int, affine: bool = True) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(dim, elementwise_affine=affine, eps=1e-6)

@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 from utils.registry import MODEL
 from .block_causal import (CLEAN, COND, IMPLS, NOISY, PAD, BlockCausalLayout, block_causal_attention,
                            cached_prefix_attns, sdpa_dense)
-from .layers import KVCache, Mlp, RMSNorm, Rope, TimeEmbed, make_norm
+from .layers import KVCache, Mlp, RMSNorm, Rope, TimeEmbed, make_norm, xavier_linears
 
 
 def _gather_tokens(table: Tensor, idx: Tensor) -> Tensor:
@@ -148,11 +148,7 @@ class NextClipTransformer(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        xavier_linears(self)
         nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
         zero = [self.out] + ([b.ada[1] for b in self.blocks] + [self.ada_out[1]] if self.adaln else [])

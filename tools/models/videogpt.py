@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from utils.registry import MODEL
 from .block_causal import (CLEAN, IMPLS, NOISY, PAD, BlockCausalLayout, block_causal_attention,
                            block_token_order, cached_prefix_attns, level_spans, sdpa_dense)
-from .layers import KVCache, LongRope, RMSNorm, Rope, TimeEmbed
+from .layers import KVCache, LongRope, RMSNorm, Rope, TimeEmbed, xavier_linears
 
 MARKERS = ("<|diffusion|>", "<img>", "</img>")  # tokenizer names of the three markup tokens
 
@@ -258,11 +258,7 @@ class VideoGPT(nn.Module):
 
     def _init_weights(self):
         """Fresh-start init as the reference: xavier Linears, zero biases, zero adaLN / output."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        xavier_linears(self)
         for pe in (self.x_embedder, self.input_x_embedder):
             nn.init.xavier_uniform_(pe.proj.weight.view(pe.proj.weight.shape[0], -1))
             nn.init.zeros_(pe.proj.bias)

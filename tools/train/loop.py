@@ -463,10 +463,11 @@ def is_due(cfg, done: int, interval_key: str) -> bool:
 
 def save_step(cfg, ckpt_dir: Path, done: int, rank: int, model, ema, state: Callable[[], Dict[str, Any]],
               config_yaml: str, embedder_sd=None, optimizer=None, embedder=None) -> None:
-    """Rank 0 writes checkpoint ``done`` (weights, EMA, ``state()`` = optimizer etc.) and prunes to
+    """Rank 0 writes checkpoint ``done`` (weights, EMA, ``state()`` = scheduler etc.) and prunes to
     ``keep_last``; every rank waits for it. Call when ``is_due(cfg, done, "save_ckp_interval")``.
-    A sharded model (FSDP) is saved by every rank together as a DCP checkpoint (``optimizer`` and
-    ``embedder`` must then be given; ``state()``'s optimizer entry is replaced by the sharded one)."""
+    ``optimizer`` / ``embedder``: their state is saved too (the optimizer's under ``"optimizer"``, unless
+    ``state()`` already holds it; the embedder's as ``embedder_sd``). A sharded model (FSDP) is saved by
+    every rank together as a DCP checkpoint (``optimizer`` must then be given: its state is sharded)."""
     from tools.backends.parallel import is_sharded
 
     if is_sharded(model):
@@ -479,8 +480,13 @@ def save_step(cfg, ckpt_dir: Path, done: int, rank: int, model, ema, state: Call
         du.barrier()
         return
     if rank == 0:
+        train_state = state()
+        if optimizer is not None:
+            train_state.setdefault("optimizer", optimizer.state_dict())
+        if embedder_sd is None and embedder is not None:
+            embedder_sd = embedder.state_dict()
         save_checkpoint(ckpt_dir, done, model.state_dict(), ema.state_dict() if ema is not None else None,
-                        state(), config_yaml, embedder_sd=embedder_sd)
+                        train_state, config_yaml, embedder_sd=embedder_sd)
         prune(ckpt_dir, cfg.keep_last)
     du.barrier()
 

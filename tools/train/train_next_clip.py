@@ -401,9 +401,8 @@ def _checkpoint(run: Run, done: int, loss: float) -> None:
     if not loop.is_due(cfg, done, "save_ckp_interval"):
         return
     loop.save_step(cfg, run.ckpt_dir, done, run.rank, run.model, run.ema,
-                   lambda: {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict()},
-                   run.config_yaml, embedder_sd=run.embedder.state_dict(), optimizer=run.optimizer,
-                   embedder=run.embedder)
+                   lambda: {"scheduler": run.scheduler.state_dict()}, run.config_yaml,
+                   optimizer=run.optimizer, embedder=run.embedder)
     if run.rank == 0:
         run.log.info("step %d: loss %.4f, checkpoint saved", done, loss)
 
