@@ -164,3 +164,35 @@ def test_bf16_policy_cached_path_equals_training_forward(kw):
     assert seen == [torch.bfloat16] * 3, seen  # forward, encode_history, denoise
     ref = ref[:, :, 5:].float()
     assert (out.float() - ref).abs().max() <= 2 * 2 ** -7 * ref.abs().max()
+
+
+def test_adapt_patch_size_computes_the_pooled_model_at_twice_the_resolution(tmp_path):
+    """Weights of patch p0 adapted to patch 2*p0 compute, on a 2x frame, the old model on the
+    2x2-average-pooled frame, nearest-upsampled (the warm start of train_v2.yaml: 32x32 patch 8 ->
+    64x64 patch 16), also when loaded through LoadCheckpoint(adapt_patch_size: true)."""
+    from safetensors.torch import save_file
+
+    from tools.pretrain.load_checkpoint import LoadCheckpoint
+
+    small = tiny(cond_dim=5)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in small.parameters():  # no zero-initialised layers: every weight matters
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    big = tiny(cond_dim=5, patch_size=2 * small.patch_size)
+    save_file(small.state_dict(), str(tmp_path / "small.safetensors"))
+    report = LoadCheckpoint(big, str(tmp_path / "small.safetensors"), adapt_patch_size=True)
+    assert not any(report[k] for k in ("missing", "unexpected", "mismatched")), report
+    B, C, Fr = 2, 3, 6
+    xn, xc = torch.randn(B, C, Fr, 16, 16, generator=g), torch.randn(B, C, Fr, 16, 16, generator=g)
+    clip_lens, t = torch.tensor([[2, 2, 2]] * B), torch.rand(B, 3, generator=g)
+    cond = torch.randn(B, 2, 5, generator=g)
+    pool = lambda x: torch.nn.functional.avg_pool3d(x, (1, 2, 2))  # noqa: E731
+    with torch.no_grad():
+        ref = small(pool(xn), pool(xc), clip_lens, t, cond=cond)
+        out = big(xn, xc, clip_lens, t, cond=cond)
+    ref = ref.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
+    assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+    with pytest.raises(ValueError, match="must divide"):
+        tiny(patch_size=small.patch_size + 1).adapt_patch_size(small.state_dict())
+    assert big.adapt_patch_size(big.state_dict()) is not None  # same size: passes through

@@ -188,3 +188,28 @@ def test_v2_bad_options():
         SyntheticPhysics(depth_layers=0)
     with pytest.raises(ValueError, match="obstacles"):
         SyntheticPhysics(obstacles=12, obstacle_size=0.5, resolution=32)[0]
+
+
+def test_caption_drop_leaves_parts_out_and_keeps_the_video():
+    """caption_drop: each named part leaves the caption with its probability (own stream: videos and
+    attributes unchanged); a class prompt (count, gravity) is such a partial caption."""
+    from tools.datasets.synthetic_physics import caption
+
+    kw = dict(resolution=32, num_frames=4, num_balls=[1, 3], gravity_dirs=["none", "down"], gravity=0.002,
+              length=40)
+    full, part = SyntheticPhysics(**kw), SyntheticPhysics(**kw, caption_drop={"colors": 0.5})
+    dropped = 0
+    for i in range(40):
+        a, b = full[i], part[i]
+        assert torch.equal(a["video"], b["video"]) and a["meta"]["attributes"] == b["meta"]["attributes"]
+        attrs = a["meta"]["attributes"]
+        assert b["caption"] in (a["caption"], caption(attrs, omit=["colors"]))
+        dropped += b["caption"] != a["caption"]
+        assert part[i]["caption"] == b["caption"]  # deterministic
+    assert 10 <= dropped <= 30, dropped
+    assert caption({"num_balls": 2, "colors": ["red"], "gravity": "left"}, omit=["colors"]) == \
+        "two balls, falling to the left"
+    every = SyntheticPhysics(**kw, caption_drop={k: 1.0 for k in ("num_balls", "colors", "gravity")})
+    assert every[0]["caption"]  # never empty: at least one part stays
+    with pytest.raises(ValueError, match="caption parts"):
+        SyntheticPhysics(**kw, caption_drop={"colour": 0.5})

@@ -484,11 +484,15 @@ def format_report(report: Dict[str, list], limit: int = 10) -> str:
     return "; ".join(lines) if lines else "all keys matched"
 
 
-def load_weights(model: torch.nn.Module, path: Path, strict: bool = True, strip_prefix: str = "") -> Dict[str, list]:
-    """Load ``path`` into ``model``; strict raises with a readable report of every mismatch."""
+def load_weights(model: torch.nn.Module, path: Path, strict: bool = True, strip_prefix: str = "",
+                 transform=None) -> Dict[str, list]:
+    """Load ``path`` into ``model``; strict raises with a readable report of every mismatch.
+    ``transform(state_dict) -> state_dict`` runs on the (prefix-stripped) file before matching."""
     sd = read_state_dict(path)
     if strip_prefix:
         sd = {k[len(strip_prefix):] if k.startswith(strip_prefix) else k: v for k, v in sd.items()}
+    if transform is not None:
+        sd = transform(sd)
     report = compare_state_dict(model, sd)
     if strict and any(report.values()):
         raise CheckpointError(

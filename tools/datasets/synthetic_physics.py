@@ -16,6 +16,9 @@ and a caption built from them by :func:`caption`:
 Example: ``"two balls, red and blue, falling to the left, moving fast"``.
 ``label_mode='scene'`` gives one class per (num_balls, gravity) pair, ``scene_class``;
 its names (``class_names``) read like ``"2 balls, gravity left"``.
+``caption_drop={"colors": 0.3}`` leaves each named part out of an item's caption with its
+probability (``"two balls, falling to the left"``), so one text-conditional model also follows
+partial descriptions, e.g. the prompt of a (count, gravity) class.
 
 Masks and properties. ``with_masks=True`` adds ``masks``: uint8 (T, H, W), 0 = background (and
 obstacles), k = ball k (1-based simulation index) where its disc covers the pixel centre; the
@@ -64,18 +67,25 @@ _GRAVITY_TEXT = {"none": "no gravity", "down": "falling down", "up": "rising up"
                  "left": "falling to the left", "right": "falling to the right"}
 SPEED_CLASSES = ["slow", "fast"]
 _SPEED_TEXT = {"slow": "moving slowly", "fast": "moving fast"}
+CAPTION_PARTS = ("num_balls", "colors", "gravity", "speed")  # caption order
 _NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 
 
-def caption(attrs: dict) -> str:
-    """The caption of a scene from its attributes (see the module docstring for the vocabulary)."""
+def caption(attrs: dict, omit: Sequence[str] = ()) -> str:
+    """The caption of a scene from its attributes (see the module docstring for the vocabulary);
+    the attributes named in ``omit`` (``CAPTION_PARTS``) are left out of it."""
+    bad = sorted(set(omit) - set(CAPTION_PARTS))
+    if bad:
+        raise ValueError(f"caption parts {bad} are unknown; omit some of {list(CAPTION_PARTS)}")
     n = int(attrs["num_balls"])
-    parts = [f"{_NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else n} ball{'s' if n != 1 else ''}"]
-    cols = list(attrs.get("colors") or [])
+    parts = [] if "num_balls" in omit else \
+        [f"{_NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else n} ball{'s' if n != 1 else ''}"]
+    cols = [] if "colors" in omit else list(attrs.get("colors") or [])
     if cols:
         parts.append(cols[0] if len(cols) == 1 else ", ".join(cols[:-1]) + " and " + cols[-1])
-    parts.append(_GRAVITY_TEXT[attrs.get("gravity") or "none"])
-    if attrs.get("speed"):
+    if "gravity" not in omit:
+        parts.append(_GRAVITY_TEXT[attrs.get("gravity") or "none"])
+    if attrs.get("speed") and "speed" not in omit:
         parts.append(_SPEED_TEXT[attrs["speed"]])
     return ", ".join(parts)
 
@@ -137,7 +147,12 @@ class SyntheticPhysics(Dataset):
                  restitution: Union[float, Sequence[float]] = 1.0, friction: Union[float, Sequence[float]] = 0.0,
                  density: Optional[Union[float, Sequence[float]]] = None, depth_layers: int = 1,
                  obstacles: Union[int, Sequence[int]] = 0, obstacle_size: Sequence[float] = (0.1, 0.25),
-                 obstacle_color: Sequence[int] = OBSTACLE_COLOR):
+                 obstacle_color: Sequence[int] = OBSTACLE_COLOR, caption_drop: Optional[dict] = None):
+        self.caption_drop = dict(caption_drop or {})
+        for k, p in self.caption_drop.items():
+            if k not in CAPTION_PARTS or isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+                raise ValueError(f"caption_drop={caption_drop!r}: keys must be caption parts {list(CAPTION_PARTS)} "
+                                 f"and values probabilities in [0, 1], e.g. {{colors: 0.3}}")
         self.num_balls = _range("num_balls", num_balls, int, lo=1)
         self.radius = _range("radius", radius, float, lo=1e-3)
         if self.radius[1] >= 0.5:
@@ -246,6 +261,16 @@ class SyntheticPhysics(Dataset):
             names = list(self.speeds)
             speed = names[int(rng.integers(len(names)))]
         return {"gravity": g, "speed": speed}
+
+    def caption_omits(self, index: int) -> list:
+        """The caption parts left out of item ``index``'s caption (``caption_drop``: each part
+        independently with its probability, from the item's own stream ``(seed, index, 3)``, so
+        videos and attributes are unchanged). A caption keeps at least one part."""
+        if not self.caption_drop:
+            return []
+        u = np.random.default_rng([self.seed, int(index), 3]).random(len(CAPTION_PARTS))
+        omit = [k for k, x in zip(CAPTION_PARTS, u) if x < self.caption_drop.get(k, 0.0)]
+        return omit if len(omit) < len(CAPTION_PARTS) else omit[1:]
 
     def physics(self, index: int) -> dict:
         """The per-video draws of the v2 options, from their own stream (so the layout stream is
@@ -406,7 +431,7 @@ class SyntheticPhysics(Dataset):
         attrs = dict(num_balls=n, colors=[self.color_names[i] for i in sorted(set(ids.tolist()))],
                      **self.scene(index))
         props = {"count": n, "gravity": attrs["gravity"], "collision": bool(run["collision"])}
-        item = {"video": video, "caption": caption(attrs),
+        item = {"video": video, "caption": caption(attrs, self.caption_omits(index)),
                 "meta": {"seed": self.seed, "index": int(index), "num_balls": n, "attributes": attrs,
                          "properties": props}}
         if phys is not None:

@@ -27,7 +27,7 @@ model without it starts from the same function; KV caches carry the pooled vecto
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -156,6 +156,40 @@ class NextClipTransformer(nn.Module):
         for m in zero:  # blocks start as identity, output starts at 0
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
+
+    def adapt_patch_size(self, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """A state dict trained with a smaller patch size p0 (this model's ``patch_size`` = s * p0,
+        s an integer) -> one for this model that computes, on a frame s times larger, what the
+        old model computed on that frame average-pooled by s, nearest-upsampled back: the patch
+        embeddings read each s x s pixel block through the old weight / s^2 and the output layer
+        writes each old output pixel to its s x s block (a warm start for a higher resolution with
+        the same token grid). Other tensors pass through; the same patch size returns ``sd``."""
+        w = sd.get("embed_noisy.weight")
+        if w is None or w.shape[1] == self.in_channels * self.patch_size ** 2:
+            return sd
+        Cin, p = self.in_channels, self.patch_size
+        p0 = int(round((w.shape[1] / Cin) ** 0.5))
+        if Cin * p0 * p0 != w.shape[1] or p % p0:
+            raise ValueError(f"cannot adapt patch embeddings of width {w.shape[1]} (in_channels {Cin}) to "
+                             f"patch_size {p}: the checkpoint's patch size must divide it (e.g. 8 -> 16)")
+        s = p // p0
+        out = dict(sd)
+
+        def up(x, dims):  # repeat each of the patch axes ``dims`` s times
+            for d in dims:
+                x = x.repeat_interleave(s, dim=d)
+            return x
+
+        for name in ("embed_noisy.weight", "embed_clean.weight"):
+            if name in sd:
+                C = sd[name].shape[0]
+                out[name] = up(sd[name].reshape(C, Cin, p0, p0), (2, 3)).reshape(C, Cin * p * p) / (s * s)
+        if "out.weight" in sd:
+            C = sd["out.weight"].shape[1]
+            out["out.weight"] = up(sd["out.weight"].reshape(Cin, p0, p0, C), (1, 2)).reshape(Cin * p * p, C)
+        if "out.bias" in sd:
+            out["out.bias"] = up(sd["out.bias"].reshape(Cin, p0, p0), (1, 2)).reshape(-1)
+        return out
 
     def set_attention(self, impl: str, dense_fn: Optional[Callable] = None):
         """Choose the block-causal implementation ('flex' | 'blocks' | 'math') and dense kernel."""

@@ -67,12 +67,18 @@ def _target(model: nn.Module, prefix: str) -> nn.Module:
 
 
 def load_into(model: nn.Module, path: str, strict: bool = True, strip_prefix: str = "", prefix: str = "",
-              weights: str = "auto") -> Dict[str, List[str]]:
+              weights: str = "auto", adapt_patch_size: bool = False) -> Dict[str, List[str]]:
     """Load ``path`` into ``model`` (or its sub-module ``prefix``); the key report in model key names:
     missing / unexpected / mismatched, and ``not_loaded`` = the model's tensors outside ``prefix``."""
     file = resolve_weights(path, weights)
     target = _target(model, prefix)
-    report = load_weights(target, file, strict=strict, strip_prefix=strip_prefix)
+    transform = None
+    if adapt_patch_size:
+        transform = getattr(target, "adapt_patch_size", None)
+        if transform is None:
+            raise CheckpointError(f"adapt_patch_size: true but {type(target).__name__} has no adapt_patch_size(); "
+                                  f"it works for NextClipTransformer (set adapt_patch_size: false)")
+    report = load_weights(target, file, strict=strict, strip_prefix=strip_prefix, transform=transform)
     name = prefix.rstrip(".")
     if name:
         report = {k: [f"{name}.{key}" for key in v] for k, v in report.items()}
@@ -84,13 +90,16 @@ def load_into(model: nn.Module, path: str, strict: bool = True, strip_prefix: st
 
 @PRETRAIN.register_class()
 def LoadCheckpoint(model, path: str, strict: bool = True, strip_prefix: str = "", prefix: str = "",
-                   weights: str = "auto"):
+                   weights: str = "auto", adapt_patch_size: bool = False):
     """Load safetensors (or legacy .pt via weights_only) weights, optionally into a sub-module (prefix).
 
     With ``strict: false`` what matches is loaded and everything skipped is logged: missing
     and mis-shaped tensors keep their initial values (e.g. a ``cond_proj`` new to the model),
-    unexpected ones are ignored. ``path`` may be a checkpoint step or run folder (see module doc)."""
-    report = load_into(model, path, strict=strict, strip_prefix=strip_prefix, prefix=prefix, weights=weights)
+    unexpected ones are ignored. ``path`` may be a checkpoint step or run folder (see module doc).
+    ``adapt_patch_size: true`` warm-starts a larger patch from weights of a smaller one
+    (``NextClipTransformer.adapt_patch_size``: patch 8 at 32x32 -> patch 16 at 64x64)."""
+    report = load_into(model, path, strict=strict, strip_prefix=strip_prefix, prefix=prefix, weights=weights,
+                       adapt_patch_size=adapt_patch_size)
     file = report["file"][0]
     bad = {k: report[k] for k in ("missing", "unexpected", "mismatched")}
     if any(bad.values()):
