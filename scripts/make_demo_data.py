@@ -1,6 +1,8 @@
 """Regenerate the demo inputs under data/demo/ (deterministic; seeds never used in training).
 
-    python -m scripts.make_demo_data
+    python -m scripts.make_demo_data            # v1: 32x32 videos, test / generate lists
+    python -m scripts.make_demo_data --v2       # v2 (data/demo/v2/): 64x64 videos of train_v2.yaml's
+                                                # generator with captions, text / class lists, class prompts
 """
 from __future__ import annotations
 
@@ -11,6 +13,39 @@ from utils.io import atomic_write_text
 
 DEMO_SEED = 4242     # training uses seed 0, the held-out evaluation seed 777
 GENERATE_SEEDS = (11, 22, 33, 44)
+V2_CONFIG = "configs/demo/train_v2.yaml"   # the v2 generator settings (seed replaced by DEMO_SEED)
+
+
+def class_prompts(num_balls, gravity_dirs) -> list:
+    """(name, prompt) of every (count, gravity) scene class in class-id order (``scene_class``):
+    the name as ``SyntheticPhysics.class_names`` spells it, the prompt a caption without colours."""
+    from tools.datasets.synthetic_physics import caption
+
+    return [(f"{n} ball{'s' if n != 1 else ''}, {'no gravity' if d == 'none' else 'gravity ' + d}",
+             caption({"num_balls": n, "gravity": d}))
+            for n in range(num_balls[0], num_balls[1] + 1) for d in gravity_dirs]
+
+
+def write_v2(out: Path, count: int) -> list:
+    """The v2 demo inputs under ``out``: videos + test_list.txt (path|||caption), text_list.txt
+    (caption|seed), class_prompts.txt (name|prompt per scene class), class_list.txt (label|seed)."""
+    from tools.datasets.synthetic_physics import SyntheticPhysics
+    from utils.config import load_config
+
+    ds_cfg = {k: v for k, v in dict(load_config(V2_CONFIG).dataset).items() if k not in ("type", "caption_drop")}
+    ds = SyntheticPhysics(**dict(ds_cfg, seed=DEMO_SEED, length=count, label_mode="scene"))
+    lst = ds.write_videos(str(out), count=count, fps=8)
+    captions = [ds[i]["caption"] for i in range(count)]
+    atomic_write_text(out / "text_list.txt", "# caption|seed: text-to-video in the v2 caption vocabulary\n"
+                      + "".join(f"{c}|{i + 1}\n" for i, c in enumerate(captions)))
+    prompts = class_prompts(ds.num_balls, ds.gravity_dirs)
+    assert [n for n, _ in prompts] == ds.class_names, "class prompts out of step with SyntheticPhysics.class_names"
+    atomic_write_text(out / "class_prompts.txt", "# name|prompt per scene class (label_mode: scene), in id order\n"
+                      + "".join(f"{n}|{p}\n" for n, p in prompts))
+    picks = ["1 ball, gravity down", "2 balls, gravity left", "3 balls, gravity up", "4 balls, gravity right"]
+    atomic_write_text(out / "class_list.txt", "# label|seed: a scene class name of class_prompts.txt and a seed\n"
+                      + "".join(f"{n}|{i + 1}\n" for i, n in enumerate(picks)))
+    return [lst, out / "text_list.txt", out / "class_prompts.txt", out / "class_list.txt"]
 
 
 def main(argv=None) -> int:
@@ -19,8 +54,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="data/demo")
     p.add_argument("--count", type=int, default=4)
+    p.add_argument("--v2", action="store_true", help="write the v2 inputs into <out>/v2 instead")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.v2:
+        print("wrote " + ", ".join(str(f) for f in write_v2(out / "v2", args.count)))
+        return 0
     ds = SyntheticPhysics(resolution=32, num_frames=12, num_balls=[1, 3], seed=DEMO_SEED, length=args.count)
     lst = ds.write_videos(str(out), count=args.count, fps=8)
     atomic_write_text(out / "generate_list.txt",

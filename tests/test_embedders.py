@@ -173,3 +173,33 @@ def test_text_features_cached_per_unique_caption():
         pre.add_features(["x"], torch.ones(1, 5, 4), torch.ones(1, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="strings"):
         e([3])
+
+
+# ----------------------------------------------------------------- ClassPrompt (labels through a text encoder)
+def test_class_prompt_maps_labels_to_text_features(tmp_path):
+    from utils.registry import EMBEDDER as REG
+
+    if "CountingTextForTests" not in REG:
+        REG.register_class("CountingTextForTests")(_CountingText)
+    prompts = ["one ball, falling down", "two balls, rising up"]
+    e = REG.build({"type": "ClassPrompt", "text": {"type": "CountingTextForTests"}, "prompts": prompts,
+                   "class_names": ["1 ball, gravity down", "2 balls, gravity up"]})
+    assert (e.dim, e.num_tokens, e.num_classes) == (4, 3, 2) and len(e.state_dict()) == 0
+    tok, mask = e([1, "0", "2 balls, gravity up", torch.tensor(0), None])
+    ref_tok, ref_mask = e.text([prompts[1], prompts[0], prompts[1], prompts[0], None])
+    assert torch.equal(tok, ref_tok) and torch.equal(mask, ref_mask)
+    assert torch.equal(e.null(2)[0], e.text.null(2)[0])
+    for bad in (2, -1, "three balls", True):
+        with pytest.raises(ValueError, match=r"0\.\.1"):
+            e([bad])
+    f = tmp_path / "prompts.txt"
+    f.write_text("# name|prompt\n1 ball, gravity down|one ball, falling down\n\ntwo balls, rising up\n")
+    e2 = REG.build({"type": "ClassPrompt", "text": {"type": "CountingTextForTests"}, "prompts_file": str(f)})
+    assert e2.prompts == prompts and e2.class_names == ["1 ball, gravity down", "two balls, rising up"]
+    make = REG.get("ClassPrompt")
+    with pytest.raises(ValueError, match="exactly one"):
+        make(text={"type": "CountingTextForTests"})
+    with pytest.raises(FileNotFoundError, match="prompts_file"):
+        make(text={"type": "CountingTextForTests"}, prompts_file=str(f) + "x")
+    with pytest.raises(ValueError, match="makes no condition tokens"):
+        make(text={"type": "NoCondition"}, prompts=prompts)

@@ -181,3 +181,23 @@ def test_evaluate_condition_config_errors(tmp_path, capsys, override, words):
     assert main("infer", ["--cfg", str(_cfg(tmp_path)), "--dry-run", override]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_analyser_reads_v2_ground_truth_with_gravity_strength_range():
+    """v2 scenes (any-angle gravity of a strength range, 1-6 balls, 2 depth layers, obstacles): the
+    analyser takes the expected strength from gravity_strength (it read every video as "none")."""
+    cfg = dict(type="SyntheticPhysics", resolution=64, num_frames=16, num_balls=[1, 6], radius=[0.05, 0.1],
+               gravity_angle=[0, 360], gravity_strength=[0.002, 0.004], restitution=[0.8, 1.0],
+               friction=[0.0, 0.01], density=[0.5, 2.0], depth_layers=2, obstacles=[0, 2],
+               distinct_colors=True, seed=4343, length=24)
+    assert settings_from_dataset(cfg).gravity == 0.002
+    assert settings_from_dataset(dict(cfg, gravity_strength=[0.0, 0.004])).gravity == 0.001
+    ds, settings = SyntheticPhysics(**_kwargs(cfg)), settings_from_dataset(cfg)
+    hits = {}
+    for i in range(len(ds)):
+        item = ds[i]
+        for attr, ok in compare(analyse_video(to_uint8(item["video"]), settings).attributes(),
+                                item["meta"]["attributes"]).items():
+            hits.setdefault(attr, []).append(ok)
+    acc = {a: float(np.mean(v)) for a, v in hits.items()}
+    assert acc["num_balls"] >= 0.95 and acc["colors"] >= 0.95 and acc["gravity"] >= 0.95, acc

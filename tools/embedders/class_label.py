@@ -1,12 +1,36 @@
 """Learned class-label embedding (one token per sample) with a null class for CFG."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from utils.registry import EMBEDDER
+
+
+def label_index(c, name_to_id: Mapping[str, int], num_classes: int, bad: Callable[[object], str]) -> int:
+    """One class label (int, int string, class name, float with an integer value, 1-element
+    tensor) -> its id in 0..num_classes-1; ValueError with ``bad(c)`` otherwise."""
+    if torch.is_tensor(c):
+        if c.numel() != 1:
+            raise ValueError(f"a class label tensor must hold one value, got shape {tuple(c.shape)}.")
+        c = c.item()
+    if isinstance(c, str):
+        if c in name_to_id:
+            return name_to_id[c]
+        try:
+            c = int(c.strip())
+        except ValueError:
+            raise ValueError(bad(c)) from None
+    if isinstance(c, float) and c.is_integer():
+        c = int(c)
+    if isinstance(c, bool) or not isinstance(c, int) and not hasattr(c, "__index__"):
+        raise ValueError(bad(c))
+    c = int(c)
+    if not 0 <= c < num_classes:
+        raise ValueError(bad(c))
+    return c
 
 
 @EMBEDDER.register_class()
@@ -42,27 +66,7 @@ class ClassLabel(nn.Module):
 
     def label_id(self, c) -> int:
         """One condition -> row index (raises ValueError naming the valid range/names)."""
-        if c is None:
-            return self.null_id
-        if torch.is_tensor(c):
-            if c.numel() != 1:
-                raise ValueError(f"a class label tensor must hold one value, got shape {tuple(c.shape)}.")
-            c = c.item()
-        if isinstance(c, str):
-            if c in self._name_to_id:
-                return self._name_to_id[c]
-            try:
-                c = int(c.strip())
-            except ValueError:
-                raise ValueError(self._bad(c)) from None
-        if isinstance(c, float) and c.is_integer():
-            c = int(c)
-        if isinstance(c, bool) or not isinstance(c, int) and not hasattr(c, "__index__"):
-            raise ValueError(self._bad(c))
-        c = int(c)
-        if not 0 <= c < self.num_classes:
-            raise ValueError(self._bad(c))
-        return c
+        return self.null_id if c is None else label_index(c, self._name_to_id, self.num_classes, self._bad)
 
     def _bad(self, c) -> str:
         names = f" or one of the names {self.class_names[:20]}{'...' if self.num_classes > 20 else ''}" \

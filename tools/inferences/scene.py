@@ -95,12 +95,24 @@ def settings_from_dataset(dataset_cfg: Mapping, palette: Optional[Sequence] = No
     has_obstacles = max(obstacles) > 0 if isinstance(obstacles, (list, tuple)) else int(obstacles) > 0
     return SceneSettings(palette=[tuple(map(float, c)) for c in colors], color_names=list(names),
                          background=tuple(dataset_cfg.get("background", DEFAULT_BACKGROUND)),
-                         gravity=float(dataset_cfg.get("gravity", 0.0) or 0.0),
+                         gravity=_gravity_strength(dataset_cfg),
                          speeds=dataset_cfg.get("speeds"), substeps=int(dataset_cfg.get("substeps", 4)),
                          min_radius=float(lo), max_radius=float(hi),
                          obstacle_color=tuple(map(float, dataset_cfg.get("obstacle_color", sp.OBSTACLE_COLOR)))
                          if has_obstacles else None,
                          min_blob_fraction=0.25 if int(dataset_cfg.get("depth_layers", 1) or 1) > 1 else 0.5)
+
+
+def _gravity_strength(dataset_cfg: Mapping) -> float:
+    """The gravity strength the analyser expects (fractions of the side per frame^2): ``gravity``,
+    else the lower end of v2's ``gravity_strength`` range (a quarter of its upper end when the
+    range starts at 0: weaker pulls then read as "none")."""
+    g = float(dataset_cfg.get("gravity", 0.0) or 0.0)
+    strength = dataset_cfg.get("gravity_strength")
+    if g > 0 or strength is None:
+        return g
+    lo, hi = (strength, strength) if isinstance(strength, (int, float)) else strength
+    return float(lo) if float(lo) > 0 else 0.25 * float(hi)
 
 
 # ---------------------------------------------------------------------- pixels -> colour masks
