@@ -38,9 +38,9 @@ def test_short_prediction_runs(tmp_path, monkeypatch):
 
 def test_evaluation_writes_metrics_and_plot(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert main("infer", ["--cfg", "configs/demo/evaluate.yaml", "log_dir", str(tmp_path),
+    assert main("infer", ["--cfg", "configs/demo/evaluate_v1.yaml", "log_dir", str(tmp_path),
                           "eval_range=[0,2]", "num_sample_steps=2", "save_videos=1"]) == 0
-    out = tmp_path / "demo_eval"
+    out = tmp_path / "demo_eval_v1"
     m = json.loads((out / "metrics.json").read_text())
     assert m["num_videos"] == 2 and m["predicted_frames"] == 8 and not m["failures"]
     for method in ("model", "copy_last", "linear"):

@@ -65,10 +65,10 @@ def test_eval_horizons_checked():
 
 def test_metrics_schema_and_seed_override(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert main("infer", ["--cfg", "configs/demo/evaluate.yaml", "log_dir", str(tmp_path), "dataset.seed=4321",
+    assert main("infer", ["--cfg", "configs/demo/evaluate_v1.yaml", "log_dir", str(tmp_path), "dataset.seed=4321",
                           "eval_range=[0,1]", "num_sample_steps=1", "save_videos=0", "max_frames=8",
                           "eval_horizons=[2,4]", "backend.attention=sdpa"]) == 0
-    out = tmp_path / "demo_eval"
+    out = tmp_path / "demo_eval_v1"
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["methods"]) == set(METHODS) == {"model", "tracker", "empty", "copy_last", "linear"}
     for method, scores in m["methods"].items():
@@ -108,7 +108,7 @@ def test_a_conditional_model_predicts_with_each_items_caption(tmp_path, monkeypa
                 self.embedder.num_tokens = 1
 
     monkeypatch.chdir(ROOT)
-    args = ["--cfg", "configs/demo/evaluate.yaml", "log_dir", str(tmp_path), "eval_range=[0,2]", "num_sample_steps=1",
+    args = ["--cfg", "configs/demo/evaluate_v1.yaml", "log_dir", str(tmp_path), "eval_range=[0,2]", "num_sample_steps=1",
             "save_videos=0", "max_frames=6", "backend.attention=sdpa"]
     assert main("infer", args + ["cond_key=caption"]) == 2  # the demo model is unconditional
     assert "cond_key='caption' but the model is unconditional" in capsys.readouterr().err

@@ -108,7 +108,7 @@ def test_empty_or_missing_list_exits_2_and_creates_nothing(tmp_path):
     assert main("infer", ["--cfg", str(cfg), "test_list_path", str(tmp_path / "nope.txt")]) == 2
     assert not (tmp_path / "out").exists()  # no run directory, config.yaml or log.txt
     ev = tmp_path / "eval.yaml"
-    ev.write_text(f"_BASE: {ROOT / 'configs/demo/evaluate.yaml'}\nlog_dir: {tmp_path / 'out'}\n"
+    ev.write_text(f"_BASE: {ROOT / 'configs/demo/evaluate_v1.yaml'}\nlog_dir: {tmp_path / 'out'}\n"
                   f"dataset: null\ntest_list_path: {tmp_path / 'nope.txt'}\n")
     assert main("infer", ["--cfg", str(ev)]) == 2
     assert not (tmp_path / "out").exists()
@@ -272,11 +272,11 @@ def test_dry_run_catches_bad_settings(override, setting, capsys, monkeypatch):
 
 def test_evaluate_validate():
     ev = INFER_ENGINE.get("evaluate_prediction").validate
-    ev(load_config(ROOT / "configs/demo/evaluate.yaml", registry=INFER_ENGINE))
+    ev(load_config(ROOT / "configs/demo/evaluate_v1.yaml", registry=INFER_ENGINE))
     for override, setting in (("dataset=null", "dataset"), ("context_frames=0", "context_frames"),
                               ("fps=0", "fps"), ("eval_range=[5,2]", "eval_range")):
         with pytest.raises(ConfigError, match=setting):
-            ev(load_config(ROOT / "configs/demo/evaluate.yaml", [override], registry=INFER_ENGINE))
+            ev(load_config(ROOT / "configs/demo/evaluate_v1.yaml", [override], registry=INFER_ENGINE))
 
 
 def test_resolution_not_divisible_by_patch_fails_before_any_item(tmp_path, shared_data):
