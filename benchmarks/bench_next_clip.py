@@ -13,10 +13,11 @@ measured bf16 peak; and a 16-clip rollout: seconds per generated clip with and w
 
 ``--json PATH`` also writes the figures machine-readably: ``matmul_gflops {fp32, bf16}``;
 ``ref_shape {"16": {...}, "32": {...}}`` with ``tokens``, ``params``, ``train_ms {fp32, bf16}``,
-``train_gflop`` (one training step, forward + backward, counted by torch's FlopCounterMode),
+``train_gflop`` (one training step, forward + backward, counted by torch's FlopCounterMode with
+the CPU flash-attention kernels added, which it does not count by itself),
 ``denoise_ms {kv, nocache}``, ``denoise_gflop`` (one guided KV-cached denoise step), and the
 step times as fractions of the measured peak (``train_peak_frac``, ``denoise_vs_flop_limit``);
-``demo {mfu, tokens_per_s}``; ``rollout {nocache_s_per_clip, kv_s_per_clip}``; ``attention``
+``demo {mfu, tokens_per_s}``; ``rollout {nocache_s_per_clip, kv_s_per_clip, kv_speedup}``; ``attention``
 per variant with its one-off first-call (compile) time. bf16 is timed only on CPUs with native
 bf16 kernels (``tools.backends.cpu.native_bf16``): emulated bf16 is ~600x slower than fp32 and
 its figures would say nothing; those entries are null with ``bf16_note``.
@@ -68,11 +69,31 @@ def matmul_peak(n: int, reps: int, bf16_ok: bool = True) -> dict:
     return out
 
 
+def _cpu_attention_flops() -> dict:
+    """FlopCounterMode formulas for the CPU flash-attention kernels, which torch does not count
+    (without them every attention FLOP of a CPU run is missing): the formulas of the CUDA kernels."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    if not hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        return {}
+
+    def fwd(query, key, value, *args, **kwargs):
+        return fc.sdpa_flop_count(query, key, value)  # shapes (FlopCounterMode passes shapes)
+
+    def bwd(grad_out, query, key, value, *args, **kwargs):
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    return {aten._scaled_dot_product_flash_attention_for_cpu: fwd,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd}
+
+
 def gflop_of(fn) -> float:
-    """GFLOPs of one call of ``fn`` (matmuls / convolutions / attention), counted by torch."""
+    """GFLOPs of one call of ``fn`` (matmuls / convolutions / attention, CPU flash attention
+    included), counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops()) as counter:
         fn()
     return counter.get_total_flops() / 1e9
 
@@ -301,7 +322,8 @@ def main(argv=None) -> int:
     nclips, steps = (4, 5) if args.quick else (16, 10)
     r = demo_rollout_bench(nclips, steps, bf16)
     out["rollout"] = {"num_clips": nclips, "steps": steps, "nocache_s_per_clip": r["off"],
-                      "kv_s_per_clip": r["recompute"], "kv_rolling_s_per_clip": r["rolling"]}
+                      "kv_s_per_clip": r["recompute"], "kv_rolling_s_per_clip": r["rolling"],
+                      "kv_speedup": r["off"] / r["recompute"]}
     print(f"demo rollout ({nclips} clips of 4, window 16, {steps} steps, history CFG 1.5): s per clip: "
           f"no cache {r['off']:.2f}, KV cache (recompute) {r['recompute']:.2f}, KV cache (rolling) {r['rolling']:.2f}")
     frames = 32 if args.quick else 128  # 128 frames -> 16128 tokens

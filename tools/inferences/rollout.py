@@ -173,17 +173,32 @@ def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int
                     return out[:, :, n_hist:]
                 return model(z, torch.zeros_like(z), torch.full((B, 1), g, device=z.device),
                              t.reshape(B, 1).to(z.dtype), cond=c, cond_mask=m)
-            if with_hist:
-                return model.denoise(z, t, cache=caches[name], frame_offset=pos)
-            return model.denoise(z, t, cache=None, frame_offset=0, cond=c, cond_mask=m)
+            return model.denoise(z, t, **denoise_kw(name, with_hist))
+
+        def denoise_args(name, with_hist):
+            """(cache, frame_offset, cond, cond_mask) of a cached-mode branch."""
+            c, m = branches[name]
+            return (caches[name], pos, None, None) if with_hist else (None, 0, c, m)
+
+        def denoise_kw(name, with_hist):
+            return dict(zip(("cache", "frame_offset", "cond", "cond_mask"), denoise_args(name, with_hist)))
+
+        terms = [("full", n_hist > 0)] + ([("full", False)] if use_h_now else []) \
+            + ([("nocond", n_hist > 0)] if use_c else [])
+        batched = kv_cache != "off" and len(terms) > 1 and hasattr(model, "denoise_many")
 
         def pred_fn(z, t):
-            full = branch(z, t, "full", n_hist > 0)
+            if batched:  # every term of the guided prediction in one batched pass
+                preds = dict(zip(terms, model.denoise(z, t, **denoise_kw(*terms[0]),
+                                                      branches=[denoise_args(*k) for k in terms[1:]])))
+            else:
+                preds = {k: branch(z, t, *k) for k in terms}
+            full = preds[terms[0]]
             out = full
             if use_h_now:
-                out = out + (history_guide_scale - 1.0) * (full - branch(z, t, "full", False))
+                out = out + (history_guide_scale - 1.0) * (full - preds[("full", False)])
             if use_c:
-                out = out + (guide_scale - 1.0) * (full - branch(z, t, "nocond", n_hist > 0))
+                out = out + (guide_scale - 1.0) * (full - preds[("nocond", n_hist > 0)])
             return out
 
         x = diffusion.sample(pred_fn, noise, steps=steps, sampler=sampler, shift=shift)

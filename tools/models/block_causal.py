@@ -462,10 +462,16 @@ def cached_prefix_attns(cache, segments: Sequence[Tuple[int, int, int]], depth: 
                         cond_lens: Optional[Sequence[int]] = None, num_cond: int = 0) -> List[Callable]:
     """One ``attn(q, k, v)`` per layer: the new tokens against [cached][new] keys with
     :func:`prefix_attention` over ``segments``; ``cache`` has per-layer ``k`` / ``v`` lists (or is
-    None); the concatenated (k, v) of every layer are appended to ``keep`` when given."""
+    None); the concatenated (k, v) of every layer are appended to ``keep`` when given. A
+    :class:`~tools.models.layers.KVCache` joins them in its preallocated room (``KVCache.join``:
+    no copy of the cached rows per call; with ``keep`` the rows stay claimed for the extended cache)."""
+    join = getattr(cache, "join", None)
+
     def make_attn(i):
         def attn(q, k, v):
-            if cache is not None:
+            if join is not None:
+                k, v = join(i, k, v, keep=keep is not None)
+            elif cache is not None:
                 k, v = torch.cat([cache.k[i], k], dim=2), torch.cat([cache.v[i], v], dim=2)
             if keep is not None:
                 keep.append((k, v))
@@ -488,9 +494,13 @@ def prefix_attention(q: Tensor, k: Tensor, v: Tensor, segments: Sequence[Tuple[i
     """
     dense_fn = dense_fn or sdpa_dense
     off = k.shape[2] - q.shape[2]
-    out = v[:, :, off:].clone()
     M = num_cond
-    if cond_lens is None or all(m == M for m in cond_lens):
+    plain = cond_lens is None or all(m == M for m in cond_lens)
+    if plain and len(segments) == 1 and segments[0][:2] == (0, q.shape[2]):  # one segment: no copy
+        ke = segments[0][2]
+        return dense_fn(q, k[:, :, :ke], v[:, :, :ke])
+    out = v[:, :, off:].clone()
+    if plain:
         for qs, qe, ke in segments:
             out[:, :, qs:qe] = dense_fn(q[:, :, qs:qe], k[:, :, :ke], v[:, :, :ke])
         return out

@@ -174,6 +174,8 @@ class KVCache:
     ``frame_offset - 1`` and are rotated along when :meth:`drop_frames` moves the offset.
     ``pooled``: (B, C) pooled condition of a ``pooled_cond`` model (added to the noisy
     tokens' time embedding when denoising against this cache), else None.
+    ``buffers``: preallocated storage the ``k`` / ``v`` tensors are views of (see :meth:`join`);
+    None until the first :meth:`join`. It only saves copies: the values are always ``k`` / ``v``.
     """
     k: List[Tensor]
     v: List[Tensor]
@@ -184,6 +186,7 @@ class KVCache:
     cond_lens: Optional[List[int]] = None
     frame_step: Optional[Tensor] = None
     pooled: Optional[Tensor] = None
+    buffers: Optional["KVBuffers"] = field(default=None, repr=False, compare=False)
 
     @property
     def num_frames(self) -> int:
@@ -207,8 +210,10 @@ class KVCache:
             ang = (self.frame_step * n).to(self.k[0].device)
             cos, sin = ang.cos(), ang.sin()
             cond_k = [Rope.apply(x, cos, sin) for x in cond_k]
-        self.k = [torch.cat([c, x[:, :, b:]], dim=2) for c, x in zip(cond_k, self.k)]
-        self.v = [torch.cat([x[:, :, :a], x[:, :, b:]], dim=2) for x in self.v]
+        room = 2 * (b - a)  # the next clip's denoise scratch and its append fit without a copy
+        self.buffers = KVBuffers(len(self.k)) if not torch.is_grad_enabled() else None
+        self.k = [self._compact(i, [c, x[:, :, b:]], room, True) for i, (c, x) in enumerate(zip(cond_k, self.k))]
+        self.v = [self._compact(i, [x[:, :, :a], x[:, :, b:]], room, False) for i, x in enumerate(self.v)]
         lens, left = list(self.clip_lens), n
         while left:
             take = min(left, lens[0])
@@ -219,3 +224,81 @@ class KVCache:
         self.clip_lens = lens
         self.frame_offset += n
         return self
+
+    # ------------------------------------------------------------------ preallocated storage
+    def _compact(self, i: int, parts: List[Tensor], room: int, keys: bool) -> Tensor:
+        """``parts`` of layer i concatenated into fresh buffers with ``room`` spare tokens
+        (plain ``torch.cat`` without buffers)."""
+        if self.buffers is None:
+            return torch.cat(parts, dim=2)
+        n = sum(x.shape[2] for x in parts)
+        B, H, _, D = parts[0].shape
+        buf = parts[0].new_empty(B, H, n + room, D)
+        o = 0
+        for x in parts:
+            buf[:, :, o:o + x.shape[2]] = x
+            o += x.shape[2]
+        (self.buffers.k if keys else self.buffers.v)[i] = buf
+        self.buffers.used[i] = n
+        return buf[:, :, :n]
+
+    def _owns_tail(self, i: int, k: Tensor) -> bool:
+        """True if layer i's cached k / v are the newest views of their buffers and the
+        ``k.shape[2]`` new tokens fit into the spare room after them."""
+        bufs, ck, cv = self.buffers, self.k[i], self.v[i]
+        if bufs is None or bufs.k[i] is None:
+            return False
+        bk, bv, n = bufs.k[i], bufs.v[i], ck.shape[2]
+        return (n == bufs.used[i] and ck.data_ptr() == bk.data_ptr() and cv.data_ptr() == bv.data_ptr()
+                and ck.stride() == bk.stride() and cv.stride() == bv.stride() and n + k.shape[2] <= bk.shape[2])
+
+    def _grow(self, i: int, capacity: int) -> None:
+        """Move layer i's keys / values into new buffers of ``capacity`` tokens owned by this cache."""
+        if self.buffers is None or self.buffers.k[i] is not None:  # shared or used: start our own
+            self.buffers = KVBuffers(len(self.k))
+        for keys in (True, False):
+            x = (self.k if keys else self.v)[i]
+            buf = x.new_empty(x.shape[0], x.shape[1], capacity, x.shape[3])
+            buf[:, :, :x.shape[2]] = x
+            (self.buffers.k if keys else self.buffers.v)[i] = buf
+            (self.k if keys else self.v)[i] = buf[:, :, :x.shape[2]]
+        self.buffers.used[i] = self.k[i].shape[2]
+
+    def join(self, i: int, k: Tensor, v: Tensor, keep: bool = False):
+        """Keys and values of layer i: the cached ones followed by ``k`` / ``v`` (B, H, L, D) ->
+        (B, H, n + L, D) each, equal to ``torch.cat([self.k[i], k], 2)`` (and likewise v).
+
+        Without autograd the new rows are written into preallocated room after the cached rows
+        (no copy of the cache; the first call moves the cache into buffers with room for 2 L
+        more tokens). ``keep=False``: scratch, valid until the next ``join`` of this layer (a
+        denoising step); ``keep=True``: the rows stay claimed, for a cache extended by them
+        (pass ``buffers=self.buffers`` to it). Only the newest cache of a buffer writes into
+        it, so older caches sharing the buffer never change; with autograd, or keys of
+        another dtype / shape, it falls back to ``torch.cat``."""
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self.k[i].requires_grad):
+            return torch.cat([self.k[i], k], dim=2), torch.cat([self.v[i], v], dim=2)
+        ck, cv = self.k[i], self.v[i]
+        like = [(k, ck), (v, cv)]
+        if any(a.dtype != b.dtype or a.device != b.device or a.shape[:2] != b.shape[:2] or a.shape[3] != b.shape[3]
+               for a, b in like):
+            return torch.cat([self.k[i], k], dim=2), torch.cat([self.v[i], v], dim=2)
+        n, L = self.k[i].shape[2], k.shape[2]
+        if not self._owns_tail(i, k):
+            self._grow(i, n + 2 * L)
+        bk, bv = self.buffers.k[i], self.buffers.v[i]
+        bk[:, :, n:n + L] = k
+        bv[:, :, n:n + L] = v
+        if keep:
+            self.buffers.used[i] = n + L
+        return bk[:, :, :n + L], bv[:, :, :n + L]
+
+
+class KVBuffers:
+    """Per-layer preallocated key / value storage (B, H, capacity, D) of :class:`KVCache` views.
+
+    ``used[i]``: tokens of layer i claimed by the newest cache; rows past it are free (scratch)."""
+
+    def __init__(self, depth: int):
+        self.k: List[Optional[Tensor]] = [None] * depth
+        self.v: List[Optional[Tensor]] = [None] * depth
+        self.used: List[int] = [0] * depth
