@@ -270,7 +270,8 @@ class SyntheticPhysics(Dataset):
             return []
         u = np.random.default_rng([self.seed, int(index), 3]).random(len(CAPTION_PARTS))
         omit = [k for k, x in zip(CAPTION_PARTS, u) if x < self.caption_drop.get(k, 0.0)]
-        return omit if len(omit) < len(CAPTION_PARTS) else omit[1:]
+        present = [k for k in CAPTION_PARTS if k != "speed" or self.speeds]  # parts a caption can have
+        return omit if any(k not in omit for k in present) else [k for k in omit if k != present[0]]
 
     def physics(self, index: int) -> dict:
         """The per-video draws of the v2 options, from their own stream (so the layout stream is
