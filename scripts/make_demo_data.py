@@ -16,20 +16,10 @@ GENERATE_SEEDS = (11, 22, 33, 44)
 V2_CONFIG = "configs/demo/train_v2.yaml"   # the v2 generator settings (seed replaced by DEMO_SEED)
 
 
-def class_prompts(num_balls, gravity_dirs) -> list:
-    """(name, prompt) of every (count, gravity) scene class in class-id order (``scene_class``):
-    the name as ``SyntheticPhysics.class_names`` spells it, the prompt a caption without colours."""
-    from tools.datasets.synthetic_physics import caption
-
-    return [(f"{n} ball{'s' if n != 1 else ''}, {'no gravity' if d == 'none' else 'gravity ' + d}",
-             caption({"num_balls": n, "gravity": d}))
-            for n in range(num_balls[0], num_balls[1] + 1) for d in gravity_dirs]
-
-
 def write_v2(out: Path, count: int) -> list:
     """The v2 demo inputs under ``out``: videos + test_list.txt (path|||caption), text_list.txt
     (caption|seed), class_prompts.txt (name|prompt per scene class), class_list.txt (label|seed)."""
-    from tools.datasets.synthetic_physics import SyntheticPhysics
+    from tools.datasets.synthetic_physics import SyntheticPhysics, caption
     from utils.config import load_config
 
     ds_cfg = {k: v for k, v in dict(load_config(V2_CONFIG).dataset).items() if k not in ("type", "caption_drop")}
@@ -38,8 +28,7 @@ def write_v2(out: Path, count: int) -> list:
     captions = [ds[i]["caption"] for i in range(count)]
     atomic_write_text(out / "text_list.txt", "# caption|seed: text-to-video in the v2 caption vocabulary\n"
                       + "".join(f"{c}|{i + 1}\n" for i, c in enumerate(captions)))
-    prompts = class_prompts(ds.num_balls, ds.gravity_dirs)
-    assert [n for n, _ in prompts] == ds.class_names, "class prompts out of step with SyntheticPhysics.class_names"
+    prompts = zip(ds.class_names, (caption(a) for a in ds.class_attributes))  # a caption without colours
     atomic_write_text(out / "class_prompts.txt", "# name|prompt per scene class (label_mode: scene), in id order\n"
                       + "".join(f"{n}|{p}\n" for n, p in prompts))
     picks = ["1 ball, gravity down", "2 balls, gravity left", "3 balls, gravity up", "4 balls, gravity right"]

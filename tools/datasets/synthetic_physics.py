@@ -203,14 +203,14 @@ class SyntheticPhysics(Dataset):
             raise ValueError(f"label_mode={label_mode!r} must be 'num_balls', 'scene' or null (no label).")
         self.label_mode = label_mode
         counts = range(self.num_balls[0], self.num_balls[1] + 1)
-        if label_mode == "scene":
-            self.class_names = [f"{n} ball{'s' if n != 1 else ''}, "
-                                f"{'no gravity' if d == 'none' else 'gravity ' + d}"
-                                for n in counts for d in self.gravity_dirs]
-        elif label_mode == "num_balls":
-            self.class_names = [f"{n} ball{'s' if n != 1 else ''}" for n in counts]
-        else:
-            self.class_names = []
+        # the attributes of every class, in class-id order (scene_class / label_mode='num_balls')
+        self.class_attributes = ([{"num_balls": n, "gravity": d} for n in counts for d in self.gravity_dirs]
+                                 if label_mode == "scene" else
+                                 [{"num_balls": n} for n in counts] if label_mode == "num_balls" else [])
+        self.class_names = [f"{a['num_balls']} ball{'s' if a['num_balls'] != 1 else ''}"
+                            + ("" if "gravity" not in a else
+                               ", no gravity" if a["gravity"] == "none" else f", gravity {a['gravity']}")
+                            for a in self.class_attributes]
         self.num_classes = len(self.class_names)
 
     def _init_v2(self, gravity_angle, gravity_strength, restitution, friction, density, depth_layers,
