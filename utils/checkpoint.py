@@ -485,15 +485,28 @@ def format_report(report: Dict[str, list], limit: int = 10) -> str:
 
 
 def load_weights(model: torch.nn.Module, path: Path, strict: bool = True, strip_prefix: str = "",
-                 transform=None) -> Dict[str, list]:
+                 transform=None, exclude: Sequence[str] = ()) -> Dict[str, list]:
     """Load ``path`` into ``model``; strict raises with a readable report of every mismatch.
-    ``transform(state_dict) -> state_dict`` runs on the (prefix-stripped) file before matching."""
+    ``transform(state_dict) -> state_dict`` runs on the (prefix-stripped) file before matching.
+    ``exclude``: model key prefixes (``out.``) not loaded: those tensors keep their initial values
+    (a re-initialised output layer) and are reported as ``excluded``, not as missing."""
     sd = read_state_dict(path)
     if strip_prefix:
         sd = {k[len(strip_prefix):] if k.startswith(strip_prefix) else k: v for k, v in sd.items()}
     if transform is not None:
         sd = transform(sd)
+    excl = tuple(str(e) for e in (exclude or ()))
+    if excl:
+        own = model.state_dict()
+        hit = sorted(k for k in own if k.startswith(excl))
+        unused = [e for e in excl if not any(k.startswith(e) for k in own)]
+        if unused:
+            raise CheckpointError(f"exclude={list(excl)}: {unused} match no tensor of {type(model).__name__} "
+                                  f"(its keys start with e.g. {sorted({k.split('.')[0] + '.' for k in own})[:8]})")
+        sd = {k: v for k, v in sd.items() if not k.startswith(excl)}
     report = compare_state_dict(model, sd)
+    if excl:
+        report["missing"] = [k for k in report["missing"] if k not in hit]
     if strict and any(report.values()):
         raise CheckpointError(
             f"{path} does not match the model ({format_report(report)}). Check that the model config "
@@ -502,6 +515,8 @@ def load_weights(model: torch.nn.Module, path: Path, strict: bool = True, strip_
     bad = {k.split(":")[0] for k in report["mismatched"]}
     model.load_state_dict({k: v for k, v in sd.items() if k not in bad and k not in report["unexpected"]},
                           strict=False)
+    if excl:
+        report["excluded"] = hit
     return report
 
 

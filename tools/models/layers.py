@@ -176,6 +176,8 @@ class KVCache:
     tokens' time embedding when denoising against this cache), else None.
     ``buffers``: preallocated storage the ``k`` / ``v`` tensors are views of (see :meth:`join`);
     None until the first :meth:`join`. It only saves copies: the values are always ``k`` / ``v``.
+    ``last_frame``: (B, C, 1, H, W) the newest cached history frame as the model saw it (the
+    output skip of a ``history_skip`` model), None without history.
     """
     k: List[Tensor]
     v: List[Tensor]
@@ -187,6 +189,7 @@ class KVCache:
     frame_step: Optional[Tensor] = None
     pooled: Optional[Tensor] = None
     buffers: Optional["KVBuffers"] = field(default=None, repr=False, compare=False)
+    last_frame: Optional[Tensor] = field(default=None, repr=False, compare=False)
 
     @property
     def num_frames(self) -> int:
@@ -223,6 +226,8 @@ class KVCache:
                 lens.pop(0)
         self.clip_lens = lens
         self.frame_offset += n
+        if not self.num_frames:
+            self.last_frame = None
         return self
 
     # ------------------------------------------------------------------ preallocated storage

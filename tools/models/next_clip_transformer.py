@@ -24,6 +24,11 @@ mean of the cond tokens to the time embedding of the noisy tokens (DiT's class e
 SD3's pooled text embedding): every noisy token is then modulated by the condition directly
 instead of only attending to it. The MLP's last layer starts at zero, so loading weights of a
 model without it starts from the same function; KV caches carry the pooled vector.
+
+``history_skip=True`` adds to the output of every frame the last clean frame before its clip
+(zero for a clip without history): with x1 prediction the network predicts the change from the
+last frame it has seen, so static content (background, obstacles) costs it nothing and a fresh
+model (output layer at zero) starts as copy-last. KV caches carry that frame (``last_frame``).
 """
 from __future__ import annotations
 
@@ -99,7 +104,7 @@ MEMO_SIZE = 16  # shapes whose token metadata a model keeps (NextClipTransformer
 DEFAULTS = dict(in_channels=4, patch_size=2, hidden=256, depth=4, heads=4, ffn=1024, norm="layernorm",
                 mlp="gelu", time_cond="adaln", rope="1d", cond_dim=0, pooled_cond=False,
                 frame_causal_clean=False, grad_checkpointing=False, attention="blocks", qk_norm=True,
-                bias=True)
+                bias=True, history_skip=False)
 
 
 @MODEL.register_class()
@@ -116,7 +121,7 @@ class NextClipTransformer(nn.Module):
     def __init__(self, in_channels=None, patch_size=None, hidden=None, depth=None, heads=None, ffn=None,
                  norm=None, mlp=None, time_cond=None, rope=None, cond_dim=None, pooled_cond=None, cond_dropout=None,
                  frame_causal_clean=None, grad_checkpointing=None, attention=None, qk_norm=None,
-                 bias=None, preset=None):
+                 bias=None, history_skip=None, preset=None):
         super().__init__()
         if cond_dropout is not None:
             raise ValueError(f"cond_dropout={cond_dropout!r} is not a model setting: condition dropout is the "
@@ -139,6 +144,7 @@ class NextClipTransformer(nn.Module):
                              "NoCondition); set pooled_cond: false for an unconditional model")
         self.frame_causal_clean = bool(cfg["frame_causal_clean"])
         self.grad_checkpointing = bool(cfg["grad_checkpointing"])
+        self.history_skip = bool(cfg["history_skip"])
         self.set_attention(cfg["attention"])
         C, P = self.hidden, self.in_channels * self.patch_size ** 2
         self.embed_noisy = nn.Linear(P, C)
@@ -354,7 +360,22 @@ class NextClipTransformer(nn.Module):
             return block_causal_attention(q, k, v, layout, self.attn_impl, self.dense_fn)
 
         y = self._run(x, temb, tid, cos, sin, [attn] * len(self.blocks))  # (B, L, P)
-        return self._unpatchify(_gather_tokens(y, pos), Fr, H, W)
+        out = self._unpatchify(_gather_tokens(y, pos), Fr, H, W)
+        return out + self._skip_frames(x_clean, clip_lens).to(out.dtype) if self.history_skip else out
+
+    @staticmethod
+    def _skip_frames(x_clean: Tensor, clip_lens: Tensor) -> Tensor:
+        """(B, C, F, H, W): at every frame of clip k >= 1 the last frame of clip k - 1 in ``x_clean``
+        (what the model sees of it), zero in the first clip and at padded frames (``history_skip``)."""
+        B, _, Fr = x_clean.shape[:3]
+        lens = clip_lens.long().to(x_clean.device)
+        ends = lens.cumsum(1)  # (B, K)
+        f = torch.arange(Fr, device=x_clean.device)
+        clip_of = (f[None, :, None] >= ends[:, None, :]).sum(-1)  # (B, F); K at padded frames
+        start = torch.gather(torch.cat([ends - lens, ends[:, -1:]], 1), 1, clip_of)  # first frame of the clip
+        use = (clip_of > 0) & (clip_of < lens.shape[1]) & (start > 0)
+        src = (start - 1).clamp(min=0)[:, None, :, None, None].expand(-1, x_clean.shape[1], -1, *x_clean.shape[3:])
+        return torch.gather(x_clean, 2, src) * use[:, None, :, None, None].to(x_clean.dtype)
 
     def _forward_tokens(self, layout: BlockCausalLayout, Fr: int, N: int, gw: int, frame_offset: int):
         """Token metadata of a training forward, built once per layout (:meth:`_memoized`): (layout,
@@ -433,12 +454,13 @@ class NextClipTransformer(nn.Module):
         num_cond = M if cache is None else cache.num_cond
         self._run(x, temb, tid, cos, sin, cached_prefix_attns(cache, segs, len(self.blocks), self.dense_fn, kv, cond_lens, num_cond))
         ks, vs = [k for k, _ in kv], [v for _, v in kv]
+        last = x_hist[:, :, -1:] if Fh else (None if cache is None else cache.last_frame)
         if cache is None:
             return KVCache(ks, vs, num_cond=M, tokens_per_frame=N, frame_offset=frame_offset, clip_lens=clip_lens,
-                           cond_lens=cond_lens, frame_step=self.rope.frame_step(N), pooled=pooled)
+                           cond_lens=cond_lens, frame_step=self.rope.frame_step(N), pooled=pooled, last_frame=last)
         return KVCache(ks, vs, num_cond=cache.num_cond, tokens_per_frame=N, frame_offset=cache.frame_offset,
                        clip_lens=list(cache.clip_lens) + clip_lens, cond_lens=cache.cond_lens,
-                       frame_step=cache.frame_step, pooled=pooled, buffers=cache.buffers)
+                       frame_step=cache.frame_step, pooled=pooled, buffers=cache.buffers, last_frame=last)
 
     def feature_layers(self, layers: Sequence[int]) -> List[int]:
         """Block indices (negative counts from the last block) -> 0-based indices; ValueError if out of range."""
@@ -512,6 +534,9 @@ class NextClipTransformer(nn.Module):
             ys = self._run_branches([ins[j] for j in group])
             for j, y in zip(group, ys):
                 outs[j] = self._unpatchify(y[:, ins[j]["M"]:], G, H, W)
+                last = branches[j][0].last_frame if branches[j][0] is not None else None
+                if self.history_skip and last is not None and branches[j][0].num_frames:
+                    outs[j] = outs[j] + last.to(outs[j].dtype)
         return outs
 
     def _denoise_inputs(self, tokens: Tensor, temb: Tensor, G: int, H: int, W: int, cache: Optional[KVCache] = None,

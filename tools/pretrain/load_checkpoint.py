@@ -13,7 +13,7 @@ under ``not_loaded`` and keep their initial values.
 """
 import logging
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch.nn as nn
 
@@ -67,7 +67,8 @@ def _target(model: nn.Module, prefix: str) -> nn.Module:
 
 
 def load_into(model: nn.Module, path: str, strict: bool = True, strip_prefix: str = "", prefix: str = "",
-              weights: str = "auto", adapt_patch_size: bool = False) -> Dict[str, List[str]]:
+              weights: str = "auto", adapt_patch_size: bool = False,
+              exclude: Sequence[str] = ()) -> Dict[str, List[str]]:
     """Load ``path`` into ``model`` (or its sub-module ``prefix``); the key report in model key names:
     missing / unexpected / mismatched, and ``not_loaded`` = the model's tensors outside ``prefix``."""
     file = resolve_weights(path, weights)
@@ -78,7 +79,10 @@ def load_into(model: nn.Module, path: str, strict: bool = True, strip_prefix: st
         if transform is None:
             raise CheckpointError(f"adapt_patch_size: true but {type(target).__name__} has no adapt_patch_size(); "
                                   f"it works for NextClipTransformer (set adapt_patch_size: false)")
-    report = load_weights(target, file, strict=strict, strip_prefix=strip_prefix, transform=transform)
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    report = load_weights(target, file, strict=strict, strip_prefix=strip_prefix, transform=transform,
+                          exclude=exclude)
     name = prefix.rstrip(".")
     if name:
         report = {k: [f"{name}.{key}" for key in v] for k, v in report.items()}
@@ -90,16 +94,18 @@ def load_into(model: nn.Module, path: str, strict: bool = True, strip_prefix: st
 
 @PRETRAIN.register_class()
 def LoadCheckpoint(model, path: str, strict: bool = True, strip_prefix: str = "", prefix: str = "",
-                   weights: str = "auto", adapt_patch_size: bool = False):
+                   weights: str = "auto", adapt_patch_size: bool = False, exclude: Sequence[str] = ()):
     """Load safetensors (or legacy .pt via weights_only) weights, optionally into a sub-module (prefix).
 
     With ``strict: false`` what matches is loaded and everything skipped is logged: missing
     and mis-shaped tensors keep their initial values (e.g. a ``cond_proj`` new to the model),
     unexpected ones are ignored. ``path`` may be a checkpoint step or run folder (see module doc).
     ``adapt_patch_size: true`` warm-starts a larger patch from weights of a smaller one
-    (``NextClipTransformer.adapt_patch_size``: patch 8 at 32x32 -> patch 16 at 64x64)."""
+    (``NextClipTransformer.adapt_patch_size``: patch 8 at 32x32 -> patch 16 at 64x64).
+    ``exclude``: key prefixes of the model (after ``prefix``) left at their initial values, e.g.
+    ``[out.]`` to restart the output layer when the model's output changes meaning (``history_skip``)."""
     report = load_into(model, path, strict=strict, strip_prefix=strip_prefix, prefix=prefix, weights=weights,
-                       adapt_patch_size=adapt_patch_size)
+                       adapt_patch_size=adapt_patch_size, exclude=exclude)
     file = report["file"][0]
     bad = {k: report[k] for k in ("missing", "unexpected", "mismatched")}
     if any(bad.values()):
@@ -107,6 +113,8 @@ def LoadCheckpoint(model, path: str, strict: bool = True, strip_prefix: str = ""
                        "initial values, the unexpected ones are ignored", file, format_report(bad, limit=20))
     else:
         logger.info("loaded %s%s: %s", file, f" into {prefix.rstrip('.')}" if prefix else "", format_report(bad))
+    if report.get("excluded"):
+        logger.info("excluded (kept at their initial values): %s", ", ".join(report["excluded"]))
     if report.get("not_loaded"):
         logger.info("%d tensors outside %s keep their initial values (e.g. %s)", len(report["not_loaded"]),
                     prefix.rstrip("."), ", ".join(report["not_loaded"][:4]))
