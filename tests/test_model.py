@@ -99,7 +99,7 @@ def test_history_skip_starts_as_copy_last_in_every_path():
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(frame_causal_clean=True, rope="3d", time_cond="token"),
-                                dict(history_skip=True), dict(history_skip=True, skip_sigma=[0.8, 0.3])])
+                                dict(history_skip=True)])
 @pytest.mark.parametrize("with_cond", [False, True])
 def test_denoise_with_cache_equals_forward(kw, with_cond):
     model = tiny(cond_dim=5, **kw)
@@ -223,33 +223,6 @@ def test_adapt_patch_size_computes_the_pooled_model_at_twice_the_resolution(tmp_
     with pytest.raises(ValueError, match="must divide"):
         tiny(patch_size=small.patch_size + 1).adapt_patch_size(small.state_dict())
     assert big.adapt_patch_size(big.state_dict()) is not None  # same size: passes through
-
-
-def test_skip_sigma_blends_the_noisy_input_and_the_last_frame():
-    """history_skip with skip_sigma: a fresh model outputs the least-squares estimate of x1 from
-    the noisy input z and the prior mean m: z at t = 1, m at t = 0 (m = the last history frame, or
-    0 without history, with its own spread), the formula in between; forward == denoise."""
-    sd, sh = 0.8, 0.3
-    model = NextClipTransformer(preset="tiny", in_channels=3, history_skip=True, skip_sigma=[sd, sh]).eval()
-    g = torch.Generator().manual_seed(4)
-    hist, z = torch.randn(2, 3, 3, 8, 8, generator=g), torch.randn(2, 3, 2, 8, 8, generator=g)
-    cache = model.encode_history(hist)
-    for tv in (0.0, 0.3, 1.0):
-        t = torch.full((2,), tv)
-        m = hist[:, :, -1:].expand_as(z)
-        gain = tv * sh ** 2 / (tv ** 2 * sh ** 2 + (1 - tv) ** 2)
-        torch.testing.assert_close(model.denoise(z, t, cache=cache), m + gain * (z - tv * m), atol=1e-6, rtol=1e-5)
-        gain0 = tv * sd ** 2 / (tv ** 2 * sd ** 2 + (1 - tv) ** 2)
-        torch.testing.assert_close(model.denoise(z, t), gain0 * z, atol=1e-6, rtol=1e-5)
-        full = model(torch.cat([hist, z], 2), torch.cat([hist, torch.zeros_like(z)], 2), torch.tensor([[3, 2]] * 2),
-                     torch.stack([torch.ones(2), t], 1))
-        torch.testing.assert_close(full[:, :, 3:], model.denoise(z, t, cache=cache), atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(full[:, :, :3], hist, atol=1e-6, rtol=1e-5)  # clean first clip: t = 1 -> z
-    torch.testing.assert_close(model.denoise(z, torch.ones(2), cache=cache), z, atol=1e-6, rtol=1e-5)
-    with pytest.raises(ValueError, match="skip_sigma"):
-        NextClipTransformer(preset="tiny", in_channels=3, skip_sigma=[0.8, 0.3])  # needs history_skip
-    with pytest.raises(ValueError, match="skip_sigma"):
-        NextClipTransformer(preset="tiny", in_channels=3, history_skip=True, skip_sigma=[0.8, 0])
 
 
 def test_load_checkpoint_exclude_restarts_the_output_layer(tmp_path):

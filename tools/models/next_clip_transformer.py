@@ -29,11 +29,6 @@ model without it starts from the same function; KV caches carry the pooled vecto
 (zero for a clip without history): with x1 prediction the network predicts the change from the
 last frame it has seen, so static content (background, obstacles) costs it nothing and a fresh
 model (output layer at zero) starts as copy-last. KV caches carry that frame (``last_frame``).
-With ``skip_sigma: [sigma_data, sigma_delta]`` the skip is the linear least-squares estimate of
-x1 from the noisy input z = t x1 + (1 - t) eps and the prior mean m (that frame; 0 without
-history): ``m + g (z - t m)``, ``g = t s^2 / (t^2 s^2 + (1 - t)^2)`` with s = sigma_delta (the
-spread of a frame around the last one) or sigma_data (around 0, no history). At t = 1 it is z,
-at t = 0 it is m (EDM's c_skip with a mean): the network never has to copy its own input.
 """
 from __future__ import annotations
 
@@ -109,7 +104,7 @@ MEMO_SIZE = 16  # shapes whose token metadata a model keeps (NextClipTransformer
 DEFAULTS = dict(in_channels=4, patch_size=2, hidden=256, depth=4, heads=4, ffn=1024, norm="layernorm",
                 mlp="gelu", time_cond="adaln", rope="1d", cond_dim=0, pooled_cond=False,
                 frame_causal_clean=False, grad_checkpointing=False, attention="blocks", qk_norm=True,
-                bias=True, history_skip=False, skip_sigma=None)
+                bias=True, history_skip=False)
 
 
 @MODEL.register_class()
@@ -126,7 +121,7 @@ class NextClipTransformer(nn.Module):
     def __init__(self, in_channels=None, patch_size=None, hidden=None, depth=None, heads=None, ffn=None,
                  norm=None, mlp=None, time_cond=None, rope=None, cond_dim=None, pooled_cond=None, cond_dropout=None,
                  frame_causal_clean=None, grad_checkpointing=None, attention=None, qk_norm=None,
-                 bias=None, history_skip=None, skip_sigma=None, preset=None):
+                 bias=None, history_skip=None, preset=None):
         super().__init__()
         if cond_dropout is not None:
             raise ValueError(f"cond_dropout={cond_dropout!r} is not a model setting: condition dropout is the "
@@ -150,12 +145,6 @@ class NextClipTransformer(nn.Module):
         self.frame_causal_clean = bool(cfg["frame_causal_clean"])
         self.grad_checkpointing = bool(cfg["grad_checkpointing"])
         self.history_skip = bool(cfg["history_skip"])
-        sig = cfg["skip_sigma"]
-        if sig is not None and not (self.history_skip and isinstance(sig, (list, tuple)) and len(sig) == 2
-                                    and all(float(x) > 0 for x in sig)):
-            raise ValueError(f"skip_sigma={sig!r} must be null or [sigma_data, sigma_delta] (both > 0, e.g. "
-                             f"[0.8, 0.3] for pixels in [-1, 1]) with history_skip: true")
-        self.skip_sigma = None if sig is None else (float(sig[0]), float(sig[1]))
         self.set_attention(cfg["attention"])
         C, P = self.hidden, self.in_channels * self.patch_size ** 2
         self.embed_noisy = nn.Linear(P, C)
@@ -372,46 +361,21 @@ class NextClipTransformer(nn.Module):
 
         y = self._run(x, temb, tid, cos, sin, [attn] * len(self.blocks))  # (B, L, P)
         out = self._unpatchify(_gather_tokens(y, pos), Fr, H, W)
-        if not self.history_skip:
-            return out
-        ref, has = self._skip_frames(x_clean, clip_lens)
-        tf = None
-        if self.skip_sigma is not None:  # per-frame time of each frame's clip
-            _, clip_of = self._clip_of(clip_lens.to(x_noisy.device), Fr)
-            tf = torch.gather(torch.cat([t, t.new_zeros(B, 1)], 1).float(), 1, clip_of)
-        return out + self._skip(ref, has, x_noisy, tf).to(out.dtype)
-
-    def _skip(self, ref: Tensor, has: Tensor, z: Tensor, t: Optional[Tensor]) -> Tensor:
-        """The output skip of a ``history_skip`` model: ``ref`` (B, C, F, H, W) the prior mean, ``has``
-        (B, F) bool: the frame has history; with ``skip_sigma`` the blend with the noisy input ``z``
-        at per-frame times ``t`` (B, F) (see the module doc)."""
-        if self.skip_sigma is None:
-            return ref
-        sd, sh = self.skip_sigma
-        s2 = torch.where(has, sh ** 2, sd ** 2)
-        tt = t.clamp(0, 1)
-        g = (tt * s2 / (tt ** 2 * s2 + (1 - tt) ** 2))[:, None, :, None, None]
-        return ref + g * (z.float() - tt[:, None, :, None, None] * ref)
+        return out + self._skip_frames(x_clean, clip_lens).to(out.dtype) if self.history_skip else out
 
     @staticmethod
-    def _clip_of(lens: Tensor, Fr: int):
-        """(ends (B, K), clip index of every frame (B, F); K at padded frames)."""
-        ends = lens.long().cumsum(1)
-        f = torch.arange(Fr, device=lens.device)
-        return ends, (f[None, :, None] >= ends[:, None, :]).sum(-1)
-
-    @classmethod
-    def _skip_frames(cls, x_clean: Tensor, clip_lens: Tensor):
+    def _skip_frames(x_clean: Tensor, clip_lens: Tensor) -> Tensor:
         """(B, C, F, H, W): at every frame of clip k >= 1 the last frame of clip k - 1 in ``x_clean``
-        (what the model sees of it), zero in the first clip and at padded frames (``history_skip``);
-        and (B, F) bool: which frames have one."""
+        (what the model sees of it), zero in the first clip and at padded frames (``history_skip``)."""
         B, _, Fr = x_clean.shape[:3]
         lens = clip_lens.long().to(x_clean.device)
-        ends, clip_of = cls._clip_of(lens, Fr)
+        ends = lens.cumsum(1)  # (B, K)
+        f = torch.arange(Fr, device=x_clean.device)
+        clip_of = (f[None, :, None] >= ends[:, None, :]).sum(-1)  # (B, F); K at padded frames
         start = torch.gather(torch.cat([ends - lens, ends[:, -1:]], 1), 1, clip_of)  # first frame of the clip
         use = (clip_of > 0) & (clip_of < lens.shape[1]) & (start > 0)
         src = (start - 1).clamp(min=0)[:, None, :, None, None].expand(-1, x_clean.shape[1], -1, *x_clean.shape[3:])
-        return torch.gather(x_clean, 2, src).float() * use[:, None, :, None, None], use
+        return torch.gather(x_clean, 2, src) * use[:, None, :, None, None].to(x_clean.dtype)
 
     def _forward_tokens(self, layout: BlockCausalLayout, Fr: int, N: int, gw: int, frame_offset: int):
         """Token metadata of a training forward, built once per layout (:meth:`_memoized`): (layout,
@@ -570,17 +534,10 @@ class NextClipTransformer(nn.Module):
             ys = self._run_branches([ins[j] for j in group])
             for j, y in zip(group, ys):
                 outs[j] = self._unpatchify(y[:, ins[j]["M"]:], G, H, W)
-                if self.history_skip:
-                    outs[j] = outs[j] + self._denoise_skip(branches[j][0], x_clip, t).to(outs[j].dtype)
+                last = branches[j][0].last_frame if branches[j][0] is not None else None
+                if self.history_skip and last is not None and branches[j][0].num_frames:
+                    outs[j] = outs[j] + last.to(outs[j].dtype)
         return outs
-
-    def _denoise_skip(self, cache: Optional[KVCache], z: Tensor, t: Tensor) -> Tensor:
-        """The output skip of one denoised clip ``z`` (B, C, G, H, W) at time ``t`` (B, 1) against ``cache``."""
-        B, _, G = z.shape[:3]
-        has = cache is not None and cache.last_frame is not None and cache.num_frames > 0
-        ref = cache.last_frame.float().expand_as(z) if has else z.new_zeros(z.shape, dtype=torch.float32)
-        return self._skip(ref, torch.full((B, G), has, device=z.device),
-                          z, t.reshape(B, 1).float().expand(B, G))
 
     def _denoise_inputs(self, tokens: Tensor, temb: Tensor, G: int, H: int, W: int, cache: Optional[KVCache] = None,
                         frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
