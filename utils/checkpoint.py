@@ -495,7 +495,7 @@ def load_weights(model: torch.nn.Module, path: Path, strict: bool = True, strip_
         sd = {k[len(strip_prefix):] if k.startswith(strip_prefix) else k: v for k, v in sd.items()}
     if transform is not None:
         sd = transform(sd)
-    excl = tuple(str(e) for e in (exclude or ()))
+    excl = (exclude,) if isinstance(exclude, str) else tuple(str(e) for e in (exclude or ()))
     if excl:
         own = model.state_dict()
         hit = sorted(k for k in own if k.startswith(excl))

@@ -33,7 +33,7 @@ model (output layer at zero) starts as copy-last. KV caches carry that frame (``
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -361,21 +361,23 @@ class NextClipTransformer(nn.Module):
 
         y = self._run(x, temb, tid, cos, sin, [attn] * len(self.blocks))  # (B, L, P)
         out = self._unpatchify(_gather_tokens(y, pos), Fr, H, W)
-        return out + self._skip_frames(x_clean, clip_lens).to(out.dtype) if self.history_skip else out
+        if not self.history_skip:
+            return out
+        src, use = self._memoized(("skip", layout.key(), Fr), lambda: self._skip_index(layout, Fr, x_clean.device))
+        ref = torch.gather(x_clean, 2, src[:, None, :, None, None].expand(-1, x_clean.shape[1], -1, H, W))
+        return out + (ref * use[:, None, :, None, None].to(ref.dtype)).to(out.dtype)
 
     @staticmethod
-    def _skip_frames(x_clean: Tensor, clip_lens: Tensor) -> Tensor:
-        """(B, C, F, H, W): at every frame of clip k >= 1 the last frame of clip k - 1 in ``x_clean``
-        (what the model sees of it), zero in the first clip and at padded frames (``history_skip``)."""
-        B, _, Fr = x_clean.shape[:3]
-        lens = clip_lens.long().to(x_clean.device)
-        ends = lens.cumsum(1)  # (B, K)
-        f = torch.arange(Fr, device=x_clean.device)
-        clip_of = (f[None, :, None] >= ends[:, None, :]).sum(-1)  # (B, F); K at padded frames
-        start = torch.gather(torch.cat([ends - lens, ends[:, -1:]], 1), 1, clip_of)  # first frame of the clip
-        use = (clip_of > 0) & (clip_of < lens.shape[1]) & (start > 0)
-        src = (start - 1).clamp(min=0)[:, None, :, None, None].expand(-1, x_clean.shape[1], -1, *x_clean.shape[3:])
-        return torch.gather(x_clean, 2, src) * use[:, None, :, None, None].to(x_clean.dtype)
+    def _skip_index(layout: BlockCausalLayout, Fr: int, dev) -> Tuple[Tensor, Tensor]:
+        """``history_skip`` source of every frame: (B, F) index of the last frame of the previous clip
+        and (B, F) bool, False in the first clip and at padded frames (their skip is zero)."""
+        src, use = torch.zeros(layout.B, Fr, dtype=torch.long), torch.zeros(layout.B, Fr, dtype=torch.bool)
+        for b, clips in enumerate(layout.clips):
+            start = clips[0]
+            for g in clips[1:]:
+                src[b, start:start + g], use[b, start:start + g] = start - 1, True
+                start += g
+        return src.to(dev), use.to(dev)
 
     def _forward_tokens(self, layout: BlockCausalLayout, Fr: int, N: int, gw: int, frame_offset: int):
         """Token metadata of a training forward, built once per layout (:meth:`_memoized`): (layout,
@@ -534,9 +536,9 @@ class NextClipTransformer(nn.Module):
             ys = self._run_branches([ins[j] for j in group])
             for j, y in zip(group, ys):
                 outs[j] = self._unpatchify(y[:, ins[j]["M"]:], G, H, W)
-                last = branches[j][0].last_frame if branches[j][0] is not None else None
-                if self.history_skip and last is not None and branches[j][0].num_frames:
-                    outs[j] = outs[j] + last.to(outs[j].dtype)
+                cache = branches[j][0]
+                if self.history_skip and cache is not None and cache.last_frame is not None:
+                    outs[j] = outs[j] + cache.last_frame.to(outs[j].dtype)
         return outs
 
     def _denoise_inputs(self, tokens: Tensor, temb: Tensor, G: int, H: int, W: int, cache: Optional[KVCache] = None,

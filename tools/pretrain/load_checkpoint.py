@@ -79,8 +79,6 @@ def load_into(model: nn.Module, path: str, strict: bool = True, strip_prefix: st
         if transform is None:
             raise CheckpointError(f"adapt_patch_size: true but {type(target).__name__} has no adapt_patch_size(); "
                                   f"it works for NextClipTransformer (set adapt_patch_size: false)")
-    if isinstance(exclude, str):
-        exclude = [exclude]
     report = load_weights(target, file, strict=strict, strip_prefix=strip_prefix, transform=transform,
                           exclude=exclude)
     name = prefix.rstrip(".")
