@@ -190,3 +190,26 @@ def test_rollout_video_counts_latent_frames_of_a_causal_vae(tmp_path, context):
              "run_dir": tmp_path, "cfg": p.cfg}
     (path,) = hook(state)
     assert probe_video(path).num_frames == 13
+
+
+def test_residual_shortcuts_pair_frames_causally_and_invert():
+    """DC-AE style shortcuts: Downsample's parameter-free path is space-time-to-channel of frame pairs
+    (2j - 1, 2j), the first frame paired with itself, averaged over 2x2 pixels; Upsample's undoes it
+    (nearest upsampling, the first frame once)."""
+    import torch.nn.functional as F
+
+    from tools.autoencoders.causal_vae import Downsample, Upsample, channel_fit
+
+    x = torch.randn(2, 4, 5, 8, 8)
+    down, up = Downsample(4, 8, temporal=True), Upsample(8, 4, temporal=True)
+    s = channel_fit(down._space_to_channel(x), 8)
+    pooled = F.avg_pool3d(torch.cat([x[:, :, :1], x], dim=2), (1, 2, 2))  # (2, 4, 6, 4, 4)
+    torch.testing.assert_close(s, pooled.unflatten(2, (3, 2)).transpose(2, 3).reshape(2, 8, 3, 4, 4))
+    back = up._channel_to_space(s)
+    nearest = F.interpolate(pooled[:, :, 1:], scale_factor=(1, 2, 2), mode="nearest")
+    torch.testing.assert_close(back, nearest)
+    with torch.no_grad():
+        y_down, y_up = down(x), up(s)
+        down.shortcut = up.shortcut = False  # forward adds exactly these paths to the convs
+        torch.testing.assert_close(y_down - down(x), s)
+        torch.testing.assert_close(y_up - up(s), back)

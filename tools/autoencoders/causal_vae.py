@@ -5,6 +5,13 @@ padded on the left only, with copies of the first frame), two temporal stride-2 
 (temporal factor 4) and three spatial ones (factor 8). The first frame is encoded alone: T = 1 + 4k
 pixel frames <-> 1 + k latent frames, and an image is a one-frame video.
 
+Residual shortcuts (``shortcut: true``, after DC-AE's "residual autoencoding", Chen et al. 2024):
+every down/upsampling block and the latent bottleneck add a parameter-free path, space(-time)-to-
+channel with channel averaging down, channel repeats and channel(-time)-to-space up, so the convs
+learn a residual on top of a lossy copy of their input. Without them this small VAE stays in a
+blurred, colourless solution (measured: batch PSNR ~17 dB from step 130 to 1500 on the demo; with
+them it passes the mean-frame baseline within 100 steps; README "Latent space").
+
 Long videos are encoded and decoded in chunks of ``chunk_size`` pixel frames (the first chunk
 1 + chunk_size): every causal conv keeps the frames the next chunk needs (a causal cache), so
 chunked results equal whole-video results. Normalization is per position (a LayerNorm over
@@ -72,18 +79,78 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.c2(F.silu(self.n2(h)))
 
 
-class Upsample(nn.Module):
-    """2x nearest in space; with ``temporal``, each frame -> 2 frames (conv to 2C, depth to time) and
-    the video's very first frame -> 1 (causal: 1 + k -> 1 + 2k)."""
+def channel_fit(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Parameter-free channel change of a residual shortcut (DC-AE's "residual autoencoding"):
+    mean over groups of consecutive channels (fewer out) or repeats of each channel (more out)."""
+    cin = x.shape[1]
+    if cin == channels:
+        return x
+    if cin % channels == 0:
+        return x.unflatten(1, (channels, cin // channels)).mean(2)
+    return x.repeat_interleave(channels // cin, dim=1)
 
-    def __init__(self, channels: int, temporal: bool):
+
+def fits(cin: int, cout: int) -> bool:
+    """Whether ``channel_fit`` can map ``cin`` to ``cout`` channels."""
+    return cin % cout == 0 or cout % cin == 0
+
+
+class Downsample(nn.Module):
+    """Stride-2 causal conv in space (and time with ``temporal``: 1 + 2k -> 1 + k frames), plus,
+    with ``shortcut``, a parameter-free residual: space(-time)-to-channel of the input, channels
+    averaged to ``cout`` (DC-AE). Time pairs are (2j - 1, 2j), the video's first frame paired
+    with itself, so an image stays one frame and chunks of even length line up."""
+
+    def __init__(self, cin: int, cout: int, temporal: bool, shortcut: bool = True):
         super().__init__()
         self.temporal = temporal
-        self.time_conv = CausalConv3d(channels, 2 * channels) if temporal else None
-        self.conv = CausalConv3d(channels, channels)
+        self.conv = CausalConv3d(cin, cout, stride=(2 if temporal else 1, 2))
+        self.shortcut = shortcut and fits(cin * (8 if temporal else 4), cout)
+        self.cout = cout
         self.at_start = True  # the next frame is the video's first (set by CausalVAE while streaming)
 
+    def _space_to_channel(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, T, H, W = x.shape
+        if not self.temporal:
+            x = x.reshape(B, C, T, H // 2, 2, W // 2, 2).permute(0, 1, 4, 6, 2, 3, 5)
+            return x.reshape(B, 4 * C, T, H // 2, W // 2)
+        if self.at_start:
+            x, T = torch.cat([x[:, :, :1], x], dim=2), T + 1
+        x = x.reshape(B, C, T // 2, 2, H // 2, 2, W // 2, 2).permute(0, 1, 3, 5, 7, 2, 4, 6)
+        return x.reshape(B, 8 * C, T // 2, H // 2, W // 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y + channel_fit(self._space_to_channel(x), self.cout) if self.shortcut else y
+
+
+class Upsample(nn.Module):
+    """2x nearest in space and a conv to ``cout``; with ``temporal``, each frame -> 2 frames (conv
+    to 2C, depth to time) and the video's very first frame -> 1 (causal: 1 + k -> 1 + 2k). With
+    ``shortcut``, plus the parameter-free inverse of Downsample's: channels repeated to ``cout``
+    x 4 (x 8) and moved to space (and time)."""
+
+    def __init__(self, cin: int, cout: int, temporal: bool, shortcut: bool = True):
+        super().__init__()
+        self.temporal = temporal
+        self.time_conv = CausalConv3d(cin, 2 * cin) if temporal else None
+        self.conv = CausalConv3d(cin, cout)
+        self.cout = cout
+        self.shortcut = shortcut and fits(cin, cout * (8 if temporal else 4))
+        self.at_start = True  # the next frame is the video's first (set by CausalVAE while streaming)
+
+    def _channel_to_space(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, T, H, W = x.shape
+        C = self.cout
+        if not self.temporal:
+            x = channel_fit(x, 4 * C).reshape(B, C, 2, 2, T, H, W).permute(0, 1, 4, 5, 2, 6, 3)
+            return x.reshape(B, C, T, 2 * H, 2 * W)
+        x = channel_fit(x, 8 * C).reshape(B, C, 2, 2, 2, T, H, W).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        x = x.reshape(B, C, 2 * T, 2 * H, 2 * W)
+        return x[:, :, 1:] if self.at_start else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self._channel_to_space(x) if self.shortcut else None
         if self.temporal:
             B, C, T, H, W = x.shape
             x = self.time_conv(x).reshape(B, 2, C, T, H, W).permute(0, 2, 3, 1, 4, 5).reshape(B, C, 2 * T, H, W)
@@ -91,20 +158,24 @@ class Upsample(nn.Module):
                 x = x[:, :, 1:]
         B, C, T, H, W = x.shape
         x = F.interpolate(x.transpose(1, 2).reshape(B * T, C, H, W), scale_factor=2.0, mode="nearest")
-        return self.conv(x.reshape(B, T, C, 2 * H, 2 * W).transpose(1, 2))
+        y = self.conv(x.reshape(B, T, C, 2 * H, 2 * W).transpose(1, 2))
+        return y if skip is None else y + skip
 
 
 class Encoder(nn.Module):
-    def __init__(self, chans: Sequence[int], temporal: Sequence[bool], latent_channels: int, blocks: int):
+    def __init__(self, chans: Sequence[int], temporal: Sequence[bool], latent_channels: int, blocks: int,
+                 shortcut: bool = True):
         super().__init__()
         self.conv_in = CausalConv3d(3, chans[0])
         layers: List[nn.Module] = []
         for i in range(len(chans) - 1):
-            layers += [ResBlock(chans[i] if j == 0 else chans[i + 1], chans[i + 1]) for j in range(blocks)]
-            layers.append(CausalConv3d(chans[i + 1], chans[i + 1], stride=(2 if temporal[i] else 1, 2)))
+            layers += [ResBlock(chans[i], chans[i]) for _ in range(blocks)]
+            layers.append(Downsample(chans[i], chans[i + 1], temporal[i], shortcut))
         self.down = nn.Sequential(*layers)
         self.mid = ResBlock(chans[-1], chans[-1])
         self.norm, self.conv_out = ChannelNorm(chans[-1]), CausalConv3d(chans[-1], 2 * latent_channels)
+        self.latent_channels = latent_channels
+        self.shortcut = shortcut and fits(chans[-1], latent_channels)
 
     def init_logvar(self, value: float) -> None:
         """Start the posterior nearly deterministic: logvar = ``value`` everywhere (zero weights, constant
@@ -116,23 +187,33 @@ class Encoder(nn.Module):
             self.conv_out.conv.bias[half:].fill_(float(value))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pixels -> moments (mean, logvar)
-        return self.conv_out(F.silu(self.norm(self.mid(self.down(self.conv_in(x))))))
+        h = self.mid(self.down(self.conv_in(x)))
+        moments = self.conv_out(F.silu(self.norm(h)))
+        if not self.shortcut:
+            return moments
+        mean, logvar = moments.chunk(2, dim=1)  # the shortcut feeds the mean only
+        return torch.cat([mean + channel_fit(h, self.latent_channels), logvar], dim=1)
 
 
 class Decoder(nn.Module):
-    def __init__(self, chans: Sequence[int], temporal: Sequence[bool], latent_channels: int, blocks: int):
+    def __init__(self, chans: Sequence[int], temporal: Sequence[bool], latent_channels: int, blocks: int,
+                 shortcut: bool = True):
         super().__init__()
         self.conv_in = CausalConv3d(latent_channels, chans[-1])
+        self.shortcut = shortcut and fits(latent_channels, chans[-1])
         self.mid = ResBlock(chans[-1], chans[-1])
         layers: List[nn.Module] = []
         for i in reversed(range(len(chans) - 1)):
-            layers += [ResBlock(chans[i + 1] if j == 0 else chans[i], chans[i]) for j in range(blocks)]
-            layers.append(Upsample(chans[i], temporal[i]))
+            layers += [ResBlock(chans[i + 1], chans[i + 1]) for _ in range(blocks)]
+            layers.append(Upsample(chans[i + 1], chans[i], temporal[i], shortcut))
         self.up = nn.Sequential(*layers)
         self.norm, self.conv_out = ChannelNorm(chans[0]), CausalConv3d(chans[0], 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(F.silu(self.norm(self.up(self.mid(self.conv_in(z))))))
+        h = self.conv_in(z)
+        if self.shortcut:
+            h = h + channel_fit(z, h.shape[1])
+        return self.conv_out(F.silu(self.norm(self.up(self.mid(h)))))
 
 
 @AUTO_ENCODER.register_class()
@@ -147,7 +228,7 @@ class CausalVAE(VideoAutoencoder):
                  temporal_downsample: Sequence[bool] = (True, True, False), num_res_blocks: int = 1,
                  weights: Optional[str] = None, scale_factor: float = 1.0, shift_factor: float = 0.0,
                  chunk_size: Optional[int] = None, tile_size: Optional[int] = None, sample_posterior: bool = False,
-                 init_logvar: Optional[float] = -6.0):
+                 init_logvar: Optional[float] = -6.0, shortcut: bool = True):
         super().__init__(chunk_size=chunk_size, sample_posterior=sample_posterior)
         mult, temporal = list(channel_mult), [bool(t) for t in temporal_downsample]
         if len(temporal) != len(mult) - 1:
@@ -157,8 +238,8 @@ class CausalVAE(VideoAutoencoder):
         self.spatial_factor, self.temporal_factor = 2 ** (len(mult) - 1), 2 ** sum(temporal)
         self.scale_factor, self.shift_factor = float(scale_factor), float(shift_factor)
         chans = [int(base_channels * m) for m in mult]
-        self.encoder = Encoder(chans, temporal, self.latent_channels, num_res_blocks)
-        self.decoder = Decoder(chans, temporal, self.latent_channels, num_res_blocks)
+        self.encoder = Encoder(chans, temporal, self.latent_channels, num_res_blocks, bool(shortcut))
+        self.decoder = Decoder(chans, temporal, self.latent_channels, num_res_blocks, bool(shortcut))
         if init_logvar is not None:  # initial posterior std exp(init_logvar / 2) (0.05 for -6); null: torch's init
             self.encoder.init_logvar(init_logvar)
         self.enc_margin, self.dec_margin = self._margins(len(mult) - 1, num_res_blocks)
@@ -184,7 +265,7 @@ class CausalVAE(VideoAutoencoder):
     @contextmanager
     def _streaming(self, net: nn.Module) -> Iterator[None]:
         convs = [m for m in net.modules() if isinstance(m, CausalConv3d)]
-        ups = [m for m in net.modules() if isinstance(m, Upsample)]
+        ups = [m for m in net.modules() if isinstance(m, (Downsample, Upsample))]
         for m in convs:
             m.stream, m.cache = True, None
         try:
@@ -205,7 +286,7 @@ class CausalVAE(VideoAutoencoder):
                 out.append(net(c))
                 if i == 0:
                     for m in net.modules():
-                        if isinstance(m, Upsample):
+                        if isinstance(m, (Downsample, Upsample)):
                             m.at_start = False
         return torch.cat(out, dim=2)
 
