@@ -263,17 +263,19 @@ class CausalVAE(VideoAutoencoder):
 
     # -- streaming over time ----------------------------------------------------------------
     @contextmanager
-    def _streaming(self, net: nn.Module) -> Iterator[None]:
+    def _streaming(self, net: nn.Module) -> Iterator[List[nn.Module]]:
+        """Causal caches on; yields the blocks that treat the video's first frame specially
+        (``at_start``), for the caller to clear after the first chunk; everything reset on exit."""
         convs = [m for m in net.modules() if isinstance(m, CausalConv3d)]
-        ups = [m for m in net.modules() if isinstance(m, (Downsample, Upsample))]
+        starts = [m for m in net.modules() if isinstance(m, (Downsample, Upsample))]
         for m in convs:
             m.stream, m.cache = True, None
         try:
-            yield
+            yield starts
         finally:
             for m in convs:
                 m.stream, m.cache = False, None
-            for m in ups:
+            for m in starts:
                 m.at_start = True
 
     def _run(self, net: nn.Module, x: torch.Tensor, first: int, step: Optional[int]) -> torch.Tensor:
@@ -281,13 +283,12 @@ class CausalVAE(VideoAutoencoder):
         if step is None or x.shape[2] <= first:
             return net(x)
         out = []
-        with self._streaming(net):
+        with self._streaming(net) as starts:
             for i, c in enumerate([x[:, :, :first]] + list(x[:, :, first:].split(step, dim=2))):
                 out.append(net(c))
                 if i == 0:
-                    for m in net.modules():
-                        if isinstance(m, (Downsample, Upsample)):
-                            m.at_start = False
+                    for m in starts:
+                        m.at_start = False
         return torch.cat(out, dim=2)
 
     def _encode_frames(self, x: torch.Tensor) -> torch.Tensor:
