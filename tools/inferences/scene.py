@@ -318,7 +318,7 @@ def match_objects(pred: Sequence[Mapping], truth: Sequence[Mapping], miss: float
     from scipy.optimize import linear_sum_assignment
 
     errors = []
-    for color in {o["color"] for o in truth}:
+    for color in sorted({o["color"] for o in truth}):
         t = np.array([(o["x"], o["y"]) for o in truth if o["color"] == color])
         p = np.array([(o["x"], o["y"]) for o in pred if o["color"] == color]).reshape(-1, 2)
         d = np.minimum(np.linalg.norm(t[:, None] - p[None], axis=-1), miss) if len(p) else np.zeros((len(t), 0))

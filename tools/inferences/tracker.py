@@ -55,7 +55,7 @@ def _tracks(per_frame: List[List[Dict]]) -> List[Dict]:
     frame backwards, so every ball visible at the end gets a track)."""
     T = len(per_frame)
     out = []
-    for color in {o["color"] for o in per_frame[-1]}:
+    for color in sorted({o["color"] for o in per_frame[-1]}):  # sorted: set order varies with PYTHONHASHSEED
         for o in [o for o in per_frame[-1] if o["color"] == color]:
             xy = np.full((T, 2), np.nan)
             area = np.full(T, np.nan)
