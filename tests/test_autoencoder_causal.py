@@ -213,3 +213,34 @@ def test_residual_shortcuts_pair_frames_causally_and_invert():
         down.shortcut = up.shortcut = False  # forward adds exactly these paths to the convs
         torch.testing.assert_close(y_down - down(x), s)
         torch.testing.assert_close(y_up - up(s), back)
+
+
+def test_random_window_start_gives_the_history_of_a_sliding_rollout(ae):
+    """window_start: random cuts the latent window of a longer item at a random latent frame: with a
+    causal VAE the window then starts with a 4-frame latent (what a sliding-window rollout's history
+    starts with past the first window), never re-encodes a later frame as a first frame, is the same
+    from cached latents as from videos, and N ranks draw the starts of the single-process global batch."""
+    from tools.autoencoders.base import encode
+    from tools.train.train_next_clip import latents_of, step_generator
+
+    video = torch.rand(4, 3, 19, 16, 16) * 2 - 1        # 19 frames: the encodable prefix is 17 = 5 latents
+    with torch.no_grad():
+        full = encode(ae, video[:, :, :17])              # (4, C, 5, 2, 2)
+    first = latents_of({"video": video}, ae, 9, "cpu", step_generator(1, 0, 0))
+    assert torch.allclose(first, full[:, :, :3], atol=1e-5)     # default: the first 9 frames, as before
+    starts = set()
+    for step in range(6):
+        a = latents_of({"video": video}, ae, 9, "cpu", step_generator(1, step, 0), window_start="random")
+        assert a.shape == (4, full.shape[1], 3, 2, 2)
+        for b in range(4):
+            s = [s for s in range(3) if torch.allclose(a[b], full[b, :, s:s + 3], atol=1e-5)]
+            assert len(s) == 1, (step, b)
+            starts.add(s[0])
+        cached = latents_of({"latent": full}, ae, 9, "cpu", step_generator(1, step, 0), window_start="random")
+        assert torch.allclose(cached, a, atol=1e-5)
+        halves = [latents_of({"latent": full[2 * r:2 * r + 2]}, ae, 9, "cpu", step_generator(1, step, 0),
+                             (r, 2), "random") for r in range(2)]
+        assert torch.equal(torch.cat(halves), cached)
+    assert starts == {0, 1, 2}
+    with torch.no_grad():  # cutting the video instead would re-encode frame 4 as a first frame: not the same
+        assert not torch.allclose(encode(ae, video[:, :, 4:13])[:, :, 0], full[:, :, 1], atol=1e-3)

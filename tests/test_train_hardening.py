@@ -71,6 +71,7 @@ def train(cfg, log_dir, *overrides):
     ("lr_schedule=linear", "lr_schedule"), ("clip_sampling.mode=randm", "clip_sampling.mode"),
     ("clip_sampling.min_clips=0", "clip_sampling.min_clips"), ("max_frames=0", "max_frames"),
     ("ema_decay=1.5", "ema_decay"), ("dist_timeout=0", "dist_timeout"), ("betas=[0.9]", "betas"),
+    ("window_start=last", "window_start"),
 ])
 def test_validate_names_the_bad_setting(tmp_path, override, key):
     cfg = load_config(write_cfg(tmp_path), [override], registry=ENGINE)

@@ -55,7 +55,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from tools.backends.parallel import has_meta
-from tools.autoencoders.base import check_frames, latent_frames, model_cfg_with_channels, valid_frames
+from tools.autoencoders.base import check_frames, latent_frames, model_cfg_with_channels, pixel_frames, valid_frames
 from tools.autoencoders.base import encode as ae_encode
 from tools.embedders.conditioning import condition_values, embed, is_conditional, model_cfg_for
 from tools.train import loop
@@ -66,6 +66,8 @@ from tools.train.loop import is_int as _is_int, is_num as _is_num, require as _r
 from utils import distributed as du
 from utils.config import DEFAULT_COMPONENTS, ConfigError
 from utils.registry import AUTO_ENCODER, DATASETS, DIFFUSION, EMBEDDER, ENGINE, MODEL, PRETRAIN, VISUAL
+
+WINDOW_STARTS = ("first", "random")
 
 DEFAULTS: Dict[str, Any] = {
     **copy.deepcopy(DEFAULT_COMPONENTS),
@@ -83,6 +85,7 @@ DEFAULTS: Dict[str, Any] = {
     "num_workers": 0,
     "max_frames": 16,           # PIXEL frames per training video (longer items are cut, shorter ones are an
                                 # error); T / f latent frames, 1 + 4k pixel frames for a causal f=4 VAE
+    "window_start": "first",    # where the max_frames window of a longer item starts: first | random
     # clip_len / min_clips / max_clips count LATENT frames (what the model sees; = pixel frames for Identity)
     "clip_sampling": {"mode": "random", "clip_len": 4, "min_clips": 2, "max_clips": None},
     "lr": 1e-4,
@@ -98,29 +101,45 @@ DEFAULTS: Dict[str, Any] = {
 # ---------------------------------------------------------------------------- helpers
 @torch.no_grad()
 def latents_of(batch: Dict[str, Any], autoencoder, max_frames: int, device,
-               generator: Optional[torch.Generator] = None, rank_slice: Tuple[int, int] = (0, 1)) -> torch.Tensor:
-    """Model inputs of a batch: cached ``latent`` or ``video`` encoded, cut to ``max_frames`` pixel
-    frames (``autoencoder.latent_frames(max_frames)`` latent frames: T / f, or 1 + (T - 1) / f for a
+               generator: Optional[torch.Generator] = None, rank_slice: Tuple[int, int] = (0, 1),
+               window_start: str = "first") -> torch.Tensor:
+    """Model inputs of a batch: cached ``latent`` or ``video`` encoded, cut to a window of ``max_frames``
+    pixel frames (``autoencoder.latent_frames(max_frames)`` latent frames: T / f, or 1 + (T - 1) / f for a
     causal VAE). Image batches (``kind: image``) are one-frame clips and are not held to
-    ``max_frames``. A stochastic encode draws its noise from ``generator`` (the step generator)."""
+    ``max_frames``. A stochastic encode draws its noise from ``generator`` (the step generator).
+
+    ``window_start``: ``first`` takes the first frames of every item; ``random`` encodes the whole item
+    (its longest encodable prefix) and cuts the window at a start drawn per sample of the global batch
+    from ``generator``, in latent frames. With a causal VAE a window then begins with a latent of f
+    frames, not the first frame's own latent, as the history of a sliding-window rollout does once it
+    has moved past the start of the video."""
     if batch.get("kind") == "image":
         key = "latent" if "latent" in batch else "video"
         x = batch[key][:, :, :1].to(device, non_blocking=True)
         return x if key == "latent" else ae_encode(autoencoder, x, generator, rank_slice)
+    want = latent_frames(autoencoder, max_frames)
     if "latent" in batch:
         latent = batch["latent"]
-        want = latent_frames(autoencoder, max_frames)
         if latent.shape[2] < want:
             raise ValueError(f"cached latents have {latent.shape[2]} frames, fewer than the {want} that "
                              f"max_frames={max_frames} needs ({type(autoencoder).__name__}, temporal_factor "
                              f"{getattr(autoencoder, 'temporal_factor', 1)}); lower max_frames or re-encode the cache "
                              f"with more frames.")
-        return latent[:, :, :want].to(device, non_blocking=True)
-    video = batch["video"]
-    if video.shape[2] < max_frames:
-        raise ValueError(f"dataset items have {video.shape[2]} frames, fewer than max_frames="
-                         f"{max_frames}; lower max_frames or raise the dataset's num_frames.")
-    return ae_encode(autoencoder, video[:, :, :max_frames].to(device, non_blocking=True), generator, rank_slice)
+        x = latent if window_start == "random" else latent[:, :, :want]
+        x = x.to(device, non_blocking=True)
+    else:
+        video = batch["video"]
+        if video.shape[2] < max_frames:
+            raise ValueError(f"dataset items have {video.shape[2]} frames, fewer than max_frames="
+                             f"{max_frames}; lower max_frames or raise the dataset's num_frames.")
+        T = pixel_frames(autoencoder, latent_frames(autoencoder, video.shape[2])) if window_start == "random" \
+            else max_frames
+        x = ae_encode(autoencoder, video[:, :, :T].to(device, non_blocking=True), generator, rank_slice)
+    if window_start != "random" or x.shape[2] == want:
+        return x[:, :, :want]
+    B, (rank, world) = x.shape[0], rank_slice
+    starts = torch.randint(0, x.shape[2] - want + 1, (B * world,), generator=generator)[rank * B:(rank + 1) * B]
+    return torch.stack([x[b, :, int(s):int(s) + want] for b, s in enumerate(starts)])
 
 
 def drop_conditions(values: List[Any], p: float, generator: torch.Generator, rank: int = 0,
@@ -164,6 +183,9 @@ def validate(cfg) -> None:
     v = g("cond_key", None)
     _require(v is None or (isinstance(v, str) and v), "cond_key", v, "must be an item key (label | caption) or null",
              "e.g. cond_key=label")
+    v = g("window_start", DEFAULTS["window_start"])
+    _require(v in WINDOW_STARTS, "window_start", v, f"choose one of {', '.join(WINDOW_STARTS)}",
+             "e.g. window_start=random (train on windows that start anywhere in longer items)")
     _validate_clip_sampling(g("clip_sampling", DEFAULTS["clip_sampling"]))
 
 
@@ -198,7 +220,7 @@ def _must_match(key: str) -> bool:
 
 
 #: settings whose change alters the data / noise stream of a resumed run
-STREAM_KEYS = ("seed", "batch_size", "grad_accum", "dataset", "latent_cache", "clip_sampling")
+STREAM_KEYS = ("seed", "batch_size", "grad_accum", "dataset", "latent_cache", "clip_sampling", "window_start")
 
 
 def _effect(key: str) -> str:
@@ -374,7 +396,7 @@ def _step(run: Run, batches, step: int) -> Dict[str, Any]:
         batch = next(batches)
         images += batch.get("kind") == "image"
         gen = step_generator(cfg.seed, step, micro)
-        x1 = latents_of(batch, run.autoencoder, cfg.max_frames, device, gen, (rank, world))
+        x1 = latents_of(batch, run.autoencoder, cfg.max_frames, device, gen, (rank, world), cfg.window_start)
         B = x1.shape[0]
         # global-batch randomness, sliced for this rank
         clip_lens = sample_clip_lens(x1.shape[2], B * world, cs.mode, cs.clip_len, cs.min_clips,
