@@ -2,7 +2,7 @@
 
 Model, diffusion, dataset, embedder and autoencoder all come from the YAML. The same
 command runs single-process or under ``torchrun`` (DDP; gloo on CPU, nccl / hccl from
-the backend). Every random draw of a step (clip cuts, flow times, noise) is made for the
+the backend). Every random draw of a step (clip cuts, window starts, flow times, noise) is made for the
 *global* batch from a generator seeded by (seed, step, micro-step) and sliced per rank,
 so N processes reproduce the single-process run on the same global batch, and a resumed
 run reproduces the uninterrupted one. Datasets with ``epoch_aware = True`` receive
