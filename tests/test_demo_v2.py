@@ -67,11 +67,11 @@ def test_v2_class_label_generates_what_its_prompt_generates():
 
 
 def test_v2_evaluation_writes_the_issue_schema(tmp_path, monkeypatch):
-    """configs/demo/evaluate.yaml (the README's table) on the shipped v2 model: per-method per-frame
+    """configs/demo/evaluate.yaml (the README's table) on the shipped v2 (latent) model: per-method per-frame
     lists, horizons, the caption as condition, a held-out seed from the command line."""
     monkeypatch.chdir(ROOT)
     assert main("infer", ["--cfg", "configs/demo/evaluate.yaml", "log_dir", str(tmp_path), "dataset.seed=6161",
-                          "eval_range=[0,2]", "num_sample_steps=2", "save_videos=0", "max_frames=12",
+                          "eval_range=[0,2]", "num_sample_steps=2", "save_videos=0", "max_frames=13",
                           "eval_horizons=[4,8]"]) == 0
     m = json.loads((tmp_path / "demo_eval" / "metrics.json").read_text())
     assert not m["failures"] and m["num_videos"] == 2
