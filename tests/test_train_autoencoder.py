@@ -59,6 +59,28 @@ def test_exact_resume_with_gan(tmp_path):
     assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
 
 
+def test_freeze_encoder_fine_tunes_the_decoder_and_keeps_the_latents(tmp_path, capsys):
+    """freeze: [encoder] from trained weights: the encoder (so every latent) stays bit-identical, the
+    decoder learns; a name that is not a submodule, or freezing everything, is a config error."""
+    from utils.registry import AUTO_ENCODER
+
+    assert train(tmp_path / "base", "num_steps=2", "save_ckp_interval=2") == 0
+    start = ckpt(tmp_path / "base", 2)
+    ft = [f"+auto_encoder.weights={start}", "freeze=[encoder]", "num_steps=3", "save_ckp_interval=3"]
+    assert train(tmp_path / "ft", *ft) == 0
+    a, b = read_state_dict(start), read_state_dict(ckpt(tmp_path / "ft", 3))
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    kw = {"type": "CausalVAE", "base_channels": 4, "channel_mult": [1, 1, 1, 1], "latent_channels": 4}
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    ae0, ae1 = (AUTO_ENCODER.build({**kw, "weights": str(w)}) for w in (start, ckpt(tmp_path / "ft", 3)))
+    assert torch.equal(ae0.encode(x), ae1.encode(x))
+    assert train(tmp_path / "bad", "num_steps=1", "freeze=[encodr]") == 2
+    assert "'encodr' is not a submodule of the auto_encoder; it has encoder, decoder" in capsys.readouterr().err
+    assert train(tmp_path / "bad", "num_steps=1", "freeze=[encoder,decoder]") == 2
+    assert "nothing to train" in capsys.readouterr().err
+
+
 def test_resume_refuses_another_vae(tmp_path, capsys):
     assert train(tmp_path, "num_steps=1", "save_ckp_interval=1") == 0
     assert train(tmp_path, "num_steps=2", "auto_encoder.latent_channels=8") == 2

@@ -15,6 +15,11 @@ One step, written out:
 3. AdamW step (clip, LR schedule), then, with the GAN on, one step of a per-frame PatchGAN
    discriminator on (x, recon.detach()); EMA of the VAE.
 
+``freeze: [encoder]`` trains the decoder alone (the encoder runs without gradients and its weights,
+hence the latents, stay bit-identical): a decoder fine-tune of a VAE whose latents a model was
+already trained on (start it from the VAE with ``auto_encoder.weights``), as Stable Diffusion's
+fine-tuned decoders keep the latent space. The names are the VAE's top-level submodules.
+
 The launch, data stream, optimizer, resume, scalars / progress bar and checkpoints are the shared
 plumbing of :mod:`tools.train.loop` (as in train_next_clip). Checkpoints hold the VAE (and its
 EMA) as ``step_N.safetensors`` / ``step_N.ema.safetensors``, loadable with
@@ -56,6 +61,7 @@ DEFAULTS: Dict[str, Any] = {
     "lr": 1e-4,                 # measured on the demo CausalVAE: 5e-4 trails it (README "Latent space")
     "weight_decay": 0.0,
     "betas": [0.9, 0.99],
+    "freeze": [],               # top-level VAE submodules kept fixed, e.g. [encoder] (a decoder fine-tune)
     **loop.LOOP_DEFAULTS,
     "viz_interval": 500,        # a truth | reconstruction mp4 under <run>/visuals/
     "resume": "auto",           # auto | none | path to a checkpoint
@@ -63,7 +69,7 @@ DEFAULTS: Dict[str, Any] = {
     "dist_timeout": 600,
 }
 #: settings that define what the weights mean: resuming with other values is an error
-MUST_MATCH = ("auto_encoder", "max_frames", "gan.channels")
+MUST_MATCH = ("auto_encoder", "max_frames", "gan.channels", "freeze")
 STREAM_KEYS = ("seed", "batch_size", "grad_accum", "dataset")
 
 
@@ -125,6 +131,23 @@ def validate(cfg) -> None:
                  "must be an integer >= 1", "e.g. gan.channels=32")
     loop.require(g["lr"] is None or (loop.is_num(g["lr"]) and g["lr"] > 0), "gan.lr", g["lr"],
                  "must be a number > 0 or null (= lr)", "e.g. gan.lr=1e-4")
+    fr = cfg.get("freeze", [])
+    loop.require(isinstance(fr, (list, tuple)) and all(isinstance(n, str) for n in fr), "freeze", fr,
+                 "must be a list of the VAE's submodule names", "e.g. freeze: [encoder] (train the decoder only)")
+
+
+def freeze_parts(vae: nn.Module, names) -> None:
+    """Fix the named top-level submodules of ``vae`` (no gradients, eval mode is the caller's); a
+    ConfigError names the valid ones. Freezing everything leaves nothing to train: also an error."""
+    parts = dict(vae.named_children())
+    for n in names:
+        if n not in parts:
+            raise ConfigError(f"freeze: {n!r} is not a submodule of the auto_encoder; it has "
+                              f"{', '.join(parts) or 'none'}; e.g. freeze: [encoder] trains the decoder only.")
+        parts[n].requires_grad_(False)
+    if not any(p.requires_grad for p in vae.parameters()):
+        raise ConfigError(f"freeze: {list(names)} fixes every parameter of the auto_encoder: nothing to train; "
+                          f"remove a name.")
 
 
 def _must_match(key: str) -> bool:
@@ -158,6 +181,7 @@ def _build(cfg, device):
         check_frames(vae, cfg.max_frames, "max_frames")
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    freeze_parts(vae, cfg.get("freeze", []))
     return dataset, vae.to(device)
 
 
