@@ -44,7 +44,7 @@ def main():
     ds = DATASETS.build({**cfg.dataset, "num_frames": args.frames, "seed": args.seed, "length": args.num}, "dataset")
     objects = cfg.dataset.get("type") == "SyntheticPhysics"
     if objects:
-        from tools.inferences.evaluate_prediction import object_scores
+        from tools.inferences.evaluate_prediction import DEFAULTS as EVAL_DEFAULTS, object_scores
         from tools.inferences.scene import detect_objects, settings_from_dataset
         from utils.video_io import to_uint8
 
@@ -76,7 +76,7 @@ def main():
             stds.append(z.std().item())
             if objects:
                 o = object_scores(to_uint8(y[0]), detect_objects(to_uint8(x[0]), settings), settings,
-                                  0.5 * min(x.shape[-2:]))
+                                  EVAL_DEFAULTS["position_miss"] * min(x.shape[-2:]))
                 pos.append(float(np.nanmean(o["position_error"])))
                 count.append(float(np.mean(o["count_accuracy"])))
     n = args.num

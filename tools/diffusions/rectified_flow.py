@@ -131,6 +131,12 @@ def make_clean_input(x1, valid, last, history_noise, rng: Randomness):
     return x_clean * bcast(keep, x1)
 
 
+def noised(x1, t_frame, eps, valid):
+    """The noisy input ``t x1 + (1 - t) eps`` at per-frame times t (B, F), padding frames zeroed."""
+    tf = bcast(t_frame, x1)
+    return (tf * x1 + (1 - tf) * eps) * bcast(valid.to(x1.dtype), x1)
+
+
 def masked_frame_mse(pred, target, valid):
     """Mean over (C, H, W) per frame, then mean over valid frames. Returns (loss, per_frame)."""
     per_frame_loss = ((pred.float() - target.float()) ** 2).mean(dim=(1, 3, 4))  # (B, F)
@@ -239,10 +245,8 @@ class RectifiedFlow:
         rng = Randomness(x1, generator, rank_slice)
         t = self.sample_t(clip_lens.shape, rng)  # (B, K)
         t = torch.where(clip_lens > 0, t, torch.zeros_like(t))
-        tf = bcast(per_frame(t, idx), x1)  # (B, 1, F, 1, 1)
         eps = rng.randn(x1.shape).to(x1.dtype)
-        vmask = bcast(valid.to(x1.dtype), x1)
-        x_noisy = (tf * x1 + (1 - tf) * eps) * vmask
+        x_noisy = noised(x1, per_frame(t, idx), eps, valid)
         x_clean = make_clean_input(x1, valid, last, self.history_noise, rng)
         if self.self_history is not None:
             x_clean = self._own_history(model, x1, x_clean, clip_lens, idx, valid, last, cond, cond_mask, rng)
@@ -266,7 +270,7 @@ class RectifiedFlow:
         if not own.any():
             return x_clean
         t1f = per_frame(t1, idx).to(x1.dtype)                                # (B, F)
-        z1 = (bcast(t1f, x1) * x1 + (1 - bcast(t1f, x1)) * eps1) * bcast(valid.to(x1.dtype), x1)
+        z1 = noised(x1, t1f, eps1, valid)
         with torch.no_grad():
             x1_hat = self.to_x1(model(z1, x_clean, clip_lens, t1.to(x1.dtype), cond=cond, cond_mask=cond_mask),
                                 z1, t1f)
