@@ -110,6 +110,43 @@ def test_guide_scales_one_equal_no_guidance_and_guidance_changes_output(mode):
     assert not torch.allclose(by_cond, both, atol=1e-4) and not torch.allclose(by_hist, both, atol=1e-4)
 
 
+class _Probe:
+    """A stand-in diffusion that evaluates pred_fn on the same noisy clip at fixed model times
+    and returns it unchanged (so every call sees the same history)."""
+    TIMES = (0.0, 0.25, 0.5, 0.75)
+
+    def __init__(self):
+        self.preds = []
+
+    def sample(self, pred_fn, z, **kw):
+        self.preds.append([pred_fn(z, torch.full((z.shape[0],), t)) for t in self.TIMES])
+        return z
+
+
+@pytest.mark.parametrize("mode", ["off", "recompute", "rolling"])
+def test_guide_interval_applies_the_condition_term_only_inside_it(mode):
+    model = make_model(cond_dim=4)
+    kw = dict(BASE, num_clips=2, window=8, history_guide_scale=1.5, kv_cache=mode, **CONDKW)
+    runs = {}
+    for name, extra in (("plain", dict(guide_scale=1.0)), ("guided", dict(guide_scale=3.0)),
+                        ("inside", dict(guide_scale=3.0, guide_interval=(0.3, 0.6)))):
+        probe = _Probe()
+        rollout(model, probe, CTX, **kw, **extra)
+        runs[name] = probe.preds
+    for clip in range(2):
+        for i, t in enumerate(_Probe.TIMES):
+            want = runs["guided" if 0.3 <= t <= 0.6 else "plain"][clip][i]
+            torch.testing.assert_close(runs["inside"][clip][i], want, atol=1e-6, rtol=1e-5)
+            assert not torch.allclose(runs["guided"][clip][i], runs["plain"][clip][i], atol=1e-4)
+    diff = make_diffusion()
+    full = rollout(model, diff, CTX, **kw, guide_scale=3.0)
+    torch.testing.assert_close(rollout(model, diff, CTX, **kw, guide_scale=3.0, guide_interval=[0, 1]), full,
+                               atol=0, rtol=0)                       # the default: every step
+    for bad in ((0.5, 0.2), (-0.1, 1.0), (0.0, 1.5), (0.5,), "all", (True, 1.0)):
+        with pytest.raises(ValueError, match=r"guide_interval=.* must be \[lo, hi\] model times"):
+            rollout(model, diff, CTX, **kw, guide_scale=3.0, guide_interval=bad)
+
+
 def test_cond_guidance_needs_null_cond():
     model, diff = make_model(cond_dim=4), make_diffusion()
     with pytest.raises(ValueError, match="guide_scale=3.0 needs cond and null_cond"):

@@ -226,7 +226,8 @@ def evaluate_condition(cfg) -> int:
     methods = {m: summarize(records, m, conditioned) for m in names + ["ground_truth"]}
     result = {"methods": methods,
               "settings": {"cond_key": cfg.cond_key, "conditioned_attributes": conditioned,
-                           "guide_scales": [float(s) for s in cfg.guide_scales], "eval_range": list(cfg.eval_range),
+                           "guide_scales": [float(s) for s in cfg.guide_scales],
+                           "guide_interval": [float(v) for v in cfg.guide_interval], "eval_range": list(cfg.eval_range),
                            "dataset": dict(cfg.dataset), "test_model": cfg.test_model,
                            "num_sample_steps": cfg.num_sample_steps, "max_frames": cfg.max_frames,
                            "seed": cfg.seed},

@@ -11,7 +11,7 @@ import yaml
 
 from tools.autoencoders.base import frames_rule, latent_frames, model_cfg_with_channels, nearest_frames, valid_frames
 from tools.embedders.conditioning import embed, is_conditional, model_cfg_for, null_condition
-from tools.inferences.rollout import KV_MODES, rollout
+from tools.inferences.rollout import KV_MODES, check_guide_interval, rollout
 from utils.checkpoint import CheckpointError, checkpoint_config, embedder_weights_for, format_report, load_weights
 from utils.config import DEFAULT_COMPONENTS, ConfigError
 from utils.logging import get_logger
@@ -44,6 +44,7 @@ ROLLOUT_DEFAULTS: Dict[str, Any] = {
     "shift": 1.0,
     "guide_scale": 1.0,         # CFG on the class / text condition (1 = off)
     "history_guide_scale": 1.0,  # CFG on the history (1 = off)
+    "guide_interval": [0.0, 1.0],  # model times (0 noise, 1 clean) where the condition guidance acts
     "history_noise": None,      # t_in of the history at inference (null = clean history)
     "kv_cache": "recompute",    # recompute | rolling | off
     "fps": 8,
@@ -213,7 +214,7 @@ class Predictor:
                           sampler=cfg.sampler, shift=cfg.shift, history_guide_scale=h_scale,
                           guide_scale=scale, cond=cond, cond_mask=cond_mask, null_cond=null_cond,
                           null_mask=null_mask, history_noise=cfg.history_noise, seed=seed, kv_cache=cfg.kv_cache,
-                          shape=shape, progress=progress)
+                          guide_interval=tuple(cfg.guide_interval), shape=shape, progress=progress)
         return self.autoencoder.decode(out.float())[0].clamp(-1, 1).cpu()
 
 
@@ -289,6 +290,10 @@ def validate_rollout(cfg) -> None:
     _check_number(cfg, "fps", positive=True)
     for key in ("shift", "guide_scale", "history_guide_scale"):
         _check_number(cfg, key, positive=key == "shift")
+    try:
+        check_guide_interval(cfg.get("guide_interval"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     hn = cfg.get("history_noise")
     if hn is not None and not (isinstance(hn, (int, float)) and not isinstance(hn, bool) and 0 <= hn <= 1):
         raise _setting_error("history_noise", hn, "it must be null (clean history) or a number in [0, 1]",
