@@ -147,6 +147,52 @@ def test_guide_interval_applies_the_condition_term_only_inside_it(mode):
             rollout(model, diff, CTX, **kw, guide_scale=3.0, guide_interval=bad)
 
 
+class _Fixed:
+    """A stand-in diffusion: one prediction per clip at t = 0.5 on the clip's noise, which it returns;
+    with ``zero_first`` its first clip comes out as zeros."""
+
+    def __init__(self, zero_first: bool):
+        self.zero_first, self.preds = zero_first, []
+
+    def sample(self, pred_fn, z, **kw):
+        self.preds.append(pred_fn(z, torch.full((z.shape[0],), 0.5)))
+        return torch.zeros_like(z) if self.zero_first and len(self.preds) == 1 else z
+
+
+@pytest.mark.parametrize("mode", ["off", "recompute", "rolling"])
+def test_project_replaces_each_clip_and_the_model_sees_the_projected_history(mode):
+    model = make_model(cond_dim=4)
+    kw = dict(BASE, num_clips=3, window=8, kv_cache=mode, cond=COND, cond_mask=COND_MASK)
+    ref = _Fixed(zero_first=True)                      # clip 1 generated as zeros
+    want = rollout(model, ref, CTX, **kw)
+    videos = []
+
+    def zero_first_clip(video):
+        videos.append(video.clone())
+        out = video.clone()
+        if len(videos) == 1:
+            out[:, :, -2:] = 0
+        return out
+
+    fixed = _Fixed(zero_first=False)                   # clip 1 generated as noise, projected to zeros
+    got = rollout(model, fixed, CTX, project=zero_first_clip, **kw)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert [tuple(v.shape) for v in videos] == [(2, 3, 2 + 2 * k, 8, 8) for k in (1, 2, 3)]
+    assert torch.equal(videos[0][:, :, :2], CTX) and not (videos[0][:, :, 2:] == 0).all()
+    assert (videos[1][:, :, 2:4] == 0).all()           # the projected clip is the history
+    for a, b in zip(fixed.preds, ref.preds):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    plain = _Fixed(zero_first=False)
+    rollout(model, plain, CTX, **kw)
+    assert not torch.allclose(plain.preds[1], ref.preds[1], atol=1e-4)  # the history matters
+    diff = make_diffusion()
+    torch.testing.assert_close(rollout(model, diff, CTX, project=lambda v: v.clone(), **kw),
+                               rollout(model, diff, CTX, **kw), atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"project returned shape \(2, 3, 2, 8, 8\) for a video of shape "
+                                         r"\(2, 3, 4, 8, 8\)"):
+        rollout(model, diff, CTX, project=lambda v: v[:, :, -2:], **kw)
+
+
 def test_cond_guidance_needs_null_cond():
     model, diff = make_model(cond_dim=4), make_diffusion()
     with pytest.raises(ValueError, match="guide_scale=3.0 needs cond and null_cond"):

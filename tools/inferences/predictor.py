@@ -46,6 +46,7 @@ ROLLOUT_DEFAULTS: Dict[str, Any] = {
     "history_guide_scale": 1.0,  # CFG on the history (1 = off)
     "guide_interval": [0.0, 1.0],  # model times (0 noise, 1 clean) where the condition guidance acts
     "history_noise": None,      # t_in of the history at inference (null = clean history)
+    "reencode": False,          # latent models: decode + re-encode the video after each clip (VAE round trip)
     "kv_cache": "recompute",    # recompute | rolling | off
     "fps": 8,
 }
@@ -214,8 +215,15 @@ class Predictor:
                           sampler=cfg.sampler, shift=cfg.shift, history_guide_scale=h_scale,
                           guide_scale=scale, cond=cond, cond_mask=cond_mask, null_cond=null_cond,
                           null_mask=null_mask, history_noise=cfg.history_noise, seed=seed, kv_cache=cfg.kv_cache,
-                          guide_interval=tuple(cfg.guide_interval), shape=shape, progress=progress)
+                          guide_interval=tuple(cfg.guide_interval), shape=shape, progress=progress,
+                          project=self._round_trip if cfg.reencode else None)
         return self.autoencoder.decode(out.float())[0].clamp(-1, 1).cpu()
+
+    def _round_trip(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latent video -> pixels in [-1, 1] -> latents again (``reencode``): generated latents that
+        drifted off what the encoder produces are replaced by the encoding of what they decode to."""
+        ae = self.autoencoder
+        return ae.encode(ae.decode(latents.float()).clamp(-1, 1)).to(latents.dtype)
 
 
 def _log_report(path, report: Dict[str, list]) -> None:
@@ -298,6 +306,9 @@ def validate_rollout(cfg) -> None:
     if hn is not None and not (isinstance(hn, (int, float)) and not isinstance(hn, bool) and 0 <= hn <= 1):
         raise _setting_error("history_noise", hn, "it must be null (clean history) or a number in [0, 1]",
                              "set e.g. 'history_noise=0.95' or 'history_noise=null'")
+    if not isinstance(cfg.get("reencode", False), bool):
+        raise _setting_error("reencode", cfg.get("reencode"), "it must be true or false",
+                             "set 'reencode=true' (VAE round trip after each clip) or 'reencode=false'")
     if cfg.get("kv_cache") not in KV_MODES:
         raise _setting_error("kv_cache", cfg.get("kv_cache"), f"use one of {list(KV_MODES)}",
                              "set e.g. 'kv_cache=recompute'")

@@ -72,6 +72,15 @@ def _noised(x: Tensor, t_in: Optional[float], seed: int, clip_index: int) -> Ten
     return t_in * x + (1.0 - t_in) * eps
 
 
+def _projected(project: Callable[[Tensor], Tensor], video: Tensor, g: int) -> Tensor:
+    """The last ``g`` frames of ``project(video)``, which must keep the video's shape."""
+    out = project(video)
+    if tuple(out.shape) != tuple(video.shape):
+        raise ValueError(f"project returned shape {tuple(out.shape)} for a video of shape {tuple(video.shape)}; "
+                         f"it must return the video with the same shape")
+    return out[:, :, -g:].to(video.dtype)
+
+
 def check_guide_interval(interval) -> tuple:
     """``(lo, hi)`` floats with 0 <= lo <= hi <= 1, else ValueError naming the value and the fix."""
     ok = isinstance(interval, (list, tuple)) and len(interval) == 2 and all(
@@ -103,6 +112,7 @@ def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int
             null_cond: Optional[Tensor] = None, null_mask: Optional[Tensor] = None,
             history_noise: Optional[float] = None, seed: int = 0, kv_cache: str = "recompute",
             guide_interval: Sequence[float] = (0.0, 1.0),
+            project: Optional[Callable[[Tensor], Tensor]] = None,
             shape: Optional[Sequence[int]] = None, progress: Optional[Callable[[int, int], None]] = None
             ) -> Tensor:
     """Generate a video after ``context`` clip by clip.
@@ -125,6 +135,10 @@ def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int
             applied (see the module docstring); (0, 1) = every step.
         history_noise: t_in applied to the history at inference (x <- t_in x + (1-t_in) eps),
             None = clean history.
+        project: optional ``project(video) -> video`` called after each clip with the whole
+            video so far (B, C, T, H, W), context included; the new clip is replaced by the
+            last frames of its result (e.g. a VAE round trip that puts generated latents back
+            on the autoencoder's manifold, ``Predictor``'s ``reencode``). None = keep the clip.
         seed: base seed; clip i uses a generator seeded with ``clip_seed(seed, i)``.
         kv_cache: 'recompute' | 'rolling' | 'off' (see the module docstring).
         progress: optional ``progress(clip_index, num_clips)`` called after each clip.
@@ -225,6 +239,8 @@ def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int
             return out
 
         x = diffusion.sample(pred_fn, noise, steps=steps, sampler=sampler, shift=shift)
+        if project is not None:
+            x = _projected(project, torch.cat(frames + [x], dim=2), g)
         frames.append(x)
         x_in = _noised(x, history_noise, seed, ci)
         seen.append(x_in)
