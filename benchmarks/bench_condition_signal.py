@@ -10,12 +10,18 @@ the config's diffusion) with the right condition, a shuffled one (each item gets
 condition) and the null condition. A model that follows its condition has right < shuffled
 where the condition decides what appears (large noise); right == shuffled == null means the
 condition is ignored. The embedder's trained weights are read from beside the checkpoint.
+
+``--swap ATTR`` (captions of SyntheticPhysics: num_balls, colors, gravity, speed) adds a column
+whose caption is the item's own with only that attribute taken from the next item that differs
+in it (e.g. "falling down" -> "falling to the left"): does the model read that part of the
+caption? ``--frames N`` scores the first N frames as one clip (default: the config's clip_len).
 """
 import argparse
 from pathlib import Path
 
 import torch
 
+from tools.datasets.synthetic_physics import CAPTION_PARTS, caption
 from tools.embedders.conditioning import embed, model_cfg_for
 from utils.checkpoint import embedder_weights_for, load_weights
 from utils.config import load_config
@@ -30,6 +36,8 @@ def main():
     ap.add_argument("--num", type=int, default=64, help="held-out items")
     ap.add_argument("--seed", type=int, default=4242, help="dataset seed of the held-out items")
     ap.add_argument("--ts", default="0,0.1,0.2,0.3,0.5,0.7", help="noise levels t (comma separated)")
+    ap.add_argument("--swap", choices=CAPTION_PARTS, help="also score captions with this attribute swapped")
+    ap.add_argument("--frames", type=int, help="score the first N frames as one clip (default clip_len)")
     args = ap.parse_args()
     load_components()
     torch.manual_seed(0)
@@ -43,13 +51,15 @@ def main():
     diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")
     ds = DATASETS.build({**cfg.dataset, "seed": args.seed}, "dataset")
     items = [ds[(i, 0)] if getattr(ds, "epoch_aware", False) else ds[i] for i in range(args.num)]
-    clip = int(cfg.clip_sampling.clip_len)
+    clip = int(args.frames or cfg.clip_sampling.clip_len)
     x1 = torch.stack([it["video"] for it in items])[:, :, :clip].float()
     if x1.abs().max() > 1.5:  # uint8 frames -> [-1, 1]
         x1 = x1 / 127.5 - 1
     values = [it[cfg.cond_key] for it in items]
     B = len(values)
     conds = {"right": values, "shuffled": values[1:] + values[:1], "null": [None] * B}
+    if args.swap:
+        conds[f"{args.swap}_swap"] = swapped_captions([it["meta"]["attributes"] for it in items], args.swap)
     eps = torch.randn(x1.shape, generator=torch.Generator().manual_seed(1))
     print(f"{args.ckpt}: first {clip} frames of {B} items (dataset seed {args.seed}), loss per noise level t")
     print("t      " + "  ".join(f"{k:>9}" for k in conds) + "   shuffled/right")
@@ -64,6 +74,17 @@ def main():
                 losses[k] = float((pred - diffusion.target(x1, eps)).square().mean())
             print(f"{t:<6} " + "  ".join(f"{v:9.5f}" for v in losses.values())
                   + f"   {losses['shuffled'] / max(losses['right'], 1e-12):.3f}")
+
+
+def swapped_captions(attrs, key: str):
+    """Each item's caption with ``attrs[key]`` replaced by that of the next item that differs in it."""
+    out = []
+    for i, a in enumerate(attrs):
+        other = next((b for b in attrs[i + 1:] + attrs[:i] if b[key] != a[key]), None)
+        if other is None:
+            raise ValueError(f"every item has the same {key}={a[key]!r}: nothing to swap; draw more items (--num)")
+        out.append(caption({**a, key: other[key]}))
+    return out
 
 
 if __name__ == "__main__":

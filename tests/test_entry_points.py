@@ -41,7 +41,7 @@ CLUSTER_INPUTS = {"configs/videogpt/predict.yaml": ["test_list_path=data/demo/te
 #: configs that run on weights their training config makes (not shipped): dry-run with demo weights
 CLUSTER_INPUTS.update({f"configs/demo/{name}.yaml": ["test_model=data/demo/demo_physics.safetensors"] for name in
                        ("predict_class", "predict_text", "evaluate_condition", "evaluate_condition_text",
-                        "evaluate_condition_class_prompt")})
+                        "evaluate_condition_class_prompt", "evaluate_condition_text_gravity")})
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])

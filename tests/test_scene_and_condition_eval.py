@@ -201,3 +201,21 @@ def test_analyser_reads_v2_ground_truth_with_gravity_strength_range():
             hits.setdefault(attr, []).append(ok)
     acc = {a: float(np.mean(v)) for a, v in hits.items()}
     assert acc["num_balls"] >= 0.95 and acc["colors"] >= 0.95 and acc["gravity"] >= 0.95, acc
+
+
+def test_condition_signal_bench_swaps_only_the_named_attribute():
+    """benchmarks/bench_condition_signal.py --swap: each caption keeps its own attributes but one,
+    taken from the next item that differs in it; an attribute all items share is refused."""
+    from benchmarks.bench_condition_signal import swapped_captions
+    from tools.datasets.synthetic_physics import caption
+
+    attrs = [{"num_balls": 2, "colors": ["red", "blue"], "gravity": "down", "speed": "fast"},
+             {"num_balls": 1, "colors": ["green"], "gravity": "down", "speed": "slow"},
+             {"num_balls": 3, "colors": ["red", "cyan", "white"], "gravity": "left", "speed": "slow"}]
+    out = swapped_captions(attrs, "gravity")
+    assert out == [caption({**attrs[0], "gravity": "left"}), caption({**attrs[1], "gravity": "left"}),
+                   caption({**attrs[2], "gravity": "down"})]
+    assert out[0] == "two balls, red and blue, falling to the left, moving fast"
+    assert swapped_captions(attrs, "speed")[1] == caption({**attrs[1], "speed": "fast"})
+    with pytest.raises(ValueError, match="every item has the same gravity='up'"):
+        swapped_captions([{**a, "gravity": "up"} for a in attrs], "gravity")
