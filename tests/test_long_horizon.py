@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_64_frame_rollout_keeps_balls(monkeypatch):
     monkeypatch.chdir(ROOT)
     # fp32 as trained: precision auto picks bf16 on CPUs with bf16 kernels, where this 4-step rollout
-    # of the v1 checkpoint loses a ball of seed 31337's first video after frame ~44 (measured)
+    # of the v1 checkpoint loses one of a video's two balls from frame ~44 on (measured)
     cfg = load_config(ROOT / "configs/demo/predict.yaml",
                       ["num_sample_steps=4", "backend.attention=sdpa", "backend.precision=fp32"],
                       registry=INFER_ENGINE)
