@@ -223,7 +223,7 @@ class Predictor:
         """Latent video -> pixels in [-1, 1] -> latents again (``reencode``): generated latents that
         drifted off what the encoder produces are replaced by the encoding of what they decode to."""
         ae = self.autoencoder
-        return ae.encode(ae.decode(latents.float()).clamp(-1, 1)).to(latents.dtype)
+        return ae.encode(ae.decode(latents.float()).clamp(-1, 1))  # rollout casts it back
 
 
 def _log_report(path, report: Dict[str, list]) -> None:
