@@ -251,6 +251,7 @@ def test_contact_sheet_is_labelled_and_marks_the_context():
     ("round=0", "round"), ("test_list_kind=bogus", "test_list_kind"), ("test_list_path=null", "test_list_path"),
     ("fps=0", "fps"), ("num_sample_steps=0", "num_sample_steps"), ("context_frames=20", "context_frames"),
     ("guide_interval=[0.6,0.2]", "guide_interval"), ("guide_interval=[0.5]", "guide_interval"),
+    ("history_guide_interval=[0.2,1.5]", "history_guide_interval"),
 ])
 def test_validate_names_the_setting(override, setting):
     cfg = load_config(ROOT / "configs/demo/predict.yaml", [override], registry=INFER_ENGINE)

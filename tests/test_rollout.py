@@ -147,6 +147,30 @@ def test_guide_interval_applies_the_condition_term_only_inside_it(mode):
             rollout(model, diff, CTX, **kw, guide_scale=3.0, guide_interval=bad)
 
 
+
+@pytest.mark.parametrize("mode", ["off", "recompute", "rolling"])
+def test_history_guide_interval_applies_the_history_term_only_inside_it(mode):
+    model = make_model(cond_dim=4)
+    kw = dict(BASE, num_clips=2, window=8, guide_scale=2.0, kv_cache=mode, **CONDKW)
+    runs = {}
+    for name, extra in (("plain", dict(history_guide_scale=1.0)), ("guided", dict(history_guide_scale=2.5)),
+                        ("inside", dict(history_guide_scale=2.5, history_guide_interval=(0.0, 0.5)))):
+        probe = _Probe()
+        rollout(model, probe, CTX, **kw, **extra)
+        runs[name] = probe.preds
+    for clip in range(2):
+        for i, t in enumerate(_Probe.TIMES):
+            want = runs["guided" if t <= 0.5 else "plain"][clip][i]
+            torch.testing.assert_close(runs["inside"][clip][i], want, atol=1e-6, rtol=1e-5)
+            assert not torch.allclose(runs["guided"][clip][i], runs["plain"][clip][i], atol=1e-4)
+    diff = make_diffusion()
+    full = rollout(model, diff, CTX, **kw, history_guide_scale=2.5)
+    torch.testing.assert_close(rollout(model, diff, CTX, **kw, history_guide_scale=2.5,
+                                       history_guide_interval=[0, 1]), full, atol=0, rtol=0)  # the default
+    for bad in ((0.5, 0.2), (0.0, 1.5), (0.5,)):
+        with pytest.raises(ValueError, match=r"history_guide_interval=.* must be \[lo, hi\] model times"):
+            rollout(model, diff, CTX, **kw, history_guide_scale=2.5, history_guide_interval=bad)
+
 class _Fixed:
     """A stand-in diffusion: one prediction per clip at t = 0.5 on the clip's noise, which it returns;
     with ``zero_first`` its first clip comes out as zeros."""

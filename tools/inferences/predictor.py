@@ -45,6 +45,7 @@ ROLLOUT_DEFAULTS: Dict[str, Any] = {
     "guide_scale": 1.0,         # CFG on the class / text condition (1 = off)
     "history_guide_scale": 1.0,  # CFG on the history (1 = off)
     "guide_interval": [0.0, 1.0],  # model times (0 noise, 1 clean) where the condition guidance acts
+    "history_guide_interval": [0.0, 1.0],  # the same for the history guidance
     "history_noise": None,      # t_in of the history at inference (null = clean history)
     "reencode": False,          # latent models: decode + re-encode the video after each clip (VAE round trip)
     "kv_cache": "recompute",    # recompute | rolling | off
@@ -215,7 +216,8 @@ class Predictor:
                           sampler=cfg.sampler, shift=cfg.shift, history_guide_scale=h_scale,
                           guide_scale=scale, cond=cond, cond_mask=cond_mask, null_cond=null_cond,
                           null_mask=null_mask, history_noise=cfg.history_noise, seed=seed, kv_cache=cfg.kv_cache,
-                          guide_interval=tuple(cfg.guide_interval), shape=shape, progress=progress,
+                          guide_interval=tuple(cfg.guide_interval),
+                          history_guide_interval=tuple(cfg.history_guide_interval), shape=shape, progress=progress,
                           project=self._round_trip if cfg.reencode else None)
         return self.autoencoder.decode(out.float())[0].clamp(-1, 1).cpu()
 
@@ -298,10 +300,11 @@ def validate_rollout(cfg) -> None:
     _check_number(cfg, "fps", positive=True)
     for key in ("shift", "guide_scale", "history_guide_scale"):
         _check_number(cfg, key, positive=key == "shift")
-    try:
-        check_guide_interval(cfg.get("guide_interval"))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    for key in ("guide_interval", "history_guide_interval"):
+        try:
+            check_guide_interval(cfg.get(key), key)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     hn = cfg.get("history_noise")
     if hn is not None and not (isinstance(hn, (int, float)) and not isinstance(hn, bool) and 0 <= hn <= 1):
         raise _setting_error("history_noise", hn, "it must be null (clean history) or a number in [0, 1]",

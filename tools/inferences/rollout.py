@@ -40,7 +40,8 @@ both diffusions); outside it the step uses ``p_full`` (+ history term) and skips
 branch. At high noise the guided x1 of a rare condition (one ball) is pushed below the
 unconditional mean of the layout (two balls on average) and the sample loses its only ball;
 starting guidance later keeps the layout the condition drew and still sharpens it. ``(0, 1)``
-(the default) = guidance at every step.
+(the default) = guidance at every step. ``history_guide_interval`` does the same for the history
+term (and its ``p_nohist`` branch).
 """
 from __future__ import annotations
 
@@ -81,13 +82,14 @@ def _projected(project: Callable[[Tensor], Tensor], video: Tensor, g: int) -> Te
     return out[:, :, -g:].to(video.dtype)
 
 
-def check_guide_interval(interval) -> tuple:
+def check_guide_interval(interval, name: str = "guide_interval") -> tuple:
     """``(lo, hi)`` floats with 0 <= lo <= hi <= 1, else ValueError naming the value and the fix."""
     ok = isinstance(interval, (list, tuple)) and len(interval) == 2 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
     if not ok or not 0.0 <= float(interval[0]) <= float(interval[1]) <= 1.0:
-        raise ValueError(f"guide_interval={interval!r} must be [lo, hi] model times with 0 <= lo <= hi <= 1 "
-                         f"(0 = noise, 1 = clean; the condition guidance acts where lo <= t <= hi); "
+        what = "history" if name.startswith("history") else "condition"
+        raise ValueError(f"{name}={interval!r} must be [lo, hi] model times with 0 <= lo <= hi <= 1 "
+                         f"(0 = noise, 1 = clean; the {what} guidance acts where lo <= t <= hi); "
                          f"use e.g. [0.2, 1.0], or [0, 1] for every step")
     return float(interval[0]), float(interval[1])
 
@@ -112,6 +114,7 @@ def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int
             null_cond: Optional[Tensor] = None, null_mask: Optional[Tensor] = None,
             history_noise: Optional[float] = None, seed: int = 0, kv_cache: str = "recompute",
             guide_interval: Sequence[float] = (0.0, 1.0),
+            history_guide_interval: Sequence[float] = (0.0, 1.0),
             project: Optional[Callable[[Tensor], Tensor]] = None,
             shape: Optional[Sequence[int]] = None, progress: Optional[Callable[[int, int], None]] = None
             ) -> Tensor:
@@ -133,6 +136,7 @@ def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int
             (every kv_cache mode; a scale of 1 switches its branch off).
         guide_interval: (lo, hi) model times (0 noise, 1 clean) at which the condition term is
             applied (see the module docstring); (0, 1) = every step.
+        history_guide_interval: the same for the history term (``history_guide_scale``).
         history_noise: t_in applied to the history at inference (x <- t_in x + (1-t_in) eps),
             None = clean history.
         project: optional ``project(video) -> video`` called after each clip with the whole
@@ -163,6 +167,7 @@ def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int
     use_h = history_guide_scale != 1.0
     use_c = guide_scale != 1.0
     g_lo, g_hi = check_guide_interval(guide_interval)
+    h_lo, h_hi = check_guide_interval(history_guide_interval, "history_guide_interval")
     if use_c and (cond is None or null_cond is None):
         raise ValueError(f"guide_scale={guide_scale} needs cond and null_cond (pass the embedder's null "
                          f"condition, embedder.null(B), as null_cond / null_mask), got "
@@ -221,8 +226,10 @@ def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int
             return dict(zip(("cache", "frame_offset", "cond", "cond_mask"), denoise_args(name, with_hist)))
 
         def pred_fn(z, t):
-            guide_now = use_c and g_lo <= float(t.reshape(-1)[0]) <= g_hi  # one time per step
-            terms = [("full", n_hist > 0)] + ([("full", False)] if use_h_now else []) \
+            t_now = float(t.reshape(-1)[0])  # one time per step
+            guide_now = use_c and g_lo <= t_now <= g_hi
+            hist_now = use_h_now and h_lo <= t_now <= h_hi
+            terms = [("full", n_hist > 0)] + ([("full", False)] if hist_now else []) \
                 + ([("nocond", n_hist > 0)] if guide_now else [])
             batched = kv_cache != "off" and len(terms) > 1 and hasattr(model, "denoise_many")
             if batched:  # every term of the guided prediction in one batched pass
@@ -232,7 +239,7 @@ def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int
                 preds = {k: branch(z, t, *k) for k in terms}
             full = preds[terms[0]]
             out = full
-            if use_h_now:
+            if hist_now:
                 out = out + (history_guide_scale - 1.0) * (full - preds[("full", False)])
             if guide_now:
                 out = out + (guide_scale - 1.0) * (full - preds[("nocond", n_hist > 0)])
