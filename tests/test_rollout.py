@@ -123,53 +123,36 @@ class _Probe:
         return z
 
 
+# (scale, interval) setting of the guided term, the other term's fixed setting, the interval tried
+TERMS = {"condition": ("guide_scale", "guide_interval", dict(history_guide_scale=1.5), (0.3, 0.6)),
+         "history": ("history_guide_scale", "history_guide_interval", dict(guide_scale=2.0), (0.0, 0.5))}
+
+
+@pytest.mark.parametrize("term", sorted(TERMS))
 @pytest.mark.parametrize("mode", ["off", "recompute", "rolling"])
-def test_guide_interval_applies_the_condition_term_only_inside_it(mode):
+def test_guide_interval_applies_its_term_only_inside_it(mode, term):
+    scale_key, interval_key, other, (lo, hi) = TERMS[term]
     model = make_model(cond_dim=4)
-    kw = dict(BASE, num_clips=2, window=8, history_guide_scale=1.5, kv_cache=mode, **CONDKW)
+    kw = dict(BASE, num_clips=2, window=8, kv_cache=mode, **CONDKW, **other)
     runs = {}
-    for name, extra in (("plain", dict(guide_scale=1.0)), ("guided", dict(guide_scale=3.0)),
-                        ("inside", dict(guide_scale=3.0, guide_interval=(0.3, 0.6)))):
+    for name, extra in (("plain", {scale_key: 1.0}), ("guided", {scale_key: 3.0}),
+                        ("inside", {scale_key: 3.0, interval_key: (lo, hi)})):
         probe = _Probe()
         rollout(model, probe, CTX, **kw, **extra)
         runs[name] = probe.preds
     for clip in range(2):
         for i, t in enumerate(_Probe.TIMES):
-            want = runs["guided" if 0.3 <= t <= 0.6 else "plain"][clip][i]
+            want = runs["guided" if lo <= t <= hi else "plain"][clip][i]
             torch.testing.assert_close(runs["inside"][clip][i], want, atol=1e-6, rtol=1e-5)
             assert not torch.allclose(runs["guided"][clip][i], runs["plain"][clip][i], atol=1e-4)
     diff = make_diffusion()
-    full = rollout(model, diff, CTX, **kw, guide_scale=3.0)
-    torch.testing.assert_close(rollout(model, diff, CTX, **kw, guide_scale=3.0, guide_interval=[0, 1]), full,
+    full = rollout(model, diff, CTX, **kw, **{scale_key: 3.0})
+    torch.testing.assert_close(rollout(model, diff, CTX, **kw, **{scale_key: 3.0, interval_key: [0, 1]}), full,
                                atol=0, rtol=0)                       # the default: every step
     for bad in ((0.5, 0.2), (-0.1, 1.0), (0.0, 1.5), (0.5,), "all", (True, 1.0)):
-        with pytest.raises(ValueError, match=r"guide_interval=.* must be \[lo, hi\] model times"):
-            rollout(model, diff, CTX, **kw, guide_scale=3.0, guide_interval=bad)
+        with pytest.raises(ValueError, match=rf"^{interval_key}=.* must be \[lo, hi\] model times"):
+            rollout(model, diff, CTX, **kw, **{scale_key: 3.0, interval_key: bad})
 
-
-
-@pytest.mark.parametrize("mode", ["off", "recompute", "rolling"])
-def test_history_guide_interval_applies_the_history_term_only_inside_it(mode):
-    model = make_model(cond_dim=4)
-    kw = dict(BASE, num_clips=2, window=8, guide_scale=2.0, kv_cache=mode, **CONDKW)
-    runs = {}
-    for name, extra in (("plain", dict(history_guide_scale=1.0)), ("guided", dict(history_guide_scale=2.5)),
-                        ("inside", dict(history_guide_scale=2.5, history_guide_interval=(0.0, 0.5)))):
-        probe = _Probe()
-        rollout(model, probe, CTX, **kw, **extra)
-        runs[name] = probe.preds
-    for clip in range(2):
-        for i, t in enumerate(_Probe.TIMES):
-            want = runs["guided" if t <= 0.5 else "plain"][clip][i]
-            torch.testing.assert_close(runs["inside"][clip][i], want, atol=1e-6, rtol=1e-5)
-            assert not torch.allclose(runs["guided"][clip][i], runs["plain"][clip][i], atol=1e-4)
-    diff = make_diffusion()
-    full = rollout(model, diff, CTX, **kw, history_guide_scale=2.5)
-    torch.testing.assert_close(rollout(model, diff, CTX, **kw, history_guide_scale=2.5,
-                                       history_guide_interval=[0, 1]), full, atol=0, rtol=0)  # the default
-    for bad in ((0.5, 0.2), (0.0, 1.5), (0.5,)):
-        with pytest.raises(ValueError, match=r"history_guide_interval=.* must be \[lo, hi\] model times"):
-            rollout(model, diff, CTX, **kw, history_guide_scale=2.5, history_guide_interval=bad)
 
 class _Fixed:
     """A stand-in diffusion: one prediction per clip at t = 0.5 on the clip's noise, which it returns;
