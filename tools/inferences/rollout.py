@@ -87,9 +87,8 @@ def check_guide_interval(interval, name: str = "guide_interval") -> tuple:
     ok = isinstance(interval, (list, tuple)) and len(interval) == 2 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
     if not ok or not 0.0 <= float(interval[0]) <= float(interval[1]) <= 1.0:
-        what = "history" if name.startswith("history") else "condition"
         raise ValueError(f"{name}={interval!r} must be [lo, hi] model times with 0 <= lo <= hi <= 1 "
-                         f"(0 = noise, 1 = clean; the {what} guidance acts where lo <= t <= hi); "
+                         f"(0 = noise, 1 = clean; its guidance term acts where lo <= t <= hi); "
                          f"use e.g. [0.2, 1.0], or [0, 1] for every step")
     return float(interval[0]), float(interval[1])
 
