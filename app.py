@@ -1,6 +1,6 @@
 """Serve a web page for a model: Predict, Animate, Generate.
 
-    python app.py --cfg configs/demo/predict.yaml [test_model CKPT] [key=value ...]
+    python app.py --cfg configs/tiny/predict.yaml [test_model CKPT] [key=value ...]
     python app.py --cfg ... --host 0.0.0.0 --port 7860    # open to the network (opt-in)
     python app.py --cfg ... --share                       # public gradio link (opt-in)
 

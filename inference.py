@@ -1,6 +1,6 @@
 """Run batch inference over a test list.
 
-    python inference.py --cfg configs/demo/predict.yaml [test_list_path FILE] [test_model CKPT]
+    python inference.py --cfg configs/tiny/predict.yaml [test_list_path FILE] [test_model CKPT]
     torchrun --nproc_per_node 2 inference.py --cfg ...    # items sharded across ranks
     python inference.py --list | --cfg X.yaml --dry-run
 """

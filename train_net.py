@@ -1,6 +1,6 @@
 """Train a NextClip experiment.
 
-    python train_net.py --cfg configs/demo/train.yaml [key=value ...] [KEY VALUE ...]
+    python train_net.py --cfg configs/tiny/train.yaml [key=value ...] [KEY VALUE ...]
     torchrun --nproc_per_node 2 train_net.py --cfg ...      # distributed
     python train_net.py --list | --cfg X.yaml --dry-run [--world-size N] [backend.parallel=fsdp]
 

@@ -1,6 +1,6 @@
 """How much does a conditional checkpoint use its condition? First-clip denoising loss per noise level.
 
-    python -m benchmarks.bench_condition_signal --cfg configs/demo/train_class.yaml \
+    python -m benchmarks.bench_condition_signal --cfg configs/experiments/conditioning/train_class.yaml \
         --ckpt workspace/experiments/demo_class/checkpoints/step_00001000.ema.safetensors [--num 64] [--seed 4242]
 
 Takes the training config (dataset, model, embedder, cond_key), draws ``--num`` held-out items

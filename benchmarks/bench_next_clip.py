@@ -8,7 +8,7 @@ clips of 4 frames, batch 1) at 16 and 32 frames the median time of a training st
 bf16 autocast) and of one guided denoising step of the last clip with and without KV cache;
 and block-causal attention at a long sequence (flex / blocks / dense mask / plain causal SDPA):
 time and peak memory (each variant in a subprocess; CPU peak = max RSS growth); for the
-demo model (configs/demo/base.yaml) training tokens/s and model FLOP utilisation against the
+demo model (configs/_base_/tiny.yaml) training tokens/s and model FLOP utilisation against the
 measured bf16 peak; and a 16-clip rollout: seconds per generated clip with and without KV cache.
 
 ``--json PATH`` also writes the figures machine-readably: ``matmul_gflops {fp32, bf16}``;
@@ -161,7 +161,7 @@ def demo_model():
     from utils.registry import DIFFUSION, MODEL
 
     load_components()
-    cfg = load_config(ROOT / "configs/demo/train.yaml")
+    cfg = load_config(ROOT / "configs/tiny/train.yaml")
     torch.manual_seed(0)
     model = MODEL.build(cfg.model, "model")
     with torch.no_grad():  # non-zero gates / output layer, as after some training

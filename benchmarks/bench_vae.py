@@ -1,6 +1,6 @@
 """Held-out reconstruction quality and speed of a video autoencoder: PSNR / SSIM, encode / decode frames/s.
 
-    python -m benchmarks.bench_vae --cfg configs/demo/train_vae.yaml --weights data/demo/demo_vae.safetensors \
+    python -m benchmarks.bench_vae --cfg configs/experiments/latent_tiny/train_vae.yaml --weights data/demo/demo_vae.safetensors \
         [--num 16] [--frames 17] [--seed 777]
 
 Builds the config's ``auto_encoder`` (with ``weights`` replaced), reads ``--num`` SyntheticPhysics

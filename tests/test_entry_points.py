@@ -9,8 +9,8 @@ import pytest
 from utils.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# every experiment; partial bases without TASK_TYPE in their _BASE chain (demo/base.yaml,
-# demo/base_v2.yaml, videogpt/base.yaml) are validated through the experiments that inherit them
+# every experiment; fragments without TASK_TYPE in their _BASE chain (configs/_base_/*.yaml)
+# are validated through the experiments that inherit them
 
 
 def _is_experiment(path) -> bool:
@@ -37,11 +37,14 @@ def kind_of(path):
 #: configs naming inputs that are not in the repo (paper-scale data and weights on a cluster); the
 #: dry run checks that input files exist, so these are pointed at the demo files here
 CLUSTER_INPUTS = {"configs/videogpt/predict.yaml": ["test_list_path=data/demo/test_list.txt",
-                                                    "test_model=data/demo/demo_physics.safetensors"]}
-#: configs that run on weights their training config makes (not shipped): dry-run with demo weights
-CLUSTER_INPUTS.update({f"configs/demo/{name}.yaml": ["test_model=data/demo/demo_physics.safetensors"] for name in
-                       ("predict_class", "predict_text", "evaluate_condition", "evaluate_condition_text",
-                        "evaluate_condition_class_prompt", "evaluate_condition_text_gravity")})
+                                                    "test_model=data/demo/tiny_physics.safetensors"]}
+#: configs that run on weights their training config makes (not shipped): dry-run with shipped weights
+_TINY = ["test_model=data/demo/tiny_physics.safetensors"]
+CLUSTER_INPUTS.update({f"configs/experiments/conditioning/{name}.yaml": _TINY for name in
+                       ("class_to_video", "text_to_video", "evaluate_class", "evaluate_text",
+                        "evaluate_class_prompts", "evaluate_text_gravity")})
+CLUSTER_INPUTS.update({f"configs/experiments/demo_pixel/{name}.yaml": _TINY for name in
+                       ("predict", "evaluate", "evaluate_condition")})
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])
@@ -77,7 +80,7 @@ def test_bad_yaml_exit_code(tmp_path):
 
 def test_typo_component_type(tmp_path):
     cfg = tmp_path / "typo.yaml"
-    cfg.write_text(f"_BASE: {ROOT / 'configs/demo/train.yaml'}\nmodel: {{type: NextClipTransfomer}}\n")
+    cfg.write_text(f"_BASE: {ROOT / 'configs/tiny/train.yaml'}\nmodel: {{type: NextClipTransfomer}}\n")
     r = run("train_net.py", "--cfg", str(cfg), "--dry-run")
     assert r.returncode == 2
     assert "model.type" in r.stderr and "Did you mean 'NextClipTransformer'" in r.stderr
@@ -87,14 +90,14 @@ def test_typo_component_type(tmp_path):
 
 
 def test_unknown_override_and_wrong_type():
-    r = run("train_net.py", "--cfg", "configs/demo/train.yaml", "--dry-run", "num_stepz=3")
+    r = run("train_net.py", "--cfg", "configs/tiny/train.yaml", "--dry-run", "num_stepz=3")
     assert r.returncode == 2 and "num_stepz" in r.stderr and "Did you mean num_steps" in r.stderr
-    r = run("inference.py", "--cfg", "configs/demo/predict.yaml", "--dry-run", "round", "many")
+    r = run("inference.py", "--cfg", "configs/tiny/predict.yaml", "--dry-run", "round", "many")
     assert r.returncode == 2 and "expected int" in r.stderr
 
 
 def test_unknown_component_kwarg(capsys):
-    assert main("train", ["--cfg", "configs/demo/train.yaml", "--dry-run", "+model.widht=3"]) == 2
+    assert main("train", ["--cfg", "configs/tiny/train.yaml", "--dry-run", "+model.widht=3"]) == 2
     assert "does not take widht" in capsys.readouterr().err
 
 
@@ -104,11 +107,11 @@ def test_missing_cfg_file():
 
 
 @pytest.mark.parametrize("kind, cfg, override, setting", [
-    ("train", "configs/demo/train.yaml", "batch_size=0", "batch_size"),
-    ("train", "configs/demo/train.yaml", "num_steps=-5", "num_steps"),
-    ("infer", "configs/demo/predict.yaml", "round=0", "round"),
-    ("infer", "configs/demo/predict.yaml", "test_list_kind=bogus", "test_list_kind"),
-    ("infer", "configs/demo/predict.yaml", "test_list_path=null", "test_list_path"),
+    ("train", "configs/tiny/train.yaml", "batch_size=0", "batch_size"),
+    ("train", "configs/tiny/train.yaml", "num_steps=-5", "num_steps"),
+    ("infer", "configs/tiny/predict.yaml", "round=0", "round"),
+    ("infer", "configs/tiny/predict.yaml", "test_list_kind=bogus", "test_list_kind"),
+    ("infer", "configs/tiny/predict.yaml", "test_list_path=null", "test_list_path"),
 ])
 def test_dry_run_runs_the_engine_checks(kind, cfg, override, setting, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -119,10 +122,10 @@ def test_dry_run_runs_the_engine_checks(kind, cfg, override, setting, capsys, mo
 
 def test_file_values_type_checked_end_to_end(tmp_path, capsys):
     cfg = tmp_path / "lr.yaml"
-    cfg.write_text(f"_BASE: {ROOT / 'configs/demo/train.yaml'}\nlr: 5e-5\n")
+    cfg.write_text(f"_BASE: {ROOT / 'configs/tiny/train.yaml'}\nlr: 5e-5\n")
     assert main("train", ["--cfg", str(cfg), "--dry-run"]) == 0
     assert "\nlr: 5.0e-05\n" in capsys.readouterr().out
-    cfg.write_text(f"_BASE: {ROOT / 'configs/demo/train.yaml'}\nlr: fast\n")
+    cfg.write_text(f"_BASE: {ROOT / 'configs/tiny/train.yaml'}\nlr: fast\n")
     r = run("train_net.py", "--cfg", str(cfg), "--dry-run")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"{cfg}: lr: 'fast' is a str, expected a float" in r.stderr

@@ -55,17 +55,17 @@ def test_detect_objects_matches_masks_with_occlusion_and_obstacles():
 
 
 def test_eval_horizons_checked():
-    cfg = load_config(ROOT / "configs/demo/evaluate_long.yaml", registry=INFER_ENGINE)
+    cfg = load_config(ROOT / "configs/experiments/long_horizon/evaluate_tiny.yaml", registry=INFER_ENGINE)
     assert horizons(cfg) == [8, 64]
     ev = INFER_ENGINE.get("evaluate_prediction").validate
     for bad in ("eval_horizons=[8,65]", "eval_horizons=[0]", "position_miss=0"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
-            ev(load_config(ROOT / "configs/demo/evaluate_long.yaml", [bad], registry=INFER_ENGINE))
+            ev(load_config(ROOT / "configs/experiments/long_horizon/evaluate_tiny.yaml", [bad], registry=INFER_ENGINE))
 
 
 def test_metrics_schema_and_seed_override(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert main("infer", ["--cfg", "configs/demo/evaluate_v1.yaml", "log_dir", str(tmp_path), "dataset.seed=4321",
+    assert main("infer", ["--cfg", "configs/tiny/evaluate.yaml", "log_dir", str(tmp_path), "dataset.seed=4321",
                           "eval_range=[0,1]", "num_sample_steps=1", "save_videos=0", "max_frames=8",
                           "eval_horizons=[2,4]", "backend.attention=sdpa"]) == 0
     out = tmp_path / "demo_eval_v1"
@@ -108,7 +108,7 @@ def test_a_conditional_model_predicts_with_each_items_caption(tmp_path, monkeypa
                 self.embedder.num_tokens = 1
 
     monkeypatch.chdir(ROOT)
-    args = ["--cfg", "configs/demo/evaluate_v1.yaml", "log_dir", str(tmp_path), "eval_range=[0,2]", "num_sample_steps=1",
+    args = ["--cfg", "configs/tiny/evaluate.yaml", "log_dir", str(tmp_path), "eval_range=[0,2]", "num_sample_steps=1",
             "save_videos=0", "max_frames=6", "backend.attention=sdpa"]
     assert main("infer", args + ["cond_key=caption"]) == 2  # the demo model is unconditional
     assert "cond_key='caption' but the model is unconditional" in capsys.readouterr().err

@@ -108,7 +108,7 @@ def test_empty_or_missing_list_exits_2_and_creates_nothing(tmp_path):
     assert main("infer", ["--cfg", str(cfg), "test_list_path", str(tmp_path / "nope.txt")]) == 2
     assert not (tmp_path / "out").exists()  # no run directory, config.yaml or log.txt
     ev = tmp_path / "eval.yaml"
-    ev.write_text(f"_BASE: {ROOT / 'configs/demo/evaluate_v1.yaml'}\nlog_dir: {tmp_path / 'out'}\n"
+    ev.write_text(f"_BASE: {ROOT / 'configs/tiny/evaluate.yaml'}\nlog_dir: {tmp_path / 'out'}\n"
                   f"dataset: null\ntest_list_path: {tmp_path / 'nope.txt'}\n")
     assert main("infer", ["--cfg", str(ev)]) == 2
     assert not (tmp_path / "out").exists()
@@ -254,7 +254,7 @@ def test_contact_sheet_is_labelled_and_marks_the_context():
     ("history_guide_interval=[0.2,1.5]", "history_guide_interval"),
 ])
 def test_validate_names_the_setting(override, setting):
-    cfg = load_config(ROOT / "configs/demo/predict.yaml", [override], registry=INFER_ENGINE)
+    cfg = load_config(ROOT / "configs/tiny/predict.yaml", [override], registry=INFER_ENGINE)
     with pytest.raises(ConfigError, match=setting) as e:
         INFER_ENGINE.get("predict_next_clip").validate(cfg)
     assert "\n" not in str(e.value)
@@ -267,18 +267,18 @@ def test_validate_names_the_setting(override, setting):
 def test_dry_run_catches_bad_settings(override, setting, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     for extra in (["--dry-run"], []):  # the real run stops at the same check, before any item
-        assert main("infer", ["--cfg", "configs/demo/predict.yaml", override, *extra]) == 2
+        assert main("infer", ["--cfg", "configs/tiny/predict.yaml", override, *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and setting in err and "Traceback" not in err
 
 
 def test_evaluate_validate():
     ev = INFER_ENGINE.get("evaluate_prediction").validate
-    ev(load_config(ROOT / "configs/demo/evaluate_v1.yaml", registry=INFER_ENGINE))
+    ev(load_config(ROOT / "configs/tiny/evaluate.yaml", registry=INFER_ENGINE))
     for override, setting in (("dataset=null", "dataset"), ("context_frames=0", "context_frames"),
                               ("fps=0", "fps"), ("eval_range=[5,2]", "eval_range")):
         with pytest.raises(ConfigError, match=setting):
-            ev(load_config(ROOT / "configs/demo/evaluate_v1.yaml", [override], registry=INFER_ENGINE))
+            ev(load_config(ROOT / "configs/tiny/evaluate.yaml", [override], registry=INFER_ENGINE))
 
 
 def test_resolution_not_divisible_by_patch_fails_before_any_item(tmp_path, shared_data):
@@ -312,7 +312,7 @@ def test_cli_batch_over_hostile_list(tmp_path, shared_data):
     lst = tmp_path / "hostile.txt"
     lst.write_text("".join(f"{p}|||item {i}\n" for i, p in enumerate(good + bad)))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, "inference.py", "--cfg", "configs/demo/predict.yaml", "test_list_path",
+    p = subprocess.run([sys.executable, "inference.py", "--cfg", "configs/tiny/predict.yaml", "test_list_path",
                         str(lst), "log_dir", str(tmp_path / "out"), "num_sample_steps=1", "progress=false",
                         "max_frames=8", "backend.precision=fp32", "backend.attention=sdpa"],  # fast on CPU
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -338,7 +338,7 @@ def test_torchrun_summary_covers_every_rank_and_newest_record_wins(tmp_path):
     lst = tmp_path / "shard.txt"  # items 1 and 3 run on rank 1; item 3's file appears later
     lst.write_text(f"{demo / 'physics_4242_000000.mp4'}\n{tmp_path / 'gone.mp4'}\n"
                    f"{demo / 'physics_4242_000001.mp4'}\n{missing}\n")
-    args = ["--cfg", "configs/demo/predict.yaml", "test_list_path", str(lst), "log_dir", str(tmp_path / "out"),
+    args = ["--cfg", "configs/tiny/predict.yaml", "test_list_path", str(lst), "log_dir", str(tmp_path / "out"),
             "num_sample_steps=1", "progress=false", "backend.precision=fp32", "backend.attention=sdpa"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",

@@ -1,4 +1,4 @@
-"""Latent next-clip training with the causal VAE: configs/demo/train_latent.yaml on the fly and through
+"""Latent next-clip training with the causal VAE: configs/experiments/latent_tiny/train.yaml on the fly and through
 scripts.encode_latents + LatentCache (1 + 4k pixel frames -> 1 + k latent frames)."""
 import json
 import pathlib

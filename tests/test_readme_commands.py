@@ -80,18 +80,18 @@ def test_readme_command_validates(kind, argv, line, monkeypatch, capsys):
 
 
 def test_a_broken_example_is_caught(monkeypatch, capsys):
-    text = ("Some text `python train_net.py --cfg configs/demo/train.yaml num_stepz=3` and\n\n"
+    text = ("Some text `python train_net.py --cfg configs/tiny/train.yaml num_stepz=3` and\n\n"
             "```bash\n"
-            "python3 -m venv .venv && python inference.py --cfg configs/demo/predict.yaml  # ok\n"
-            "torchrun --nproc_per_node 2 train_net.py --cfg configs/demo/train.yaml \\\n"
+            "python3 -m venv .venv && python inference.py --cfg configs/tiny/predict.yaml  # ok\n"
+            "torchrun --nproc_per_node 2 train_net.py --cfg configs/tiny/train.yaml \\\n"
             "    model.depth=4   # a continued line\n"
             "python -m pytest tests\n"
             "```\n")
     found = readme_commands(text)
     assert [(k, a) for k, a, _ in found] == [
-        ("infer", ["--cfg", "configs/demo/predict.yaml"]),
-        ("train", ["--cfg", "configs/demo/train.yaml", "model.depth=4"]),
-        ("train", ["--cfg", "configs/demo/train.yaml", "num_stepz=3"]),
+        ("infer", ["--cfg", "configs/tiny/predict.yaml"]),
+        ("train", ["--cfg", "configs/tiny/train.yaml", "model.depth=4"]),
+        ("train", ["--cfg", "configs/tiny/train.yaml", "num_stepz=3"]),
     ]
     monkeypatch.chdir(ROOT)
     assert [run_dry(k, a) for k, a, _ in found] == [0, 2, 2]

@@ -9,7 +9,7 @@ from utils.config import ConfigError, load_config
 from utils.registry import INFER_ENGINE
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PREDICT = ROOT / "configs/demo/predict.yaml"   # window 12 + clips of 4; the checkpoint says max_frames 12
+PREDICT = ROOT / "configs/tiny/predict.yaml"   # window 12 + clips of 4; the checkpoint says max_frames 12
 
 
 def _predictor(*overrides):

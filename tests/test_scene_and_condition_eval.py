@@ -14,7 +14,7 @@ from utils.video_io import to_uint8
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-#: the demo conditional configs' dataset (configs/demo/train_class.yaml) with a seed no config uses
+#: the demo conditional configs' dataset (configs/experiments/conditioning/train_class.yaml) with a seed no config uses
 DATASET = dict(type="SyntheticPhysics", resolution=32, num_frames=8, num_balls=[1, 3], gravity=0.006,
                gravity_dirs=["none", "down", "up", "left", "right"],
                speeds={"slow": [0.01, 0.025], "fast": [0.04, 0.07]}, distinct_colors=True, seed=9001, length=150)
@@ -108,7 +108,7 @@ def _tiny_conditional_weights(tmp_path):
     torch.manual_seed(0)
     emb = EMBEDDER.build({"type": "ClassLabel", "num_classes": 15, "dim": EMB_DIM})
     model = MODEL.build({"type": "NextClipTransformer", "preset": "tiny", "in_channels": 3, "patch_size": 8,
-                         "cond_dim": EMB_DIM, "pooled_cond": True})  # as configs/demo/evaluate_condition.yaml
+                         "cond_dim": EMB_DIM, "pooled_cond": True})  # as configs/experiments/conditioning/evaluate_class.yaml
     path = tmp_path / "cls.safetensors"
     save_weights(path, model.state_dict())
     save_weights(embedder_weights_for(path), emb.state_dict())
@@ -117,7 +117,7 @@ def _tiny_conditional_weights(tmp_path):
 
 def _cfg(tmp_path, extra=""):
     cfg = tmp_path / "eval.yaml"
-    cfg.write_text(f"""_BASE: {ROOT / 'configs/demo/evaluate_condition.yaml'}
+    cfg.write_text(f"""_BASE: {ROOT / 'configs/experiments/conditioning/evaluate_class.yaml'}
 backend: {{type: cpu, precision: fp32, attention: sdpa}}
 model: {{preset: tiny}}
 embedder: {{dim: {EMB_DIM}}}

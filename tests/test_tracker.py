@@ -59,7 +59,7 @@ import numpy as np, yaml
 from tools.datasets.synthetic_physics import SyntheticPhysics
 from tools.inferences.scene import settings_from_dataset
 from tools.inferences.tracker import physics_from_dataset, track_and_predict
-d = {k: v for k, v in yaml.safe_load(open("configs/demo/base_v2.yaml"))["dataset"].items() if k != "type"}
+d = {k: v for k, v in yaml.safe_load(open("configs/_base_/demo.yaml"))["dataset"].items() if k != "type"}
 d.update(num_frames=40, seed=7001, length=1)
 v = ((SyntheticPhysics(**d)[0]["video"].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
 print(int(track_and_predict(v[:4], 36, settings_from_dataset(d), physics_from_dataset(d)).astype(np.int64).sum()))

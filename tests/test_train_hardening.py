@@ -84,7 +84,7 @@ def test_validate_names_the_bad_setting(tmp_path, override, key):
 def test_validate_accepts_shipped_settings_and_is_the_engine_hook(tmp_path):
     assert ENGINE.get("train_next_clip").validate is engine.validate
     engine.validate(load_config(write_cfg(tmp_path), [], registry=ENGINE))
-    engine.validate(load_config(ROOT / "configs/demo/train.yaml", [], registry=ENGINE))
+    engine.validate(load_config(ROOT / "configs/tiny/train.yaml", [], registry=ENGINE))
 
 
 def test_bad_setting_exits_2_without_training(tmp_path, capsys):

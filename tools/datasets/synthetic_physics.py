@@ -44,7 +44,7 @@ Per video, from its own random stream ``(seed, index, 2)``:
 With any of them on, ``meta["physics"]`` records the draws (gravity vector, restitution,
 friction, per-ball layer / radius / mass / colour, obstacle rectangles in pixels). Any
 ``resolution`` works (64x64 and up); ``num_balls: [1, 6]`` with ``radius: [0.05, 0.1]`` fits
-64x64. Example: configs/demo/train_v2.yaml.
+64x64. Example: configs/experiments/demo_pixel/train.yaml.
 """
 from __future__ import annotations
 

@@ -322,6 +322,6 @@ def validate_rollout(cfg) -> None:
                           f"pretrain, or give the path of a .safetensors file")
     if tm and not Path(tm).exists():
         raise ConfigError(f"test_model={tm!r}: no such weights file or folder; give the path of a .safetensors "
-                          f"file, e.g. 'test_model=data/demo/demo_physics.safetensors'")
+                          f"file, e.g. 'test_model=data/demo/tiny_physics.safetensors'")
 
 

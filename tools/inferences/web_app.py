@@ -1,4 +1,4 @@
-"""The web page: ``python app.py --cfg configs/demo/predict.yaml [overrides]``.
+"""The web page: ``python app.py --cfg configs/tiny/predict.yaml [overrides]``.
 
 A thin gradio layer over one :class:`~tools.inferences.predictor.Predictor` (the inference
 path of the batch engine; nothing here samples on its own). Three tabs:
@@ -384,7 +384,7 @@ def _parser() -> argparse.ArgumentParser:
         usage="%(prog)s --cfg FILE [--host H] [--port P] [--share] [--max-upload-mb N] [--debug] [overrides ...]",
         description="NextClip web page: Predict / Animate / Generate with the model of an inference config.",
         epilog="Overrides as for inference.py: a.b.c=value or KEY VALUE pairs (e.g. test_model CKPT).")
-    p.add_argument("--cfg", required=True, help="inference YAML file (e.g. configs/demo/predict.yaml)")
+    p.add_argument("--cfg", required=True, help="inference YAML file (e.g. configs/tiny/predict.yaml)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0: the first free one from 7860 on)")
