@@ -1,4 +1,6 @@
-"""Every ``train_net.py`` / ``inference.py`` command in README.md loads and validates.
+"""Every ``train_net.py`` / ``inference.py`` command in README.md and the docs loads and validates.
+
+The docs are every Markdown file under ``docs/`` and ``configs/`` (the study READMEs).
 
 The commands are taken from the README's shell code blocks and inline code spans (a
 ``torchrun ...`` launcher prefix or a ``... &&`` setup chain is dropped, the entry point's
@@ -59,12 +61,16 @@ def run_dry(kind: str, argv: List[str]) -> int:
     return run(argv + ([] if "--dry-run" in argv else ["--dry-run"]))
 
 
-COMMANDS = readme_commands((ROOT / "README.md").read_text(encoding="utf-8"))
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "configs").rglob("*.md"))]
+COMMANDS = [(kind, argv, f"{doc.relative_to(ROOT)}: {line}") for doc in DOCS
+            for kind, argv, line in readme_commands(doc.read_text(encoding="utf-8"))]
+README_COMMANDS = [c for c in COMMANDS if c[2].startswith("README.md: ")]
 
 
 def test_the_readme_commands_are_found():
-    lines = {line for _, _, line in COMMANDS}
-    assert len(COMMANDS) >= 12, lines
+    lines = {line for _, _, line in README_COMMANDS}
+    assert len(README_COMMANDS) >= 12, lines
+    assert len(COMMANDS) >= 60 and {c[2].split(":")[0] for c in COMMANDS} >= {"docs/guide/configs.md"}
     assert {k for k, _, _ in COMMANDS} == {"train", "infer"}
     assert any("torchrun" in line for line in lines) and any("&&" in line for line in lines)
 
