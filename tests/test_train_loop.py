@@ -1,4 +1,4 @@
-"""Training engine hardening: settings validation, epochs, image/video mixing, cached-latent
+"""Training engine and loop (tools/train/loop.py, train_next_clip): settings validation, epochs, image/video mixing, cached-latent
 cuts, checkpoint failures and cleanup, resume checks, scalar log trimming, distributed failures."""
 import errno
 import json
