@@ -205,7 +205,7 @@ def demo_train_bench(reps: int, peak_gflops: float, bf16: bool = True) -> dict:
 
 def demo_rollout_bench(num_clips: int, steps: int, bf16: bool = True) -> dict:
     """Seconds per generated clip over a long rollout (window 16) with and without KV cache."""
-    from tools.inferences.rollout import rollout
+    from tools.inferences.rollout import RolloutSettings, rollout
 
     cfg, model, diffusion = demo_model()
     model.eval()
@@ -215,8 +215,9 @@ def demo_rollout_bench(num_clips: int, steps: int, bf16: bool = True) -> dict:
     for mode in ("off", "recompute", "rolling"):
         t0 = time.perf_counter()
         with torch.no_grad(), autocast(bf16):
-            rollout(model, diffusion, ctx, num_clips=num_clips, clip_len=4, window=16, steps=steps,
-                    history_guide_scale=1.5, kv_cache=mode)
+            rollout(model, diffusion, ctx, RolloutSettings(num_clips=num_clips, clip_len=4, window=16,
+                                                           num_sample_steps=steps, history_guide_scale=1.5,
+                                                           kv_cache=mode))
         out[mode] = (time.perf_counter() - t0) / num_clips
     return out
 

@@ -10,13 +10,13 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "workspace" / "app_browser.png"
@@ -40,12 +40,6 @@ def _browser_paths():
     return chromium, driver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_until_serving(proc, url: str, timeout: float = 90.0) -> float:
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -65,7 +59,7 @@ def served(tmp_path):
     """app.py on the demo checkpoint, with its own empty HOME and TMPDIR (checked afterwards)."""
     home, tmp, out = tmp_path / "home", tmp_path / "tmp", tmp_path / "out"
     home.mkdir(), tmp.mkdir()
-    port = _free_port()
+    port = int(free_port())
     env = dict(os.environ, HOME=str(home), TMPDIR=str(tmp), XDG_CACHE_HOME=str(home / ".cache"))
     env.pop("GRADIO_TEMP_DIR", None), env.pop("MPLCONFIGDIR", None)
     t0 = time.time()

@@ -174,32 +174,6 @@ def test_predictor_with_a_causal_vae(tmp_path):
         Predictor(_predict_cfg(tmp_path, 4, 13))
 
 
-def test_reencode_puts_each_generated_clip_through_the_vae(tmp_path):
-    """reencode: after each clip the latent video is decoded and encoded again, and the clip is
-    replaced by the round trip's last latent frame (the history the next clip sees)."""
-    from tools.inferences.predictor import Predictor, validate_rollout
-
-    cfg = _predict_cfg(tmp_path, 5, 13)
-    plain = Predictor(cfg)
-    ctx = torch.rand(3, 5, 16, 16) * 2 - 1
-    base = plain.predict(ctx, seed=1)
-    cfg.reencode = True
-    p = Predictor(cfg)
-    calls = []
-    trip = p._round_trip
-    p._round_trip = lambda z: calls.append(tuple(z.shape)) or trip(z)
-    video = p.predict(ctx, seed=1)
-    assert calls == [(1, 4, 3, 2, 2), (1, 4, 4, 2, 2)]   # 2 context latents + 1, + 2 generated (2x2)
-    assert video.shape == base.shape and not torch.allclose(video[:, 5:], base[:, 5:], atol=1e-3)
-    z = torch.randn(1, 4, 3, 2, 2)
-    ae = p.autoencoder
-    torch.testing.assert_close(trip(z), ae.encode(ae.decode(z).clamp(-1, 1)))
-    for bad in ("yes", 1, None):
-        cfg.reencode = bad
-        with pytest.raises(ConfigError, match=f"reencode={bad!r}.*true or false"):
-            validate_rollout(cfg)
-
-
 @pytest.mark.parametrize("context", [0, 5])
 def test_rollout_video_counts_latent_frames_of_a_causal_vae(tmp_path, context):
     """The training-time sample video generates latent_frames(T) - context latents, so it shows as

@@ -17,6 +17,7 @@ from utils.cli import main
 from utils.config import ConfigError, InputError, load_config
 from utils.registry import INFER_ENGINE
 from utils.test_list import failure_reasons, load_results, merge_results, parse_test_list, run_test_list
+from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -342,7 +343,7 @@ def test_torchrun_summary_covers_every_rank_and_newest_record_wins(tmp_path):
             "num_sample_steps=1", "progress=false", "backend.precision=fp32", "backend.attention=sdpa"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        "29571", "inference.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                        free_port(), "inference.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=180)
     log = p.stdout + p.stderr
     assert p.returncode == 1, log[-3000:]

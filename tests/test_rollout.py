@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from tools.inferences.rollout import clip_seed, rollout
+from rollouts import roll
+from tools.inferences.rollout import RolloutSettings, clip_seed, rollout
 from tools.models.next_clip_transformer import NextClipTransformer
 
 from tools.diffusions.rectified_flow import RectifiedFlow
@@ -31,32 +32,31 @@ NULL = dict(null_cond=torch.randn(2, 3, 4, generator=torch.Generator().manual_se
 CONDKW = dict(cond=COND, cond_mask=COND_MASK, **NULL)
 
 
-@pytest.mark.parametrize("pooled,skip", [(False, False), (True, False), (False, True)])
-def test_recompute_equals_off_with_sliding_window(pooled, skip):
-    model, diff = make_model(cond_dim=4, pooled_cond=pooled, history_skip=skip), make_diffusion()
+@pytest.mark.parametrize("pooled", [False, True])
+def test_recompute_equals_off_with_sliding_window(pooled):
+    model, diff = make_model(cond_dim=4, pooled_cond=pooled), make_diffusion()
     kw = dict(BASE, num_clips=4, window=4, history_guide_scale=1.5, guide_scale=3.0, **CONDKW)
-    off = rollout(model, diff, CTX, kv_cache="off", **kw)
-    rec = rollout(model, diff, CTX, kv_cache="recompute", **kw)
+    off = roll(model, diff, CTX, kv_cache="off", **kw)
+    rec = roll(model, diff, CTX, kv_cache="recompute", **kw)
     assert off.shape == (2, 3, 2 + 8, 8, 8)
     assert torch.equal(off[:, :, :2], CTX)
     torch.testing.assert_close(rec, off, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("fcc,cond,skip", [(False, False, False), (True, False, False), (False, True, False),
-                                          (False, "pooled", False), (False, False, True)])
-def test_rolling_equals_off_until_window_slides(fcc, cond, skip):
+@pytest.mark.parametrize("fcc,cond", [(False, False), (True, False), (False, True), (False, "pooled")])
+def test_rolling_equals_off_until_window_slides(fcc, cond):
     model, diff = make_model(frame_causal_clean=fcc, cond_dim=4 if cond else 0,
-                             pooled_cond=cond == "pooled", history_skip=skip), make_diffusion()
+                             pooled_cond=cond == "pooled"), make_diffusion()
     kw = dict(BASE, num_clips=3, window=100, history_guide_scale=1.5, history_noise=0.95)
     if cond:
         kw.update(guide_scale=3.0, **CONDKW)
-    off = rollout(model, diff, CTX, kv_cache="off", **kw)
-    rol = rollout(model, diff, CTX, kv_cache="rolling", **kw)
+    off = roll(model, diff, CTX, kv_cache="off", **kw)
+    rol = roll(model, diff, CTX, kv_cache="rolling", **kw)
     torch.testing.assert_close(rol, off, atol=1e-5, rtol=1e-4)
     # once the window slides, rolling is an approximation (runs, finite, differs)
     kw.update(window=3)
-    rol2 = rollout(model, diff, CTX, kv_cache="rolling", **kw)
-    off2 = rollout(model, diff, CTX, kv_cache="off", **kw)
+    rol2 = roll(model, diff, CTX, kv_cache="rolling", **kw)
+    off2 = roll(model, diff, CTX, kv_cache="off", **kw)
     assert torch.isfinite(rol2).all() and rol2.shape == off.shape
     torch.testing.assert_close(rol2[:, :, :4], off2[:, :, :4], atol=1e-5, rtol=1e-4)  # before the slide
     assert not torch.allclose(rol2, off2, atol=1e-5)
@@ -69,18 +69,18 @@ def test_clips_get_different_noise_and_seed_is_reproducible():
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-    a = rollout(model, diff, None, shape=(1, 3, 8, 8), num_clips=3, window=8, **BASE)
-    b = rollout(model, diff, None, shape=(1, 3, 8, 8), num_clips=3, window=8, **BASE)
+    a = roll(model, diff, None, shape=(1, 3, 8, 8), num_clips=3, window=8, **BASE)
+    b = roll(model, diff, None, shape=(1, 3, 8, 8), num_clips=3, window=8, **BASE)
     torch.testing.assert_close(a, b)
-    c = rollout(model, diff, None, shape=(1, 3, 8, 8), num_clips=3, window=8, **dict(BASE, seed=8))
+    c = roll(model, diff, None, shape=(1, 3, 8, 8), num_clips=3, window=8, **dict(BASE, seed=8))
     assert not torch.allclose(a, c)
     model2 = make_model()
-    v = rollout(model2, diff, None, shape=(1, 3, 8, 8), num_clips=3, window=8, **BASE)
+    v = roll(model2, diff, None, shape=(1, 3, 8, 8), num_clips=3, window=8, **BASE)
     # the pure noise of different clips differs -> use a fresh stand-in sampler returning z
     class Identity:
         def sample(self, pred_fn, z, **kw):
             return z
-    n = rollout(model2, Identity(), None, shape=(1, 3, 8, 8), num_clips=3, window=8, **BASE)
+    n = roll(model2, Identity(), None, shape=(1, 3, 8, 8), num_clips=3, window=8, **BASE)
     clips = n[:, :, 0:2], n[:, :, 2:4], n[:, :, 4:6]
     assert not torch.allclose(clips[0], clips[1]) and not torch.allclose(clips[1], clips[2])
     assert torch.isfinite(v).all()
@@ -91,20 +91,20 @@ def test_rolling_moves_cond_keys_when_the_window_slides():
     the window slid -- only if the cached cond keys move along with the window."""
     model, diff = make_model(cond_dim=4, depth=1), make_diffusion()
     kw = dict(BASE, num_clips=4, window=3, guide_scale=2.0, **CONDKW)
-    rol = rollout(model, diff, CTX, kv_cache="rolling", **kw)
-    torch.testing.assert_close(rol, rollout(model, diff, CTX, kv_cache="recompute", **kw), atol=1e-5, rtol=1e-4)
+    rol = roll(model, diff, CTX, kv_cache="rolling", **kw)
+    torch.testing.assert_close(rol, roll(model, diff, CTX, kv_cache="recompute", **kw), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["off", "recompute", "rolling"])
 def test_guide_scales_one_equal_no_guidance_and_guidance_changes_output(mode):
     model, diff = make_model(cond_dim=4), make_diffusion()
     kw = dict(BASE, num_clips=2, window=8, cond=COND, cond_mask=COND_MASK, kv_cache=mode)
-    plain = rollout(model, diff, CTX, **kw)
-    ones = rollout(model, diff, CTX, history_guide_scale=1.0, guide_scale=1.0, **NULL, **kw)
+    plain = roll(model, diff, CTX, **kw)
+    ones = roll(model, diff, CTX, history_guide_scale=1.0, guide_scale=1.0, **NULL, **kw)
     torch.testing.assert_close(plain, ones, atol=0, rtol=0)
-    by_cond = rollout(model, diff, CTX, guide_scale=3.0, **NULL, **kw)
-    by_hist = rollout(model, diff, CTX, history_guide_scale=2.0, **kw)
-    both = rollout(model, diff, CTX, history_guide_scale=2.0, guide_scale=3.0, **NULL, **kw)
+    by_cond = roll(model, diff, CTX, guide_scale=3.0, **NULL, **kw)
+    by_hist = roll(model, diff, CTX, history_guide_scale=2.0, **kw)
+    both = roll(model, diff, CTX, history_guide_scale=2.0, guide_scale=3.0, **NULL, **kw)
     for out in (by_cond, by_hist, both):
         assert not torch.allclose(plain, out, atol=1e-4)
     assert not torch.allclose(by_cond, both, atol=1e-4) and not torch.allclose(by_hist, both, atol=1e-4)
@@ -138,7 +138,7 @@ def test_guide_interval_applies_its_term_only_inside_it(mode, term):
     for name, extra in (("plain", {scale_key: 1.0}), ("guided", {scale_key: 3.0}),
                         ("inside", {scale_key: 3.0, interval_key: (lo, hi)})):
         probe = _Probe()
-        rollout(model, probe, CTX, **kw, **extra)
+        roll(model, probe, CTX, **kw, **extra)
         runs[name] = probe.preds
     for clip in range(2):
         for i, t in enumerate(_Probe.TIMES):
@@ -146,66 +146,20 @@ def test_guide_interval_applies_its_term_only_inside_it(mode, term):
             torch.testing.assert_close(runs["inside"][clip][i], want, atol=1e-6, rtol=1e-5)
             assert not torch.allclose(runs["guided"][clip][i], runs["plain"][clip][i], atol=1e-4)
     diff = make_diffusion()
-    full = rollout(model, diff, CTX, **kw, **{scale_key: 3.0})
-    torch.testing.assert_close(rollout(model, diff, CTX, **kw, **{scale_key: 3.0, interval_key: [0, 1]}), full,
+    full = roll(model, diff, CTX, **kw, **{scale_key: 3.0})
+    torch.testing.assert_close(roll(model, diff, CTX, **kw, **{scale_key: 3.0, interval_key: [0, 1]}), full,
                                atol=0, rtol=0)                       # the default: every step
     for bad in ((0.5, 0.2), (-0.1, 1.0), (0.0, 1.5), (0.5,), "all", (True, 1.0)):
         with pytest.raises(ValueError, match=rf"^{interval_key}=.* must be \[lo, hi\] model times"):
-            rollout(model, diff, CTX, **kw, **{scale_key: 3.0, interval_key: bad})
-
-
-class _Fixed:
-    """A stand-in diffusion: one prediction per clip at t = 0.5 on the clip's noise, which it returns;
-    with ``zero_first`` its first clip comes out as zeros."""
-
-    def __init__(self, zero_first: bool):
-        self.zero_first, self.preds = zero_first, []
-
-    def sample(self, pred_fn, z, **kw):
-        self.preds.append(pred_fn(z, torch.full((z.shape[0],), 0.5)))
-        return torch.zeros_like(z) if self.zero_first and len(self.preds) == 1 else z
-
-
-@pytest.mark.parametrize("mode", ["off", "recompute", "rolling"])
-def test_project_replaces_each_clip_and_the_model_sees_the_projected_history(mode):
-    model = make_model(cond_dim=4)
-    kw = dict(BASE, num_clips=3, window=8, kv_cache=mode, cond=COND, cond_mask=COND_MASK)
-    ref = _Fixed(zero_first=True)                      # clip 1 generated as zeros
-    want = rollout(model, ref, CTX, **kw)
-    videos = []
-
-    def zero_first_clip(video):
-        videos.append(video.clone())
-        out = video.clone()
-        if len(videos) == 1:
-            out[:, :, -2:] = 0
-        return out
-
-    fixed = _Fixed(zero_first=False)                   # clip 1 generated as noise, projected to zeros
-    got = rollout(model, fixed, CTX, project=zero_first_clip, **kw)
-    torch.testing.assert_close(got, want, atol=0, rtol=0)
-    assert [tuple(v.shape) for v in videos] == [(2, 3, 2 + 2 * k, 8, 8) for k in (1, 2, 3)]
-    assert torch.equal(videos[0][:, :, :2], CTX) and not (videos[0][:, :, 2:] == 0).all()
-    assert (videos[1][:, :, 2:4] == 0).all()           # the projected clip is the history
-    for a, b in zip(fixed.preds, ref.preds):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    plain = _Fixed(zero_first=False)
-    rollout(model, plain, CTX, **kw)
-    assert not torch.allclose(plain.preds[1], ref.preds[1], atol=1e-4)  # the history matters
-    diff = make_diffusion()
-    torch.testing.assert_close(rollout(model, diff, CTX, project=lambda v: v.clone(), **kw),
-                               rollout(model, diff, CTX, **kw), atol=0, rtol=0)
-    with pytest.raises(ValueError, match=r"project returned shape \(2, 3, 2, 8, 8\) for a video of shape "
-                                         r"\(2, 3, 4, 8, 8\)"):
-        rollout(model, diff, CTX, project=lambda v: v[:, :, -2:], **kw)
+            roll(model, diff, CTX, **kw, **{scale_key: 3.0, interval_key: bad})
 
 
 def test_cond_guidance_needs_null_cond():
     model, diff = make_model(cond_dim=4), make_diffusion()
     with pytest.raises(ValueError, match="guide_scale=3.0 needs cond and null_cond"):
-        rollout(model, diff, CTX, num_clips=1, guide_scale=3.0, cond=COND, cond_mask=COND_MASK, **BASE)
+        roll(model, diff, CTX, num_clips=1, guide_scale=3.0, cond=COND, cond_mask=COND_MASK, **BASE)
     with pytest.raises(ValueError, match="null_cond"):
-        rollout(model, diff, CTX, num_clips=1, guide_scale=3.0, **NULL, **BASE)
+        roll(model, diff, CTX, num_clips=1, guide_scale=3.0, **NULL, **BASE)
 
 
 @pytest.mark.parametrize("mode", ["off", "recompute", "rolling"])
@@ -213,21 +167,27 @@ def test_no_context_and_num_frames(mode):
     model, diff = make_model(), make_diffusion()
     calls = []
     empty = torch.zeros(2, 3, 0, 8, 8)
-    out = rollout(model, diff, empty, num_frames=5, window=4, kv_cache=mode, history_guide_scale=1.5,
+    out = roll(model, diff, empty, num_frames=5, window=4, kv_cache=mode, history_guide_scale=1.5,
                   progress=lambda i, n: calls.append((i, n)), **BASE)
     assert out.shape == (2, 3, 5, 8, 8) and torch.isfinite(out).all()
     assert calls == [(0, 3), (1, 3), (2, 3)]
     if mode != "off":
-        ref = rollout(model, diff, empty, num_frames=5, window=4, kv_cache="off", history_guide_scale=1.5, **BASE)
+        ref = roll(model, diff, empty, num_frames=5, window=4, kv_cache="off", history_guide_scale=1.5, **BASE)
         if mode == "recompute":
             torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
 
 
 def test_bad_arguments():
+    """Settings are validated once, when the RolloutSettings is made: each bad value is named."""
     model, diff = make_model(), make_diffusion()
-    with pytest.raises(ValueError, match="kv_cache"):
-        rollout(model, diff, CTX, num_clips=1, kv_cache="bogus")
-    with pytest.raises(ValueError, match="shape"):
-        rollout(model, diff, None, num_clips=1)
-    with pytest.raises(ValueError, match="exactly one"):
-        rollout(model, diff, CTX, num_clips=1, num_frames=2)
+    for bad, msg in ((dict(kv_cache="bogus"), "kv_cache='bogus'"), (dict(num_clips=1, num_frames=2), "at most one"),
+                     (dict(clip_len=0), "clip_len=0"), (dict(window=-1), "window=-1"),
+                     (dict(num_sample_steps=1.5), "num_sample_steps=1.5"), (dict(shift=0), "shift=0"),
+                     (dict(guide_scale=-3), "guide_scale=-3"), (dict(history_guide_scale=float("nan")), "nan"),
+                     (dict(history_noise=1.5), "history_noise=1.5"), (dict(num_frames=0), "num_frames=0")):
+        with pytest.raises(ValueError, match=msg):
+            RolloutSettings(**bad)
+    with pytest.raises(ValueError, match="needs num_clips or num_frames"):
+        rollout(model, diff, CTX, RolloutSettings())
+    with pytest.raises(ValueError, match="context must be"):
+        rollout(model, diff, CTX[:, :, 0], RolloutSettings(num_clips=1))

@@ -1,4 +1,4 @@
-"""The fast paths of issue 13 compute what the plain paths compute (no timing here):
+"""The fast paths compute what the plain paths compute (no timing here):
 preallocated KV-cache buffers (KVCache.join) vs torch.cat, per-shape token metadata memo vs a
 fresh build, batched guidance branches (denoise(branches=...)) vs separate calls, and the row
 gather vs torch.gather."""
@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from tools.models.kv_rollout import DenoiseCall
 from tools.models.layers import KVCache
 from tools.models.next_clip_transformer import NextClipTransformer, _gather_tokens
 
@@ -131,8 +132,9 @@ def test_batched_guidance_branches_equal_separate_denoise_calls():
     cache = model.encode_history(video(4), 0, cond=cond, cond_mask=mask, clip_lens=[2, 2])
     null_cache = model.encode_history(video(4), 0, cond=null, cond_mask=null_mask, clip_lens=[2, 2])
     z, t = video(G, seed=8), torch.tensor([0.2, 0.7])
-    branches = [(cache, 4, None, None), (None, 0, cond, mask), (null_cache, 4, None, None), (None, 0, null, null_mask)]
-    got = model.denoise(z, t, *branches[0], branches=branches[1:])
+    branches = [DenoiseCall(cache, 4), DenoiseCall(None, 0, cond, mask), DenoiseCall(null_cache, 4),
+                DenoiseCall(None, 0, null, null_mask)]
+    got = model.denoise(z, t, **branches[0]._asdict(), branches=branches[1:])
     assert isinstance(got, list) and len(got) == 4
     for y, (c, o, cd, m) in zip(got, branches):
         torch.testing.assert_close(y, model.denoise(z, t, cache=c, frame_offset=o, cond=cd, cond_mask=m),

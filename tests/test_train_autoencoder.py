@@ -12,7 +12,7 @@ from utils.checkpoint import read_state_dict
 from utils.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CFG = ROOT / "configs" / "demo" / "train_vae.yaml"
+CFG = ROOT / "configs" / "experiments" / "latent_tiny" / "train_vae.yaml"
 TINY = ["backend.type=cpu", "backend.precision=fp32", "auto_encoder.base_channels=4",
         "auto_encoder.channel_mult=[1,1,1,1]", "auto_encoder.latent_channels=4", "dataset.resolution=16",
         "dataset.num_frames=5", "dataset.length=16", "max_frames=5", "batch_size=2", "progress=false",

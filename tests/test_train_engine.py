@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from utils.cli import main
+from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     single = losses(tmp_path / "single" / "tiny")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", "29517", str(ROOT / "train_net.py"), "--cfg", str(cfg),
+                        "--master_port", free_port(), str(ROOT / "train_net.py"), "--cfg", str(cfg),
                         "log_dir", str(tmp_path / "ddp"), "batch_size", "1"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

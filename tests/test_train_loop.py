@@ -17,6 +17,7 @@ from tools.train.train_next_clip import GlobalBatchSampler, latents_of
 from utils.cli import main
 from utils.config import ConfigError, load_config
 from utils.registry import DATASETS, ENGINE
+from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -467,7 +468,7 @@ def _torchrun(tmp_path, mode, timeout_s, port):
 
 
 def test_hung_rank_is_named_after_dist_timeout(tmp_path):
-    r, took = _torchrun(tmp_path, "hang", 3, 29541)
+    r, took = _torchrun(tmp_path, "hang", 3, free_port())
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert "rank 0 of 2: a collective operation failed because rank 1 stopped answering" in out, out[-3000:]
@@ -475,5 +476,5 @@ def test_hung_rank_is_named_after_dist_timeout(tmp_path):
 
 
 def test_dead_rank_stops_the_others_at_once(tmp_path):
-    r, took = _torchrun(tmp_path, "die", 60, 29543)
+    r, took = _torchrun(tmp_path, "die", 60, free_port())
     assert r.returncode != 0 and took < 30, (took, (r.stdout + r.stderr)[-3000:])

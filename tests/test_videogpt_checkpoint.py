@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import SHARED
 from tools.diffusions.rectified_flow import RectifiedFlow
-from tools.inferences.rollout import rollout
+from rollouts import roll
 from tools.models.videogpt import VideoGPT
 from tools.pretrain import videogpt_checkpoint as vc
 from utils.checkpoint import CheckpointError, load_weights, save_weights
@@ -197,13 +197,13 @@ def test_kv_cached_rollout_equals_uncached(reference_model, guide):
     ctx = torch.randn(1, 4, 3, 8, 8, generator=g)
     flow = RectifiedFlow(prediction="x1")
     kw = dict(num_clips=3, clip_len=2, window=5, steps=3, history_guide_scale=guide, seed=1)
-    off = rollout(reference_model, flow, ctx, kv_cache="off", **kw)
-    rec = rollout(reference_model, flow, ctx, kv_cache="recompute", **kw)
+    off = roll(reference_model, flow, ctx, kv_cache="off", **kw)
+    rec = roll(reference_model, flow, ctx, kv_cache="recompute", **kw)
     assert off.shape == (1, 4, 9, 8, 8)
     assert (off - rec).abs().max() < 1e-5
     big = dict(kw, window=20)  # rolling is exact while the window never slides
-    roll = rollout(reference_model, flow, ctx, kv_cache="rolling", **big)
-    assert (rollout(reference_model, flow, ctx, kv_cache="off", **big) - roll).abs().max() < 1e-5
+    rolling = roll(reference_model, flow, ctx, kv_cache="rolling", **big)
+    assert (roll(reference_model, flow, ctx, kv_cache="off", **big) - rolling).abs().max() < 1e-5
 
 
 def test_predictor_loads_a_weights_folder_through_the_pretrain_loader(tmp_path, official, reference_model):

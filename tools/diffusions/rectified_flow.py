@@ -1,7 +1,7 @@
 """Rectified-flow objective for next-clip diffusion (t = 1 clean, x_t = t*x1 + (1-t)*eps)."""
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -102,22 +102,6 @@ def check_history_noise(history_noise) -> Optional[tuple]:
     return float(history_noise[0]), float(history_noise[1])
 
 
-def check_self_history(self_history) -> Optional[tuple]:
-    """``{prob, t: [lo, hi]}`` -> (prob, lo, hi); None / prob 0 = off."""
-    if self_history is None:
-        return None
-    ok = isinstance(self_history, Mapping) and set(self_history) <= {"prob", "t"} and "prob" in self_history
-    if ok:
-        prob, t = self_history["prob"], self_history.get("t", (0.3, 0.7))
-        ok = isinstance(prob, (int, float)) and 0.0 <= prob <= 1.0 and isinstance(t, (list, tuple)) and \
-            len(t) == 2 and 0.0 <= float(t[0]) <= float(t[1]) < 1.0
-    if not ok:
-        raise ValueError(f"self_history={self_history!r} must be null or {{prob: p, t: [lo, hi]}} with 0 <= p <= 1 "
-                         f"(the share of samples trained on their own history) and 0 <= lo <= hi < 1 (the noise "
-                         f"level t of the first pass), e.g. {{prob: 0.5, t: [0.3, 0.7]}}.")
-    return (float(prob), float(t[0]), float(t[1])) if prob > 0 else None
-
-
 def make_clean_input(x1, valid, last, history_noise, rng: Randomness):
     """Clean copies for the model: history noise per frame (t_in ~ U[lo, hi]), the last
     clip's frames and padding zeroed (the model must never see them)."""
@@ -153,19 +137,11 @@ class RectifiedFlow:
     Parameterizations of the raw model output ``p`` at state ``z = t*x1 + (1-t)*eps``:
     ``x1``: p = x1; ``v``: p = x1 - eps; ``eps``: p = eps. ``t_eps`` bounds the
     divisions by ``1 - t`` (x1) and ``t`` (eps) in the conversions.
-
-    ``self_history: {prob, t: [lo, hi]}`` trains on the model's own history, the errors a rollout
-    feeds back (scheduled sampling in two passes, as for parallel transformers): a first pass
-    without gradients predicts every clip from its noisy copy at a time ``t ~ U[lo, hi]`` per clip
-    (given the true history); then, for a share ``prob`` of the samples, the clean copies of the
-    clips from a random clip ``s >= 1`` on are replaced by those predictions (the first ``s`` clips
-    stay true, like a rollout's context), and the usual loss against the true clips is taken.
-    Off (null) draws nothing, so the objective is bit-identical to a run without it.
     """
 
     def __init__(self, prediction: str = "x1", t_sampler: str = "uniform", logit_mean: float = 0.0,
                  logit_std: float = 1.0, history_noise: Optional[Sequence[float]] = (0.9, 1.0),
-                 t_eps: float = 1e-3, self_history: Optional[Mapping] = None):
+                 t_eps: float = 1e-3):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction={prediction!r} is not supported; use one of {PREDICTIONS}.")
         if t_sampler not in T_SAMPLERS:
@@ -179,11 +155,10 @@ class RectifiedFlow:
         self.logit_mean, self.logit_std = float(logit_mean), float(logit_std)
         self.history_noise = check_history_noise(history_noise)
         self.t_eps = float(t_eps)
-        self.self_history = check_self_history(self_history)
 
     def __repr__(self):
         return (f"RectifiedFlow(prediction={self.prediction!r}, t_sampler={self.t_sampler!r}, "
-                f"history_noise={self.history_noise}, self_history={self.self_history})")
+                f"history_noise={self.history_noise})")
 
     # ---------------------------------------------------------------- conversions
     def target(self, x1: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -248,33 +223,11 @@ class RectifiedFlow:
         eps = rng.randn(x1.shape).to(x1.dtype)
         x_noisy = noised(x1, per_frame(t, idx), eps, valid)
         x_clean = make_clean_input(x1, valid, last, self.history_noise, rng)
-        if self.self_history is not None:
-            x_clean = self._own_history(model, x1, x_clean, clip_lens, idx, valid, last, cond, cond_mask, rng)
         pred = model(x_noisy, x_clean, clip_lens, t.to(x1.dtype), cond=cond, cond_mask=cond_mask)
         if pred.shape != x_noisy.shape:
             raise ValueError(f"model returned shape {tuple(pred.shape)}, expected {tuple(x_noisy.shape)}.")
         loss, lpf = masked_frame_mse(pred, self.target(x1, eps), valid)
         return {"loss": loss, "loss_per_frame": lpf, "t": t}
-
-    def _own_history(self, model, x1, x_clean, clip_lens, idx, valid, last, cond, cond_mask, rng):
-        """The clean input with the model's own first-pass predictions as history (see the class doc)."""
-        prob, lo, hi = self.self_history
-        B, K = clip_lens.shape
-        t1 = lo + (hi - lo) * rng.rand((B, K))
-        t1 = torch.where(clip_lens > 0, t1, torch.zeros_like(t1))
-        eps1 = rng.randn(x1.shape).to(x1.dtype)
-        use = rng.rand((B,)) < prob                                          # (B,)
-        n_clips = (clip_lens > 0).sum(1)                                     # (B,)
-        start = 1 + (rng.rand((B,)) * (n_clips - 1).clamp(min=1)).long()     # first own clip, 1..n-1
-        own = use[:, None] & (idx >= start[:, None]) & valid & ~last         # (B, F) frames to replace
-        if not own.any():
-            return x_clean
-        t1f = per_frame(t1, idx).to(x1.dtype)                                # (B, F)
-        z1 = noised(x1, t1f, eps1, valid)
-        with torch.no_grad():
-            x1_hat = self.to_x1(model(z1, x_clean, clip_lens, t1.to(x1.dtype), cond=cond, cond_mask=cond_mask),
-                                z1, t1f)
-        return torch.where(own[:, None, :, None, None], x1_hat.to(x_clean.dtype), x_clean)
 
     # ---------------------------------------------------------------- sampling
     def timesteps(self, steps: int, shift: float = 1.0) -> torch.Tensor:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -11,7 +12,8 @@ import yaml
 
 from tools.autoencoders.base import frames_rule, latent_frames, model_cfg_with_channels, nearest_frames, valid_frames
 from tools.embedders.conditioning import embed, is_conditional, model_cfg_for, null_condition
-from tools.inferences.rollout import KV_MODES, check_guide_interval, rollout
+from tools.inferences.guidance import Condition
+from tools.inferences.rollout import RolloutSettings, rollout
 from utils.checkpoint import CheckpointError, checkpoint_config, embedder_weights_for, format_report, load_weights
 from utils.config import DEFAULT_COMPONENTS, ConfigError
 from utils.logging import get_logger
@@ -47,7 +49,6 @@ ROLLOUT_DEFAULTS: Dict[str, Any] = {
     "guide_interval": [0.0, 1.0],  # model times (0 noise, 1 clean) where the condition guidance acts
     "history_guide_interval": [0.0, 1.0],  # the same for the history guidance
     "history_noise": None,      # t_in of the history at inference (null = clean history)
-    "reencode": False,          # latent models: decode + re-encode the video after each clip (VAE round trip)
     "kv_cache": "recompute",    # recompute | rolling | off
     "fps": 8,
 }
@@ -79,6 +80,7 @@ class Predictor:
         self.hw = (int(hw), int(hw)) if isinstance(hw, int) else (int(hw[0]), int(hw[1]))
         self.check_settings()
         self.window = self.fit_window()
+        self.settings = RolloutSettings.from_config(cfg, window=self.window)  # validated (validate_rollout)
 
     def _build_embedder(self, cfg):
         """The embedder, with its trained weights (e.g. a class table) from beside test_model."""
@@ -203,29 +205,18 @@ class Predictor:
         cond, cond_mask = self.condition(cond_value)
         null_cond, null_mask = null_condition(self.embedder, 1, self.device) if scale != 1.0 else (None, None)
         ae = self.autoencoder
-        ctx_latent, shape = None, None
         if context is not None and context.shape[1] > 0:
             ctx_latent = ae.encode(context[None].to(self.device))
-        else:  # latent frame shape from the autoencoder's contract attributes
-            sf = ae.spatial_factor
-            shape = (1, ae.latent_channels, self.hw[0] // sf, self.hw[1] // sf)
-        done = 0 if ctx_latent is None else ctx_latent.shape[2]  # latent frames
+        else:  # no frames: the latent frame shape from the autoencoder's contract attributes
+            sf, p = ae.spatial_factor, next(self.model.parameters())
+            ctx_latent = torch.zeros(1, ae.latent_channels, 0, self.hw[0] // sf, self.hw[1] // sf,
+                                     device=p.device, dtype=p.dtype)
+        settings = dataclasses.replace(self.settings, num_frames=latent_frames(ae, total) - ctx_latent.shape[2],
+                                       guide_scale=scale, history_guide_scale=h_scale, seed=int(seed))
+        condition = Condition(cond, cond_mask, null_cond, null_mask)
         with self.backend.autocast():
-            out = rollout(self.model, self.diffusion, ctx_latent, num_frames=latent_frames(ae, total) - done,
-                          clip_len=cfg.clip_len, window=self.window, steps=cfg.num_sample_steps,
-                          sampler=cfg.sampler, shift=cfg.shift, history_guide_scale=h_scale,
-                          guide_scale=scale, cond=cond, cond_mask=cond_mask, null_cond=null_cond,
-                          null_mask=null_mask, history_noise=cfg.history_noise, seed=seed, kv_cache=cfg.kv_cache,
-                          guide_interval=tuple(cfg.guide_interval),
-                          history_guide_interval=tuple(cfg.history_guide_interval), shape=shape, progress=progress,
-                          project=self._round_trip if cfg.reencode else None)
+            out = rollout(self.model, self.diffusion, ctx_latent, settings, condition, progress)
         return self.autoencoder.decode(out.float())[0].clamp(-1, 1).cpu()
-
-    def _round_trip(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latent video -> pixels in [-1, 1] -> latents again (``reencode``): generated latents that
-        drifted off what the encoder produces are replaced by the encoding of what they decode to."""
-        ae = self.autoencoder
-        return ae.encode(ae.decode(latents.float()).clamp(-1, 1))  # rollout casts it back
 
 
 def _log_report(path, report: Dict[str, list]) -> None:
@@ -289,8 +280,7 @@ def validate_rollout(cfg) -> None:
             and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in hw_list)):
         raise _setting_error("resolution", hw, "it must be a positive int or [H, W] of positive ints",
                              "set e.g. 'resolution=[64,64]'")
-    for key, lo in (("num_sample_steps", 1), ("context_frames", 0), ("max_frames", 1), ("clip_len", 1),
-                    ("window", 0), ("frame_stride", 1)):
+    for key, lo in (("context_frames", 0), ("max_frames", 1), ("frame_stride", 1)):
         _check_int(cfg, key, lo)
     if cfg.get("trained_frames") is not None:
         _check_int(cfg, "trained_frames", 1)
@@ -298,23 +288,10 @@ def validate_rollout(cfg) -> None:
         raise ConfigError(f"context_frames={cfg.context_frames} must be smaller than max_frames={cfg.max_frames} "
                           f"(the frames of each output, context included); raise max_frames or lower context_frames")
     _check_number(cfg, "fps", positive=True)
-    for key in ("shift", "guide_scale", "history_guide_scale"):
-        _check_number(cfg, key, positive=key == "shift")
-    for key in ("guide_interval", "history_guide_interval"):
-        try:
-            check_guide_interval(cfg.get(key), key)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    hn = cfg.get("history_noise")
-    if hn is not None and not (isinstance(hn, (int, float)) and not isinstance(hn, bool) and 0 <= hn <= 1):
-        raise _setting_error("history_noise", hn, "it must be null (clean history) or a number in [0, 1]",
-                             "set e.g. 'history_noise=0.95' or 'history_noise=null'")
-    if not isinstance(cfg.get("reencode", False), bool):
-        raise _setting_error("reencode", cfg.get("reencode"), "it must be true or false",
-                             "set 'reencode=true' (VAE round trip after each clip) or 'reencode=false'")
-    if cfg.get("kv_cache") not in KV_MODES:
-        raise _setting_error("kv_cache", cfg.get("kv_cache"), f"use one of {list(KV_MODES)}",
-                             "set e.g. 'kv_cache=recompute'")
+    try:  # num_sample_steps, clip_len, window, sampler, shift, guidance, history_noise, kv_cache
+        RolloutSettings.from_config(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     tm = cfg.get("test_model")
     if tm and Path(tm).is_dir() and not cfg.get("pretrain"):
         raise ConfigError(f"test_model={tm!r} is a folder, which needs a pretrain loader that reads its layout "

@@ -24,32 +24,21 @@ positions ``0 .. window + clip_len - 1``. The model only knows the positions it 
 (its ``max_frames``): ``Predictor.fit_window`` lowers ``window`` to keep window + clip_len within
 them (beyond them, balls fade within ~20 frames).
 
-Guidance (one formula for every KV-cache mode, on raw predictions, affine in the velocity)::
-
-    pred = p_full + (s_h - 1) (p_full - p_nohist) + (s_c - 1) (p_full - p_nocond)
-
-with ``s_c = guide_scale`` and ``s_h = history_guide_scale``. ``p_full``: history + cond;
-``p_nohist``: the same noisy clip with no history (cond kept); ``p_nocond``: history kept,
-cond replaced by ``null_cond`` / ``null_mask`` (the caller passes ``embedder.null(B)``). A
-branch is only computed when its scale != 1 (and, for history guidance, when there is a
-history), so scales of 1 give exactly the unguided prediction.
-
-Guidance interval (``guide_interval=(lo, hi)``, Kynkaanniemi et al. 2024): the condition term is
-applied only at model times ``lo <= t <= hi`` (t = 0 noise, 1 clean, as ``pred_fn`` sees it for
-both diffusions); outside it the step uses ``p_full`` (+ history term) and skips the ``p_nocond``
-branch. At high noise the guided x1 of a rare condition (one ball) is pushed below the
-unconditional mean of the layout (two balls on average) and the sample loses its only ball;
-starting guidance later keeps the layout the condition drew and still sharpens it. ``(0, 1)``
-(the default) = guidance at every step. ``history_guide_interval`` does the same for the history
-term (and its ``p_nohist`` branch).
+Guidance: tools/inferences/guidance.py (named branches, one formula for every KV-cache mode).
+Settings: one :class:`RolloutSettings`, validated when it is made.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, List, Optional, Sequence
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
+
+from tools.inferences.guidance import FULL, NO_CONDITION, NO_HISTORY, Condition, active_branches, guided
+from tools.models.kv_rollout import DenoiseCall
 
 KV_MODES = ("recompute", "rolling", "off")
 
@@ -65,7 +54,7 @@ def _clip_noise(shape, seed: int, clip_index: int, like: Tensor) -> Tensor:
     return torch.randn(shape, generator=g).to(device=like.device, dtype=like.dtype)
 
 
-def _noised(x: Tensor, t_in: Optional[float], seed: int, clip_index: int) -> Tensor:
+def _noised(x: Tensor, t_in: float | None, seed: int, clip_index: int) -> Tensor:
     """History noise, drawn once per clip (so every cache mode sees the same history)."""
     if t_in is None or x.shape[2] == 0:
         return x
@@ -73,27 +62,101 @@ def _noised(x: Tensor, t_in: Optional[float], seed: int, clip_index: int) -> Ten
     return t_in * x + (1.0 - t_in) * eps
 
 
-def _projected(project: Callable[[Tensor], Tensor], video: Tensor, g: int) -> Tensor:
-    """The last ``g`` frames of ``project(video)``, which must keep the video's shape."""
-    out = project(video)
-    if tuple(out.shape) != tuple(video.shape):
-        raise ValueError(f"project returned shape {tuple(out.shape)} for a video of shape {tuple(video.shape)}; "
-                         f"it must return the video with the same shape")
-    return out[:, :, -g:].to(video.dtype)
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def check_guide_interval(interval, name: str = "guide_interval") -> tuple:
-    """``(lo, hi)`` floats with 0 <= lo <= hi <= 1, else ValueError naming the value and the fix."""
-    ok = isinstance(interval, (list, tuple)) and len(interval) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
-    if not ok or not 0.0 <= float(interval[0]) <= float(interval[1]) <= 1.0:
-        raise ValueError(f"{name}={interval!r} must be [lo, hi] model times with 0 <= lo <= hi <= 1 "
-                         f"(0 = noise, 1 = clean; its guidance term acts where lo <= t <= hi); "
-                         f"use e.g. [0.2, 1.0], or [0, 1] for every step")
-    return float(interval[0]), float(interval[1])
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _trim_front(lens: List[int], n: int) -> List[int]:
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How a rollout generates, apart from its inputs: one typed object, validated once, when it is
+    made (a ValueError naming the setting, its value, what is allowed and a fix). Field names are
+    the config keys, so :meth:`from_config` takes them from an inference config.
+
+    Attributes:
+        num_frames / num_clips: how much to generate, at most one of them given here (a call of
+            :func:`rollout` needs exactly one); with ``num_frames`` the last clip is shorter when needed.
+        clip_len: G frames per generated clip. window: at most W history frames are attended to.
+        num_sample_steps / sampler / shift: the diffusion's sampling of each clip.
+        guide_scale / history_guide_scale: s_c / s_h of the guidance formula (tools/inferences/guidance.py),
+            >= 0; 1 switches a term off.
+        guide_interval / history_guide_interval: [lo, hi] model times (0 noise, 1 clean) where a term acts.
+        history_noise: t_in applied to the history at inference (x <- t_in x + (1 - t_in) eps), None = clean.
+        seed: base seed; clip i draws its noise from ``clip_seed(seed, i)``.
+        kv_cache: 'recompute' | 'rolling' | 'off' (module docstring).
+    """
+    num_frames: int | None = None
+    num_clips: int | None = None
+    clip_len: int = 4
+    window: int = 80
+    num_sample_steps: int = 50
+    sampler: str = "euler"
+    shift: float = 1.0
+    guide_scale: float = 1.0
+    history_guide_scale: float = 1.0
+    guide_interval: tuple[float, float] = (0.0, 1.0)
+    history_guide_interval: tuple[float, float] = (0.0, 1.0)
+    history_noise: float | None = None
+    seed: int = 0
+    kv_cache: str = "recompute"
+
+    def __post_init__(self):
+        def bad(key, allowed, fix):
+            raise ValueError(f"{key}={getattr(self, key)!r} is not allowed: {allowed}; {fix}")
+
+        for key in ("num_frames", "num_clips"):
+            v = getattr(self, key)
+            if v is not None and not (_is_int(v) and v >= 1):
+                bad(key, "it must be an integer >= 1 (or null)", f"set e.g. '{key}=8'")
+        if self.num_frames is not None and self.num_clips is not None:
+            raise ValueError(f"give at most one of num_clips / num_frames (got {self.num_clips}, {self.num_frames})")
+        for key, lo in (("clip_len", 1), ("window", 0), ("num_sample_steps", 1)):
+            if not (_is_int(getattr(self, key)) and getattr(self, key) >= lo):
+                bad(key, f"it must be an integer >= {lo}", f"set e.g. '{key}={max(lo, 4)}'")
+        if not _is_int(self.seed):
+            bad("seed", "it must be an integer", "set e.g. 'seed=8888'")
+        if not isinstance(self.sampler, str):
+            bad("sampler", "it must be a sampler name", "set e.g. 'sampler=euler'")
+        if not (_is_number(self.shift) and self.shift > 0):
+            bad("shift", "it must be a positive finite number (1 = no shift)", "set e.g. 'shift=1.0'")
+        for key in ("guide_scale", "history_guide_scale"):
+            if not (_is_number(getattr(self, key)) and getattr(self, key) >= 0):
+                bad(key, "it must be a finite number >= 0 (1 = no guidance)", f"set e.g. '{key}=1.0'")
+        for key in ("guide_interval", "history_guide_interval"):
+            v = getattr(self, key)
+            ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(x) for x in v)
+            if not ok or not 0.0 <= float(v[0]) <= float(v[1]) <= 1.0:
+                raise ValueError(f"{key}={v!r} must be [lo, hi] model times with 0 <= lo <= hi <= 1 "
+                                 f"(0 = noise, 1 = clean; its guidance term acts where lo <= t <= hi); "
+                                 f"use e.g. [0.2, 1.0], or [0, 1] for every step")
+            object.__setattr__(self, key, (float(v[0]), float(v[1])))
+        hn = self.history_noise
+        if hn is not None and not (_is_number(hn) and 0 <= hn <= 1):
+            bad("history_noise", "it must be null (clean history) or a number in [0, 1]",
+                "set e.g. 'history_noise=0.95' or 'history_noise=null'")
+        if self.kv_cache not in KV_MODES:
+            bad("kv_cache", f"use one of {list(KV_MODES)}", "set e.g. 'kv_cache=recompute'")
+
+    @classmethod
+    def from_config(cls, cfg, **overrides) -> RolloutSettings:
+        """The settings of an inference config (keys of the same names), ``overrides`` on top."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: cfg[k] for k in names if k in cfg}, **overrides})
+
+    def clip_lengths(self) -> list[int]:
+        """Frames of each clip to generate."""
+        G = self.clip_len
+        if self.num_clips is not None:
+            return [G] * self.num_clips
+        if self.num_frames is None:
+            raise ValueError("a rollout needs num_clips or num_frames (how much to generate); set one of them")
+        return [G] * (self.num_frames // G) + ([self.num_frames % G] if self.num_frames % G else [])
+
+
+def _trim_front(lens: list[int], n: int) -> list[int]:
     """Drop the ``n`` oldest frames from a clip-length list."""
     lens = list(lens)
     while n > 0 and lens:
@@ -105,155 +168,113 @@ def _trim_front(lens: List[int], n: int) -> List[int]:
     return lens
 
 
+def _sample_clip(model, diffusion, s: RolloutSettings, variants: dict, noise: Tensor, hist: Tensor,
+                 win_lens: list[int], caches: dict, pos: int) -> Tensor:
+    """One clip sampled from ``noise`` (B, C, G, H, W) after the (noised) history window ``hist``
+    (B, C, n_hist, H, W) of clips ``win_lens``, with the guided prediction of every step. ``caches``:
+    condition variant -> KVCache of the window (cached modes); ``pos``: the clip's frame position."""
+    B, _, g = noise.shape[:3]
+    n_hist = hist.shape[2]
+
+    def call(branch: str) -> DenoiseCall:
+        """What the model sees in a branch: the cached history (its condition inside), or the
+        clip alone with the condition tokens."""
+        variant = NO_CONDITION if branch == NO_CONDITION else FULL
+        c, m = variants[variant]
+        if branch != NO_HISTORY and n_hist:
+            return DenoiseCall(cache=caches[variant], frame_offset=pos, cond=None, cond_mask=None)
+        return DenoiseCall(cache=None, frame_offset=0, cond=c, cond_mask=m)
+
+    def uncached(z, t, branch: str) -> Tensor:
+        """A branch through the training ``forward`` on [history, clip] (kv_cache 'off')."""
+        c, m = variants[NO_CONDITION if branch == NO_CONDITION else FULL]
+        if branch != NO_HISTORY and n_hist:
+            t_all = torch.cat([torch.ones(B, len(win_lens), device=z.device, dtype=z.dtype),
+                               t.reshape(B, 1).to(z.dtype)], 1)
+            cl = torch.tensor([win_lens + [g]] * B, device=z.device)
+            out = model(torch.cat([hist, z], 2), torch.cat([hist, torch.zeros_like(z)], 2), cl, t_all,
+                        cond=c, cond_mask=m)
+            return out[:, :, n_hist:]
+        return model(z, torch.zeros_like(z), torch.full((B, 1), g, device=z.device),
+                     t.reshape(B, 1).to(z.dtype), cond=c, cond_mask=m)
+
+    def pred_fn(z, t):
+        names = active_branches(s, float(t.reshape(-1)[0]), n_hist > 0)  # one time per step
+        if s.kv_cache == "off":
+            preds = [uncached(z, t, n) for n in names]
+        elif len(names) > 1 and model.batches_branches:  # every branch in one batched pass
+            first, *rest = [call(n) for n in names]
+            preds = model.denoise(z, t, **first._asdict(), branches=rest)
+        else:
+            preds = [model.denoise(z, t, **call(n)._asdict()) for n in names]
+        return guided(dict(zip(names, preds)), s)
+
+    return diffusion.sample(pred_fn, noise, steps=s.num_sample_steps, sampler=s.sampler, shift=s.shift)
+
+
 @torch.no_grad()
-def rollout(model, diffusion, context: Optional[Tensor], num_clips: Optional[int] = None,
-            num_frames: Optional[int] = None, clip_len: int = 4, window: int = 80, steps: int = 50,
-            sampler: str = "euler", shift: float = 1.0, history_guide_scale: float = 1.0,
-            guide_scale: float = 1.0, cond: Optional[Tensor] = None, cond_mask: Optional[Tensor] = None,
-            null_cond: Optional[Tensor] = None, null_mask: Optional[Tensor] = None,
-            history_noise: Optional[float] = None, seed: int = 0, kv_cache: str = "recompute",
-            guide_interval: Sequence[float] = (0.0, 1.0),
-            history_guide_interval: Sequence[float] = (0.0, 1.0),
-            project: Optional[Callable[[Tensor], Tensor]] = None,
-            shape: Optional[Sequence[int]] = None, progress: Optional[Callable[[int, int], None]] = None
-            ) -> Tensor:
+def rollout(model, diffusion, context: Tensor, settings: RolloutSettings, condition: Condition | None = None,
+            progress: Callable[[int, int], None] | None = None) -> Tensor:
     """Generate a video after ``context`` clip by clip.
 
     Args:
-        context: (B, C, C0, H, W) clean context frames (C0 may be 0), or None; then
-            ``shape=(B, C, H, W)`` must be given (and a tensor for device / dtype is
-            taken from the model's parameters).
-        num_clips / num_frames: how much to generate (exactly one of them); with
-            ``num_frames`` the last clip is shorter when needed.
-        clip_len: G frames per generated clip; window: max history frames W.
-        cond / cond_mask: condition tokens (B, M, cond_dim) and their mask (B, M) bool
-            (True = real, None = all real), or None (unconditional model).
-        null_cond / null_mask: the null condition (``embedder.null(B)``), needed when
-            ``guide_scale != 1``.
-        guide_scale / history_guide_scale: s_c / s_h of the guidance formula
-            ``pred = p_full + (s_h - 1)(p_full - p_nohist) + (s_c - 1)(p_full - p_nocond)``
-            (every kv_cache mode; a scale of 1 switches its branch off).
-        guide_interval: (lo, hi) model times (0 noise, 1 clean) at which the condition term is
-            applied (see the module docstring); (0, 1) = every step.
-        history_guide_interval: the same for the history term (``history_guide_scale``).
-        history_noise: t_in applied to the history at inference (x <- t_in x + (1-t_in) eps),
-            None = clean history.
-        project: optional ``project(video) -> video`` called after each clip with the whole
-            video so far (B, C, T, H, W), context included; the new clip is replaced by the
-            last frames of its result (e.g. a VAE round trip that puts generated latents back
-            on the autoencoder's manifold, ``Predictor``'s ``reencode``). None = keep the clip.
-        seed: base seed; clip i uses a generator seeded with ``clip_seed(seed, i)``.
-        kv_cache: 'recompute' | 'rolling' | 'off' (see the module docstring).
+        model: a next-clip model with ``forward``, ``encode_history`` / ``denoise`` (the KV-cache API,
+            tools/models/kv_rollout.py) and the capability flag ``batches_branches``.
+        context: (B, C, C0, H, W) clean context frames; C0 may be 0 (generate from nothing).
+        settings: a :class:`RolloutSettings` with ``num_frames`` or ``num_clips``.
+        condition: the condition and its null (guidance), or None for an unconditional model.
         progress: optional ``progress(clip_index, num_clips)`` called after each clip.
     Returns:
         (B, C, C0 + generated, H, W): context followed by the generated frames.
     """
-    if kv_cache not in KV_MODES:
-        raise ValueError(f"kv_cache={kv_cache!r} is unknown; use one of {KV_MODES}")
-    if (num_clips is None) == (num_frames is None):
-        raise ValueError(f"give exactly one of num_clips / num_frames (got {num_clips}, {num_frames})")
-    if context is None:
-        if shape is None:
-            raise ValueError("context is None: pass shape=(B, C, H, W) of the frames to generate")
-        B, C, H, W = shape
-        p = next(model.parameters())
-        context = torch.zeros(B, C, 0, H, W, device=p.device, dtype=p.dtype)
-    B, C, C0, H, W = context.shape
-    G = int(clip_len)
-    assert G > 0 and window >= 0, f"clip_len={clip_len} must be > 0 and window={window} >= 0"
-    lens = [G] * num_clips if num_clips is not None else \
-        [G] * (num_frames // G) + ([num_frames % G] if num_frames % G else [])
-    use_h = history_guide_scale != 1.0
-    use_c = guide_scale != 1.0
-    g_lo, g_hi = check_guide_interval(guide_interval)
-    h_lo, h_hi = check_guide_interval(history_guide_interval, "history_guide_interval")
-    if use_c and (cond is None or null_cond is None):
-        raise ValueError(f"guide_scale={guide_scale} needs cond and null_cond (pass the embedder's null "
+    s = settings
+    lens = s.clip_lengths()
+    cond = condition or Condition()
+    if s.guide_scale != 1.0 and (cond.cond is None or cond.null_cond is None):
+        raise ValueError(f"guide_scale={s.guide_scale} needs cond and null_cond (pass the embedder's null "
                          f"condition, embedder.null(B), as null_cond / null_mask), got "
-                         f"cond={'None' if cond is None else 'a tensor'}, "
-                         f"null_cond={'None' if null_cond is None else 'a tensor'}; or use guide_scale=1")
+                         f"cond={'None' if cond.cond is None else 'a tensor'}, "
+                         f"null_cond={'None' if cond.null_cond is None else 'a tensor'}; or use guide_scale=1")
+    if context.dim() != 5:
+        raise ValueError(f"context must be (B, C, C0, H, W) frames (C0 may be 0), got shape {tuple(context.shape)}")
+    B, C, C0, H, W = context.shape
+    variants = {FULL: (cond.cond, cond.cond_mask)}  # condition variant -> (tokens, mask)
+    if s.guide_scale != 1.0:
+        variants[NO_CONDITION] = (cond.null_cond, cond.null_mask)
     frames = [context]
-    seen = [_noised(context, history_noise, seed, -1)]  # the history as the model sees it
-    hist_lens: List[int] = [C0] if C0 else []  # clip structure of the whole video so far
+    seen = [_noised(context, s.history_noise, s.seed, -1)]  # the history as the model sees it
+    hist_lens: list[int] = [C0] if C0 else []  # clip structure of the whole video so far
     video_len = C0
-    rolling = {}  # branch name -> KVCache (rolling mode)
+    rolling = {}  # condition variant -> KVCache (rolling mode)
 
     for ci, g in enumerate(lens):
-        noise = _clip_noise((B, C, g, H, W), seed, ci, context)
-        n_hist = min(video_len, window)
+        noise = _clip_noise((B, C, g, H, W), s.seed, ci, context)
+        n_hist = min(video_len, s.window)
         win_lens = _trim_front(hist_lens, video_len - n_hist)
         hist = torch.cat(seen, dim=2)[:, :, video_len - n_hist:]  # (B, C, n_hist, H, W)
-        branches = {"full": (cond, cond_mask)}
-        if use_c:
-            branches["nocond"] = (null_cond, null_mask)
-        use_h_now = use_h and n_hist > 0
 
-        # ---- history keys/values, once per clip
+        # ---- history keys/values, once per clip and condition variant
         caches = {}
-        if kv_cache == "recompute" and n_hist:
+        if s.kv_cache == "recompute" and n_hist:
             caches = {k: model.encode_history(hist, 0, cond=c, cond_mask=m, clip_lens=win_lens)
-                      for k, (c, m) in branches.items()}
-        elif kv_cache == "rolling" and n_hist:
-            for k, (c, m) in branches.items():
+                      for k, (c, m) in variants.items()}
+        elif s.kv_cache == "rolling" and n_hist:
+            for k, (c, m) in variants.items():
                 cache = rolling.get(k)
                 if cache is None:  # first use: encode the whole (noised) window
                     cache = model.encode_history(hist, video_len - n_hist, cond=c, cond_mask=m, clip_lens=win_lens)
                 cache.drop_frames(cache.num_frames - n_hist)  # the window slides
                 rolling[k] = caches[k] = cache
-        pos = n_hist if kv_cache != "rolling" else video_len  # position of the new clip
+        pos = n_hist if s.kv_cache != "rolling" else video_len  # position of the new clip
 
-        def branch(z, t, name, with_hist):
-            c, m = branches[name]
-            if kv_cache == "off":
-                if with_hist:
-                    t_all = torch.cat([torch.ones(B, len(win_lens), device=z.device, dtype=z.dtype),
-                                       t.reshape(B, 1).to(z.dtype)], 1)
-                    cl = torch.tensor([win_lens + [g]] * B, device=z.device)
-                    out = model(torch.cat([hist, z], 2), torch.cat([hist, torch.zeros_like(z)], 2), cl, t_all,
-                                cond=c, cond_mask=m)
-                    return out[:, :, n_hist:]
-                return model(z, torch.zeros_like(z), torch.full((B, 1), g, device=z.device),
-                             t.reshape(B, 1).to(z.dtype), cond=c, cond_mask=m)
-            return model.denoise(z, t, **denoise_kw(name, with_hist))
-
-        def denoise_args(name, with_hist):
-            """(cache, frame_offset, cond, cond_mask) of a cached-mode branch."""
-            c, m = branches[name]
-            return (caches[name], pos, None, None) if with_hist else (None, 0, c, m)
-
-        def denoise_kw(name, with_hist):
-            return dict(zip(("cache", "frame_offset", "cond", "cond_mask"), denoise_args(name, with_hist)))
-
-        def pred_fn(z, t):
-            t_now = float(t.reshape(-1)[0])  # one time per step
-            guide_now = use_c and g_lo <= t_now <= g_hi
-            hist_now = use_h_now and h_lo <= t_now <= h_hi
-            terms = [("full", n_hist > 0)] + ([("full", False)] if hist_now else []) \
-                + ([("nocond", n_hist > 0)] if guide_now else [])
-            batched = kv_cache != "off" and len(terms) > 1 and hasattr(model, "denoise_many")
-            if batched:  # every term of the guided prediction in one batched pass
-                preds = dict(zip(terms, model.denoise(z, t, **denoise_kw(*terms[0]),
-                                                      branches=[denoise_args(*k) for k in terms[1:]])))
-            else:
-                preds = {k: branch(z, t, *k) for k in terms}
-            full = preds[terms[0]]
-            out = full
-            if hist_now:
-                out = out + (history_guide_scale - 1.0) * (full - preds[("full", False)])
-            if guide_now:
-                out = out + (guide_scale - 1.0) * (full - preds[("nocond", n_hist > 0)])
-            return out
-
-        x = diffusion.sample(pred_fn, noise, steps=steps, sampler=sampler, shift=shift)
-        if project is not None:
-            x = _projected(project, torch.cat(frames + [x], dim=2), g)
+        x = _sample_clip(model, diffusion, s, variants, noise, hist, win_lens, caches, pos)
         frames.append(x)
-        x_in = _noised(x, history_noise, seed, ci)
+        x_in = _noised(x, s.history_noise, s.seed, ci)
         seen.append(x_in)
         hist_lens.append(g)
         video_len += g
-        if kv_cache == "rolling":
-            for k, (c, m) in branches.items():
+        if s.kv_cache == "rolling":
+            for k, (c, m) in variants.items():
                 if k in rolling:
                     rolling[k] = model.encode_history(x_in, cache=rolling[k], clip_lens=[g])
                 else:  # no history yet: start the cache with this clip

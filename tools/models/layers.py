@@ -1,9 +1,11 @@
 """Building blocks of the next-clip transformer: norms, RoPE, time embedding, KV cache."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -161,6 +163,32 @@ class LongRope(nn.Module):
         return (ang.cos() * self.mscale)[:, None], (ang.sin() * self.mscale)[:, None]
 
 
+class ShapeMemo:
+    """Values built once per key, the ``size`` most recently used kept: the token metadata of an
+    input shape (RoPE tables, gather indices, time ids), which a rollout or a fixed-cut training
+    would otherwise rebuild at every step."""
+
+    def __init__(self, size: int):
+        self.size = int(size)
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key: tuple, build: Callable[[], object]):
+        hit = self._items.get(key)
+        if hit is None:
+            hit = self._items[key] = build()
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(key)
+        return hit
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
 @dataclass
 class KVCache:
     """Per-layer keys/values of [cond tokens][clean history tokens] (after qk-norm and RoPE).
@@ -176,8 +204,6 @@ class KVCache:
     tokens' time embedding when denoising against this cache), else None.
     ``buffers``: preallocated storage the ``k`` / ``v`` tensors are views of (see :meth:`join`);
     None until the first :meth:`join`. It only saves copies: the values are always ``k`` / ``v``.
-    ``last_frame``: (B, C, 1, H, W) the newest cached history frame as the model saw it (the
-    output skip of a ``history_skip`` model), None without history.
     """
     k: List[Tensor]
     v: List[Tensor]
@@ -189,7 +215,6 @@ class KVCache:
     frame_step: Optional[Tensor] = None
     pooled: Optional[Tensor] = None
     buffers: Optional["KVBuffers"] = field(default=None, repr=False, compare=False)
-    last_frame: Optional[Tensor] = field(default=None, repr=False, compare=False)
 
     @property
     def num_frames(self) -> int:
@@ -226,8 +251,6 @@ class KVCache:
                 lens.pop(0)
         self.clip_lens = lens
         self.frame_offset += n
-        if not self.num_frames:
-            self.last_frame = None
         return self
 
     # ------------------------------------------------------------------ preallocated storage

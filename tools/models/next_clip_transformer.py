@@ -24,16 +24,10 @@ mean of the cond tokens to the time embedding of the noisy tokens (DiT's class e
 SD3's pooled text embedding): every noisy token is then modulated by the condition directly
 instead of only attending to it. The MLP's last layer starts at zero, so loading weights of a
 model without it starts from the same function; KV caches carry the pooled vector.
-
-``history_skip=True`` adds to the output of every frame the last clean frame before its clip
-(zero for a clip without history): with x1 prediction the network predicts the change from the
-last frame it has seen, so static content (background, obstacles) costs it nothing and a fresh
-model (output layer at zero) starts as copy-last. KV caches carry that frame (``last_frame``).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -42,8 +36,9 @@ from torch.utils.checkpoint import checkpoint
 
 from utils.registry import MODEL
 from .block_causal import (CLEAN, COND, IMPLS, NOISY, PAD, BlockCausalLayout, block_causal_attention,
-                           cached_prefix_attns, sdpa_dense)
-from .layers import KVCache, Mlp, RMSNorm, Rope, TimeEmbed, make_norm, xavier_linears
+                           sdpa_dense)
+from .kv_rollout import CachedRollout
+from .layers import Mlp, RMSNorm, Rope, ShapeMemo, TimeEmbed, make_norm, xavier_linears
 
 
 def _gather_tokens(table: Tensor, idx) -> Tensor:
@@ -100,34 +95,30 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-MEMO_SIZE = 16  # shapes whose token metadata a model keeps (NextClipTransformer._memoized)
+MEMO_SIZE = 16  # shapes whose token metadata a model keeps
 DEFAULTS = dict(in_channels=4, patch_size=2, hidden=256, depth=4, heads=4, ffn=1024, norm="layernorm",
                 mlp="gelu", time_cond="adaln", rope="1d", cond_dim=0, pooled_cond=False,
                 frame_causal_clean=False, grad_checkpointing=False, attention="blocks", qk_norm=True,
-                bias=True, history_skip=False)
+                bias=True)
 
 
 @MODEL.register_class()
-class NextClipTransformer(nn.Module):
+class NextClipTransformer(CachedRollout, nn.Module):
     """Decoder-only transformer denoising the next clip given clean previous clips (Video-GPT).
 
     Every argument defaults to ``None`` = "take it from ``preset`` (if any), else from
     ``DEFAULTS``"; explicit values override the preset. Presets: see ``PRESETS``.
-    ``cond_dropout`` is refused: condition dropout is the training engine's setting.
     ``bias=False`` drops the biases of every block's attention and MLP linears (Phi-3 has none);
     embeddings, time MLP and output layer keep theirs.
     """
 
     def __init__(self, in_channels=None, patch_size=None, hidden=None, depth=None, heads=None, ffn=None,
-                 norm=None, mlp=None, time_cond=None, rope=None, cond_dim=None, pooled_cond=None, cond_dropout=None,
+                 norm=None, mlp=None, time_cond=None, rope=None, cond_dim=None, pooled_cond=None,
                  frame_causal_clean=None, grad_checkpointing=None, attention=None, qk_norm=None,
-                 bias=None, history_skip=None, preset=None):
+                 bias=None, preset=None):
         super().__init__()
-        if cond_dropout is not None:
-            raise ValueError(f"cond_dropout={cond_dropout!r} is not a model setting: condition dropout is the "
-                             f"training engine's setting cond_dropout (move it out of the model config)")
         given = {k: v for k, v in locals().items()
-                 if k not in ("self", "preset", "__class__", "cond_dropout") and v is not None}
+                 if k not in ("self", "preset", "__class__") and v is not None}
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"preset={preset!r} is unknown; use one of {sorted(PRESETS)} or None")
         cfg = {**DEFAULTS, **(PRESETS[preset] if preset else {}), **given}
@@ -144,7 +135,6 @@ class NextClipTransformer(nn.Module):
                              "NoCondition); set pooled_cond: false for an unconditional model")
         self.frame_causal_clean = bool(cfg["frame_causal_clean"])
         self.grad_checkpointing = bool(cfg["grad_checkpointing"])
-        self.history_skip = bool(cfg["history_skip"])
         self.set_attention(cfg["attention"])
         C, P = self.hidden, self.in_channels * self.patch_size ** 2
         self.embed_noisy = nn.Linear(P, C)
@@ -162,7 +152,7 @@ class NextClipTransformer(nn.Module):
             self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
         self.out = nn.Linear(C, P)
         self._init_weights()
-        self._memo: "OrderedDict[tuple, object]" = OrderedDict()  # per-shape token metadata, see _memoized
+        self._memo = ShapeMemo(MEMO_SIZE)  # per-shape token metadata (RoPE tables, gather indices)
 
     def _init_weights(self):
         xavier_linears(self)
@@ -174,40 +164,6 @@ class NextClipTransformer(nn.Module):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def adapt_patch_size(self, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        """A state dict trained with a smaller patch size p0 (this model's ``patch_size`` = s * p0,
-        s an integer) -> one for this model that computes, on a frame s times larger, what the
-        old model computed on that frame average-pooled by s, nearest-upsampled back: the patch
-        embeddings read each s x s pixel block through the old weight / s^2 and the output layer
-        writes each old output pixel to its s x s block (a warm start for a higher resolution with
-        the same token grid). Other tensors pass through; the same patch size returns ``sd``."""
-        w = sd.get("embed_noisy.weight")
-        if w is None or w.shape[1] == self.in_channels * self.patch_size ** 2:
-            return sd
-        Cin, p = self.in_channels, self.patch_size
-        p0 = int(round((w.shape[1] / Cin) ** 0.5))
-        if Cin * p0 * p0 != w.shape[1] or p % p0:
-            raise ValueError(f"cannot adapt patch embeddings of width {w.shape[1]} (in_channels {Cin}) to "
-                             f"patch_size {p}: the checkpoint's patch size must divide it (e.g. 8 -> 16)")
-        s = p // p0
-        out = dict(sd)
-
-        def up(x, dims):  # repeat each of the patch axes ``dims`` s times
-            for d in dims:
-                x = x.repeat_interleave(s, dim=d)
-            return x
-
-        for name in ("embed_noisy.weight", "embed_clean.weight"):
-            if name in sd:
-                C = sd[name].shape[0]
-                out[name] = up(sd[name].reshape(C, Cin, p0, p0), (2, 3)).reshape(C, Cin * p * p) / (s * s)
-        if "out.weight" in sd:
-            C = sd["out.weight"].shape[1]
-            out["out.weight"] = up(sd["out.weight"].reshape(Cin, p0, p0, C), (1, 2)).reshape(Cin * p * p, C)
-        if "out.bias" in sd:
-            out["out.bias"] = up(sd["out.bias"].reshape(Cin, p0, p0), (1, 2)).reshape(-1)
-        return out
-
     def set_attention(self, impl: str, dense_fn: Optional[Callable] = None):
         """Choose the block-causal implementation ('flex' | 'blocks' | 'math') and dense kernel."""
         if impl not in IMPLS:
@@ -216,19 +172,9 @@ class NextClipTransformer(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def _memoized(self, key: tuple, build: Callable[[], object]):
-        """``build()`` once per ``key`` (least recently used of the last ``MEMO_SIZE`` kept): the
-        token metadata of a shape (RoPE tables, gather indices, time ids), which a rollout or a
-        fixed-cut training would otherwise rebuild at every step. Keys carry the device and the
-        RoPE dtype, so moving or casting the model never returns a stale entry."""
-        key = key + (str(self.rope.freq0.device), self.rope.freq0.dtype)
-        hit = self._memo.get(key)
-        if hit is None:
-            hit = self._memo[key] = build()
-            while len(self._memo) > MEMO_SIZE:
-                self._memo.popitem(last=False)
-        else:
-            self._memo.move_to_end(key)
-        return hit
+        """``build()`` once per shape ``key`` (:class:`ShapeMemo`); the key carries the RoPE tables'
+        device and dtype, so moving or casting the model never returns a stale entry."""
+        return self._memo.get(key + (str(self.rope.freq0.device), self.rope.freq0.dtype), build)
 
     def _patchify(self, x: Tensor) -> Tensor:
         B, C, Fr, H, W = x.shape
@@ -360,24 +306,7 @@ class NextClipTransformer(nn.Module):
             return block_causal_attention(q, k, v, layout, self.attn_impl, self.dense_fn)
 
         y = self._run(x, temb, tid, cos, sin, [attn] * len(self.blocks))  # (B, L, P)
-        out = self._unpatchify(_gather_tokens(y, pos), Fr, H, W)
-        if not self.history_skip:
-            return out
-        src, use = self._memoized(("skip", layout.key(), Fr), lambda: self._skip_index(layout, Fr, x_clean.device))
-        ref = torch.gather(x_clean, 2, src[:, None, :, None, None].expand(-1, x_clean.shape[1], -1, H, W))
-        return out + (ref * use[:, None, :, None, None].to(ref.dtype)).to(out.dtype)
-
-    @staticmethod
-    def _skip_index(layout: BlockCausalLayout, Fr: int, dev) -> Tuple[Tensor, Tensor]:
-        """``history_skip`` source of every frame: (B, F) index of the last frame of the previous clip
-        and (B, F) bool, False in the first clip and at padded frames (their skip is zero)."""
-        src, use = torch.zeros(layout.B, Fr, dtype=torch.long), torch.zeros(layout.B, Fr, dtype=torch.bool)
-        for b, clips in enumerate(layout.clips):
-            start = clips[0]
-            for g in clips[1:]:
-                src[b, start:start + g], use[b, start:start + g] = start - 1, True
-                start += g
-        return src.to(dev), use.to(dev)
+        return self._unpatchify(_gather_tokens(y, pos), Fr, H, W)
 
     def _forward_tokens(self, layout: BlockCausalLayout, Fr: int, N: int, gw: int, frame_offset: int):
         """Token metadata of a training forward, built once per layout (:meth:`_memoized`): (layout,
@@ -398,192 +327,6 @@ class NextClipTransformer(nn.Module):
         ar = torch.arange(Fr * N, device=dev)
         pos = torch.where(ar[None] < nreal[:, None], starts[:, None] + ar[None], 0)  # padded frames -> token 0
         return layout, idx, tid, cos, sin, pos
-
-    # ------------------------------------------------------------------ rollout API
-    def _clean_segments(self, clip_lens: Sequence[int], N: int, M: int, prefix: int):
-        """Query segments (qs, qe, key_end) of [cond][clean clips] after ``prefix`` cached keys."""
-        segs = [(0, M, prefix + M)] if M else []
-        s = M
-        for g in clip_lens:
-            step = N if self.frame_causal_clean else g * N
-            for a in range(s, s + g * N, step):
-                segs.append((a, a + step, prefix + a + step))
-            s += g * N
-        return segs
-
-    def _clean_stream(self, video: Tensor, ctok: Optional[Tensor], frame_offset: int):
-        """Inputs of the blocks for clean frames (B, C, F, H, W) after the cond tokens ``ctok``: tokens
-        [cond][clean frames], their RoPE at ``frame_offset``, the clean time embedding (t = 1) and the
-        time ids. Returns (x, cos, sin, temb, tid, M) with M cond tokens."""
-        B, _, Fr, H, W = video.shape
-        N, gw = (H // self.patch_size) * (W // self.patch_size), W // self.patch_size
-        M = 0 if ctok is None else ctok.shape[1]
-        x = self.embed_clean(self._patchify(video))
-        if ctok is not None:
-            x = torch.cat([ctok, x], dim=1)  # (B, M + F*N, C)
-        cos, sin = self._rope_cached(M, Fr, N, gw, frame_offset, B, x.device)
-        temb = self.time_embed(x.new_ones(B, 1))
-        return x, cos, sin, temb, 0, M  # time id 0 (t = 1) for every token
-
-    def encode_history(self, x_hist: Tensor, frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
-                       cond_mask: Optional[Tensor] = None, clip_lens: Optional[Sequence[int]] = None,
-                       cache: Optional[KVCache] = None) -> KVCache:
-        """Keys/values of [cond][clean history] for every layer.
-
-        x_hist (B, C, Fh, H, W) clean frames (Fh may be 0) treated as clean clips of
-        ``clip_lens`` frames (default: one clip), at positions frame_offset + f; the cond
-        tokens (cond_mask: True = real) sit at frame_offset - 1.
-        With ``cache``: append x_hist after the cached history (cond and its mask come from
-        the cache; ``frame_offset`` defaults to ``cache.end_frame``, else 0); returns a new cache.
-        """
-        assert x_hist is not None and x_hist.dim() == 5, "x_hist must be (B, C, Fh, H, W)"
-        B, _, Fh, H, W = x_hist.shape
-        N = (H // self.patch_size) * (W // self.patch_size)
-        clip_lens = [int(g) for g in (clip_lens if clip_lens is not None else ([Fh] if Fh else []))]
-        assert sum(clip_lens) == Fh and all(g > 0 for g in clip_lens), f"clip_lens {clip_lens} vs {Fh} frames"
-        if cache is not None:
-            assert cond is None and cond_mask is None, "cond is taken from the cache when extending it"
-            frame_offset = cache.end_frame if frame_offset is None else frame_offset
-            assert frame_offset == cache.end_frame, \
-                f"new frames must follow the cache: frame_offset={frame_offset}, cache ends at {cache.end_frame}"
-        frame_offset = frame_offset or 0
-        ctok, cond_lens, pooled = (self._cond_tokens(cond, cond_mask) if cache is None
-                                   else (None, cache.cond_lens, cache.pooled))
-        x, cos, sin, temb, tid, M = self._clean_stream(x_hist, ctok, frame_offset)
-        prefix = 0 if cache is None else cache.k[0].shape[2]
-        segs = self._clean_segments(clip_lens, N, M, prefix)
-        kv: list = []
-        num_cond = M if cache is None else cache.num_cond
-        self._run(x, temb, tid, cos, sin, cached_prefix_attns(cache, segs, len(self.blocks), self.dense_fn, kv, cond_lens, num_cond))
-        ks, vs = [k for k, _ in kv], [v for _, v in kv]
-        last = x_hist[:, :, -1:] if Fh else (None if cache is None else cache.last_frame)
-        if cache is None:
-            return KVCache(ks, vs, num_cond=M, tokens_per_frame=N, frame_offset=frame_offset, clip_lens=clip_lens,
-                           cond_lens=cond_lens, frame_step=self.rope.frame_step(N), pooled=pooled, last_frame=last)
-        return KVCache(ks, vs, num_cond=cache.num_cond, tokens_per_frame=N, frame_offset=cache.frame_offset,
-                       clip_lens=list(cache.clip_lens) + clip_lens, cond_lens=cache.cond_lens,
-                       frame_step=cache.frame_step, pooled=pooled, buffers=cache.buffers, last_frame=last)
-
-    def feature_layers(self, layers: Sequence[int]) -> List[int]:
-        """Block indices (negative counts from the last block) -> 0-based indices; ValueError if out of range."""
-        depth = len(self.blocks)
-        out = []
-        for i in layers:
-            if isinstance(i, bool) or not isinstance(i, int) or not -depth <= i < depth:
-                raise ValueError(f"feature layer {i!r} is out of range: the model has {depth} blocks, use "
-                                 f"0..{depth - 1} or -{depth}..-1 (-1 = the last block)")
-            out.append(i % depth)
-        return out
-
-    def features(self, video: Tensor, layers: Sequence[int] = (-1,), clip_len: Optional[int] = None,
-                 frame_offset: int = 0, cond: Optional[Tensor] = None,
-                 cond_mask: Optional[Tensor] = None) -> List[Tensor]:
-        """Hidden states of the clean tokens of ``video`` (B, C, F, H, W) after the chosen blocks
-        (``layers``: block indices, -1 = last) -> one (B, F, H/p, W/p, hidden) tensor per layer.
-
-        The frames are encoded exactly as ``encode_history`` encodes history (clean embedding,
-        t = 1, cond tokens at frame_offset - 1): clips of ``clip_len`` frames (None = one clip)
-        see themselves and earlier clips. Only the blocks up to the deepest requested one run;
-        gradients flow unless called under ``torch.no_grad()`` (frozen backbone)."""
-        assert video.dim() == 5, f"video must be (B, C, F, H, W), got {tuple(video.shape)}"
-        idx = self.feature_layers(layers)
-        B, _, Fr, H, W = video.shape
-        gh, gw = H // self.patch_size, W // self.patch_size
-        N = gh * gw
-        g = Fr if clip_len is None else int(clip_len)
-        assert g >= 1, f"clip_len={clip_len!r} must be >= 1 (frames per clean clip) or None (one clip)"
-        clip_lens = [min(g, Fr - s) for s in range(0, Fr, g)]
-        ctok, cond_lens, _ = self._cond_tokens(cond, cond_mask)
-        x, cos, sin, temb, tid, M = self._clean_stream(video, ctok, frame_offset)
-        segs = self._clean_segments(clip_lens, N, M, 0)
-        attns = cached_prefix_attns(None, segs, max(idx) + 1, self.dense_fn, None, cond_lens, M)
-        keep: List[Tensor] = []
-        self._blocks(x, temb, tid, cos, sin, attns, keep)
-        return [keep[i][:, M:].reshape(B, Fr, gh, gw, self.hidden) for i in idx]
-
-    def denoise(self, x_clip: Tensor, t: Tensor, cache: Optional[KVCache] = None,
-                frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
-                cond_mask: Optional[Tensor] = None, branches: Optional[Sequence[tuple]] = None):
-        """Predict one noisy clip x_clip (B, C, G, H, W) at time t (B,) given a history cache.
-
-        Without a cache the clip sees only itself (and ``cond`` tokens if given, at
-        frame_offset - 1); with a cache cond comes from the cache. ``frame_offset``: position
-        of the clip's first frame (default: right after the cache). Equals the noisy-clip
-        output of ``forward``. ``branches``: further (cache, frame_offset, cond, cond_mask) of
-        the same clip, computed in the same batched pass (:meth:`denoise_many`); then the
-        result is the list [this prediction, one per branch].
-        """
-        outs = self.denoise_many(x_clip, t, [(cache, frame_offset, cond, cond_mask)] + list(branches or ()))
-        return outs if branches is not None else outs[0]
-
-    def denoise_many(self, x_clip: Tensor, t: Tensor, branches: Sequence[tuple]) -> List[Tensor]:
-        """:meth:`denoise` of one noisy clip under several ``branches`` (cache, frame_offset, cond,
-        cond_mask) at once, e.g. the terms of a guided prediction -> one prediction per branch.
-
-        Branches with the same number of query tokens run as one batch through the blocks (one
-        call per layer and linear instead of one per branch; only the attention is per branch),
-        the patch and time embeddings are computed once. Equals separate :meth:`denoise` calls."""
-        B, _, G, H, W = x_clip.shape
-        tokens = self.embed_noisy(self._patchify(x_clip))
-        t = t.reshape(B, 1).to(tokens.dtype)
-        temb = self.time_embed(torch.cat([torch.ones_like(t), t], dim=1))  # (B, 2, C)
-        ins = [self._denoise_inputs(tokens, temb, G, H, W, *b) for b in branches]
-        outs: List[Optional[Tensor]] = [None] * len(ins)
-        by_len: Dict[int, List[int]] = {}
-        for j, d in enumerate(ins):
-            by_len.setdefault(d["x"].shape[1], []).append(j)
-        for group in by_len.values():
-            ys = self._run_branches([ins[j] for j in group])
-            for j, y in zip(group, ys):
-                outs[j] = self._unpatchify(y[:, ins[j]["M"]:], G, H, W)
-                cache = branches[j][0]
-                if self.history_skip and cache is not None and cache.last_frame is not None:
-                    outs[j] = outs[j] + cache.last_frame.to(outs[j].dtype)
-        return outs
-
-    def _denoise_inputs(self, tokens: Tensor, temb: Tensor, G: int, H: int, W: int, cache: Optional[KVCache] = None,
-                        frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
-                        cond_mask: Optional[Tensor] = None) -> dict:
-        """Block inputs of one :meth:`denoise` branch: the noisy clip's ``tokens`` (B, G*N, C) with
-        its time embedding ``temb`` (B, 2, C: t = 1, t) against ``cache`` (or alone with ``cond``)."""
-        B = tokens.shape[0]
-        N, gw = (H // self.patch_size) * (W // self.patch_size), W // self.patch_size
-        if frame_offset is None:
-            frame_offset = cache.end_frame if cache is not None else 0
-        if cache is not None:
-            assert cond is None and cond_mask is None, \
-                "with a cache the cond tokens come from the cache (encode_history(cond=...))"
-        ctok, cond_lens, pooled = (self._cond_tokens(cond, cond_mask) if cache is None
-                                   else (None, cache.cond_lens, cache.pooled))
-        M = 0 if ctok is None else ctok.shape[1]
-        x = tokens if ctok is None else torch.cat([ctok, tokens], dim=1)
-        L = x.shape[1]
-        cos, sin = self._rope_cached(M, G, N, gw, frame_offset, B, x.device)
-        tid = 1 if not M else self._memoized(("tid_noisy", B, L, M), lambda: (
-            torch.arange(L, device=x.device) >= M).long()[None].expand(B, L))  # cond: t = 1
-        prefix = 0 if cache is None else cache.k[0].shape[2]
-        segs = ([(0, M, M)] if M else []) + [(M, L, prefix + L)]
-        num_cond = M if cache is None else cache.num_cond
-        attns = cached_prefix_attns(cache, segs, len(self.blocks), self.dense_fn, None, cond_lens, num_cond)
-        return dict(x=x, temb=self._add_pooled(temb, pooled), tid=tid, cos=cos, sin=sin, attns=attns, M=M)
-
-    def _run_branches(self, ins: List[dict]) -> List[Tensor]:
-        """Branch inputs of equal token count through the blocks as one batch -> outputs per branch."""
-        if len(ins) == 1:
-            d = ins[0]
-            return [self._run(d["x"], d["temb"], d["tid"], d["cos"], d["sin"], d["attns"])]
-        B = ins[0]["x"].shape[0]
-        cat = {k: torch.cat([d[k] for d in ins]) for k in ("x", "temb", "cos", "sin")}
-        tid = ins[0]["tid"] if isinstance(ins[0]["tid"], int) else torch.cat([d["tid"] for d in ins])
-
-        def batched(layer):
-            def attn(q, k, v):
-                return torch.cat([d["attns"][layer](q[j * B:(j + 1) * B], k[j * B:(j + 1) * B], v[j * B:(j + 1) * B])
-                                  for j, d in enumerate(ins)])
-            return attn
-
-        y = self._run(cat["x"], cat["temb"], tid, cat["cos"], cat["sin"], [batched(i) for i in range(len(self.blocks))])
-        return list(y.split(B))
 
 
 PRESETS = {

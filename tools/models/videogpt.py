@@ -167,6 +167,8 @@ class VideoGPT(nn.Module):
     the parameters on the meta device (no memory) for a loader to fill shard by shard.
     """
 
+    batches_branches = False  # denoise takes one branch per call (see tools/models/kv_rollout.py)
+
     def __init__(self, in_channels=None, patch_size=None, hidden=None, depth=None, heads=None, ffn=None,
                  vocab_size=None, rms_norm_eps=None, rope_theta=None, rope_scaling=None,
                  max_position_embeddings=None, original_max_position_embeddings=None, pos_embed_max_size=None,

@@ -11,11 +11,13 @@ sub-module ``prefix`` names (``backbone.``: a pretrained next-clip model as the 
 head). ``strict`` then applies to that sub-module; the model's other tensors (the head) are listed
 under ``not_loaded`` and keep their initial values.
 """
+import functools
 import logging
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import torch.nn as nn
+from torch import Tensor
 
 from utils.checkpoint import CheckpointError, checkpoint_stem, find_latest, format_report, load_weights
 from utils.registry import PRETRAIN
@@ -66,6 +68,42 @@ def _target(model: nn.Module, prefix: str) -> nn.Module:
                               f"{top} (e.g. prefix: {top[0] + '.' if top else ''!r})") from None
 
 
+def adapt_patch_weights(sd: dict[str, Tensor], in_channels: int, patch_size: int) -> dict[str, Tensor]:
+    """A state dict trained with a smaller patch size p0 (this model's ``patch_size`` = s * p0,
+    s an integer) -> one for this model that computes, on a frame s times larger, what the
+    old model computed on that frame average-pooled by s, nearest-upsampled back: the patch
+    embeddings read each s x s pixel block through the old weight / s^2 and the output layer
+    writes each old output pixel to its s x s block (a warm start for a higher resolution with
+    the same token grid). Other tensors pass through; the same patch size returns ``sd``."""
+    w = sd.get("embed_noisy.weight")
+    if w is None or w.shape[1] == in_channels * patch_size ** 2:
+        return sd
+    Cin, p = in_channels, patch_size
+    p0 = int(round((w.shape[1] / Cin) ** 0.5))
+    if Cin * p0 * p0 != w.shape[1] or p % p0:
+        raise ValueError(f"cannot adapt patch embeddings of width {w.shape[1]} (in_channels {Cin}) to "
+                         f"patch_size {p}: the checkpoint's patch size must divide it (e.g. 8 -> 16)")
+    s = p // p0
+    out = dict(sd)
+
+    def up(x, dims):  # repeat each of the patch axes ``dims`` s times
+        for d in dims:
+            x = x.repeat_interleave(s, dim=d)
+        return x
+
+    for name in ("embed_noisy.weight", "embed_clean.weight"):
+        if name in sd:
+            C = sd[name].shape[0]
+            out[name] = up(sd[name].reshape(C, Cin, p0, p0), (2, 3)).reshape(C, Cin * p * p) / (s * s)
+    if "out.weight" in sd:
+        C = sd["out.weight"].shape[1]
+        out["out.weight"] = up(sd["out.weight"].reshape(Cin, p0, p0, C), (1, 2)).reshape(Cin * p * p, C)
+    if "out.bias" in sd:
+        out["out.bias"] = up(sd["out.bias"].reshape(Cin, p0, p0), (1, 2)).reshape(-1)
+    return out
+
+
+
 def load_into(model: nn.Module, path: str, strict: bool = True, strip_prefix: str = "", prefix: str = "",
               weights: str = "auto", adapt_patch_size: bool = False,
               exclude: Sequence[str] = ()) -> Dict[str, List[str]]:
@@ -75,10 +113,10 @@ def load_into(model: nn.Module, path: str, strict: bool = True, strip_prefix: st
     target = _target(model, prefix)
     transform = None
     if adapt_patch_size:
-        transform = getattr(target, "adapt_patch_size", None)
-        if transform is None:
-            raise CheckpointError(f"adapt_patch_size: true but {type(target).__name__} has no adapt_patch_size(); "
-                                  f"it works for NextClipTransformer (set adapt_patch_size: false)")
+        if not (hasattr(target, "embed_noisy") and hasattr(target, "patch_size")):
+            raise CheckpointError(f"adapt_patch_size: true but {type(target).__name__} is not a "
+                                  f"NextClipTransformer, whose patch embeddings it adapts (set adapt_patch_size: false)")
+        transform = functools.partial(adapt_patch_weights, in_channels=target.in_channels, patch_size=target.patch_size)
     report = load_weights(target, file, strict=strict, strip_prefix=strip_prefix, transform=transform,
                           exclude=exclude)
     name = prefix.rstrip(".")
@@ -99,9 +137,9 @@ def LoadCheckpoint(model, path: str, strict: bool = True, strip_prefix: str = ""
     and mis-shaped tensors keep their initial values (e.g. a ``cond_proj`` new to the model),
     unexpected ones are ignored. ``path`` may be a checkpoint step or run folder (see module doc).
     ``adapt_patch_size: true`` warm-starts a larger patch from weights of a smaller one
-    (``NextClipTransformer.adapt_patch_size``: patch 8 at 32x32 -> patch 16 at 64x64).
+    (:func:`adapt_patch_weights`: patch 8 at 32x32 -> patch 16 at 64x64).
     ``exclude``: key prefixes of the model (after ``prefix``) left at their initial values, e.g.
-    ``[out.]`` to restart the output layer when the model's output changes meaning (``history_skip``)."""
+    ``[out.]`` to restart the output layer when the model's output changes meaning."""
     report = load_into(model, path, strict=strict, strip_prefix=strip_prefix, prefix=prefix, weights=weights,
                        adapt_patch_size=adapt_patch_size, exclude=exclude)
     file = report["file"][0]

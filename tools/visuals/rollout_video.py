@@ -10,7 +10,8 @@ import torch
 
 from tools.autoencoders.base import latent_frames
 from tools.embedders.conditioning import condition_values, embed, is_conditional
-from tools.inferences.rollout import rollout
+from tools.inferences.guidance import Condition
+from tools.inferences.rollout import RolloutSettings, rollout
 from utils.registry import VISUAL
 from utils.video_io import side_by_side, write_video
 
@@ -49,17 +50,18 @@ class RolloutVideo:
                 video = batch["video"][: self.n].to(backend.device)
             else:  # trained from a latent cache
                 video = ae.decode(batch["latent"][: self.n].to(backend.device)).clamp(-1, 1)
-            ctx = ae.encode(video[:, :, : self.context]) if self.context > 0 else None
-            shape = None
-            if ctx is None:
+            if self.context > 0:
+                ctx = ae.encode(video[:, :, : self.context])
+            else:  # no context frames: an empty latent video of the right shape
                 sf = int(ae.spatial_factor)
-                shape = (video.shape[0], int(ae.latent_channels), video.shape[3] // sf, video.shape[4] // sf)
+                ctx = video.new_zeros(video.shape[0], int(ae.latent_channels), 0, video.shape[3] // sf,
+                                      video.shape[4] // sf)
             cond, cond_mask = self.conditions(state, video.shape[0])
-            n_new = latent_frames(ae, video.shape[2]) - (0 if ctx is None else ctx.shape[2])  # latent frames
+            settings = RolloutSettings(num_frames=latent_frames(ae, video.shape[2]) - ctx.shape[2],  # latent frames
+                                       clip_len=self.clip_len, window=self.window, num_sample_steps=self.steps,
+                                       seed=self.seed)
             with backend.autocast():
-                out = rollout(model, diffusion, ctx, num_frames=n_new,
-                              clip_len=self.clip_len, window=self.window, steps=self.steps,
-                              seed=self.seed, cond=cond, cond_mask=cond_mask, shape=shape)
+                out = rollout(model, diffusion, ctx, settings, Condition(cond, cond_mask))
             pred = ae.decode(out.float()).clamp(-1, 1).cpu()
         finally:
             model.train(was_training)
