@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 
 from tools.datasets.synthetic_physics import CAPTION_PARTS, caption
-from tools.embedders.conditioning import embed, model_cfg_for
+from tools.embedders.conditioning import embed
+from tools.stack import build_stack
 from utils.checkpoint import embedder_weights_for, load_weights
 from utils.config import load_config
-from utils.registry import DATASETS, DIFFUSION, EMBEDDER, ENGINE, MODEL
+from utils.registry import DATASETS, EMBEDDER, ENGINE
 from tools import load_components
 
 
@@ -45,10 +46,10 @@ def main():
     embedder = EMBEDDER.build(cfg.embedder, "embedder")
     if embedder.state_dict():
         load_weights(embedder, embedder_weights_for(Path(args.ckpt)))
-    model = MODEL.build(model_cfg_for(cfg.model, embedder, cfg.embedder.get("type", "")), "model")
+    stack = build_stack(cfg, embedder=embedder)
+    model, diffusion = stack.model, stack.diffusion
     load_weights(model, Path(args.ckpt))
     model.eval()
-    diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")
     ds = DATASETS.build({**cfg.dataset, "seed": args.seed}, "dataset")
     items = [ds[(i, 0)] if getattr(ds, "epoch_aware", False) else ds[i] for i in range(args.num)]
     clip = int(args.frames or cfg.clip_sampling.clip_len)

@@ -63,6 +63,9 @@ def test_list_shows_every_registry(capsys):
                  "PRETRAIN", "BACKEND", "VISUAL", "train_next_clip", "predict_next_clip",
                  "NextClipTransformer", "RectifiedFlow", "SyntheticPhysics"):
         assert name in out
+    # each component with the module that defines it
+    line = next(ln for ln in out.splitlines() if ln.split()[:1] == ["NextClipTransformer"])
+    assert line.split()[1] == "tools.models.next_clip_transformer", line
 
 
 def run(*args, cwd=ROOT):

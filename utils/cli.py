@@ -49,7 +49,7 @@ def list_registries() -> str:
     for name, reg in REGISTRIES.items():
         out.append(f"{name}  ({reg.__doc__.strip().splitlines()[0]})")
         for key, obj in reg.items():
-            out.append(f"    {key:<24s} {reg.describe(obj)}")
+            out.append(f"    {key:<24s} {obj.__module__:<40s} {reg.describe(obj)}")
     return "\n".join(out)
 
 

@@ -10,14 +10,15 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 import yaml
 
-from tools.autoencoders.base import frames_rule, latent_frames, model_cfg_with_channels, nearest_frames, valid_frames
-from tools.embedders.conditioning import embed, is_conditional, model_cfg_for, null_condition
+from tools.autoencoders.base import frames_rule, latent_frames, nearest_frames, valid_frames
+from tools.embedders.conditioning import embed, is_conditional, null_condition
 from tools.inferences.guidance import Condition
 from tools.inferences.rollout import RolloutSettings, rollout
 from utils.checkpoint import CheckpointError, checkpoint_config, embedder_weights_for, format_report, load_weights
 from utils.config import DEFAULT_COMPONENTS, ConfigError
 from utils.logging import get_logger
-from utils.registry import AUTO_ENCODER, BACKEND, DIFFUSION, EMBEDDER, MODEL, PRETRAIN
+from tools.stack import build_stack
+from utils.registry import BACKEND, EMBEDDER, PRETRAIN
 from utils.video_io import read_image, read_video, resize_crop, to_tensor
 
 logger = get_logger()
@@ -62,9 +63,9 @@ class Predictor:
         self.backend = BACKEND.build(cfg.backend, "backend", local_rank=local_rank)
         self.device = self.backend.device
         self.embedder = self._build_embedder(cfg)
-        self.autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder").to(self.device).eval()
-        model_cfg = model_cfg_with_channels(cfg.model, self.autoencoder, cfg.auto_encoder.get("type", ""))
-        self.model = MODEL.build(model_cfg_for(model_cfg, self.embedder, cfg.embedder.get("type", "")), "model")
+        stack = build_stack(cfg, embedder=self.embedder)
+        self.autoencoder = stack.autoencoder.to(self.device).eval()
+        self.model, self.diffusion = stack.model, stack.diffusion
         self.model.set_attention(*self.backend.attention_kernel())
         if cfg.test_model and Path(cfg.test_model).is_dir():  # a folder in a loader's layout (validate_rollout)
             PRETRAIN.build({**cfg.pretrain, "path": str(cfg.test_model)}, "pretrain", model=self.model)
@@ -75,7 +76,6 @@ class Predictor:
         else:
             logger.warning("no test_model and no pretrain: the model has random weights")
         self.model.to(self.device).eval().requires_grad_(False)
-        self.diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")
         hw = cfg.resolution
         self.hw = (int(hw), int(hw)) if isinstance(hw, int) else (int(hw[0]), int(hw[1]))
         self.check_settings()

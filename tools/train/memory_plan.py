@@ -116,24 +116,20 @@ def meta_model_cfg(cfg) -> Dict[str, Any]:
     text encoder, read from disk), ``in_channels`` from the autoencoder's latent channels. An autoencoder
     or embedder whose weights are not on this machine (the plan is made before renting GPUs) is skipped
     and the model's own settings count."""
-    from tools.autoencoders.base import model_cfg_with_channels
-    from tools.embedders.conditioning import model_cfg_for
+    from tools.stack import model_config
     from utils.registry import AUTO_ENCODER, EMBEDDER
 
-    model_cfg = dict(cfg.model)
+    built = {}
     for key, registry in (("embedder", EMBEDDER), ("auto_encoder", AUTO_ENCODER)):
         sub = cfg.get(key) or {}
         if not sub:
             continue
         try:
-            comp = registry.build(sub, key)
+            built[key] = registry.build(sub, key)
         except Exception as e:  # noqa: BLE001 - weights elsewhere: the configured model settings count
             logger.info("memory plan: %s %s not built (%s); using the model's configured settings", key,
                         sub.get("type"), str(e).splitlines()[0][:160])
-            continue
-        model_cfg = (model_cfg_for(model_cfg, comp, sub.get("type", "")) if key == "embedder"
-                     else model_cfg_with_channels(model_cfg, comp, sub.get("type", "")))
-    return model_cfg
+    return model_config(cfg, built.get("auto_encoder"), built.get("embedder"))
 
 
 def build_meta_model(cfg):

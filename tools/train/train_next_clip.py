@@ -55,9 +55,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from tools.backends.parallel import has_meta
-from tools.autoencoders.base import check_frames, latent_frames, model_cfg_with_channels, pixel_frames, valid_frames
+from tools.autoencoders.base import check_frames, latent_frames, pixel_frames, valid_frames
 from tools.autoencoders.base import encode as ae_encode
-from tools.embedders.conditioning import condition_values, embed, is_conditional, model_cfg_for
+from tools.embedders.conditioning import condition_values, embed, is_conditional
+from tools.stack import build_stack
 from tools.train import loop
 from tools.train.clip_sampling import CLIP_MODES, sample_clip_lens
 from tools.train.loop import (GlobalBatchSampler, OPTIM_KEYS, collate, ema_update, lr_lambda,  # noqa: F401 (API)
@@ -65,7 +66,7 @@ from tools.train.loop import (GlobalBatchSampler, OPTIM_KEYS, collate, ema_updat
 from tools.train.loop import is_int as _is_int, is_num as _is_num, require as _require
 from utils import distributed as du
 from utils.config import DEFAULT_COMPONENTS, ConfigError
-from utils.registry import AUTO_ENCODER, DATASETS, DIFFUSION, EMBEDDER, ENGINE, MODEL, PRETRAIN, VISUAL
+from utils.registry import DATASETS, EMBEDDER, ENGINE, PRETRAIN, VISUAL
 
 WINDOW_STARTS = ("first", "random")
 
@@ -327,14 +328,13 @@ def _build(run: Run) -> None:
     log.info("run %s on %s, %d process(es), parallel %s", run.out_dir, backend.describe(), run.world, run.parallel)
     backend.seed_everything(cfg.seed + run.rank)
     run.dataset = _build_dataset(cfg)
-    run.autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder").to(device).eval()
-    check_autoencoder_frames(run.autoencoder, cfg.max_frames, run.dataset)
     run.embedder = embedder = EMBEDDER.build(cfg.embedder, "embedder").to(device)
     _check_cond_key(cfg, embedder, log)
     _use_cached_text_features(run.dataset, embedder, log)
-    model_cfg = model_cfg_with_channels(cfg.model, run.autoencoder, cfg.auto_encoder.get("type", ""))
-    with backend.init_context(run.world):  # fsdp + meta_init: parameters on the meta device
-        model = MODEL.build(model_cfg_for(model_cfg, embedder, cfg.embedder.get("type", "")), "model")
+    # fsdp + meta_init: the model's parameters on the meta device
+    stack = build_stack(cfg, embedder=embedder, model_context=backend.init_context(run.world))
+    run.autoencoder, model, run.diffusion = stack.autoencoder.to(device).eval(), stack.model, stack.diffusion
+    check_autoencoder_frames(run.autoencoder, cfg.max_frames, run.dataset)
     model.set_attention(*backend.attention_kernel(training=True))
     if cfg.pretrain:
         PRETRAIN.build(cfg.pretrain, "pretrain", model=model)
@@ -357,7 +357,6 @@ def _build(run: Run) -> None:
         run.model = model
         run.ema = copy.deepcopy(model).float().eval().requires_grad_(False) if cfg.use_ema else None
         run.visuals = [VISUAL.build(v, f"visual[{i}]") for i, v in enumerate(cfg.visual or [])]
-    run.diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")
     run.trainable = torch.nn.ModuleList([run.model, embedder])
     run.optimizer = loop.make_optimizer(run.trainable, cfg, fast=condition_parameters(run.model, embedder),
                                         fast_mult=float(cfg.cond_lr_mult))

@@ -1,0 +1,46 @@
+"""The generator stack of a config: autoencoder, embedder, model and diffusion, built in one place.
+
+The model's config follows the other components: ``in_channels`` from the autoencoder's latent
+channels, ``cond_dim`` from the embedder (:func:`model_config`). Training, the Predictor, the memory
+plan and the benchmarks build through here, and new model families plug in here.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from tools.autoencoders.base import model_cfg_with_channels
+from tools.embedders.conditioning import model_cfg_for
+from utils.registry import AUTO_ENCODER, DIFFUSION, EMBEDDER, MODEL
+
+
+@dataclass
+class GeneratorStack:
+    autoencoder: Any
+    embedder: Any
+    model: Any
+    diffusion: Any
+
+
+def model_config(cfg, autoencoder=None, embedder=None) -> dict:
+    """``cfg.model`` with ``in_channels`` from ``autoencoder`` and ``cond_dim`` from ``embedder``
+    (a component left None keeps the model's own setting); a set value that disagrees is a ConfigError."""
+    model_cfg = dict(cfg.model)
+    if autoencoder is not None:
+        model_cfg = model_cfg_with_channels(model_cfg, autoencoder, (cfg.get("auto_encoder") or {}).get("type", ""))
+    if embedder is not None:
+        model_cfg = model_cfg_for(model_cfg, embedder, (cfg.get("embedder") or {}).get("type", ""))
+    return model_cfg
+
+
+def build_stack(cfg, embedder=None, model_context=None) -> GeneratorStack:
+    """Build the config's components (``embedder``: one already built, e.g. with trained weights
+    loaded; ``model_context``: a context manager the model is built in, e.g. the backend's meta-device
+    init for FSDP). Nothing is moved to a device and no weights are loaded here."""
+    autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder")
+    if embedder is None:
+        embedder = EMBEDDER.build(cfg.embedder, "embedder")
+    with model_context if model_context is not None else contextlib.nullcontext():
+        model = MODEL.build(model_config(cfg, autoencoder, embedder), "model")
+    return GeneratorStack(autoencoder, embedder, model, DIFFUSION.build(cfg.diffusion, "diffusion"))
