@@ -231,3 +231,11 @@ def physics_iq_score(scores: dict[str, float], variance: dict[str, float]) -> fl
               for k in ("spatial_iou", "spatiotemporal_iou", "weighted_spatial_iou")]
     value = 100.0 * (sum(ratios) / 3 - (scores["mse"] - variance["mse"]))
     return float(min(100.0, max(0.0, value)))
+
+
+def clip_similarity(frame_embeddings: torch.Tensor, target: torch.Tensor) -> float:
+    """CLIP-T / CLIP-I of one video: the mean over its frames of the cosine similarity between each
+    frame's embedding (T, D) and the target embedding (D,) (a prompt's, or a conditioning image's),
+    ``mean_t <f_t, e> / (|f_t| |e|)``."""
+    cos = F.cosine_similarity(frame_embeddings.double(), target.double()[None], dim=-1)
+    return float(cos.mean())
