@@ -156,3 +156,28 @@ def test_bad_inputs_are_one_line(tmp_path, clips, monkeypatch, capsys):
     lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert len(lines) == 4 and "generated=" in lines[0] and "metrics" in lines[1] and "nope" in lines[2]
     assert "pair in order" in lines[3]
+
+
+@pytest.mark.slow  # the shipped demo model on the 4 demo videos (2 sampler steps), then the evaluation: ~20 s
+def test_the_demo_config_scores_the_demos_prediction_only_videos(tmp_path, monkeypatch):
+    """configs/demo/evaluate_generation.yaml reads the folder configs/demo/predict.yaml writes with
+    save_prediction=true (here under tmp_path: generated= points there)."""
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    monkeypatch.chdir(root)
+    predict = yaml.safe_load(open("configs/demo/predict.yaml"))
+    evaluate = yaml.safe_load(open("configs/demo/evaluate_generation.yaml"))
+    stem = os.path.splitext(os.path.basename(predict["test_list_path"]))[0]
+    assert evaluate["generated"] == f"{predict['log_dir']}/{stem}"  # the config points at the demo's folder
+    assert main("infer", ["--cfg", "configs/demo/predict.yaml", "log_dir", str(tmp_path / "demo"),
+                          "save_prediction=true", "num_sample_steps=2", "progress=false"]) == 0
+    run = tmp_path / "demo" / stem
+    assert len(list(run.glob("*.prediction.mp4"))) == 4
+    assert _run(tmp_path, f"generated={run}") == 0
+    m = _metrics(tmp_path)
+    assert m["num_videos"] == 4 and m["context_frames"] == predict["context_frames"] == 5
+    assert all(v["frames"] == predict["max_frames"] for v in m["per_video"])  # 13: 5 given + 8 predicted
+    assert set(m["aggregate"]) == {"flicker", "psnr", "ssim", "spatial_iou", "spatiotemporal_iou",
+                                   "weighted_spatial_iou", "mse"}
+    assert all(v["prompt"] for v in m["per_video"])  # the captions of the demo list
