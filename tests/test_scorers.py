@@ -2,11 +2,11 @@
 model the test builds and trains (nothing is downloaded)."""
 from __future__ import annotations
 
-import json
-
+import clip_stand_in
 import pytest
 import torch
 import torch.nn.functional as F
+from clip_stand_in import COLORS, PROMPTS, frames
 
 from tools.scorers.i3d import STYLEGAN_V_KWARGS, I3DFeatures, fvd, preprocess
 
@@ -67,48 +67,9 @@ def test_missing_i3d_file_is_one_line_naming_the_setting(tmp_path):
 
 
 # ---------------------------------------------------------------------------- CLIP
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-PROMPTS = ["a red ball", "a blue ball"]
-COLORS = [(1.0, -0.8, -0.8), (-0.8, -0.8, 1.0)]
-
-
-def _frames(color, n=4, seed=0) -> torch.Tensor:
-    """(n, 3, 32, 32) frames of one colour with a little noise, in [-1, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.tensor(color).view(1, 3, 1, 1).expand(n, 3, 32, 32)
-    return (base + 0.1 * torch.randn(n, 3, 32, 32, generator=g)).clamp(-1, 1)
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    """A tiny open_clip model trained for a few steps to pair red frames with "a red ball" and
-    blue ones with "a blue ball"; its weights as .safetensors and its config as tiny-test-clip.json."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    d = tmp_path_factory.mktemp("clip")
-    cfg = d / "tiny-test-clip.json"
-    cfg.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(str(cfg))
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-test-clip", pretrained=None)
-    tok = open_clip.get_tokenizer("tiny-test-clip")(PROMPTS)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
-    for step in range(40):
-        imgs = torch.cat([_frames(c, 2, seed=step) for c in COLORS])  # red, red, blue, blue
-        img = F.normalize(model.encode_image(((imgs + 1) / 2 - mean) / std), dim=-1)
-        txt = F.normalize(model.encode_text(tok), dim=-1)
-        loss = F.cross_entropy(10 * img @ txt.T, torch.tensor([0, 0, 1, 1]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    path = d / "tiny_clip.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return {"arch": "tiny-test-clip", "pretrained": str(path), "config_file": str(cfg), "model": model.eval()}
+    return clip_stand_in.tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.mark.slow  # the fixture trains a tiny CLIP (~5 s)
@@ -117,11 +78,11 @@ def test_clip_t_scores_the_matching_prompt_higher(tiny_clip):
 
     scorer = CLIPScorer(tiny_clip["arch"], tiny_clip["pretrained"], tiny_clip["config_file"])
     # the embedder's pooled text feature is open_clip's encode_text
-    ids = __import__("open_clip").get_tokenizer("tiny-test-clip")(PROMPTS)
+    ids = __import__("open_clip").get_tokenizer(clip_stand_in.ARCH)(PROMPTS)
     with torch.no_grad():
         torch.testing.assert_close(scorer.text_embeddings(PROMPTS), tiny_clip["model"].encode_text(ids))
-    red = _frames(COLORS[0], 5, seed=99).transpose(0, 1)  # (C, T, H, W)
-    blue = _frames(COLORS[1], 5, seed=98).transpose(0, 1)
+    red = frames(COLORS[0], 5, seed=99).transpose(0, 1)  # (C, T, H, W)
+    blue = frames(COLORS[1], 5, seed=98).transpose(0, 1)
     assert scorer.clip_t(red, "a red ball") > scorer.clip_t(red, "a blue ball")
     assert scorer.clip_t(blue, "a blue ball") > scorer.clip_t(blue, "a red ball")
 
@@ -131,8 +92,8 @@ def test_clip_i_scores_the_matching_image_higher(tiny_clip):
     from tools.scorers.clip import CLIPScorer
 
     scorer = CLIPScorer(tiny_clip["arch"], tiny_clip["pretrained"], tiny_clip["config_file"])
-    red = _frames(COLORS[0], 5, seed=97).transpose(0, 1)
-    red_img, blue_img = _frames(COLORS[0], 1, seed=1)[0], _frames(COLORS[1], 1, seed=2)[0]
+    red = frames(COLORS[0], 5, seed=97).transpose(0, 1)
+    red_img, blue_img = frames(COLORS[0], 1, seed=1)[0], frames(COLORS[1], 1, seed=2)[0]
     assert scorer.clip_i(red, red_img) > scorer.clip_i(red, blue_img)
     assert scorer.clip_i(red[:, :1].expand(-1, 3, -1, -1), red[:, 0]) == pytest.approx(1.0, abs=1e-5)
 

@@ -42,7 +42,7 @@ HIGHER_IS_BETTER = {"flicker": True, "psnr": True, "ssim": True, "spatial_iou": 
 
 def check_scorer_settings(cfg, need_clip: bool = False, need_fvd: bool = False) -> None:
     """Contract C1 for the scorer settings: one ConfigError line naming the setting."""
-    motion = cfg.get("motion")
+    motion = cfg.get("motion", {})  # engines without motion scores have no such setting
     if not isinstance(motion, dict) or set(motion) - set(MOTION_DEFAULTS):
         raise ConfigError(f"motion={motion!r} must be a dict with keys among {list(MOTION_DEFAULTS)}; set e.g. "
                           f"'motion.kernel=3'")
