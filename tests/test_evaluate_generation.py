@@ -181,3 +181,29 @@ def test_the_demo_config_scores_the_demos_prediction_only_videos(tmp_path, monke
     assert set(m["aggregate"]) == {"flicker", "psnr", "ssim", "spatial_iou", "spatiotemporal_iou",
                                    "weighted_spatial_iou", "mse"}
     assert all(v["prompt"] for v in m["per_video"])  # the captions of the demo list
+
+
+@pytest.mark.slow  # trains the tiny CLIP stand-in (~5 s)
+def test_clip_t_and_clip_i_with_prompts_and_condition_images(tmp_path, monkeypatch):
+    import clip_stand_in as cs
+    from PIL import Image
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    clip = cs.tiny_clip(tmp_path)
+    videos = [cs.frames(c, 6, seed=10 + i).transpose(0, 1) for i, c in enumerate(cs.COLORS)]  # red, blue
+    gen = _write(tmp_path / "gen", videos)
+    os.makedirs(tmp_path / "img")
+    for i, c in enumerate(cs.COLORS):
+        Image.fromarray(to_uint8(cs.frames(c, 1, seed=50 + i).transpose(0, 1))[0]).save(tmp_path / "img" / f"{i}.png")
+    weights = [f"clip_weights={clip['pretrained']}", f"clip_arch={clip['arch']}",
+               f"clip_config_file={clip['config_file']}"]
+    (tmp_path / "right.txt").write_text("a red ball\na blue ball\n")
+    (tmp_path / "wrong.txt").write_text("a blue ball\na red ball\n")
+    for name in ("right", "wrong"):
+        assert _run(tmp_path, f"generated={gen}", f"prompts={tmp_path / name}.txt",
+                    f"condition_images={tmp_path / 'img'}", *weights, f"name={name}") == 0
+    right, wrong = _metrics(tmp_path, "right"), _metrics(tmp_path, "wrong")
+    assert right["metric_groups"] == ["flicker", "clip_t", "clip_i"]
+    for r, w in zip(right["per_video"], wrong["per_video"]):
+        assert r["clip_t"] > w["clip_t"]  # each video's own prompt scores higher than the other one
+        assert r["clip_i"] == pytest.approx(w["clip_i"]) and r["clip_i"] > 0.5  # the matching image
