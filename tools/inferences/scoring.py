@@ -149,7 +149,8 @@ def plot_distributions(per_method: dict[str, list[dict]], path: Path, title: str
         return
     ncol = min(4, len(metrics))
     nrow = math.ceil(len(metrics) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.2 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.2 * nrow), squeeze=False,
+                             gridspec_kw={"hspace": 0.55, "wspace": 0.3, "bottom": 0.15, "top": 0.88})
     rng = np.random.default_rng(0)
     for ax, metric in zip(axes.flat, metrics):
         for i, rows in enumerate(per_method.values()):
@@ -170,7 +171,6 @@ def plot_distributions(per_method: dict[str, list[dict]], path: Path, title: str
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        fig.savefig(tmp, dpi=72, format="png")
     plt.close(fig)
