@@ -316,6 +316,9 @@ def evaluate_generation(cfg) -> int:
                          "frames": int(cfg.fvd_frames),
                          "note": "FVD is biased upwards at small n: compare values at equal n only"}
         log.info("FVD %.2f over %d videos (biased at small n)", value, len(feats))
+    elif i3d is not None:
+        log.warning("no FVD: it needs at least 2 generated and 2 reference videos (got %d and %d)", len(feats),
+                    len(ref_feats))
     result["seconds"] = round(time.time() - start, 2)
     if per_video:
         per_method = {"generated": rows}
