@@ -226,8 +226,9 @@ class OpenCLIPText(_FrozenText):
         return x[:, : self.max_tokens].float(), mask[:, : self.max_tokens]
 
 
-def _load_text_weights(model: nn.Module, path: str) -> dict:
-    """Load the text-tower keys of a CLIP checkpoint strictly; report what was ignored."""
+def _load_text_weights(model: nn.Module, path: str, tower: str = "text tower") -> dict:
+    """Load every key of ``model`` (the text tower, or the whole CLIP for the scorers in
+    tools/scorers/clip.py) from a CLIP checkpoint strictly; report what was ignored."""
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         sd = load_file(path)
@@ -240,7 +241,7 @@ def _load_text_weights(model: nn.Module, path: str) -> dict:
     missing = sorted(set(own) - set(used))
     shape = sorted(k for k, v in used.items() if v.shape != own[k].shape)
     if missing or shape:
-        raise ValueError(f"OpenCLIPText: weights {path} do not match the text tower: missing "
+        raise ValueError(f"OpenCLIP: weights {path} do not match the {tower}: missing "
                          f"{missing[:8]}{'...' if len(missing) > 8 else ''}, mis-shaped {shape[:8]}; "
                          f"check arch= against the file.")
     model.load_state_dict(used, strict=True)

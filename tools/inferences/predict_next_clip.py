@@ -23,7 +23,8 @@ DEFAULTS = dict(
     test_list_path=None,
     test_list_kind="video",  # video | image | class | text
     round=1,
-    side_by_side=True,       # video inputs: ground truth | prediction
+    side_by_side=True,       # video inputs: ground truth | prediction (false: the prediction alone)
+    save_prediction=False,   # video inputs: also write the prediction alone (context included) as <name>.prediction.mp4
     save_gif=False,
     save_grid=False,
     overwrite=False,
@@ -50,7 +51,16 @@ def validate(cfg) -> None:
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ConfigError(f"round={r!r} must be an integer >= 1 (how often each line is run, with seed + r); "
                           f"set e.g. 'round=1'")
+    if not isinstance(cfg.get("save_prediction", False), bool):
+        raise ConfigError(f"save_prediction={cfg.get('save_prediction')!r} must be true or false (video inputs: also "
+                          f"write the prediction alone as <name>.prediction.mp4)")
     validate_rollout(cfg)
+
+
+def extra_videos(cfg) -> tuple:
+    """Keys of the extra mp4s of every item: ``prediction`` (the prediction alone, context frames
+    included, for scoring by evaluate_generation) when ``save_prediction`` is on for video inputs."""
+    return ("prediction",) if cfg.get("save_prediction") and cfg.test_list_kind == "video" else ()
 
 
 @INFER_ENGINE.register_class()
@@ -98,9 +108,11 @@ def _warn_ignored_conditions(predictor: Predictor, items: List[TestItem], log) -
 def _producer(cfg, predictor: Predictor):
     total = int(cfg.max_frames)
 
+    keys = extra_videos(cfg)
+
     def produce(item: TestItem) -> dict:
         t0 = time.time()
-        cond = item.caption or None
+        cond, extra = item.caption or None, {}
         if item.kind == "video":
             video = predictor.load_video(item.path, total)
             context = video[:, : cfg.context_frames]
@@ -109,6 +121,7 @@ def _producer(cfg, predictor: Predictor):
                 else to_uint8(pred)
             rows = [("truth", to_uint8(video)), ("prediction", to_uint8(pred))]
             n_ctx = context.shape[1]
+            extra = {"prediction": rows[1][1]} if "prediction" in keys else {}
         elif item.kind == "image":
             context = predictor.load_image(item.path)
             frames = to_uint8(predictor.predict(context, item.seed, cond, total))
@@ -117,7 +130,7 @@ def _producer(cfg, predictor: Predictor):
             cond = item.label if item.kind == "class" else item.caption
             frames = to_uint8(predictor.predict(None, item.seed, cond, total))
             rows, n_ctx = [("generated", frames)], 0
-        return {"frames": frames, "grid": {"rows": rows, "context_frames": n_ctx},
+        return {"frames": frames, "grid": {"rows": rows, "context_frames": n_ctx}, "extra_videos": extra,
                 "rollout_seconds": round(time.time() - t0, 3)}
 
     return produce
@@ -129,7 +142,8 @@ def _predict(cfg, predictor: Predictor, items: List[TestItem], out_dir: Path, ra
         _warn_ignored_conditions(predictor, items, log)
     summary = run_test_list(items, str(out_dir), _producer(cfg, predictor), fps=cfg.fps, overwrite=cfg.overwrite,
                             save_gif=cfg.save_gif, save_grid=cfg.save_grid, rank=rank, world_size=world,
-                            progress=cfg.progress and rank == 0, fingerprint=output_fingerprint(cfg))
+                            progress=cfg.progress and rank == 0, fingerprint=output_fingerprint(cfg),
+                            extra_videos=extra_videos(cfg))
     counts = torch.tensor([float(summary[k]) for k in ("ok", "skipped", "failed")], device=predictor.device)
     if world > 1:  # every rank wrote results.rank{r}.jsonl; rank 0 merges them, then totals for all ranks
         du.barrier()
