@@ -41,7 +41,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import distributed as du
-from .io import atomic_path, clean_stale_temps
+from .io import as_os_error, atomic_path, clean_stale_temps
 
 STEP_RE = re.compile(r"^step_(\d+)\.state\.pt$")
 FILE_STEP_RE = re.compile(r"^step_(\d+)\.")  # any file of a checkpoint step
@@ -130,22 +130,11 @@ def _torch_save(obj: Any, path: str) -> None:
 def _raise_save_error(e: BaseException, what: str, path) -> None:
     """Re-raise a failed save: an OS-level cause as one OSError naming ``what`` and ``path`` (the step's
     files were removed, earlier checkpoints are intact); anything else unchanged."""
-    err = _as_os_error(e)
+    err = as_os_error(e)
     if err is None:
         raise e
     raise OSError(err.errno, f"{err.strerror} while saving {what} were removed; earlier checkpoints are intact)",
                   str(path)) from e
-
-
-def _as_os_error(e: BaseException) -> Optional[OSError]:
-    """The OSError behind a failed write; the safetensors writer reports it as its own
-    exception type with the OS message ("I/O error: No space left on device (os error 28)")."""
-    if isinstance(e, OSError) and e.errno is not None:
-        return e
-    m = re.search(r"os error (\d+)", str(e))
-    if m:
-        return OSError(int(m.group(1)), os.strerror(int(m.group(1))))
-    return None
 
 
 def remove_step_files(ckpt_dir: Path, step: int) -> List[str]:

@@ -13,6 +13,7 @@ from utils.checkpoint import embedder_weights_for
 from utils.config import ConfigError, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import get_logger, setup_logger
+from utils.run_lock import run_lock
 from utils.registry import INFER_ENGINE
 from utils.test_list import (KINDS, TestItem, failure_reasons, fingerprint, merge_results, parse_test_list,
                              run_test_list)
@@ -63,15 +64,16 @@ def predict_next_clip(cfg) -> int:
     # the list is read before anything is created: a bad list leaves no run directory behind
     items = parse_test_list(list_path, kind=cfg.test_list_kind, rounds=cfg.round, base_seed=cfg.seed)
     out_dir = Path(cfg.log_dir) / list_path.stem
-    setup_logger(out_dir, rank)  # before the Predictor, so its start-up lines are kept
-    if rank == 0:
-        atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
-    predictor = Predictor(cfg, local_rank)
-    rank, world = du.init_distributed(predictor.backend.dist_backend)
-    try:
-        return _predict(cfg, predictor, items, out_dir, rank, world)
-    finally:
-        du.cleanup()
+    with run_lock(out_dir, "inference", rank=rank):  # the run owns its directory until it ends
+        setup_logger(out_dir, rank)  # before the Predictor, so its start-up lines are kept
+        if rank == 0:
+            atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
+        predictor = Predictor(cfg, local_rank)
+        rank, world = du.init_distributed(predictor.backend.dist_backend)
+        try:
+            return _predict(cfg, predictor, items, out_dir, rank, world)
+        finally:
+            du.cleanup()
 
 
 def output_fingerprint(cfg) -> str:

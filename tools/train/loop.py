@@ -30,6 +30,7 @@ from utils.checkpoint import (CheckpointError, clean_checkpoint_dir, compare_sta
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import ScalarLog, setup_logger
+from utils.run_lock import run_lock
 from utils.registry import BACKEND
 
 
@@ -50,16 +51,18 @@ LOOP_DEFAULTS: Dict[str, Any] = {
 
 # ---------------------------------------------------------------------------- launch
 def launch(cfg, body: Callable[..., int]) -> int:
-    """Backend, process group, run dir and logger, then ``body(cfg, backend, rank, world, out_dir, log)``
+    """Backend, process group, the run dir's lock (utils/run_lock.py) and logger, then
+    ``body(cfg, backend, rank, world, out_dir, log)``
     under the collective guard (a silent rank stops the run after ``dist_timeout`` s)."""
     _, _, local_rank = du.env_rank()
     backend = BACKEND.build(cfg.backend, "backend", local_rank=local_rank)
     rank, world = du.init_distributed(backend.dist_backend, cfg.dist_timeout)
     out_dir = run_dir(cfg)
-    log = setup_logger(out_dir, rank)
     try:
-        with du.collective_guard(cfg.dist_timeout, probe_timeout_s=min(10.0, max(2.0, cfg.dist_timeout))):
-            return body(cfg, backend, rank, world, out_dir, log)
+        with run_lock(out_dir, "training", rank=rank):  # before anything is written: the run owns its dir
+            log = setup_logger(out_dir, rank)
+            with du.collective_guard(cfg.dist_timeout, probe_timeout_s=min(10.0, max(2.0, cfg.dist_timeout))):
+                return body(cfg, backend, rank, world, out_dir, log)
     finally:
         du.cleanup()
 
