@@ -29,12 +29,13 @@ DEFAULTS = dict(
     save_grid=False,
     overwrite=False,
     progress=True,
+    dist_timeout=600,        # seconds a collective waits for a silent rank (torchrun) before the run stops
 )
 
 #: settings that do not change an item's output (left out of the skip fingerprint);
 #: which files are written is checked separately, and item identity (line, seed, round) too
 NOT_IN_FINGERPRINT = ("log_dir", "name", "overwrite", "progress", "save_gif", "save_grid", "test_list_path",
-                      "round")
+                      "round", "dist_timeout")
 
 
 def validate(cfg) -> None:
@@ -51,6 +52,10 @@ def validate(cfg) -> None:
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ConfigError(f"round={r!r} must be an integer >= 1 (how often each line is run, with seed + r); "
                           f"set e.g. 'round=1'")
+    t = cfg.get("dist_timeout")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0 or t == float("inf"):
+        raise ConfigError(f"dist_timeout={t!r} is not allowed: it must be a number of seconds > 0 (how long a "
+                          f"collective waits for a silent rank under torchrun); set e.g. 'dist_timeout=600'")
     validate_rollout(cfg)
 
 
@@ -69,9 +74,11 @@ def predict_next_clip(cfg) -> int:
         if rank == 0:
             atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
         predictor = Predictor(cfg, local_rank)
-        rank, world = du.init_distributed(predictor.backend.dist_backend)
-        try:
-            return _predict(cfg, predictor, items, out_dir, rank, world)
+        timeout = float(cfg.dist_timeout)
+        rank, world = du.init_distributed(predictor.backend.dist_backend, timeout)
+        try:  # a rank that dies or stops makes the others stop after dist_timeout, naming it
+            with du.collective_guard(timeout, probe_timeout_s=min(10.0, max(2.0, timeout))):
+                return _predict(cfg, predictor, items, out_dir, rank, world)
         finally:
             du.cleanup()
 
