@@ -29,7 +29,7 @@ DEFAULTS = dict(
     save_grid=False,
     overwrite=False,
     progress=True,
-    dist_timeout=600,        # seconds a collective waits for a silent rank (torchrun) before the run stops
+    dist_timeout=600.0,      # seconds a collective waits for a silent rank (torchrun) before the run stops
 )
 
 #: settings that do not change an item's output (left out of the skip fingerprint);
