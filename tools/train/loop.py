@@ -287,6 +287,33 @@ def validate_loop(cfg, defaults: Mapping[str, Any], positive: Sequence[str] = ()
             "e.g. resume=auto")
 
 
+def check_data_shape(cfg, autoencoder, patch: int = 1) -> None:
+    """ConfigError unless ``max_frames`` pixel frames can be encoded by ``autoencoder`` and the dataset's
+    ``resolution`` (when it has one; not for a latent cache) is a multiple of its spatial factor x
+    ``patch``. Called by ``validate`` on the autoencoder of :func:`probe_autoencoder` (``--dry-run``) and
+    again on the built one."""
+    from tools.autoencoders.base import check_frames, check_resolution
+
+    try:
+        check_frames(autoencoder, int(cfg.max_frames), "max_frames")
+        res = (cfg.get("dataset") or {}).get("resolution")
+        sized = is_int(res) or (isinstance(res, (list, tuple)) and len(res) == 2 and all(is_int(x) for x in res))
+        if sized and not cfg.get("latent_cache"):
+            check_resolution(autoencoder, res, "dataset.resolution", patch)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def validate_data_shape(cfg, patch: int = 1) -> None:
+    """:func:`check_data_shape` before the run (``--dry-run`` too), on the autoencoder built without its
+    weights on the meta device; a bad autoencoder size setting is a one-line BuildError."""
+    from tools.autoencoders.base import probe_autoencoder
+
+    ae = probe_autoencoder(cfg.get("auto_encoder"))
+    if ae is not None:
+        check_data_shape(cfg, ae, patch)
+
+
 # ---------------------------------------------------------------------------- resume
 OPTIM_KEYS = ("lr", "weight_decay", "betas", "warmup_steps", "lr_schedule", "min_lr_ratio", "num_steps")
 NOT_COMPARED = ("resume",)

@@ -187,6 +187,13 @@ def validate(cfg) -> None:
     _require(v in WINDOW_STARTS, "window_start", v, f"choose one of {', '.join(WINDOW_STARTS)}",
              "e.g. window_start=random (train on windows that start anywhere in longer items)")
     _validate_clip_sampling(g("clip_sampling", DEFAULTS["clip_sampling"]))
+    loop.validate_data_shape(cfg, _patch_size(cfg))
+
+
+def _patch_size(cfg) -> int:
+    """The model's patch size on the latents, when the config sets it (1 otherwise: not checked)."""
+    p = (cfg.get("model") or {}).get("patch_size", 1)
+    return p if _is_int(p) and p >= 1 else 1
 
 
 def _validate_clip_sampling(cs: Any) -> None:
@@ -281,6 +288,17 @@ def _check_cond_key(cfg, embedder, log) -> None:
                     cfg.cond_key, cfg.embedder.get("type"))
 
 
+def _check_label_count(cfg, dataset, embedder) -> None:
+    """ConfigError at start (not on the first batch that meets it) when a labelled dataset has more
+    labels than the class embedder has classes."""
+    n, k = getattr(dataset, "num_classes", None), getattr(embedder, "num_classes", None)
+    if cfg.cond_key == "label" and _is_int(n) and _is_int(k) and n > k:
+        names = list(getattr(dataset, "classes", []))
+        raise ConfigError(f"embedder.num_classes={k} but the dataset {cfg.dataset.get('type')} has {n} labels "
+                          f"({', '.join(map(str, names[:8]))}{', ...' if n > 8 else ''}): labels {k}..{n - 1} have "
+                          f"no class; set embedder.num_classes={n}")
+
+
 def _use_cached_text_features(dataset, embedder, log) -> None:
     """Caption features stored with a latent cache (its fingerprint matched this embedder's config)."""
     stored = dataset.text_features() if callable(getattr(dataset, "text_features", None)) else None
@@ -329,8 +347,10 @@ def _build(run: Run) -> None:
     run.dataset = _build_dataset(cfg)
     run.autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder").to(device).eval()
     check_autoencoder_frames(run.autoencoder, cfg.max_frames, run.dataset)
+    loop.check_data_shape(cfg, run.autoencoder, _patch_size(cfg))
     run.embedder = embedder = EMBEDDER.build(cfg.embedder, "embedder").to(device)
     _check_cond_key(cfg, embedder, log)
+    _check_label_count(cfg, run.dataset, embedder)
     _use_cached_text_features(run.dataset, embedder, log)
     model_cfg = model_cfg_with_channels(cfg.model, run.autoencoder, cfg.auto_encoder.get("type", ""))
     with backend.init_context(run.world):  # fsdp + meta_init: parameters on the meta device
