@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 import yaml
 
+from tools.backends.parallel import PARALLEL_CHOICES
 from tools.datasets.latent_cache import flatten
 from utils import distributed as du
 from utils.checkpoint import (CheckpointError, clean_checkpoint_dir, compare_state_dict, format_report,
@@ -57,6 +58,10 @@ def launch(cfg, body: Callable[..., int]) -> int:
     _, _, local_rank = du.env_rank()
     backend = BACKEND.build(cfg.backend, "backend", local_rank=local_rank)
     rank, world = du.init_distributed(backend.dist_backend, cfg.dist_timeout)
+    if backend.parallel_mode(world) == "fsdp" and not du.is_dist():
+        raise ConfigError("backend.parallel=fsdp shards the model over several processes, and this is one: start "
+                          "it with torchrun --nproc_per_node N (N >= 2), or set backend.parallel=none (or auto) "
+                          "for one process")
     out_dir = run_dir(cfg)
     try:
         with run_lock(out_dir, "training", rank=rank):  # before anything is written: the run owns its dir
@@ -285,6 +290,9 @@ def validate_loop(cfg, defaults: Mapping[str, Any], positive: Sequence[str] = ()
     v = g("resume", "auto")
     require(v is None or v is False or isinstance(v, str), "resume", v, "auto, none or a checkpoint path",
             "e.g. resume=auto")
+    v = (g("backend") or {}).get("parallel", "auto")
+    require(v in PARALLEL_CHOICES, "backend.parallel", v, f"choose one of {', '.join(PARALLEL_CHOICES)}",
+            "auto is ddp under torchrun with more than one process, else none")
 
 
 def check_data_shape(cfg, autoencoder, patch: int = 1) -> None:
