@@ -12,7 +12,8 @@ import yaml
 from tools.autoencoders.base import frames_rule, latent_frames, model_cfg_with_channels, nearest_frames, valid_frames
 from tools.embedders.conditioning import embed, is_conditional, model_cfg_for, null_condition
 from tools.inferences.rollout import KV_MODES, check_guide_interval, rollout
-from utils.checkpoint import CheckpointError, checkpoint_config, embedder_weights_for, format_report, load_weights
+from utils.checkpoint import (CheckpointError, checkpoint_config, embedder_weights_for, format_report, load_weights,
+                              sharded_checkpoint_of)
 from utils.config import DEFAULT_COMPONENTS, ConfigError
 from utils.logging import get_logger
 from utils.registry import AUTO_ENCODER, BACKEND, DIFFUSION, EMBEDDER, MODEL, PRETRAIN
@@ -316,6 +317,12 @@ def validate_rollout(cfg) -> None:
         raise _setting_error("kv_cache", cfg.get("kv_cache"), f"use one of {list(KV_MODES)}",
                              "set e.g. 'kv_cache=recompute'")
     tm = cfg.get("test_model")
+    sharded = sharded_checkpoint_of(tm) if tm else None
+    if sharded is not None:
+        raise ConfigError(f"test_model={tm!r} is a sharded (FSDP) checkpoint: its weights are split over the "
+                          f"ranks' files in {sharded.name}.dcp. Consolidate it into one file first: python -m "
+                          f"scripts.consolidate_checkpoint {sharded} {sharded}.consolidated.safetensors, then "
+                          f"test_model={sharded}.consolidated.safetensors")
     if tm and Path(tm).is_dir() and not cfg.get("pretrain"):
         raise ConfigError(f"test_model={tm!r} is a folder, which needs a pretrain loader that reads its layout "
                           f"(e.g. pretrain: {{type: VideoGPTCheckpoint}} for official Video-GPT weights); set "
