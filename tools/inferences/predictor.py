@@ -299,8 +299,12 @@ def validate_rollout(cfg) -> None:
         raise ConfigError(f"context_frames={cfg.context_frames} must be smaller than max_frames={cfg.max_frames} "
                           f"(the frames of each output, context included); raise max_frames or lower context_frames")
     _check_number(cfg, "fps", positive=True)
-    for key in ("shift", "guide_scale", "history_guide_scale"):
-        _check_number(cfg, key, positive=key == "shift")
+    _check_number(cfg, "shift", positive=True)
+    for key in ("guide_scale", "history_guide_scale"):
+        if _check_number(cfg, key) < 0:
+            raise _setting_error(key, cfg.get(key), "a guidance scale must be >= 0 (1 = no guidance, 0 = the "
+                                 "unguided prediction alone; a negative scale pushes away from the guidance)",
+                                 f"set e.g. '{key}=1'")
     for key in ("guide_interval", "history_guide_interval"):
         try:
             check_guide_interval(cfg.get(key), key)
