@@ -377,6 +377,32 @@ def check_resume(ckpt: Dict[str, Any], model: torch.nn.Module, config_yaml: str,
             f"run (another name or log_dir).")
     for k, a, b in changes:
         log.info("resume: %s changed since the checkpoint: %r -> %r, %s", k, a, b, effect(k))
+    _log_world_change(ckpt, config_yaml, log)
+
+
+def global_batch(cfg: Mapping[str, Any], world: int) -> int:
+    """Items per optimizer step over every process: batch_size x processes x grad_accum."""
+    return int(cfg.get("batch_size", 1)) * int(world) * int(cfg.get("grad_accum", 1) or 1)
+
+
+def _log_world_change(ckpt: Dict[str, Any], config_yaml: str, log) -> None:
+    """A checkpoint written by another number of processes: the global batch (batch_size is per process)
+    may have changed, and with it the data / noise stream, although no setting did."""
+    old_world, world = ckpt["state"].get("world_size"), du.get_world_size()
+    if old_world is None or int(old_world) == world:
+        return
+    try:
+        old_cfg, new_cfg = yaml.safe_load(ckpt["state"].get("config") or "") or {}, yaml.safe_load(config_yaml) or {}
+    except yaml.YAMLError:
+        old_cfg, new_cfg = {}, {}
+    old, new = global_batch(old_cfg, old_world), global_batch(new_cfg, world)
+    if old != new:
+        log.info("resume: world_size changed since the checkpoint: %d -> %d processes, global batch %d -> %d "
+                 "(batch_size x processes x grad_accum), takes effect (changes the data/noise stream: not an exact "
+                 "continuation)", int(old_world), world, old, new)
+    else:
+        log.info("resume: world_size changed since the checkpoint: %d -> %d processes with the same global batch "
+                 "%d: the data/noise stream continues exactly", int(old_world), world, new)
 
 
 def open_run(cfg, out_dir: Path, rank: int, log, config_yaml: str,
@@ -512,13 +538,14 @@ def save_step(cfg, ckpt_dir: Path, done: int, rank: int, model, ema, state: Call
         if optimizer is None:
             raise ValueError("save_step: a sharded model needs optimizer= (its state is saved sharded)")
         extra = {k: v for k, v in state().items() if k != "optimizer"}
+        extra["world_size"] = du.get_world_size()
         save_sharded_checkpoint(ckpt_dir, done, model, ema, embedder, optimizer, extra, config_yaml)
         if rank == 0:
             prune(ckpt_dir, cfg.keep_last)
         du.barrier()
         return
     if rank == 0:
-        train_state = state()
+        train_state = dict(state(), world_size=du.get_world_size())  # the global batch of a resume depends on it
         if optimizer is not None:
             train_state.setdefault("optimizer", optimizer.state_dict())
         if embedder_sd is None and embedder is not None:
