@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,12 @@ progress: false
 """
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_cfg(tmp_path, ae="StopsOnRank1"):
     (tmp_path / "hanging.py").write_text(HANGING)
     cfg = tmp_path / "predict.yaml"
@@ -70,7 +77,7 @@ def test_stopped_rank_is_named_within_dist_timeout(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        "29561", str(ROOT / "inference.py"), "--cfg", str(cfg), "log_dir", str(tmp_path / "out"),
+                        str(free_port()), str(ROOT / "inference.py"), "--cfg", str(cfg), "log_dir", str(tmp_path / "out"),
                         "test_list_path", str(lst), "dist_timeout=3"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
     took = time.time() - t0
