@@ -77,8 +77,8 @@ def test_stopped_rank_is_named_within_dist_timeout(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(free_port()), str(ROOT / "inference.py"), "--cfg", str(cfg), "log_dir", str(tmp_path / "out"),
-                        "test_list_path", str(lst), "dist_timeout=3"],
+                        str(free_port()), str(ROOT / "inference.py"), "--cfg", str(cfg),
+                        "log_dir", str(tmp_path / "out"), "test_list_path", str(lst), "dist_timeout=3"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
     took = time.time() - t0
     out = r.stdout + r.stderr

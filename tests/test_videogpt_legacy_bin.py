@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 import torch
+from conftest import SHARED
 from safetensors.torch import load_file
 
-from conftest import SHARED
 from tools.models.videogpt import VideoGPT
 from tools.pretrain import videogpt_checkpoint as vc
 from utils.checkpoint import CheckpointError
