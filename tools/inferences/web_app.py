@@ -10,8 +10,9 @@ path of the batch engine; nothing here samples on its own). Three tabs:
 :class:`WebApp` holds the handlers as plain methods (tested without gradio or a browser);
 :func:`build_page` wires them into gradio Blocks. A bad upload (broken, too short, too large)
 becomes one line on the page and the server keeps running. Every file the page writes (its
-outputs, gradio's upload cache, the log) lands in ``<log_dir>/app``; gradio's telemetry and
+outputs in ``outputs/``, gradio's upload cache, the log) lands in ``<log_dir>/app``; gradio's telemetry and
 run history are off, and it binds to 127.0.0.1 unless ``--host`` / ``--share`` say otherwise.
+It serves its outputs, its uploads and the bundled demo videos, nothing else (:func:`served_paths`).
 """
 from __future__ import annotations
 
