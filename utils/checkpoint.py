@@ -427,6 +427,35 @@ def sharded_checkpoint_of(path) -> Optional[Path]:
     return stem if sharded_dir(stem).is_dir() else None
 
 
+def load_full_into_sharded(ckpt: Dict[str, Any], model, ema, embedder, optimizer) -> None:
+    """Load a whole-file checkpoint (safetensors weights, optimizer state keyed by parameter index: written by
+    a run without sharding, e.g. one process) into FSDP-sharded modules: every rank reads the full tensors
+    and keeps its shards. The optimizer state is re-keyed by parameter name, in the order both runs build
+    their parameter groups (same model: same order). Collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, ckpt["model"], options=full)
+    if ema is not None:
+        set_model_state_dict(ema, ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"], options=full)
+    if embedder is not None and ckpt["embedder"] is not None:
+        embedder.load_state_dict(ckpt["embedder"])
+    if optimizer is None:
+        return
+    saved = ckpt["state"]["optimizer"]
+    root = _optim_root(model, embedder)
+    names = {id(p): n for n, p in root.named_parameters()}
+    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    saved_order = [i for g in saved["param_groups"] for i in g["params"]]
+    if len(order) != len(saved_order):
+        raise CheckpointError(f"{ckpt['stem'].name}: its optimizer holds {len(saved_order)} parameters, this run "
+                              f"has {len(order)}; resume with the checkpoint's settings")
+    fqn = dict(zip(saved_order, order))
+    state = {"state": {fqn[i]: v for i, v in saved["state"].items()},
+             "param_groups": [dict(g, params=[fqn[i] for i in g["params"]]) for g in saved["param_groups"]]}
+    set_optimizer_state_dict(root, optimizer, state, options=full)
+
+
 def consolidate_checkpoint(src: Path, dst: Path, part: str = "ema", dtype: Optional[str] = None) -> Path:
     """One safetensors file (``part``: ema | model | embedder) of a sharded checkpoint, with the run's
     config in the metadata like every NextClip weights file (inference loads it as ``test_model``).

@@ -26,8 +26,8 @@ from tools.backends.parallel import PARALLEL_CHOICES
 from tools.datasets.latent_cache import flatten
 from utils import distributed as du
 from utils.checkpoint import (CheckpointError, clean_checkpoint_dir, compare_state_dict, format_report,
-                              load_resume, load_sharded_checkpoint, save_checkpoint, save_sharded_checkpoint,
-                              set_rng_state)
+                              load_full_into_sharded, load_resume, load_sharded_checkpoint, save_checkpoint,
+                              save_sharded_checkpoint, set_rng_state)
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import ScalarLog, setup_logger
@@ -465,24 +465,22 @@ def apply_resume(ckpt, cfg, model, ema, optimizer, embedder=None) -> Tuple[int, 
 
 
 def _load_full(ckpt, model, ema, embedder, optimizer, groups: int) -> None:
-    """Weights and optimizer state of a safetensors checkpoint into unsharded modules."""
+    """Weights and optimizer state of a safetensors checkpoint (into FSDP-sharded modules too)."""
     from tools.backends.parallel import is_sharded
 
-    if is_sharded(model):
-        raise CheckpointError(f"{ckpt['stem'].name} was written without sharding (safetensors weights) and this "
-                              f"run uses backend.parallel=fsdp; resume it with backend.parallel=ddp (or none), or "
-                              f"start the fsdp run from its weights with pretrain: {{type: LoadCheckpoint, path: "
-                              f"{ckpt['stem']}.safetensors}} and resume=none")
-    model.load_state_dict(ckpt["model"])
-    if ema is not None:
-        ema.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else model.state_dict())
-    if embedder is not None and ckpt["embedder"] is not None:
-        embedder.load_state_dict(ckpt["embedder"])
     saved = len(ckpt["state"]["optimizer"]["param_groups"])
     if saved != groups:
         raise CheckpointError(f"the checkpoint's optimizer has {saved} parameter groups, this run builds "
                               f"{groups} (a learning-rate multiplier such as cond_lr_mult != 1 adds groups); resume "
                               f"with the checkpoint's settings, or start a new run (pretrain from its weights)")
+    if is_sharded(model):  # written without sharding (e.g. one process), resumed by fsdp ranks
+        load_full_into_sharded(ckpt, model, ema, embedder, optimizer)
+        return
+    model.load_state_dict(ckpt["model"])
+    if ema is not None:
+        ema.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else model.state_dict())
+    if embedder is not None and ckpt["embedder"] is not None:
+        embedder.load_state_dict(ckpt["embedder"])
     optimizer.load_state_dict(ckpt["state"]["optimizer"])
 
 
