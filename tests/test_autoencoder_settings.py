@@ -75,6 +75,7 @@ def test_impossible_vae_sizes_fail_the_dry_run(tmp_path, capsys, override, named
     assert code == 2 and len(err) == 1 and named in err[0], err
 
 
+@pytest.mark.slow  # diffusers' import
 def test_autoencoder_kl_training_with_a_bad_resolution_is_one_line(tmp_path, capsys):
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)

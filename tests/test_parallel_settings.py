@@ -3,8 +3,6 @@ start it with torchrun; an unknown mode (zero3) fails the --dry-run instead of p
 from __future__ import annotations
 
 import pathlib
-import subprocess
-import sys
 
 from utils.cli import main
 
@@ -40,9 +38,11 @@ def test_fsdp_on_one_process_says_to_use_torchrun(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_unknown_parallel_mode_fails_the_dry_run(tmp_path):
-    r = subprocess.run([sys.executable, "train_net.py", "--cfg", str(write_cfg(tmp_path)), "backend.parallel=zero3",
-                        "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "dry run OK" not in r.stdout, r.stdout[-500:]
-    err = r.stderr.strip().splitlines()
+def test_unknown_parallel_mode_fails_the_dry_run(tmp_path, capsys):
+    from train_net import run  # the entry point: its --dry-run also prints the memory plan
+
+    assert run(["--cfg", str(write_cfg(tmp_path)), "backend.parallel=zero3", "--dry-run"]) == 2
+    out = capsys.readouterr()
+    assert "dry run OK" not in out.out, out.out[-500:]
+    err = out.err.strip().splitlines()
     assert len(err) == 1 and "backend.parallel='zero3'" in err[0] and "auto, none, ddp, fsdp" in err[0], err

@@ -34,6 +34,7 @@ def _holder(directory) -> subprocess.Popen:
     return p
 
 
+@pytest.mark.slow  # a second python process
 def test_second_run_refused_naming_the_pid_and_kill_9_leaves_no_stale_lock(tmp_path):
     holder = _holder(tmp_path / "run")
     try:
