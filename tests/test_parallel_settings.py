@@ -46,3 +46,15 @@ def test_unknown_parallel_mode_fails_the_dry_run(tmp_path, capsys):
     assert "dry run OK" not in out.out, out.out[-500:]
     err = out.err.strip().splitlines()
     assert len(err) == 1 and "backend.parallel='zero3'" in err[0] and "auto, none, ddp, fsdp" in err[0], err
+
+
+def test_unknown_parallel_mode_fails_the_inference_dry_run(tmp_path, capsys):
+    lst = tmp_path / "list.txt"
+    lst.write_text("balls|1\n")
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("TASK_TYPE: predict_next_clip\nmodel: {type: NextClipTransformer, preset: tiny, in_channels: 3, "
+                   f"patch_size: 4}}\ntest_list_path: {lst}\ntest_list_kind: text\nresolution: [16, 16]\n")
+    assert main("infer", ["--cfg", str(cfg), "backend.parallel=zero3", "--dry-run"]) == 2
+    out = capsys.readouterr()
+    err = out.err.strip().splitlines()
+    assert "dry run OK" not in out.out and len(err) == 1 and "backend.parallel='zero3'" in err[0], err

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from tools.autoencoders.base import frames_rule, latent_frames, model_cfg_with_channels, nearest_frames, valid_frames
+from tools.backends.parallel import PARALLEL_CHOICES
 from tools.embedders.conditioning import embed, is_conditional, model_cfg_for, null_condition
 from tools.inferences.rollout import KV_MODES, check_guide_interval, rollout
 from utils.checkpoint import (CheckpointError, checkpoint_config, embedder_weights_for, format_report, load_weights,
@@ -320,6 +321,10 @@ def validate_rollout(cfg) -> None:
     if cfg.get("kv_cache") not in KV_MODES:
         raise _setting_error("kv_cache", cfg.get("kv_cache"), f"use one of {list(KV_MODES)}",
                              "set e.g. 'kv_cache=recompute'")
+    par = (cfg.get("backend") or {}).get("parallel", "auto")
+    if par not in PARALLEL_CHOICES:
+        raise _setting_error("backend.parallel", par, f"choose one of {', '.join(PARALLEL_CHOICES)}",
+                             "inference shards the test list over torchrun's processes with parallel auto")
     tm = cfg.get("test_model")
     sharded = sharded_checkpoint_of(tm) if tm else None
     if sharded is not None:
