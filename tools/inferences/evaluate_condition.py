@@ -25,8 +25,8 @@ from tools.inferences.scene import ATTRIBUTES, analyse_video, compare, settings_
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import setup_logger
-from utils.run_lock import run_lock
 from utils.registry import DATASETS, INFER_ENGINE
+from utils.run_lock import run_lock
 from utils.video_io import to_uint8, write_grid, write_video
 
 COND_KEYS = ("label", "caption")

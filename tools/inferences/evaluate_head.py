@@ -31,8 +31,8 @@ from utils.checkpoint import checkpoint_config
 from utils.config import DEFAULT_COMPONENTS, ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import setup_logger
-from utils.run_lock import run_lock
 from utils.registry import BACKEND, DATASETS, INFER_ENGINE, MODEL, PRETRAIN
+from utils.run_lock import run_lock
 
 DEFAULTS: Dict[str, Any] = {
     **copy.deepcopy(DEFAULT_COMPONENTS),  # the engines' own copy: merged configs never share these dicts

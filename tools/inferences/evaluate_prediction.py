@@ -46,9 +46,9 @@ from tools.inferences.tracker import empty_frames, physics_from_dataset, track_a
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_path, atomic_write_text
 from utils.logging import setup_logger
-from utils.run_lock import run_lock
 from utils.metrics import copy_last_baseline, linear_baseline, psnr_per_frame, ssim_per_frame
 from utils.registry import DATASETS, INFER_ENGINE
+from utils.run_lock import run_lock
 from utils.test_list import parse_test_list
 from utils.video_io import side_by_side, to_uint8, write_video
 

@@ -13,8 +13,8 @@ from utils.checkpoint import embedder_weights_for
 from utils.config import ConfigError, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import get_logger, setup_logger
-from utils.run_lock import run_lock
 from utils.registry import INFER_ENGINE
+from utils.run_lock import run_lock
 from utils.test_list import (KINDS, TestItem, failure_reasons, fingerprint, merge_results, parse_test_list,
                              run_test_list)
 from utils.video_io import side_by_side, to_uint8

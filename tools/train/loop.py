@@ -31,8 +31,8 @@ from utils.checkpoint import (CheckpointError, clean_checkpoint_dir, compare_sta
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import ScalarLog, setup_logger
-from utils.run_lock import run_lock
 from utils.registry import BACKEND
+from utils.run_lock import run_lock
 
 
 #: loop settings every training engine has, with their defaults (an engine may override them)
