@@ -58,10 +58,6 @@ def launch(cfg, body: Callable[..., int]) -> int:
     _, _, local_rank = du.env_rank()
     backend = BACKEND.build(cfg.backend, "backend", local_rank=local_rank)
     rank, world = du.init_distributed(backend.dist_backend, cfg.dist_timeout)
-    if backend.parallel_mode(world) == "fsdp" and not du.is_dist():
-        raise ConfigError("backend.parallel=fsdp shards the model over several processes, and this is one: start "
-                          "it with torchrun --nproc_per_node N (N >= 2), or set backend.parallel=none (or auto) "
-                          "for one process")
     out_dir = run_dir(cfg)
     try:
         with run_lock(out_dir, "training", rank=rank):  # before anything is written: the run owns its dir

@@ -245,6 +245,10 @@ def check_resume(ckpt: Dict[str, Any], model: torch.nn.Module, config_yaml: str,
 def train_next_clip(cfg) -> int:
     """Generic next-clip diffusion training: AdamW, EMA, bf16 autocast, DDP, exact resume."""
     validate(cfg)
+    if (cfg.backend or {}).get("parallel") == "fsdp" and du.env_rank()[1] < 2:  # before anything is written
+        raise ConfigError("backend.parallel=fsdp shards the model over several processes, and this is one: start "
+                          "it with torchrun --nproc_per_node N (N >= 2), or set backend.parallel=none (or auto) "
+                          "for one process")
     return loop.launch(cfg, _train)
 
 
