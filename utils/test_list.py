@@ -283,6 +283,28 @@ def _run_item(item: TestItem, produce_fn: Callable, outputs: List[str], fps: flo
     return rec, stop
 
 
+def _record(log, rec: dict, out_dir: str, known: Dict[int, dict], rank: int, world_size: int, failing: bool) -> None:
+    """Append ``rec`` to this rank's log and rewrite ``results.jsonl``: two independent writes, so that on
+    a full disk (``failing``: the item's own write hit it; errors are then not raised again) the small
+    atomic rewrite still records the failure when the append cannot (the failed output's file is gone)."""
+    def append() -> None:
+        log.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        log.flush()
+
+    def rewrite() -> None:
+        if world_size == 1:
+            _write_results(out_dir, known)
+        elif rank == 0:
+            merge_results(out_dir)
+
+    for write in (append, rewrite):
+        try:
+            write()
+        except OSError:
+            if not failing:
+                raise
+
+
 def run_test_list(items: List[TestItem], out_dir: str, produce_fn: Callable, fps: float = 8,
                   overwrite: bool = False, save_gif: bool = False, save_grid: bool = False,
                   rank: int = 0, world_size: int = 1, progress: bool = True,
@@ -326,16 +348,7 @@ def run_test_list(items: List[TestItem], out_dir: str, produce_fn: Callable, fps
             if rec["status"] == "error":
                 summary["reasons"][item.index] = rec["error"]
             known[item.index] = rec
-            try:
-                log.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-                log.flush()
-                if world_size == 1:
-                    _write_results(out_dir, known)
-                elif rank == 0:
-                    merge_results(out_dir)
-            except OSError:
-                if stop is None:
-                    raise
+            _record(log, rec, out_dir, known, rank, world_size, failing=stop is not None)
             if stop is not None:  # every following write would fail too
                 raise stop
     if world_size == 1:

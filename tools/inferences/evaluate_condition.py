@@ -34,6 +34,7 @@ from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import setup_logger
 from utils.registry import DATASETS, INFER_ENGINE
+from utils.run_lock import run_lock
 from utils.video_io import to_uint8, write_grid, write_video
 
 COND_KEYS = ("label", "caption")
@@ -219,47 +220,48 @@ def evaluate_condition(cfg) -> int:
     conditioned = conditioned_attributes(cfg.cond_key, cfg.dataset.get("label_mode"), bool(cfg.dataset.get("speeds")))
     names = method_names(cfg.guide_scales)
     out_dir = run_dir(cfg)
-    log = setup_logger(out_dir)
-    atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
-    predictor = Predictor(cfg)
-    clip = build_clip(cfg, predictor.device)
+    with run_lock(out_dir, "evaluation"):  # the run owns its directory until it ends
+        log = setup_logger(out_dir)
+        atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
+        predictor = Predictor(cfg)
+        clip = build_clip(cfg, predictor.device)
 
-    records, failures = [], []
-    for n, i in enumerate(range(int(lo), int(hi))):
-        try:
-            rec, rows = _score_item(predictor, ds, settings, i, int(cfg.seed) + i, cfg, names, clip)
-            if n < cfg.save_videos:
-                _write_grid_video(out_dir, n, rows, cfg.fps)
-        except Exception as e:  # a bad item is reported and the evaluation goes on
-            failures.append({"index": i, "error": f"{type(e).__name__}: {e}"})
-            log.warning("skipped item %d: %s", i, e)
-            continue
-        records.append(rec)
-        log.info("item %d (%s): %s", i, rec["condition"],
-                 ", ".join(f"{m} {sum(c.values())}/{len(c)}" for m, c in rec["correct"].items()))
+        records, failures = [], []
+        for n, i in enumerate(range(int(lo), int(hi))):
+            try:
+                rec, rows = _score_item(predictor, ds, settings, i, int(cfg.seed) + i, cfg, names, clip)
+                if n < cfg.save_videos:
+                    _write_grid_video(out_dir, n, rows, cfg.fps)
+            except Exception as e:  # a bad item is reported and the evaluation goes on
+                failures.append({"index": i, "error": f"{type(e).__name__}: {e}"})
+                log.warning("skipped item %d: %s", i, e)
+                continue
+            records.append(rec)
+            log.info("item %d (%s): %s", i, rec["condition"],
+                     ", ".join(f"{m} {sum(c.values())}/{len(c)}" for m, c in rec["correct"].items()))
 
-    methods = {m: summarize(records, m, conditioned) for m in names + ["ground_truth"]}
-    generation = {m: summarize_values([r["generation"][m] for r in records])
-                  for m in ["ground_truth"] + names} if records else {}
-    result = {"methods": methods, "generation": generation,
-              "settings": {"cond_key": cfg.cond_key, "conditioned_attributes": conditioned,
-                           "guide_scales": [float(s) for s in cfg.guide_scales],
-                           "guide_interval": [float(v) for v in cfg.guide_interval], "eval_range": list(cfg.eval_range),
-                           "dataset": dict(cfg.dataset), "test_model": cfg.test_model,
-                           "num_sample_steps": cfg.num_sample_steps, "max_frames": cfg.max_frames,
-                           "seed": cfg.seed},
-              "num_items": len(records), "failures": failures, "seconds": round(time.time() - start, 2),
-              "per_item": records}
-    if records:
-        plot(methods, cfg.guide_scales, conditioned, out_dir / "accuracy_vs_guide.png",
-             f"{cfg.name}: {len(records)} items, condition = {cfg.cond_key}")
-        for m in names + ["ground_truth"]:
-            log.info("%-13s %s  %s", m, "  ".join(f"{a} {v:.3f}" for a, v in methods[m]["accuracy"].items()),
-                     "  ".join(f"{k} {v['mean']:.4f}" for k, v in generation[m].items()))
-    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1, default=str))
-    log.info("wrote %s (%d items, %d failed, %.1f s)", out_dir / "metrics.json", len(records), len(failures),
-             result["seconds"])
-    return 0 if records and not failures else 1
+        methods = {m: summarize(records, m, conditioned) for m in names + ["ground_truth"]}
+        generation = {m: summarize_values([r["generation"][m] for r in records])
+                      for m in ["ground_truth"] + names} if records else {}
+        result = {"methods": methods, "generation": generation,
+                  "settings": {"cond_key": cfg.cond_key, "conditioned_attributes": conditioned,
+                               "guide_scales": [float(s) for s in cfg.guide_scales],
+                               "guide_interval": [float(v) for v in cfg.guide_interval], "eval_range": list(cfg.eval_range),
+                               "dataset": dict(cfg.dataset), "test_model": cfg.test_model,
+                               "num_sample_steps": cfg.num_sample_steps, "max_frames": cfg.max_frames,
+                               "seed": cfg.seed},
+                  "num_items": len(records), "failures": failures, "seconds": round(time.time() - start, 2),
+                  "per_item": records}
+        if records:
+            plot(methods, cfg.guide_scales, conditioned, out_dir / "accuracy_vs_guide.png",
+                 f"{cfg.name}: {len(records)} items, condition = {cfg.cond_key}")
+            for m in names + ["ground_truth"]:
+                log.info("%-13s %s  %s", m, "  ".join(f"{a} {v:.3f}" for a, v in methods[m]["accuracy"].items()),
+                         "  ".join(f"{k} {v['mean']:.4f}" for k, v in generation[m].items()))
+        atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1, default=str))
+        log.info("wrote %s (%d items, %d failed, %.1f s)", out_dir / "metrics.json", len(records), len(failures),
+                 result["seconds"])
+        return 0 if records and not failures else 1
 
 
 evaluate_condition.defaults = DEFAULTS

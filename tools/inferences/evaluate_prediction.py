@@ -61,6 +61,7 @@ from utils.io import atomic_path, atomic_write_text
 from utils.logging import setup_logger
 from utils.metrics import copy_last_baseline, linear_baseline, psnr_per_frame, ssim_per_frame
 from utils.registry import DATASETS, INFER_ENGINE
+from utils.run_lock import run_lock
 from utils.test_list import parse_test_list
 from utils.video_io import side_by_side, to_uint8, write_video
 
@@ -294,78 +295,80 @@ def evaluate_prediction(cfg) -> int:
         raise ConfigError(f"evaluate_prediction needs 1 <= context_frames < max_frames, got {C} and {T}.")
     sources = _sources(cfg)  # the list is read before anything is created
     out_dir = run_dir(cfg)
-    log = setup_logger(out_dir)  # before the Predictor, so its start-up lines are kept
-    atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
-    predictor = Predictor(cfg)
-    if cfg.cond_key is not None and not is_conditional(predictor.embedder):
-        raise ConfigError(f"cond_key={cfg.cond_key!r} but the model is unconditional (embedder "
-                          f"{cfg.embedder.get('type')}); set cond_key=null or use the embedder it was trained with")
-    if cfg.cond_key is None and is_conditional(predictor.embedder):
-        log.warning("a conditional model (embedder %s) predicts with the null condition: set cond_key=caption|label "
-                    "to give it each item's condition", cfg.embedder.get("type"))
+    with run_lock(out_dir, "evaluation"):  # the run owns its directory until it ends
+        log = setup_logger(out_dir)  # before the Predictor, so its start-up lines are kept
+        atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
+        predictor = Predictor(cfg)
+        if cfg.cond_key is not None and not is_conditional(predictor.embedder):
+            raise ConfigError(f"cond_key={cfg.cond_key!r} but the model is unconditional (embedder "
+                              f"{cfg.embedder.get('type')}); set cond_key=null or use the embedder it was trained with")
+        if cfg.cond_key is None and is_conditional(predictor.embedder):
+            log.warning("a conditional model (embedder %s) predicts with the null condition: set "
+                        "cond_key=caption|label "
+                        "to give it each item's condition", cfg.embedder.get("type"))
 
-    settings, physics = scene_settings(cfg)
-    miss = float(cfg.position_miss) * min(predictor.hw)
-    per_video, failures, generation = [], [], []
-    takes = None
-    if cfg.get("variance_perturbation") is not None:  # second takes of the same scenes (physical variance)
-        takes = DATASETS.build({**cfg.dataset, "perturbation": float(cfg.variance_perturbation), "take": 1}, "dataset")
-    motion = {**MOTION_DEFAULTS, **dict(cfg.motion)}
-    for n, (name, seed, load) in enumerate(sources):
-        t0 = time.time()
-        try:
-            truth, cond_value = load(predictor)
-            if truth.shape[1] < T:
-                raise ValueError(f"has {truth.shape[1]} frames, needs max_frames={T}")
-            truth = truth[:, :T]
-            pred = predictor.predict(truth[:, :C], seed, cond_value, T)
-        except Exception as e:  # a bad video is reported and the evaluation goes on
-            failures.append({"input": name, "error": f"{type(e).__name__}: {e}"})
-            log.warning("skipped %s: %s", name, e)
-            continue
-        future = truth[:, C:]
-        preds = {"model": pred[:, C:T], **object_baselines(truth[:, :C], T - C, settings, physics),
-                 **baselines(truth[:, :C], T - C)}
-        truth_objects = detect_objects(to_uint8(future), settings)
-        rec = {"input": name, "seed": seed}
-        for m, p in preds.items():
-            rec[m] = {**score(p, future), **object_scores(to_uint8(p), truth_objects, settings, miss)}
-        gen = {m: generation_scores(torch.cat([truth[:, :C], p], 1), truth, C, motion) for m, p in preds.items()}
-        if takes is not None:
-            gen["variance"] = generation_scores(takes[int(cfg.eval_range[0]) + n]["video"][:, :T], truth, C, motion)
-        generation.append({"input": name, **gen})
-        rec["seconds"] = round(time.time() - t0, 3)
-        per_video.append(rec)
-        if n < cfg.save_videos:
-            panel = side_by_side(truth, pred, *(torch.cat([truth[:, :C], preds[m]], 1)
-                                                for m in ("tracker", "copy_last", "linear")))
-            write_video(out_dir / "videos" / f"{n:04d}.mp4", panel, fps=cfg.fps)
-        log.info("%s: PSNR model %.2f dB, tracker %.2f, empty %.2f; position error model %.2f px, tracker %.2f",
-                 name, _mean(rec["model"]["psnr"]), _mean(rec["tracker"]["psnr"]), _mean(rec["empty"]["psnr"]),
-                 _mean(rec["model"]["position_error"]), _mean(rec["tracker"]["position_error"]))
+        settings, physics = scene_settings(cfg)
+        miss = float(cfg.position_miss) * min(predictor.hw)
+        per_video, failures, generation = [], [], []
+        takes = None
+        if cfg.get("variance_perturbation") is not None:  # second takes of the same scenes (physical variance)
+            takes = DATASETS.build({**cfg.dataset, "perturbation": float(cfg.variance_perturbation), "take": 1}, "dataset")
+        motion = {**MOTION_DEFAULTS, **dict(cfg.motion)}
+        for n, (name, seed, load) in enumerate(sources):
+            t0 = time.time()
+            try:
+                truth, cond_value = load(predictor)
+                if truth.shape[1] < T:
+                    raise ValueError(f"has {truth.shape[1]} frames, needs max_frames={T}")
+                truth = truth[:, :T]
+                pred = predictor.predict(truth[:, :C], seed, cond_value, T)
+            except Exception as e:  # a bad video is reported and the evaluation goes on
+                failures.append({"input": name, "error": f"{type(e).__name__}: {e}"})
+                log.warning("skipped %s: %s", name, e)
+                continue
+            future = truth[:, C:]
+            preds = {"model": pred[:, C:T], **object_baselines(truth[:, :C], T - C, settings, physics),
+                     **baselines(truth[:, :C], T - C)}
+            truth_objects = detect_objects(to_uint8(future), settings)
+            rec = {"input": name, "seed": seed}
+            for m, p in preds.items():
+                rec[m] = {**score(p, future), **object_scores(to_uint8(p), truth_objects, settings, miss)}
+            gen = {m: generation_scores(torch.cat([truth[:, :C], p], 1), truth, C, motion) for m, p in preds.items()}
+            if takes is not None:
+                gen["variance"] = generation_scores(takes[int(cfg.eval_range[0]) + n]["video"][:, :T], truth, C, motion)
+            generation.append({"input": name, **gen})
+            rec["seconds"] = round(time.time() - t0, 3)
+            per_video.append(rec)
+            if n < cfg.save_videos:
+                panel = side_by_side(truth, pred, *(torch.cat([truth[:, :C], preds[m]], 1)
+                                                    for m in ("tracker", "copy_last", "linear")))
+                write_video(out_dir / "videos" / f"{n:04d}.mp4", panel, fps=cfg.fps)
+            log.info("%s: PSNR model %.2f dB, tracker %.2f, empty %.2f; position error model %.2f px, tracker %.2f",
+                     name, _mean(rec["model"]["psnr"]), _mean(rec["tracker"]["psnr"]), _mean(rec["empty"]["psnr"]),
+                     _mean(rec["model"]["position_error"]), _mean(rec["tracker"]["position_error"]))
 
-    result = {"context_frames": C, "predicted_frames": T - C, "num_videos": len(per_video),
-              "window": predictor.window, "failures": failures, "per_video": _finite(per_video)}
-    if per_video:
-        result.update(summarize_methods(per_video, horizons(cfg)))
-        result["mean"] = summarize(per_video)
-        title = f"{cfg.name}: {len(per_video)} videos, C={C}"
-        plot(result["mean"], out_dir / "psnr_ssim.png", title)
-        plot_methods(result["methods"], out_dir / "metrics.png", title)
-        result["generation"] = summarize_generation(generation)
-        per_method = {m: [g[m] for g in generation] for m in generation[0] if m != "input"}
-        plot_distributions(per_method, out_dir / "generation.png", title)
-        for m, ms in result["generation"]["methods"].items():
-            log.info("%-9s %s  Physics-IQ %s", m, "  ".join(f"{k} {v['mean']:.4f}" for k, v in ms.items()),
-                     _fmt(result["generation"].get("physics_iq", {}).get(m)))
-        for h, per in result["horizons"].items():
-            for m in METHODS:
-                log.info("first %3s frames %-9s PSNR %.2f dB  SSIM %.4f  position error %s px  count accuracy %.3f",
-                         h, m, per[m]["psnr"], per[m]["ssim"], _fmt(per[m]["position_error"]),
-                         per[m]["count_accuracy"])
-    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1, allow_nan=False))
-    log.info("wrote %s (%d videos, %d failed)", out_dir / "metrics.json", len(per_video), len(failures))
-    return 0 if per_video and not failures else 1
+        result = {"context_frames": C, "predicted_frames": T - C, "num_videos": len(per_video),
+                  "window": predictor.window, "failures": failures, "per_video": _finite(per_video)}
+        if per_video:
+            result.update(summarize_methods(per_video, horizons(cfg)))
+            result["mean"] = summarize(per_video)
+            title = f"{cfg.name}: {len(per_video)} videos, C={C}"
+            plot(result["mean"], out_dir / "psnr_ssim.png", title)
+            plot_methods(result["methods"], out_dir / "metrics.png", title)
+            result["generation"] = summarize_generation(generation)
+            per_method = {m: [g[m] for g in generation] for m in generation[0] if m != "input"}
+            plot_distributions(per_method, out_dir / "generation.png", title)
+            for m, ms in result["generation"]["methods"].items():
+                log.info("%-9s %s  Physics-IQ %s", m, "  ".join(f"{k} {v['mean']:.4f}" for k, v in ms.items()),
+                         _fmt(result["generation"].get("physics_iq", {}).get(m)))
+            for h, per in result["horizons"].items():
+                for m in METHODS:
+                    log.info("first %3s frames %-9s PSNR %.2f dB  SSIM %.4f  position error %s px  count accuracy %.3f",
+                             h, m, per[m]["psnr"], per[m]["ssim"], _fmt(per[m]["position_error"]),
+                             per[m]["count_accuracy"])
+        atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1, allow_nan=False))
+        log.info("wrote %s (%d videos, %d failed)", out_dir / "metrics.json", len(per_video), len(failures))
+        return 0 if per_video and not failures else 1
 
 
 def summarize_generation(generation: List[Dict]) -> Dict:

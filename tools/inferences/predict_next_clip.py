@@ -14,6 +14,7 @@ from utils.config import ConfigError, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import get_logger, setup_logger
 from utils.registry import INFER_ENGINE
+from utils.run_lock import run_lock
 from utils.test_list import (KINDS, TestItem, failure_reasons, fingerprint, merge_results, parse_test_list,
                              run_test_list)
 from utils.video_io import side_by_side, to_uint8
@@ -29,12 +30,13 @@ DEFAULTS = dict(
     save_grid=False,
     overwrite=False,
     progress=True,
+    dist_timeout=600.0,      # seconds a collective waits for a silent rank (torchrun) before the run stops
 )
 
 #: settings that do not change an item's output (left out of the skip fingerprint);
 #: which files are written is checked separately, and item identity (line, seed, round) too
 NOT_IN_FINGERPRINT = ("log_dir", "name", "overwrite", "progress", "save_gif", "save_grid", "test_list_path",
-                      "round")
+                      "round", "dist_timeout")
 
 
 def validate(cfg) -> None:
@@ -54,6 +56,10 @@ def validate(cfg) -> None:
     if not isinstance(cfg.get("save_prediction", False), bool):
         raise ConfigError(f"save_prediction={cfg.get('save_prediction')!r} must be true or false (video inputs: also "
                           f"write the prediction alone as <name>.prediction.mp4)")
+    t = cfg.get("dist_timeout")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0 or t == float("inf"):
+        raise ConfigError(f"dist_timeout={t!r} is not allowed: it must be a number of seconds > 0 (how long a "
+                          f"collective waits for a silent rank under torchrun); set e.g. 'dist_timeout=600'")
     validate_rollout(cfg)
 
 
@@ -73,15 +79,18 @@ def predict_next_clip(cfg) -> int:
     # the list is read before anything is created: a bad list leaves no run directory behind
     items = parse_test_list(list_path, kind=cfg.test_list_kind, rounds=cfg.round, base_seed=cfg.seed)
     out_dir = Path(cfg.log_dir) / list_path.stem
-    setup_logger(out_dir, rank)  # before the Predictor, so its start-up lines are kept
-    if rank == 0:
-        atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
-    predictor = Predictor(cfg, local_rank)
-    rank, world = du.init_distributed(predictor.backend.dist_backend)
-    try:
-        return _predict(cfg, predictor, items, out_dir, rank, world)
-    finally:
-        du.cleanup()
+    with run_lock(out_dir, "inference", rank=rank):  # the run owns its directory until it ends
+        setup_logger(out_dir, rank)  # before the Predictor, so its start-up lines are kept
+        if rank == 0:
+            atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
+        predictor = Predictor(cfg, local_rank)
+        timeout = float(cfg.dist_timeout)
+        rank, world = du.init_distributed(predictor.backend.dist_backend, timeout)
+        try:  # a rank that dies or stops makes the others stop after dist_timeout, naming it
+            with du.collective_guard(timeout, probe_timeout_s=min(10.0, max(2.0, timeout))):
+                return _predict(cfg, predictor, items, out_dir, rank, world)
+        finally:
+            du.cleanup()
 
 
 def output_fingerprint(cfg) -> str:

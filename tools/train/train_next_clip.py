@@ -188,6 +188,13 @@ def validate(cfg) -> None:
     _require(v in WINDOW_STARTS, "window_start", v, f"choose one of {', '.join(WINDOW_STARTS)}",
              "e.g. window_start=random (train on windows that start anywhere in longer items)")
     _validate_clip_sampling(g("clip_sampling", DEFAULTS["clip_sampling"]))
+    loop.validate_data_shape(cfg, _patch_size(cfg))
+
+
+def _patch_size(cfg) -> int:
+    """The model's patch size on the latents, when the config sets it (1 otherwise: not checked)."""
+    p = (cfg.get("model") or {}).get("patch_size", 1)
+    return p if _is_int(p) and p >= 1 else 1
 
 
 def _validate_clip_sampling(cs: Any) -> None:
@@ -239,6 +246,10 @@ def check_resume(ckpt: Dict[str, Any], model: torch.nn.Module, config_yaml: str,
 def train_next_clip(cfg) -> int:
     """Generic next-clip diffusion training: AdamW, EMA, bf16 autocast, DDP, exact resume."""
     validate(cfg)
+    if (cfg.backend or {}).get("parallel") == "fsdp" and du.env_rank()[1] < 2:  # before anything is written
+        raise ConfigError("backend.parallel=fsdp shards the model over several processes, and this is one: start "
+                          "it with torchrun --nproc_per_node N (N >= 2), or set backend.parallel=none (or auto) "
+                          "for one process")
     return loop.launch(cfg, _train)
 
 
@@ -280,6 +291,17 @@ def _check_cond_key(cfg, embedder, log) -> None:
     if cfg.cond_key and not is_conditional(embedder):
         log.warning("cond_key=%r is ignored: the embedder %s takes no condition (the model is unconditional)",
                     cfg.cond_key, cfg.embedder.get("type"))
+
+
+def _check_label_count(cfg, dataset, embedder) -> None:
+    """ConfigError at start (not on the first batch that meets it) when a labelled dataset has more
+    labels than the class embedder has classes."""
+    n, k = getattr(dataset, "num_classes", None), getattr(embedder, "num_classes", None)
+    if cfg.cond_key == "label" and _is_int(n) and _is_int(k) and n > k:
+        names = list(getattr(dataset, "classes", []))
+        raise ConfigError(f"embedder.num_classes={k} but the dataset {cfg.dataset.get('type')} has {n} labels "
+                          f"({', '.join(map(str, names[:8]))}{', ...' if n > 8 else ''}): labels {k}..{n - 1} have "
+                          f"no class; set embedder.num_classes={n}")
 
 
 def _use_cached_text_features(dataset, embedder, log) -> None:
@@ -330,11 +352,13 @@ def _build(run: Run) -> None:
     run.dataset = _build_dataset(cfg)
     run.embedder = embedder = EMBEDDER.build(cfg.embedder, "embedder").to(device)
     _check_cond_key(cfg, embedder, log)
+    _check_label_count(cfg, run.dataset, embedder)
     _use_cached_text_features(run.dataset, embedder, log)
     # fsdp + meta_init: the model's parameters on the meta device
     stack = build_stack(cfg, embedder=embedder, model_context=backend.init_context(run.world))
     run.autoencoder, model, run.diffusion = stack.autoencoder.to(device).eval(), stack.model, stack.diffusion
     check_autoencoder_frames(run.autoencoder, cfg.max_frames, run.dataset)
+    loop.check_data_shape(cfg, run.autoencoder, _patch_size(cfg))
     model.set_attention(*backend.attention_kernel(training=True))
     if cfg.pretrain:
         PRETRAIN.build(cfg.pretrain, "pretrain", model=model)
