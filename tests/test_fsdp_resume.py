@@ -9,7 +9,6 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from utils.checkpoint import read_checkpoint
 from utils.cli import main
 from utils.config import load_config
 from utils.registry import EMBEDDER, ENGINE, MODEL
+from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = """
@@ -51,12 +51,6 @@ REL = 1e-4  # gloo reduction order vs one process summing the same gradients
 STEP4 = pathlib.Path("tiny") / "checkpoints" / "step_00000004"
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(cfg, log_dir, nproc: int, *extra) -> None:

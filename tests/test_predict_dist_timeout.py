@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from ports import free_port
 from utils.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -45,12 +45,6 @@ window: 4
 num_sample_steps: 1
 progress: false
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_cfg(tmp_path, ae="StopsOnRank1"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ import pytest
 
 from utils.checkpoint import save_weights
 from utils.registry import MODEL
+from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL_CFG = {"type": "NextClipTransformer", "preset": "tiny", "in_channels": 3, "patch_size": 4, "rope": "3d"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def status_of(url: str) -> int:
@@ -48,7 +42,7 @@ def served(tmp_path_factory):
                    f"backend: {{type: cpu, precision: fp32, attention: sdpa}}\ntest_model: {weights}\n"
                    f"resolution: [16, 16]\ncontext_frames: 2\nmax_frames: 6\nclip_len: 2\nwindow: 6\n"
                    f"num_sample_steps: 1\n")
-    port = free_port()
+    port = int(free_port())
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
     proc = subprocess.Popen([sys.executable, "app.py", "--cfg", str(cfg), "--port", str(port), "log_dir",
                              str(tmp / "out")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
