@@ -36,6 +36,7 @@ import torch
 
 from tools.autoencoders.base import latent_frames, valid_frames
 from tools.diffusions.gaussian import timestep_input
+from tools.embedders.conditioning import video_conditions
 from tools.inferences.predict_next_clip import _predict
 from tools.pretrain.model_config import merged_model_config, model_folder, with_folder_files
 from utils import distributed as du
@@ -48,8 +49,6 @@ from utils.test_list import parse_test_list
 from utils.video_io import read_image, resize_crop, to_tensor, to_uint8
 
 logger = get_logger()
-
-CONDITIONS = ("y", "image", "local_image", "fps")
 
 DEFAULTS: dict[str, Any] = dict(
     copy.deepcopy(DEFAULT_COMPONENTS),
@@ -128,7 +127,10 @@ class VideoGenerator:
         self.model.set_attention(*self.backend.attention_kernel())
         self.model.to(self.device).eval().requires_grad_(False)
         self.diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")
-        self.conditions = tuple(getattr(self.model, "conditions", ("y",)))
+        try:
+            self.conditions = video_conditions(self.model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.check()
 
     def _frozen(self, registry, key, comp, folder):
@@ -136,10 +138,6 @@ class VideoGenerator:
 
     def check(self) -> None:
         cfg, ae, model = self.cfg, self.autoencoder, self.model
-        unknown = [c for c in self.conditions if c not in CONDITIONS]
-        if unknown:
-            raise ConfigError(f"model {cfg.model['type']} asks for conditions {unknown}; this engine gives "
-                              f"{list(CONDITIONS)}")
         if "image" in self.conditions and self.image_embedder is None:
             raise ConfigError(f"model {cfg.model['type']} takes an image embedding: set image_embedder (e.g. "
                               f"{{type: OpenCLIPImage, arch: ViT-H-14}})")
