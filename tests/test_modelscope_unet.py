@@ -116,6 +116,24 @@ def test_model_config_comes_from_the_folder():
 
 
 @pytest.mark.slow
+def test_a_repo_id_in_the_modelscope_cache_is_the_folder(model, cases, tmp_path, monkeypatch):
+    from tools.pretrain.model_config import model_folder
+
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    (tmp_path / "models" / "damo").mkdir(parents=True)
+    (tmp_path / "models" / "damo" / "text-to-video-synthesis").symlink_to(FIXTURE)
+    cfg = load_config(CONFIG, ["test_model=damo/text-to-video-synthesis"], registry=INFER_ENGINE)
+    folder = model_folder(cfg)
+    assert pathlib.Path(folder).resolve() == FIXTURE.resolve()
+    cached = build_video_model(cfg, folder).eval()
+    assert torch.equal(forward(cached, cases, "b"), forward(model, cases, "b"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(CheckpointError, match="modelscope download --model damo/text-to-video-synthesis"):
+        msc.unet_file("damo/text-to-video-synthesis")
+
+
+@pytest.mark.slow
 def test_vgen_wrapping_and_safetensors_load_the_same(model, cases, tmp_path):
     sd = torch.load(FIXTURE / "text2video_pytorch_model.pth", weights_only=True)
     torch.save({"state_dict": sd, "step": 123}, tmp_path / "wrapped.pth")
