@@ -96,3 +96,51 @@ def test_wrong_embedder_width_is_one_config_error(tmp_path, capsys):
 def test_bad_settings_fail_in_one_line(tmp_path, capsys, bad, what):
     assert run(tmp_path, bad) == 2
     assert what in capsys.readouterr().err
+
+
+TINY_TEXT_MODULE = '''
+import torch
+from utils.registry import EMBEDDER
+
+
+@EMBEDDER.register_class()
+class SubprocessTinyText(torch.nn.Module):
+    """77 tokens of width 1024 per caption, a fixed function of the caption."""
+
+    def __init__(self):
+        super().__init__()
+        self.dim, self.num_tokens = 1024, 77
+
+    def forward(self, values):
+        rows = [torch.randn(77, 1024, generator=torch.Generator().manual_seed(len(v or ""))) for v in values]
+        return torch.stack(rows), torch.ones(len(values), 77, dtype=torch.bool)
+
+    def null(self, n):
+        return self([""] * n)
+'''
+
+
+@pytest.mark.slow
+def test_inference_py_two_ranks_shard_the_prompts(tmp_path):
+    """`torchrun --nproc_per_node 2 inference.py --cfg <yaml on t2v_infer.yaml> test_model=<fixture>`: the items are
+    split over the ranks, every prompt gets its mp4 and the merged results.jsonl lists all of them."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "tiny_text.py").write_text(TINY_TEXT_MODULE)
+    (tmp_path / "t2v.yaml").write_text(f"_BASE: {CONFIG}\ncustom_imports: [{tmp_path / 'tiny_text.py'}]\n"
+                                       f"embedder: {{_delete_: true, type: SubprocessTinyText}}\n")
+    (tmp_path / "prompts.txt").write_text("one\ntwo\nthree\n")
+    args = ["inference.py", "--cfg", str(tmp_path / "t2v.yaml"), f"test_model={FIXTURE}",
+            f"test_list_path={tmp_path / 'prompts.txt'}", f"log_dir={tmp_path / 'out'}", "resolution=[16,16]",
+            "max_frames=2", "ddim_timesteps=1", "backend.type=cpu", "backend.precision=fp32", "progress=false"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29634", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    out = tmp_path / "out" / "prompts"
+    assert len(list(out.glob("*.mp4"))) == 3
+    assert (out / "results.rank0.jsonl").is_file() and (out / "results.rank1.jsonl").is_file()
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in recs] == ["ok"] * 3 and "3 items: 3 ok" in p.stdout + p.stderr
