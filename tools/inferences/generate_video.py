@@ -12,8 +12,8 @@ attribute ``conditions`` lists the inputs it takes besides x and t:
 
 Classifier-free guidance acts on the model output: ``u + guide_scale * (c - u)``, where the unconditional call
 gets the embedder's tokens of ``negative_prompt`` ("" by default, VGen's null context), the image embedder's
-``null`` (a black image) and the same first-frame latent and fps. Sampling is the configured DIFFUSION's
-``sample`` (GaussianDiffusion: DDIM with ``ddim_timesteps`` steps and ``ddim_eta``).
+``null`` (zeros, VGen's unconditional image feature) and the same first-frame latent and fps. Sampling is the
+configured DIFFUSION's ``sample`` (GaussianDiffusion: DDIM with ``ddim_timesteps`` steps and ``ddim_eta``).
 
 Weights: ``test_model`` is a model folder read by the ``pretrain`` loader (e.g. ModelScopeCheckpoint on
 ``damo/text-to-video-synthesis``), or a NextClip ``.safetensors`` checkpoint of a ``train_video`` run. The folder's
