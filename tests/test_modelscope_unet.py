@@ -104,6 +104,18 @@ def test_converter_mutation_fails_parity(model, cases, monkeypatch):
     assert (forward(mutant, cases, "a") - cases["a.out"]).abs().max() > 1e-2
 
 
+def test_converter_maps_every_key_onto_the_diffusers_layout(model):
+    sd = torch.load(FIXTURE / "text2video_pytorch_model.pth", weights_only=True)
+    converted, left = msc.convert_unet_keys(sd, 2, 1, [True, True])
+    own = model.unet.state_dict()
+    assert left == [] and len(converted) == len(sd) == 622
+    assert set(converted) == set(own)
+    assert all(converted[k].shape == own[k].shape for k in own)
+    blocks = msc.block_prefixes(2, 1, [True, True])
+    assert blocks["input_blocks.1.0."] == ("down_blocks.0.|0", "res") and blocks["input_blocks.2.op."][1] == "down"
+    assert blocks["output_blocks.1.3."] == ("up_blocks.0.upsamplers.0.", "up")  # after res, spatial, temporal
+
+
 def test_model_config_comes_from_the_folder():
     cfg = msc.model_config(str(FIXTURE))
     assert cfg["dim"] == 32 and cfg["dim_mult"] == [1, 2] and cfg["num_res_blocks"] == 1 and cfg["head_dim"] == 16
