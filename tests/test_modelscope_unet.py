@@ -116,6 +116,27 @@ def test_converter_maps_every_key_onto_the_diffusers_layout(model):
     assert blocks["output_blocks.1.3."] == ("up_blocks.0.upsamplers.0.", "up")  # after res, spatial, temporal
 
 
+@pytest.mark.slow
+def test_grad_checkpointing_changes_no_number_and_no_key():
+    cfg = dict(msc.model_config(str(FIXTURE)), dropout=0.0)
+    results = []
+    for ckpt in (False, True):
+        m = build_video_model(user_config(*(["+model.grad_checkpointing=true"] if ckpt else [])), str(FIXTURE))
+        assert m.grad_checkpointing is ckpt and m.config["dim"] == cfg["dim"]
+        torch.manual_seed(0)
+        x, y = torch.randn(1, 4, 4, 16, 16), torch.randn(1, 77, 1024)
+        m.train()
+        for mod in m.modules():  # no dropout: the two runs must agree exactly
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        out = m(x, torch.tensor([500]), y)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad for p in m.parameters()], list(m.state_dict())))
+    (o0, g0, k0), (o1, g1, k1) = results
+    assert torch.equal(o0, o1) and k0 == k1
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g0, g1))
+
+
 def test_model_config_comes_from_the_folder():
     cfg = msc.model_config(str(FIXTURE))
     assert cfg["dim"] == 32 and cfg["dim_mult"] == [1, 2] and cfg["num_res_blocks"] == 1 and cfg["head_dim"] == 16
