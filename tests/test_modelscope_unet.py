@@ -172,9 +172,12 @@ def test_vgen_wrapping_and_safetensors_load_the_same(model, cases, tmp_path):
     torch.save({"state_dict": sd, "step": 123}, tmp_path / "wrapped.pth")
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "unet.safetensors"))
     want = forward(model, cases, "b")
+    cfg = user_config()
+    other = build_video_model(cfg, cfg.test_model).eval()
     for f in ("wrapped.pth", "unet.safetensors"):
-        cfg = user_config()
-        other = build_video_model(cfg, cfg.test_model).eval()
+        with torch.no_grad():
+            for p in other.parameters():
+                p.zero_()
         PRETRAIN.build({"type": "ModelScopeCheckpoint", "path": str(tmp_path / f)}, "pretrain", model=other)
         assert torch.equal(forward(other, cases, "b"), want), f
 
