@@ -8,7 +8,6 @@ import torch
 
 from utils.config import ConfigError
 
-
 #: what a whole-video model may take besides x and t (tools/inferences/generate_video.py gives them)
 VIDEO_CONDITIONS = ("y", "image", "local_image", "fps")
 

@@ -183,7 +183,7 @@ def build_meta_video_model(cfg):
         return MODEL.build(model_cfg, "model")
 
 
-def video_activations(model, batch: int, frames: int, height: int, width: int, c: int) -> Tuple[float, float, float]:
+def video_activations(model, batch: int, frames: int, height: int, width: int, c: int) -> tuple[float, float, float]:
     """(bytes kept for backward, bytes of the largest activation, forward FLOPs) of one training forward on
     the meta device. Kept: the outputs of every leaf module in the compute dtype (``c`` bytes): norm, conv, linear
     and activation outputs (attention runs in blockwise kernels, no scores are stored). With the model's
@@ -232,7 +232,7 @@ def video_activations(model, batch: int, frames: int, height: int, width: int, c
     return total * c, largest[0] * c, float(counter.get_total_flops())
 
 
-def video_plan(cfg, model, parallel: str, world: int, precision: str) -> Tuple[Plan, float]:
+def video_plan(cfg, model, parallel: str, world: int, precision: str) -> tuple[Plan, float]:
     """(per-rank memory plan, forward FLOPs per micro-batch) of training ``model`` with ``cfg``
     (``max_frames`` at the dataset resolution through the autoencoder's factors)."""
     res = (cfg.get("dataset") or {}).get("resolution", 256)
