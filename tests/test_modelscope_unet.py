@@ -254,3 +254,23 @@ def test_vae_pickle_that_runs_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refused"):
         AutoencoderKL(path=str(tmp_path / "VQGAN_autoencoder.pth"), variant="sd")
     assert not _RunsCode.marker.exists()
+
+
+def test_timestep_input_is_a_class_attribute_read_in_one_place(model):
+    class Unit(torch.nn.Module):
+        pass
+
+    class Wrapped(torch.nn.Module):  # like DDP: the model under .module
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+    assert timestep_input(model) == "index" and timestep_input(Wrapped(model)) == "index"
+    assert timestep_input(Unit()) == "unit"  # absent: the project's 1 - k / T
+    Unit.timestep_input = "seconds"
+    with pytest.raises(ValueError, match="timestep_input='seconds'"):
+        timestep_input(Unit())
+    seen = []
+    g = GaussianDiffusion(num_timesteps=10, history_noise=None)
+    g.video_losses(lambda x, t: seen.append(t) or x, torch.zeros(2, 1, 1, 2, 2), torch.Generator().manual_seed(0))
+    assert seen[0].dtype.is_floating_point and ((seen[0] > 0) & (seen[0] <= 1)).all()  # unit time for a plain fn
