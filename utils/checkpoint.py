@@ -445,10 +445,18 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(
-            f"{path}: cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: {e}). "
-            f"NextClip never unpickles arbitrary objects; convert the file to safetensors."
-        ) from e
+            f"{path}: refused: cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: "
+            f"{unpickling_reason(e)}). NextClip never unpickles arbitrary objects (they can run code); convert the "
+            f"file to safetensors on a trusted machine."
+        ) from None
     return unwrap_state_dict(obj, path)
+
+
+def unpickling_reason(err: BaseException) -> str:
+    """The line of a ``weights_only`` load error that names the refused object (one line, for messages)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    hit = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
+    return hit[:240]
 
 
 def unwrap_state_dict(obj: Any, path: Path, keys: Sequence[str] = ("ema", "state_dict", "model", "module")

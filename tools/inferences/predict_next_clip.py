@@ -123,11 +123,16 @@ def _producer(cfg, predictor: Predictor):
     return produce
 
 
-def _predict(cfg, predictor: Predictor, items: List[TestItem], out_dir: Path, rank: int, world: int) -> int:
+def _predict(cfg, predictor: Predictor, items: List[TestItem], out_dir: Path, rank: int, world: int,
+             produce=None) -> int:
+    """Run the list (this rank's share), merge the ranks' results.jsonl, log the totals; the exit code.
+    ``produce(item)``: the engine's per-item function (default: the next-clip rollout); the whole-video
+    engine passes its own."""
     log = get_logger()
     if rank == 0:
         _warn_ignored_conditions(predictor, items, log)
-    summary = run_test_list(items, str(out_dir), _producer(cfg, predictor), fps=cfg.fps, overwrite=cfg.overwrite,
+    produce = produce or _producer(cfg, predictor)
+    summary = run_test_list(items, str(out_dir), produce, fps=cfg.fps, overwrite=cfg.overwrite,
                             save_gif=cfg.save_gif, save_grid=cfg.save_grid, rank=rank, world_size=world,
                             progress=cfg.progress and rank == 0, fingerprint=output_fingerprint(cfg))
     counts = torch.tensor([float(summary[k]) for k in ("ok", "skipped", "failed")], device=predictor.device)

@@ -1,0 +1,51 @@
+"""The model config a pretrained checkpoint fixes, merged under the YAML's ``model`` block (whole-video engines).
+
+A PRETRAIN loader may define ``model_config(path) -> dict``: the constructor kwargs its weights' own config file
+fixes (ModelScope's ``configuration.json``, VGen's ``config.json``). A NextClip ``.safetensors`` checkpoint carries
+the merged config of its run, whose ``model`` block counts the same way. The YAML names the model ``type`` and may
+set other keys; a key set in both must agree.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from utils.checkpoint import checkpoint_config
+from utils.config import ConfigError
+from utils.registry import PRETRAIN
+
+
+def fixed_model_config(pretrain_cfg: dict | None, path: str | None) -> dict[str, Any]:
+    """The kwargs ``path`` fixes: a NextClip checkpoint's stored ``model`` block, else the loader's ``model_config``."""
+    if not path:
+        return {}
+    p = Path(str(path))
+    if p.suffix == ".safetensors" and p.is_file():
+        text = checkpoint_config(p)
+        stored = (yaml.safe_load(text) or {}).get("model") if text else None
+        if isinstance(stored, dict):
+            return {k: v for k, v in stored.items() if k != "type"}
+    loader = PRETRAIN.get(pretrain_cfg["type"]) if pretrain_cfg else None
+    read = getattr(loader, "model_config", None)
+    return dict(read(str(path))) if read is not None else {}
+
+
+def merged_model_config(model_cfg: dict, pretrain_cfg: dict | None, path: str | None) -> dict[str, Any]:
+    """``model_cfg`` with the keys ``path`` fixes filled in; ConfigError when the YAML sets one differently."""
+    out = dict(model_cfg)
+    for key, value in fixed_model_config(pretrain_cfg, path).items():
+        have = out.get(key)
+        if have is not None and have != value and not _same_number_list(have, value):
+            raise ConfigError(f"model.{key}={have!r} but the checkpoint {path} has {key}={value!r}; remove model.{key} "
+                              f"from the config (it follows the checkpoint) or set it to {value!r}")
+        out[key] = value
+    return out
+
+
+def _same_number_list(a, b) -> bool:
+    try:
+        return len(a) == len(b) and all(float(x) == float(y) for x, y in zip(a, b))
+    except TypeError:
+        return False
