@@ -141,6 +141,8 @@ class Latte(nn.Module):
         self.patch_size, self.hidden, self.depth = size["patch_size"], size["hidden"], size["depth"]
         self.learn_sigma, self.cond_dim = bool(learn_sigma), cond_dim
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.conditions = ("y",) if cond_dim is not None else ()  # what the whole-video engines pass besides x, t
+        self.spatial_multiple = self.patch_size  # latent H and W must be multiples of it
         self.dense_fn: Callable = sdpa_dense
         grid = input_size // self.patch_size
 
@@ -176,9 +178,9 @@ class Latte(nn.Module):
         x = x.reshape(x.shape[0], gh, gw, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, gh * p, gw * p)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None, cond_mask: Tensor | None = None) -> Tensor:
-        """x (B, C, F, H, W) noisy latents, t (B,) integer timesteps, cond (B, 1, hidden) the class token
-        (None for unconditional models) -> (B, out_channels, F, H, W)."""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """x (B, C, F, H, W) noisy latents, t (B,) integer timesteps, y (B, 1, hidden) the class token of the
+        EMBEDDER (None for unconditional models) -> (B, out_channels, F, H, W)."""
         B, C, Fr, H, W = x.shape
         p = self.patch_size
         if C != self.in_channels or H % p or W % p:
@@ -189,16 +191,16 @@ class Latte(nn.Module):
             raise ValueError(f"Latte was built for {self.input_size}x{self.input_size} latents and at most "
                              f"{self.num_frames} frames, got {H}x{W} and {Fr} frames; set model.input_size / "
                              f"model.num_frames to the checkpoint's (their fixed tables are stored in it)")
-        if (cond is None) != (self.cond_dim is None):
-            raise ValueError("Latte: cond must be given exactly when the model is class-conditional (cond_dim set); "
-                             f"cond_dim={self.cond_dim}, cond {'None' if cond is None else tuple(cond.shape)}")
+        if (y is None) != (self.cond_dim is None):
+            raise ValueError("Latte: y must be given exactly when the model is class-conditional (cond_dim set); "
+                             f"cond_dim={self.cond_dim}, y {'None' if y is None else tuple(y.shape)}")
         n = gh * gw
 
         # 1. Input: patches of every frame, (B * F, n, D)
         h = self.x_embedder(x).reshape(B * Fr, n, self.hidden) + self.pos_embed
         c = self.t_embedder(t)  # (B, D)
-        if cond is not None:
-            c = c + cond[:, 0].to(c.dtype)
+        if y is not None:
+            c = c + y[:, 0].to(c.dtype)
         c_spatial = c.repeat_interleave(Fr, dim=0)  # (B * F, D)
         c_temporal = c.repeat_interleave(n, dim=0)  # (B * n, D)
 
