@@ -89,7 +89,8 @@ def test_wrong_embedder_width_is_one_config_error(tmp_path, capsys):
     assert "context_dim is 1024" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("bad, what", [("ddim_timesteps=0", "ddim_timesteps"), ("test_list_kind=video", "text or image")])
+@pytest.mark.parametrize("bad, what", [("ddim_timesteps=0", "ddim_timesteps"),
+                                       ("test_list_kind=video", "text or image")])
 def test_bad_settings_fail_in_one_line(tmp_path, capsys, bad, what):
     assert run(tmp_path, bad) == 2
     assert what in capsys.readouterr().err

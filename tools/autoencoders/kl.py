@@ -47,7 +47,7 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 LDM_PREFIXES = ("first_stage_model.", "vae.")  # a VAE inside a whole SD checkpoint
 PICKLES = (".pth", ".pt", ".ckpt")  # read with weights_only=True
-FOLDER_FILES = ("VQGAN_autoencoder.pth",)  # the autoencoder file of a ModelScope model folder
+FOLDER_FILES = ("VQGAN_autoencoder.pth", "v2-1_512-ema-pruned.ckpt")  # a ModelScope / VGen folder's VAE
 
 
 @AUTO_ENCODER.register_class()

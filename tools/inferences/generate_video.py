@@ -43,7 +43,7 @@ from tools.autoencoders.base import latent_frames, valid_frames
 from tools.diffusions.gaussian import timestep_input
 from tools.embedders.conditioning import model_cfg_for
 from tools.inferences.predict_next_clip import _predict
-from tools.pretrain.model_config import merged_model_config
+from tools.pretrain.model_config import merged_model_config, model_folder, with_folder_files
 from utils import distributed as du
 from utils.checkpoint import checkpoint_config, embedder_weights_for, load_weights
 from utils.config import DEFAULT_COMPONENTS, ConfigError, to_yaml
@@ -55,9 +55,6 @@ from utils.video_io import read_image, resize_crop, to_tensor, to_uint8
 
 logger = get_logger()
 
-#: file settings a model folder fills when they are null: (config key, kwarg) -> file name in the folder
-FOLDER_FILES = {("auto_encoder", "path"): "", ("embedder", "pretrained"): "open_clip_pytorch_model.bin",
-                ("image_embedder", "pretrained"): "open_clip_pytorch_model.bin"}
 CONDITIONS = ("y", "image", "local_image", "fps")
 
 DEFAULTS: dict[str, Any] = dict(
@@ -109,22 +106,6 @@ def validate(cfg) -> None:
     tm = cfg.get("test_model")
     if tm and not Path(str(tm)).exists() and not cfg.get("pretrain"):
         raise ConfigError(f"test_model={tm!r} does not exist; give a model folder or a .safetensors checkpoint")
-
-
-def model_folder(cfg) -> str | None:
-    """Where the weights come from: ``test_model``, else ``pretrain.path``."""
-    return cfg.get("test_model") or (cfg.get("pretrain") or {}).get("path")
-
-
-def with_folder_files(key: str, comp: dict | None, folder: str | None) -> dict | None:
-    """``comp`` with its null file settings taken from the model folder (:data:`FOLDER_FILES`)."""
-    if comp is None or folder is None or not Path(str(folder)).is_dir():
-        return comp
-    out = dict(comp)
-    for (k, kwarg), name in FOLDER_FILES.items():
-        if k == key and kwarg in out and out[kwarg] is None:
-            out[kwarg] = str(Path(str(folder)) / name) if name else str(folder)
-    return out
 
 
 def guided(model: Callable, cond: dict, uncond: dict, scale: float, combine: Callable | None = None) -> Callable:

@@ -1,4 +1,5 @@
-"""The model config a pretrained checkpoint fixes, merged under the YAML's ``model`` block (whole-video engines).
+"""The model config a pretrained checkpoint fixes, merged under the YAML's ``model`` block, and the component files
+a model folder provides (the whole-video engines: generate_video, train_video).
 
 A PRETRAIN loader may define ``model_config(path) -> dict``: the constructor kwargs its weights' own config file
 fixes (ModelScope's ``configuration.json``, VGen's ``config.json``). A NextClip ``.safetensors`` checkpoint carries
@@ -15,6 +16,27 @@ import yaml
 from utils.checkpoint import checkpoint_config
 from utils.config import ConfigError
 from utils.registry import PRETRAIN
+
+#: file settings a model folder fills when they are null: (config key, kwarg) -> file name in the folder
+FOLDER_FILES = {("auto_encoder", "path"): "", ("embedder", "pretrained"): "open_clip_pytorch_model.bin",
+                ("image_embedder", "pretrained"): "open_clip_pytorch_model.bin"}
+
+
+def model_folder(cfg) -> str | None:
+    """Where a whole-video run's weights come from: ``test_model`` (inference), else ``pretrain.path``."""
+    return cfg.get("test_model") or (cfg.get("pretrain") or {}).get("path")
+
+
+def with_folder_files(key: str, comp: dict | None, folder: str | None) -> dict | None:
+    """``comp`` (the config of component ``key``) with its null file settings taken from the model folder
+    (:data:`FOLDER_FILES`): ``auto_encoder.path`` = the folder, the embedders' ``pretrained`` = its OpenCLIP file."""
+    if comp is None or folder is None or not Path(str(folder)).is_dir():
+        return comp
+    out = dict(comp)
+    for (k, kwarg), name in FOLDER_FILES.items():
+        if k == key and kwarg in out and out[kwarg] is None:
+            out[kwarg] = str(Path(str(folder)) / name) if name else str(folder)
+    return out
 
 
 def fixed_model_config(pretrain_cfg: dict | None, path: str | None) -> dict[str, Any]:

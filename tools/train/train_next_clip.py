@@ -320,9 +320,16 @@ class Run:
         return self.backend.parallel_mode(self.world)
 
 
-def _build(run: Run) -> None:
+def model_config(cfg, autoencoder, embedder) -> dict[str, Any]:
+    """The next-clip model's config: ``in_channels`` from the autoencoder, ``cond_dim`` from the embedder."""
+    model_cfg = model_cfg_with_channels(cfg.model, autoencoder, cfg.auto_encoder.get("type", ""))
+    return model_cfg_for(model_cfg, embedder, cfg.embedder.get("type", ""))
+
+
+def _build(run: Run, model_config=model_config) -> None:
     """Stage 1: components, the model wrapped for the chosen parallelism (none | ddp | fsdp), its
-    EMA (sharded like it under fsdp), optimizer, LR schedule and loss scaler."""
+    EMA (sharded like it under fsdp), optimizer, LR schedule and loss scaler. ``model_config(cfg,
+    autoencoder, embedder)`` gives the model's config (the whole-video engine passes its own)."""
     cfg, backend, log, device = run.cfg, run.backend, run.log, run.backend.device
     log.info("run %s on %s, %d process(es), parallel %s", run.out_dir, backend.describe(), run.world, run.parallel)
     backend.seed_everything(cfg.seed + run.rank)
@@ -332,9 +339,8 @@ def _build(run: Run) -> None:
     run.embedder = embedder = EMBEDDER.build(cfg.embedder, "embedder").to(device)
     _check_cond_key(cfg, embedder, log)
     _use_cached_text_features(run.dataset, embedder, log)
-    model_cfg = model_cfg_with_channels(cfg.model, run.autoencoder, cfg.auto_encoder.get("type", ""))
     with backend.init_context(run.world):  # fsdp + meta_init: parameters on the meta device
-        model = MODEL.build(model_cfg_for(model_cfg, embedder, cfg.embedder.get("type", "")), "model")
+        model = MODEL.build(model_config(cfg, run.autoencoder, embedder), "model")
     model.set_attention(*backend.attention_kernel(training=True))
     if cfg.pretrain:
         PRETRAIN.build(cfg.pretrain, "pretrain", model=model)
@@ -385,28 +391,36 @@ def _resume(run: Run) -> None:
         log.info("resumed from %s at step %d", ckpt["stem"], run.start)
 
 
-def _step(run: Run, batches, step: int) -> Dict[str, Any]:
+def next_clip_loss(run: Run, batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
+    """One micro-batch's loss dict: latents, clip cuts and conditions outside autocast, the loss inside."""
+    cfg, rank, world, device = run.cfg, run.rank, run.world, run.backend.device
+    cs = cfg.clip_sampling
+    x1 = latents_of(batch, run.autoencoder, cfg.max_frames, device, gen, (rank, world), cfg.window_start)
+    B = x1.shape[0]
+    # global-batch randomness, sliced for this rank
+    clip_lens = sample_clip_lens(x1.shape[2], B * world, cs.mode, cs.clip_len, cs.min_clips,
+                                 cs.max_clips, generator=gen)[rank * B:(rank + 1) * B]
+    cond, cond_mask = build_conditioning(run.embedder, batch, cfg.cond_key, device, cfg.cond_dropout, gen,
+                                         rank, world)
+    with run.backend.autocast():
+        return run.diffusion.training_losses(run.net, x1, clip_lens.to(device), cond=cond,
+                                             cond_mask=cond_mask, generator=gen, rank_slice=(rank, world))
+
+
+def _step(run: Run, batches, step: int, loss_fn=next_clip_loss) -> dict[str, Any]:
     """Stage 3: one optimizer step over ``grad_accum`` micro-batches (gradients reduced across ranks
-    on the last one only), clipping, EMA update. Returns the step's figures and last batch."""
-    cfg, backend, rank, world, device = run.cfg, run.backend, run.rank, run.world, run.backend.device
-    accum, cs = int(cfg.grad_accum), cfg.clip_sampling
+    on the last one only), clipping, EMA update. Returns the step's figures and last batch.
+    ``loss_fn(run, batch, generator)`` computes one micro-batch's loss (the whole-video engine passes its own)."""
+    cfg, backend = run.cfg, run.backend
+    accum = int(cfg.grad_accum)
     run.net.train()
     loss_sum, images, batch = 0.0, 0, None
     for micro in range(accum):
         batch = next(batches)
         images += batch.get("kind") == "image"
         gen = step_generator(cfg.seed, step, micro)
-        x1 = latents_of(batch, run.autoencoder, cfg.max_frames, device, gen, (rank, world), cfg.window_start)
-        B = x1.shape[0]
-        # global-batch randomness, sliced for this rank
-        clip_lens = sample_clip_lens(x1.shape[2], B * world, cs.mode, cs.clip_len, cs.min_clips,
-                                     cs.max_clips, generator=gen)[rank * B:(rank + 1) * B]
-        cond, cond_mask = build_conditioning(run.embedder, batch, cfg.cond_key, device, cfg.cond_dropout, gen,
-                                             rank, world)
         with backend.grad_sync(run.net, micro == accum - 1):
-            with backend.autocast():
-                out = run.diffusion.training_losses(run.net, x1, clip_lens.to(device), cond=cond,
-                                                    cond_mask=cond_mask, generator=gen, rank_slice=(rank, world))
+            out = loss_fn(run, batch, gen)
             run.scaler.scale(out["loss"] / accum).backward()
         loss_sum += float(out["loss"].detach()) / accum
     du.all_reduce_grads(run.embedder)  # DDP / FSDP only reduce the model's gradients
@@ -440,16 +454,18 @@ def _visualise(run: Run, done: int, batch) -> None:
             run.log.info("step %d: wrote %s", done, path)
 
 
-def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
+def _train(cfg, backend, rank, world, out_dir: Path, log, loss_fn=next_clip_loss, model_config=model_config) -> int:
+    """Build, resume, then the step loop with its log, checkpoints and visuals; the engines' shared body
+    (the whole-video engine, tools/train/train_video.py, passes its ``loss_fn`` and ``model_config``)."""
     run = Run(cfg, backend, rank, world, out_dir, log, loop.config_yaml_of(cfg))
-    _build(run)
+    _build(run, model_config)
     _resume(run)
     mixed = isinstance(run.dataset, torch.utils.data.IterableDataset)
     batches = iter(loop.make_loader(cfg, run.dataset, rank, world, run.start))
     steplog = loop.StepLog(cfg, out_dir, rank, run.start)
     accum = int(cfg.grad_accum)
     for step in range(run.start, cfg.num_steps):
-        res = _step(run, batches, step)
+        res = _step(run, batches, step, loss_fn)
         done = step + 1
         lr_now = run.scheduler.get_last_lr()[0]
         record = lambda: {"loss": res["loss"], "lr": lr_now, "grad_norm": res["grad_norm"],  # noqa: E731
