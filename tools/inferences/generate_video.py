@@ -41,15 +41,15 @@ import torch
 
 from tools.autoencoders.base import latent_frames, valid_frames
 from tools.diffusions.gaussian import timestep_input
-from tools.embedders.conditioning import model_cfg_for
+from tools.embedders.conditioning import model_cfg_with_cond_dim
 from tools.inferences.predict_next_clip import _predict
-from tools.pretrain.model_config import merged_model_config, model_folder, with_folder_files
+from tools.pretrain.model_config import merged_model_config, model_folder, run_pretrain, with_folder_files
 from utils import distributed as du
 from utils.checkpoint import checkpoint_config, embedder_weights_for, load_weights
 from utils.config import DEFAULT_COMPONENTS, ConfigError, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import get_logger, setup_logger
-from utils.registry import AUTO_ENCODER, BACKEND, DIFFUSION, EMBEDDER, INFER_ENGINE, MODEL, PRETRAIN, accepted_kwargs
+from utils.registry import AUTO_ENCODER, BACKEND, DIFFUSION, EMBEDDER, INFER_ENGINE, MODEL
 from utils.test_list import parse_test_list
 from utils.video_io import read_image, resize_crop, to_tensor, to_uint8
 
@@ -221,8 +221,8 @@ def build_video_model(cfg, folder: str | None, embedder=None):
     takes ``cond_dim`` gets the embedder's token width (model_cfg_for); a NextClip checkpoint's trained embedder
     weights (beside it) go into ``embedder``, and a ``pretrain`` loader that takes ``embedder`` gets it."""
     model_cfg = merged_model_config(cfg.model, cfg.pretrain, folder)
-    if embedder is not None and "cond_dim" in accepted_kwargs(MODEL.get(model_cfg["type"])):
-        model_cfg = model_cfg_for(model_cfg, embedder, cfg.embedder.get("type", ""))
+    if embedder is not None:
+        model_cfg = model_cfg_with_cond_dim(model_cfg, embedder, cfg.embedder.get("type", ""))
     model = MODEL.build(model_cfg, "model")
     tm = cfg.get("test_model")
     if tm and (is_nextclip_checkpoint(tm) or (str(tm).endswith(".safetensors") and not cfg.pretrain)):
@@ -231,8 +231,7 @@ def build_video_model(cfg, folder: str | None, embedder=None):
         if embedder is not None and embedder.state_dict() and emb_path.is_file():
             load_weights(embedder, emb_path, strict=cfg.strict)
     elif folder and cfg.pretrain:
-        extra = {"embedder": embedder} if "embedder" in accepted_kwargs(PRETRAIN.get(cfg.pretrain["type"])) else {}
-        PRETRAIN.build({**cfg.pretrain, "path": str(folder)}, "pretrain", model=model, **extra)
+        run_pretrain(cfg.pretrain, model, embedder, path=folder)
     else:
         logger.warning("no test_model and no pretrain: the model has random weights")
     return model

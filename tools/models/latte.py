@@ -145,6 +145,7 @@ class Latte(nn.Module):
         self.spatial_multiple = self.patch_size  # latent H and W must be multiples of it
         self.dense_fn: Callable = sdpa_dense
         grid = input_size // self.patch_size
+        self.config = dict(size, mlp_ratio=mlp_ratio, ffn=int(self.hidden * mlp_ratio), preset=preset)  # memory plan
 
         self.x_embedder = PatchEmbed(in_channels, self.hidden, self.patch_size)
         self.t_embedder = TimestepEmbedder(self.hidden, freq_dim=256, t_scale=1.0)
