@@ -145,3 +145,14 @@ def test_unconditional_model_without_embedder_reports_the_class_table(tmp_path):
     report = load_latte(model, str(FIXTURE / "latte.pt"), strict=False)
     assert report["unexpected"][0].startswith("y_embedder.embedding_table.weight")
     assert not report["missing"] and not report["embedder"] and model.conditions == ()
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (tmp_path / "ran",))
+
+    torch.save({"ema": {"x": Payload()}}, tmp_path / "evil.pt")
+    with pytest.raises(Exception) as e:
+        build(extra=[f"test_model={tmp_path / 'evil.pt'}"])
+    assert "weights_only" in str(e.value) and not (tmp_path / "ran").exists()

@@ -202,11 +202,12 @@ class VideoGenerator:
         H, W = cfg.resolution
         shape = (1, ae.latent_channels, latent_frames(ae, int(cfg.max_frames)), H // ae.spatial_factor,
                  W // ae.spatial_factor)
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(int(seed))).to(self.device)
+        gen = torch.Generator().manual_seed(int(seed))  # the start noise, then every sampling step's (ddpm, eta > 0)
+        noise = torch.randn(shape, generator=gen).to(self.device)
         with self.backend.autocast():
             pred_fn = guided(self.model, cond, uncond, float(cfg.guide_scale), getattr(self.diffusion, "guide", None))
             z = self.diffusion.sample(pred_fn, noise, steps=int(cfg.ddim_timesteps), sampler=cfg.sampler,
-                                      eta=float(cfg.ddim_eta), timestep_input=timestep_input(self.model))
+                                      eta=float(cfg.ddim_eta), generator=gen, timestep_input=timestep_input(self.model))
         return ae.decode(z.float())[0].clamp(-1, 1).cpu()
 
 
