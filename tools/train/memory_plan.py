@@ -155,7 +155,118 @@ def dry_run_plan(cfg, world: int, parallel: Optional[str] = None) -> str:
     mode = resolve_parallel(parallel or backend.get("parallel", "auto"), world)
     precision = backend.get("precision", "auto")
     precision = "bf16" if precision == "auto" else precision
+    if cfg.get("TASK_TYPE") == "train_video":
+        return video_dry_run(cfg, mode, world, precision)
     return plan(cfg, build_meta_model(cfg), mode, world, precision).format()
+
+
+# ---------------------------------------------------------------------------- whole-video models (train_video)
+#: sustained throughput assumed for the time plan: 40 % of the dense bf16 peak (TFLOP/s)
+DEVICES = {"A100": 312.0, "H100": 989.0}
+MFU = 0.4
+SAMPLE_STEPS = 50  # DDIM steps of the inference time estimate (t2v_infer.yaml's ddim_timesteps)
+
+
+def build_meta_video_model(cfg):
+    """The whole-video model on the meta device, shaped by the pretrain folder's config when it is on this
+    machine, else by the YAML's model block (its defaults: the released model)."""
+    from tools.pretrain.model_config import merged_model_config, model_folder
+    from utils.registry import MODEL
+
+    model_cfg = dict(cfg.model)
+    try:
+        model_cfg = merged_model_config(cfg.model, cfg.get("pretrain"), model_folder(cfg))
+    except Exception as e:  # noqa: BLE001 - weights elsewhere: the configured model settings count
+        logger.info("memory plan: the pretrain folder's config was not read (%s); using the model's settings",
+                    str(e).splitlines()[0][:160])
+    with torch.device("meta"):
+        return MODEL.build(model_cfg, "model")
+
+
+def video_activations(model, batch: int, frames: int, height: int, width: int, c: int) -> Tuple[float, float, float]:
+    """(bytes kept for backward, bytes of the largest activation, forward FLOPs) of one training forward on
+    the meta device: the outputs of every leaf module in the compute dtype (``c`` bytes) are what autograd keeps
+    (norm, conv, linear and activation outputs; attention runs in blockwise kernels, no scores are stored)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    kept, largest = [0], [0]
+
+    def hook(_m, _inp, out):
+        if isinstance(out, torch.Tensor):
+            kept[0] += out.numel()
+            largest[0] = max(largest[0], out.numel())
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    channels = int(getattr(model, "in_channels", 4))
+    args = [torch.zeros(batch, channels, frames, height, width, device="meta"),
+            torch.zeros(batch, dtype=torch.long, device="meta")]
+    kwargs = {}
+    if getattr(model, "context_dim", None):
+        kwargs["y"] = torch.zeros(batch, 77, int(model.context_dim), device="meta")
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return kept[0] * c, largest[0] * c, float(counter.get_total_flops())
+
+
+def video_plan(cfg, model, parallel: str, world: int, precision: str) -> Tuple[Plan, float]:
+    """(per-rank memory plan, forward FLOPs per micro-batch) of training ``model`` with ``cfg``
+    (``max_frames`` at the dataset resolution through the autoencoder's factors)."""
+    res = (cfg.get("dataset") or {}).get("resolution", 256)
+    H, W = (res, res) if isinstance(res, int) else tuple(res)
+    sf, tf, causal = _factors(cfg.get("auto_encoder") or {})
+    F = int(cfg.get("max_frames", 16))
+    F = 1 + (F - 1) // tf if causal else F // tf
+    P = sum(p.numel() for p in model.parameters())
+    shard = world if parallel == "fsdp" else 1
+    c = 2 if precision in ("bf16", "fp16") else 4
+    rows = {"weights (fp32)": 4 * P / shard, "gradients (fp32)": 4 * P / shard, "AdamW moments (fp32)": 8 * P / shard}
+    if parallel == "ddp" and world > 1:
+        rows["ddp buckets"] = 4 * P
+    if cfg.get("use_ema", True):
+        rows["EMA (fp32)"] = 4 * P / shard
+    if parallel == "fsdp":
+        from tools.backends.parallel import block_modules
+
+        Pb = max((sum(p.numel() for p in b.parameters()) for b in block_modules(model)), default=0)
+        rows["fsdp gathered blocks"] = Pb * (2 * c + 4)
+    b = int(cfg.get("batch_size", 1))
+    kept, _, flops = video_activations(model, b, F, H // sf, W // sf, c)
+    rows["activations"] = kept
+    return Plan(parallel, world, precision, P, rows, F * (H // sf) * (W // sf), False), flops
+
+
+def video_dry_run(cfg, parallel: str, world: int, precision: str) -> str:
+    """The plan of ``train_video`` plus the inference memory of a guided sample and the time per step."""
+    model = build_meta_video_model(cfg)
+    p, flops = video_plan(cfg, model, parallel, world, precision)
+    lines = [p.format().replace("tokens per sample", "latent positions per sample")]
+    states = p.total - p.rows["activations"]
+    lines.append("#   fits per rank (92 % usable): " + ", ".join(
+        f"{gb} GB {'yes' if p.total <= 0.92 * gb * 1e9 else 'no'}" for gb in (24, 40, 80))
+        + f"; states alone {states / GiB:.2f} GiB")
+    res = (cfg.get("dataset") or {}).get("resolution", 256)
+    H, W = (res, res) if isinstance(res, int) else tuple(res)
+    sf, tf, causal = _factors(cfg.get("auto_encoder") or {})
+    F = int(cfg.get("max_frames", 16))
+    F = 1 + (F - 1) // tf if causal else F // tf
+    _, largest, fwd2 = video_activations(model, 2, F, H // sf, W // sf, 2)  # guided inference: batch 2, bf16
+    infer = 2 * p.params + 4 * largest
+    lines.append(f"# inference (bf16 weights, guided batch of 2, no grad): {infer / GiB:.2f} GiB "
+                 f"(weights {2 * p.params / GiB:.2f} + 4 x the largest activation {largest / GiB:.2f}); fits "
+                 + ", ".join(f"{gb} GB {'yes' if infer <= 0.92 * gb * 1e9 else 'no'}" for gb in (24, 40, 80)))
+    step = 3 * flops * int(cfg.get("grad_accum", 1))
+    lines.append(f"# time: {flops / 1e12:.1f} TFLOP forward per micro-batch, ~{step / 1e12:.1f} TFLOP per training "
+                 f"step per rank; at {MFU:.0%} of the bf16 peak: " + ", ".join(
+                     f"{name} {step / (MFU * tf_ * 1e12):.2f} s/step" for name, tf_ in DEVICES.items())
+                 + f"; a {SAMPLE_STEPS}-step guided sample: " + ", ".join(
+                     f"{name} {SAMPLE_STEPS * fwd2 / (MFU * tf_ * 1e12):.1f} s" for name, tf_ in DEVICES.items()))
+    return "\n".join(lines)
 
 
 def readme_table(cfg, setups: List[Tuple[int, float]], precision: str = "bf16") -> str:
