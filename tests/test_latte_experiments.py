@@ -135,3 +135,13 @@ def test_ddpm_sampling_is_a_function_of_the_item_seed(vae_dir):
     torch.manual_seed(123)  # the global RNG plays no part
     assert torch.equal(gen.generate("", 11, label="Archery"), first)
     assert not torch.equal(gen.generate("", 12, label="Archery"), first)
+
+
+@pytest.mark.slow
+def test_dry_run_memory_plan_of_latte_xl2_at_16x256x256(capsys):
+    from train_net import run
+
+    assert run(["--cfg", str(ROOT / "configs" / "latte" / "train.yaml"), "--dry-run", "batch_size=1"]) == 0
+    out = capsys.readouterr().out
+    assert "0.67B parameters" in out and "16384 latent positions per sample" in out  # 16 x 32 x 32 latents
+    assert "activations" in out and "fits per rank" in out and "TFLOP forward" in out
