@@ -186,7 +186,7 @@ class GaussianDiffusion:
         """Mean and learned log variance of ``p(x_prev | x)`` at chain index j (B,) of ``tables``
         (:func:`learned_variance.chain_tables`) from the raw model output (B, 2C, ...), and the x0 estimate."""
         pred, var_values = lv.split_output(out, x.shape[1])
-        ab = lv._at(tables, "ab", j, x)
+        ab = lv.table_at(tables, "ab", j, x)
         x0 = self.to_eps_x0(pred, x, ab)[1]
         return {"mean": lv.posterior_mean(x0, x, tables, j), "log_variance": lv.log_variance(var_values, tables, j),
                 "pred_xstart": x0}

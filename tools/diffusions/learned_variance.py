@@ -55,7 +55,7 @@ def chain_tables(alphas_cumprod: torch.Tensor, ks) -> dict[str, torch.Tensor]:
     }
 
 
-def _at(tables: dict[str, torch.Tensor], name: str, j: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def table_at(tables: dict[str, torch.Tensor], name: str, j: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``tables[name][j]`` (j (B,) chain indices) as x's dtype, broadcast to x."""
     v = tables[name].to(x.device)[j].to(x.dtype)
     return v.reshape(-1, *([1] * (x.dim() - 1)))
@@ -63,15 +63,15 @@ def _at(tables: dict[str, torch.Tensor], name: str, j: torch.Tensor, x: torch.Te
 
 def log_variance(var_values: torch.Tensor, tables: dict[str, torch.Tensor], j: torch.Tensor) -> torch.Tensor:
     """The learned-range interpolation between ``log beta_tilde_j`` (v = -1) and ``log beta_j`` (v = 1)."""
-    min_log = _at(tables, "post_log_var", j, var_values)
-    max_log = _at(tables, "beta", j, var_values).log()
+    min_log = table_at(tables, "post_log_var", j, var_values)
+    max_log = table_at(tables, "beta", j, var_values).log()
     frac = (var_values + 1) / 2
     return frac * max_log + (1 - frac) * min_log
 
 
 def posterior_mean(x0: torch.Tensor, x: torch.Tensor, tables: dict[str, torch.Tensor], j: torch.Tensor) -> torch.Tensor:
     """Mean of ``q(x_prev | x_j, x0)`` on the chain."""
-    return _at(tables, "coef_x0", j, x) * x0 + _at(tables, "coef_xt", j, x) * x
+    return table_at(tables, "coef_x0", j, x) * x0 + table_at(tables, "coef_xt", j, x) * x
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -103,7 +103,7 @@ def vb_term(x0: torch.Tensor, x_k: torch.Tensor, x0_pred_detached: torch.Tensor,
     for j > 0, the decoder's negative log-likelihood of x0 at j = 0. ``x0_pred_detached`` is the model's x0
     estimate with its gradient stopped, so the term trains only the variance channels."""
     true_mean = posterior_mean(x0, x_k, tables, j)
-    true_log_var = _at(tables, "post_log_var", j, x_k)
+    true_log_var = table_at(tables, "post_log_var", j, x_k)
     mean = posterior_mean(x0_pred_detached, x_k, tables, j)
     log_var = log_variance(var_values, tables, j)
     dims = tuple(range(1, x0.dim()))
