@@ -68,6 +68,7 @@ def test_t2v_infer_yaml_writes_one_mp4_per_prompt_and_resumes(tmp_path):
     assert [p.stat().st_mtime_ns for p in sorted(out.glob("*.mp4"))] == before
 
 
+@pytest.mark.slow
 def test_generator_uses_the_negative_prompt_as_unconditional_context():
     from tools.inferences.generate_video import VideoGenerator
     from utils.config import load_config
@@ -83,6 +84,7 @@ def test_generator_uses_the_negative_prompt_as_unconditional_context():
     assert gen.autoencoder.path == str(FIXTURE)  # auto_encoder.path null: the model folder's VQGAN_autoencoder.pth
 
 
+@pytest.mark.slow
 def test_wrong_embedder_width_is_one_config_error(tmp_path, capsys):
     assert run(tmp_path, "+embedder.dim=512") == 2
     err = capsys.readouterr().err

@@ -52,6 +52,26 @@ def test_forward_matches_reference(model, cases, case):
     assert (out - cases[f"{case}.out"]).abs().max() < 1e-4
 
 
+def test_backend_dense_attention_keeps_parity(model, cases):
+    """set_attention routes every attention through the backend's dense kernel (q, k, v) -> out."""
+    from tools.backends.attention import sdpa_dense
+    from tools.models.modelscope_unet import DenseAttnProcessor
+
+    calls = []
+
+    def kernel(q, k, v):
+        calls.append(q.shape)
+        return sdpa_dense(q, k, v)
+
+    model.set_attention("blocks", kernel)
+    try:
+        assert sum(isinstance(getattr(m, "processor", None), DenseAttnProcessor) for m in model.modules()) == 30
+        assert (forward(model, cases, "a") - cases["a.out"]).abs().max() < 1e-4
+        assert len(calls) == 30
+    finally:
+        model.set_attention("math", None)  # diffusers' own processor again
+
+
 def sample(model, cases, case, diffusion):
     pred = guided(model, {"y": cases[f"{case}.y"]}, {"y": cases[f"{case}.y_null"]}, 9.0)
     with torch.no_grad():

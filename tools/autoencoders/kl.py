@@ -181,7 +181,7 @@ def _load_single_file(path: Path, dtype: torch.dtype):
         raise ValueError(f"{path}: the weights do not fit an AutoencoderKL of config {config} ({len(missing)} missing "
                          f"keys, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}); put the "
                          f"VAE's config.json beside the file as {path.stem}.json.")
-    return vae.to(dtype), raw
+    return (vae if dtype == torch.float32 else vae.to(dtype)), raw  # .to(float32) only warns
 
 
 def _sidecar_config(path: Path) -> Dict[str, Any]:
