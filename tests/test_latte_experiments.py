@@ -120,6 +120,20 @@ def test_four_step_hybrid_fine_tune_resumes_exactly(tmp_path, vae_dir, monkeypat
     table = load_file(str(full / "checkpoints" / "step_00000004.embedder.safetensors"))["table.weight"]
     assert table.shape == (102, 64) and not torch.equal(table, start["y_embedder.embedding_table.weight"])
 
+    # the run's checkpoint is read back by the inference config, with its trained class table
+    from tools.inferences.generate_video import VideoGenerator
+    from utils.config import load_config
+    from utils.registry import INFER_ENGINE
+
+    ema = full / "checkpoints" / "step_00000004.ema.safetensors"
+    cfg = load_config(ROOT / "configs" / "latte" / "ucf101_infer.yaml",
+                      [*TINY, "embedder.dim=64", f"test_model={ema}", f"auto_encoder.path={vae_dir}"],
+                      registry=INFER_ENGINE)
+    gen = VideoGenerator(cfg)
+    assert torch.equal(gen.embedder.table.weight, table)
+    key = "final_layer.linear.weight"
+    assert torch.equal(gen.model.state_dict()[key], load_file(str(ema))[key])
+
 
 @pytest.mark.slow
 def test_ddpm_sampling_is_a_function_of_the_item_seed(vae_dir):

@@ -92,7 +92,7 @@ class GaussianDiffusion:
         return (f"GaussianDiffusion(T={self.num_timesteps}, schedule={self.schedule!r}, "
                 f"prediction={self.prediction!r}, zero_terminal_snr={self.zero_terminal_snr}, "
                 f"timestep_spacing={self.timestep_spacing!r}, steps_offset={self.steps_offset}, "
-                f"final_alpha_cumprod={self.final_alpha_cumprod!r})")
+                f"final_alpha_cumprod={self.final_alpha_cumprod!r}, variance={self.variance!r})")
 
     # ---------------------------------------------------------------- conversions
     def t_model(self, k: torch.Tensor) -> torch.Tensor:
