@@ -201,9 +201,11 @@ class GaussianDiffusion:
     def sample(self, pred_fn: Callable, z: torch.Tensor, steps: int = 50, sampler: str = "ddim",
                eta: float = 0.0, shift: float = 1.0, generator: Optional[torch.Generator] = None,
                timestep_input: str = "unit") -> torch.Tensor:
-        """DDIM (``sampler='ddim'``, any eta) or DDPM-like ancestral (``'ddpm'`` = DDIM with eta=1)
-        from noise ``z``; ``pred_fn(z, t (B,))`` returns the raw prediction, t the model time of
-        ``timestep_input`` (``unit``: 1 - k / T; ``index``: k; engines pass :func:`timestep_input` of the model)."""
+        """DDIM (``sampler='ddim'``, any eta) or DDPM-like ancestral (``'ddpm'`` = DDIM with eta=1; with
+        ``variance: learned_range`` true ancestral sampling with the learned variance over the chain of
+        :meth:`timesteps`, eta unused) from noise ``z``; ``pred_fn(z, t (B,))`` returns the raw prediction, t the
+        model time of ``timestep_input`` (``unit``: 1 - k / T; ``index``: k; engines pass :func:`timestep_input`
+        of the model)."""
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler={sampler!r} is not supported by GaussianDiffusion; use 'ddim' or 'ddpm'.")
         if shift != 1.0:
