@@ -96,3 +96,4 @@ def test_wrong_embedder_width_is_one_config_error(tmp_path, capsys):
 def test_bad_settings_fail_in_one_line(tmp_path, capsys, bad, what):
     assert run(tmp_path, bad) == 2
     assert what in capsys.readouterr().err
+

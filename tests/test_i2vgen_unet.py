@@ -110,7 +110,7 @@ def test_image_embedder_matches_open_clip(tiny_clip):
     assert tokens.shape == (1, 1, 1024) and mask.all()
     assert torch.allclose(tokens[:, 0], want, atol=1e-5)
     null, _ = emb.null(2)
-    assert torch.allclose(null[0], null[1]) and not torch.allclose(null[0], tokens[0])
+    assert null.shape == (2, 1, 1024) and not null.any()  # VGen's unconditional image feature: zeros
 
 
 class TinyText1024(torch.nn.Module):

@@ -104,6 +104,39 @@ def test_converter_mutation_fails_parity(model, cases, monkeypatch):
     assert (forward(mutant, cases, "a") - cases["a.out"]).abs().max() > 1e-2
 
 
+def test_converter_maps_every_key_onto_the_diffusers_layout(model):
+    sd = torch.load(FIXTURE / "text2video_pytorch_model.pth", weights_only=True)
+    converted, left = msc.convert_unet_keys(sd, 2, 1, [True, True])
+    own = model.unet.state_dict()
+    assert left == [] and len(converted) == len(sd) == 622
+    assert set(converted) == set(own)
+    assert all(converted[k].shape == own[k].shape for k in own)
+    blocks = msc.block_prefixes(2, 1, [True, True])
+    assert blocks["input_blocks.1.0."] == ("down_blocks.0.|0", "res") and blocks["input_blocks.2.op."][1] == "down"
+    assert blocks["output_blocks.1.3."] == ("up_blocks.0.upsamplers.0.", "up")  # after res, spatial, temporal
+
+
+@pytest.mark.slow
+def test_grad_checkpointing_changes_no_number_and_no_key():
+    cfg = dict(msc.model_config(str(FIXTURE)), dropout=0.0)
+    results = []
+    for ckpt in (False, True):
+        m = build_video_model(user_config(*(["+model.grad_checkpointing=true"] if ckpt else [])), str(FIXTURE))
+        assert m.grad_checkpointing is ckpt and m.config["dim"] == cfg["dim"]
+        torch.manual_seed(0)
+        x, y = torch.randn(1, 4, 4, 16, 16), torch.randn(1, 77, 1024)
+        m.train()
+        for mod in m.modules():  # no dropout: the two runs must agree exactly
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        out = m(x, torch.tensor([500]), y)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad for p in m.parameters()], list(m.state_dict())))
+    (o0, g0, k0), (o1, g1, k1) = results
+    assert torch.equal(o0, o1) and k0 == k1
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g0, g1))
+
+
 def test_model_config_comes_from_the_folder():
     cfg = msc.model_config(str(FIXTURE))
     assert cfg["dim"] == 32 and cfg["dim_mult"] == [1, 2] and cfg["num_res_blocks"] == 1 and cfg["head_dim"] == 16
@@ -116,14 +149,35 @@ def test_model_config_comes_from_the_folder():
 
 
 @pytest.mark.slow
+def test_a_repo_id_in_the_modelscope_cache_is_the_folder(model, cases, tmp_path, monkeypatch):
+    from tools.pretrain.model_config import model_folder
+
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    (tmp_path / "models" / "damo").mkdir(parents=True)
+    (tmp_path / "models" / "damo" / "text-to-video-synthesis").symlink_to(FIXTURE)
+    cfg = load_config(CONFIG, ["test_model=damo/text-to-video-synthesis"], registry=INFER_ENGINE)
+    folder = model_folder(cfg)
+    assert pathlib.Path(folder).resolve() == FIXTURE.resolve()
+    cached = build_video_model(cfg, folder).eval()
+    assert torch.equal(forward(cached, cases, "b"), forward(model, cases, "b"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(CheckpointError, match="modelscope download --model damo/text-to-video-synthesis"):
+        msc.unet_file("damo/text-to-video-synthesis")
+
+
+@pytest.mark.slow
 def test_vgen_wrapping_and_safetensors_load_the_same(model, cases, tmp_path):
     sd = torch.load(FIXTURE / "text2video_pytorch_model.pth", weights_only=True)
     torch.save({"state_dict": sd, "step": 123}, tmp_path / "wrapped.pth")
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "unet.safetensors"))
     want = forward(model, cases, "b")
+    cfg = user_config()
+    other = build_video_model(cfg, cfg.test_model).eval()
     for f in ("wrapped.pth", "unet.safetensors"):
-        cfg = user_config()
-        other = build_video_model(cfg, cfg.test_model).eval()
+        with torch.no_grad():
+            for p in other.parameters():
+                p.zero_()
         PRETRAIN.build({"type": "ModelScopeCheckpoint", "path": str(tmp_path / f)}, "pretrain", model=other)
         assert torch.equal(forward(other, cases, "b"), want), f
 
@@ -200,3 +254,23 @@ def test_vae_pickle_that_runs_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refused"):
         AutoencoderKL(path=str(tmp_path / "VQGAN_autoencoder.pth"), variant="sd")
     assert not _RunsCode.marker.exists()
+
+
+def test_timestep_input_is_a_class_attribute_read_in_one_place(model):
+    class Unit(torch.nn.Module):
+        pass
+
+    class Wrapped(torch.nn.Module):  # like DDP: the model under .module
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+    assert timestep_input(model) == "index" and timestep_input(Wrapped(model)) == "index"
+    assert timestep_input(Unit()) == "unit"  # absent: the project's 1 - k / T
+    Unit.timestep_input = "seconds"
+    with pytest.raises(ValueError, match="timestep_input='seconds'"):
+        timestep_input(Unit())
+    seen = []
+    g = GaussianDiffusion(num_timesteps=10, history_noise=None)
+    g.video_losses(lambda x, t: seen.append(t) or x, torch.zeros(2, 1, 1, 2, 2), torch.Generator().manual_seed(0))
+    assert seen[0].dtype.is_floating_point and ((seen[0] > 0) & (seen[0] <= 1)).all()  # unit time for a plain fn

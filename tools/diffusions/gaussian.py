@@ -147,7 +147,7 @@ class GaussianDiffusion:
         loss, lpf = masked_frame_mse(pred, self.target(x1, eps, ab), valid)
         return {"loss": loss, "loss_per_frame": lpf, "t": t, "k": k}
 
-    def video_losses(self, model: Callable, x0: torch.Tensor, generator: Optional[torch.Generator] = None,
+    def video_losses(self, model: Callable, x0: torch.Tensor, generator: torch.Generator | None = None,
                      rank_slice=None, **model_kwargs) -> dict:
         """Whole-video DDPM loss: one timestep per sample, every frame noised alike.
 

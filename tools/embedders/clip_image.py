@@ -5,8 +5,11 @@ I2VGen-XL conditions on the CLIP image embedding of its first frame (ViT-H-14: 1
 transform for the tower (resize the shortest side, bicubic, center crop to the tower's image size, normalise with
 the CLIP mean / std) and ``encode_image`` (the projected embedding, not normalised). Weights are a local file only
 (the ModelScope / VGen folder's ``open_clip_pytorch_model.bin``, read with ``weights_only=True``, or safetensors);
-only the ``visual.*`` tensors are kept. ``null`` = the embedding of an all-black image (VGen's unconditional
-image feature).
+only the ``visual.*`` tensors are kept. ``null`` = zeros: VGen's unconditional image feature
+(``black_image_feature = zeros`` with ``use_zero_infer``, its I2VGen-XL inference setting).
+
+VGen's own preprocessing crops the center square at the video's width with a box filter and resizes it to 224;
+open_clip's crops the same square region with a bicubic filter, so the embeddings differ slightly.
 """
 from __future__ import annotations
 
@@ -84,6 +87,7 @@ class OpenCLIPImage(nn.Module):
         return emb[:, None], torch.ones(emb.shape[0], 1, dtype=torch.bool, device=dev)
 
     def null(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The embedding of an all-black image for every sample."""
-        black = np.zeros((*self.image_size, 3), dtype=np.uint8)
-        return self([black] * batch_size)
+        """Zeros (B, 1, dim): VGen's unconditional image feature."""
+        dev = self._probe.device
+        return (torch.zeros(batch_size, 1, self.dim, device=dev),
+                torch.ones(batch_size, 1, dtype=torch.bool, device=dev))

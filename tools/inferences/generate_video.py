@@ -14,10 +14,10 @@ attribute ``conditions`` lists the inputs it takes besides x and t:
 Classifier-free guidance acts on the model output: the DIFFUSION's ``guide`` (``u + guide_scale * (c - u)``, on the
 prediction channels only for a learned variance), where the unconditional call gets the embedder's tokens of
 ``negative_prompt`` ("" by default, VGen's null context) or, for a class list, the embedder's null class, the image
-embedder's ``null`` (a black image) and the same first-frame latent and fps. A model without conditions
-(``conditions = ()``, an unconditional Latte) is sampled without guidance; a list's lines then only name the
-samples and set their seeds. Sampling is the configured DIFFUSION's
-``sample`` (GaussianDiffusion: DDIM with ``ddim_timesteps`` steps and ``ddim_eta``).
+embedder's ``null`` (zeros, VGen's unconditional image feature) and the same first-frame latent and fps. A model
+without conditions (``conditions = ()``, an unconditional Latte) is sampled without guidance; a list's lines then
+only name the samples and set their seeds. Sampling is the configured DIFFUSION's ``sample`` (GaussianDiffusion:
+DDIM with ``ddim_timesteps`` steps and ``ddim_eta``, or ``sampler: ddpm``).
 
 Weights: ``test_model`` is a model folder or released file read by the ``pretrain`` loader (e.g. ModelScopeCheckpoint
 on ``damo/text-to-video-synthesis``, LatteCheckpoint on a Latte ``.pt``; loaders that take ``embedder`` get it, for
@@ -41,7 +41,7 @@ import torch
 
 from tools.autoencoders.base import latent_frames, valid_frames
 from tools.diffusions.gaussian import timestep_input
-from tools.embedders.conditioning import model_cfg_with_cond_dim
+from tools.embedders.conditioning import model_cfg_with_cond_dim, video_conditions
 from tools.inferences.predict_next_clip import _predict
 from tools.pretrain.model_config import merged_model_config, model_folder, run_pretrain, with_folder_files
 from utils import distributed as du
@@ -54,8 +54,6 @@ from utils.test_list import parse_test_list
 from utils.video_io import read_image, resize_crop, to_tensor, to_uint8
 
 logger = get_logger()
-
-CONDITIONS = ("y", "image", "local_image", "fps")
 
 DEFAULTS: dict[str, Any] = dict(
     copy.deepcopy(DEFAULT_COMPONENTS),
@@ -138,7 +136,10 @@ class VideoGenerator:
         self.model.set_attention(*self.backend.attention_kernel())
         self.model.to(self.device).eval().requires_grad_(False)
         self.diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")
-        self.conditions = tuple(getattr(self.model, "conditions", ("y",)))
+        try:
+            self.conditions = video_conditions(self.model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.check()
 
     def _frozen(self, registry, key, comp, folder):
@@ -146,10 +147,6 @@ class VideoGenerator:
 
     def check(self) -> None:
         cfg, ae, model = self.cfg, self.autoencoder, self.model
-        unknown = [c for c in self.conditions if c not in CONDITIONS]
-        if unknown:
-            raise ConfigError(f"model {cfg.model['type']} asks for conditions {unknown}; this engine gives "
-                              f"{list(CONDITIONS)}")
         if "image" in self.conditions and self.image_embedder is None:
             raise ConfigError(f"model {cfg.model['type']} takes an image embedding: set image_embedder (e.g. "
                               f"{{type: OpenCLIPImage, arch: ViT-H-14}})")

@@ -18,7 +18,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tools.models.modelscope_unet import block_types, check_unet_args, set_dense_attention, set_dropout
+from tools.models.modelscope_unet import (
+    block_types,
+    check_unet_args,
+    checkpoint_blocks,
+    set_dense_attention,
+    set_dropout,
+    unet_blocks,
+)
 from utils.registry import MODEL
 
 #: VGen top-level layers of the image branch -> diffusers names (the converter's extra renames)
@@ -55,7 +62,7 @@ class UNetSD_I2VGen(nn.Module):
     def __init__(self, in_dim: int = 4, dim: int = 320, y_dim: int = 1024, context_dim: int = 1024,
                  concat_dim: int = 4, out_dim: int = 4, dim_mult: list[int] = (1, 2, 4, 4), num_heads: int = 8,
                  head_dim: int = 64, num_res_blocks: int = 2, attn_scales: list[float] = (1.0, 0.5, 0.25),
-                 dropout: float = 0.1, temporal_attention: bool | str = True):
+                 dropout: float = 0.1, temporal_attention: bool | str = True, grad_checkpointing: bool = False):
         super().__init__()
         from diffusers import I2VGenXLUNet
 
@@ -71,6 +78,9 @@ class UNetSD_I2VGen(nn.Module):
             down_block_types=down, up_block_types=up, layers_per_block=num_res_blocks,
             cross_attention_dim=context_dim, attention_head_dim=head_dim, norm_num_groups=32)
         set_dropout(self.unet, dropout)
+        self.grad_checkpointing = bool(grad_checkpointing)
+        if self.grad_checkpointing:
+            checkpoint_blocks(self.unet)
         self.config = dict(in_dim=in_dim, dim=dim, context_dim=context_dim, out_dim=out_dim, dim_mult=list(dim_mult),
                            head_dim=head_dim, num_res_blocks=num_res_blocks, attn_scales=list(attn_scales))
         self.has_attn = has_attn
@@ -88,6 +98,10 @@ class UNetSD_I2VGen(nn.Module):
         if w is not None and w.shape[1] == 2 * self.in_channels:
             sd["unet.conv_in.weight"] = torch.cat([w[:, :self.in_channels], 2 * w[:, self.in_channels:]], dim=1)
         return sd
+
+    def checkpoint_units(self) -> list[nn.Module]:
+        """What ``grad_checkpointing`` recomputes one at a time (read by the memory plan)."""
+        return unet_blocks(self.unet)
 
     def set_attention(self, impl: str, dense_fn) -> None:
         """The backend's dense attention kernel for every attention (``impl`` is a block-causal choice: unused)."""

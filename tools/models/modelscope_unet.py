@@ -11,8 +11,9 @@ context (B, L, context_dim) (77 OpenCLIP ViT-H-14 penultimate-layer tokens in th
 The output has x's shape (eps or v, as the diffusion was trained).
 
 The released model (the defaults): dim 320, dim_mult [1, 2, 4, 4], 2 res blocks, attention at scales 1, 1/2, 1/4
-(spatial heads = channels / head_dim, head_dim 64), 8 heads in the first temporal transformer, context 1024: 1.7 B
-parameters.
+(spatial heads = channels / head_dim, head_dim 64), 8 heads in the first temporal transformer, context 1024: 1.41 B
+parameters (1.7 B with the text encoder and the autoencoder). ``grad_checkpointing: true`` recomputes each down / mid /
+up block in the backward (activation checkpointing; the state-dict keys stay the same).
 """
 from __future__ import annotations
 
@@ -59,6 +60,20 @@ def set_dropout(module: nn.Module, p: float) -> None:
             m.p = float(p)
 
 
+def unet_blocks(unet: nn.Module) -> list[nn.Module]:
+    """The down, mid and up blocks of a diffusers 3D UNet: the units of activation checkpointing."""
+    return [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+
+
+def checkpoint_blocks(unet: nn.Module) -> None:
+    """Activation checkpointing of every down / mid / up block (recomputed in the backward; torch's non-reentrant
+    checkpoint wrapper, whose state-dict hooks keep the keys unchanged)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    blocks = set(unet_blocks(unet))
+    apply_activation_checkpointing(unet, check_fn=lambda m: m in blocks)
+
+
 class DenseAttnProcessor:
     """diffusers attention processor calling the backend's ``dense_fn(q, k, v)`` ((B, H, L, D), no mask,
     scale 1/sqrt(D)): SDPA, xformers or the NPU kernel, chosen by the backend (docs/design.md)."""
@@ -103,7 +118,7 @@ class UNetSD_T2VBase(nn.Module):
     def __init__(self, in_dim: int = 4, dim: int = 320, y_dim: int = 1024, context_dim: int = 1024,
                  out_dim: int = 4, dim_mult: list[int] = (1, 2, 4, 4), num_heads: int = 8, head_dim: int = 64,
                  num_res_blocks: int = 2, attn_scales: list[float] = (1.0, 0.5, 0.25), dropout: float = 0.1,
-                 temporal_attention: bool | str = True):
+                 temporal_attention: bool | str = True, grad_checkpointing: bool = False):
         super().__init__()
         from diffusers import UNet3DConditionModel
 
@@ -121,10 +136,17 @@ class UNetSD_T2VBase(nn.Module):
             down_block_types=down, up_block_types=up, layers_per_block=num_res_blocks,
             cross_attention_dim=context_dim, attention_head_dim=head_dim, norm_num_groups=32)
         set_dropout(self.unet, dropout)
+        self.grad_checkpointing = bool(grad_checkpointing)
+        if self.grad_checkpointing:
+            checkpoint_blocks(self.unet)
         self.config = dict(in_dim=in_dim, dim=dim, context_dim=context_dim, out_dim=out_dim, dim_mult=list(dim_mult),
                            head_dim=head_dim, num_res_blocks=num_res_blocks, attn_scales=list(attn_scales))
         self.has_attn = has_attn
         self.in_channels, self.context_dim = in_dim, context_dim
+
+    def checkpoint_units(self) -> list[nn.Module]:
+        """What ``grad_checkpointing`` recomputes one at a time (read by the memory plan)."""
+        return unet_blocks(self.unet)
 
     def set_attention(self, impl: str, dense_fn) -> None:
         """The backend's dense attention kernel for every attention (``impl`` is a block-causal choice: unused)."""

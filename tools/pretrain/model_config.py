@@ -15,6 +15,7 @@ import yaml
 
 from utils.checkpoint import checkpoint_config
 from utils.config import ConfigError
+from utils.hub import cached_snapshot, is_repo_id
 from utils.registry import PRETRAIN, accepted_kwargs
 
 #: file settings a model folder fills when they are null: (config key, kwarg) -> file name in the folder
@@ -32,8 +33,14 @@ def run_pretrain(pretrain_cfg: dict, model, embedder=None, path: str | None = No
 
 
 def model_folder(cfg) -> str | None:
-    """Where a whole-video run's weights come from: ``test_model`` (inference), else ``pretrain.path``."""
-    return cfg.get("test_model") or (cfg.get("pretrain") or {}).get("path")
+    """Where a whole-video run's weights come from: ``test_model`` (inference), else ``pretrain.path``; a repo id
+    (``damo/text-to-video-synthesis``) that is not a local path is the folder of its local ModelScope / Hugging
+    Face cache when it is cached (never downloaded)."""
+    path = cfg.get("test_model") or (cfg.get("pretrain") or {}).get("path")
+    if path and not Path(str(path)).exists() and is_repo_id(str(path)):
+        hit, _ = cached_snapshot(str(path))
+        return str(hit) if hit is not None else path
+    return path
 
 
 def with_folder_files(key: str, comp: dict | None, folder: str | None) -> dict | None:

@@ -183,21 +183,36 @@ def build_meta_video_model(cfg):
         return MODEL.build(model_cfg, "model")
 
 
-def video_activations(model, batch: int, frames: int, height: int, width: int, c: int) -> Tuple[float, float, float]:
+def video_activations(model, batch: int, frames: int, height: int, width: int, c: int) -> tuple[float, float, float]:
     """(bytes kept for backward, bytes of the largest activation, forward FLOPs) of one training forward on
-    the meta device: the outputs of every leaf module in the compute dtype (``c`` bytes) are what autograd keeps
-    (norm, conv, linear and activation outputs; attention runs in blockwise kernels, no scores are stored)."""
+    the meta device. Kept: the outputs of every leaf module in the compute dtype (``c`` bytes): norm, conv, linear
+    and activation outputs (attention runs in blockwise kernels, no scores are stored). With the model's
+    ``grad_checkpointing``, each of its ``checkpoint_units()`` keeps only its input, and one unit at a time is
+    recomputed: total - inside(all units) + inputs(all units) + inside(the largest unit)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    kept, largest = [0], [0]
+    kept, largest, inside, inputs, active = [0], [0], {}, {}, []
 
-    def hook(_m, _inp, out):
+    def leaf_hook(_m, _inp, out):
         if isinstance(out, torch.Tensor):
             kept[0] += out.numel()
             largest[0] = max(largest[0], out.numel())
+            if active:
+                inside[active[-1]] = inside.get(active[-1], 0) + out.numel()
+
+    def unit_enter(m, args, kwargs):
+        x = kwargs.get("hidden_states", args[0] if args else None)
+        inputs[id(m)] = x.numel() if isinstance(x, torch.Tensor) else 0
+        active.append(id(m))
+
+    def unit_exit(_m, _args, _out):
+        active.pop()
 
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
+    handles = [m.register_forward_hook(leaf_hook) for m in leaves]
+    units = model.checkpoint_units() if getattr(model, "grad_checkpointing", False) else []
+    for u in units:
+        handles += [u.register_forward_pre_hook(unit_enter, with_kwargs=True), u.register_forward_hook(unit_exit)]
     channels = int(getattr(model, "in_channels", 4))
     args = [torch.zeros(batch, channels, frames, height, width, device="meta"),
             torch.zeros(batch, dtype=torch.long, device="meta")]
@@ -211,10 +226,13 @@ def video_activations(model, batch: int, frames: int, height: int, width: int, c
     finally:
         for h in handles:
             h.remove()
-    return kept[0] * c, largest[0] * c, float(counter.get_total_flops())
+    total = kept[0]
+    if units:
+        total = total - sum(inside.values()) + sum(inputs.values()) + max(inside.values(), default=0)
+    return total * c, largest[0] * c, float(counter.get_total_flops())
 
 
-def video_plan(cfg, model, parallel: str, world: int, precision: str) -> Tuple[Plan, float]:
+def video_plan(cfg, model, parallel: str, world: int, precision: str) -> tuple[Plan, float]:
     """(per-rank memory plan, forward FLOPs per micro-batch) of training ``model`` with ``cfg``
     (``max_frames`` at the dataset resolution through the autoencoder's factors)."""
     res = (cfg.get("dataset") or {}).get("resolution", 256)
@@ -238,7 +256,8 @@ def video_plan(cfg, model, parallel: str, world: int, precision: str) -> Tuple[P
     b = int(cfg.get("batch_size", 1))
     kept, _, flops = video_activations(model, b, F, H // sf, W // sf, c)
     rows["activations"] = kept
-    return Plan(parallel, world, precision, P, rows, F * (H // sf) * (W // sf), False), flops
+    ckpt = bool(getattr(model, "grad_checkpointing", False))
+    return Plan(parallel, world, precision, P, rows, F * (H // sf) * (W // sf), ckpt), flops
 
 
 def video_dry_run(cfg, parallel: str, world: int, precision: str) -> str:
@@ -260,7 +279,7 @@ def video_dry_run(cfg, parallel: str, world: int, precision: str) -> str:
     lines.append(f"# inference (bf16 weights, guided batch of 2, no grad): {infer / GiB:.2f} GiB "
                  f"(weights {2 * p.params / GiB:.2f} + 4 x the largest activation {largest / GiB:.2f}); fits "
                  + ", ".join(f"{gb} GB {'yes' if infer <= 0.92 * gb * 1e9 else 'no'}" for gb in (24, 40, 80)))
-    step = 3 * flops * int(cfg.get("grad_accum", 1))
+    step = (4 if p.checkpointing else 3) * flops * int(cfg.get("grad_accum", 1))  # + 1 forward: recomputation
     lines.append(f"# time: {flops / 1e12:.1f} TFLOP forward per micro-batch, ~{step / 1e12:.1f} TFLOP per training "
                  f"step per rank; at {MFU:.0%} of the bf16 peak: " + ", ".join(
                      f"{name} {step / (MFU * tf_ * 1e12):.2f} s/step" for name, tf_ in DEVICES.items())

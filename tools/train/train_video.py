@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from easydict import EasyDict
 
-from tools.embedders.conditioning import condition_values, embed, model_cfg_with_cond_dim
+from tools.embedders.conditioning import condition_values, embed, model_cfg_with_cond_dim, video_conditions
 from tools.pretrain.model_config import merged_model_config, model_folder, with_folder_files
 from tools.train import loop, train_next_clip
 from tools.train.train_next_clip import drop_conditions, latents_of
@@ -77,7 +77,7 @@ def video_loss(run, batch: dict[str, Any], gen) -> dict[str, Any]:
     ``video_losses`` under autocast."""
     cfg, rank, world, device = run.cfg, run.rank, run.world, run.backend.device
     model = run.model
-    conditions = tuple(getattr(model, "conditions", ("y",) if getattr(model, "context_dim", None) else ()))
+    conditions = video_conditions(model)
     if set(conditions) - {"y"}:
         raise ConfigError(f"train_video trains text-conditioned or unconditional models; {type(model).__name__} "
                           f"takes {list(conditions)}")
