@@ -156,3 +156,35 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(Exception) as e:
         build(extra=[f"test_model={tmp_path / 'evil.pt'}"])
     assert "weights_only" in str(e.value) and not (tmp_path / "ran").exists()
+
+
+def count_calls(module) -> list:
+    """A list that grows by one at every run of ``module.forward`` (also the recomputation in the backward)."""
+    calls, forward = [], module.forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    module.forward = counted
+    return calls
+
+
+def test_grad_checkpointing_gives_the_same_gradients(cases):
+    from tools.models.latte import Latte
+
+    grads, calls = [], []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = Latte(input_size=8, patch_size=2, hidden=64, depth=4, heads=4, num_frames=4, cond_dim=64,
+                      grad_checkpointing=ckpt).train()
+        torch.nn.init.normal_(model.final_layer.linear.weight, std=0.02)  # zero-init would hide the blocks
+        for b in model.blocks:
+            torch.nn.init.normal_(b.adaLN_modulation[-1].weight, std=0.02)
+        n = count_calls(model.blocks[0])
+        y = torch.randn(2, 1, 64, generator=torch.Generator().manual_seed(1))
+        model(ours(cases["a.x"]), cases["a.t"], y=y).square().mean().backward()
+        grads.append(model.blocks[0].attn.qkv.weight.grad.clone())
+        calls.append(len(n))
+    assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert calls == [1, 2]  # with checkpointing the block runs again in the backward

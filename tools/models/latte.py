@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from utils.registry import MODEL
 
@@ -112,6 +113,7 @@ class Latte(nn.Module):
         learn_sigma: output 2 * in_channels channels (eps, then the learned-range variance values).
         cond_dim: width of the class token from the EMBEDDER (= hidden: it is added to the timestep
             embedding); None = unconditional (the FaceForensics / SkyTimelapse / Taichi releases).
+        grad_checkpointing: in training, keep only each block's input and recompute the block in the backward.
     """
 
     #: the model takes the integer diffusion timestep k (see GaussianDiffusion.model_time)
@@ -120,7 +122,7 @@ class Latte(nn.Module):
     def __init__(self, preset: str | None = None, in_channels: int = 4, input_size: int = 32,
                  patch_size: int | None = None, hidden: int | None = None, depth: int | None = None,
                  heads: int | None = None, mlp_ratio: float = 4.0, num_frames: int = 16, learn_sigma: bool = True,
-                 cond_dim: int | None = None):
+                 cond_dim: int | None = None, grad_checkpointing: bool = False):
         super().__init__()
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"preset={preset!r} is unknown; use one of {list(PRESETS)} or set hidden, depth, "
@@ -140,6 +142,7 @@ class Latte(nn.Module):
         self.in_channels, self.input_size, self.num_frames = in_channels, input_size, num_frames
         self.patch_size, self.hidden, self.depth = size["patch_size"], size["hidden"], size["depth"]
         self.learn_sigma, self.cond_dim = bool(learn_sigma), cond_dim
+        self.grad_checkpointing = bool(grad_checkpointing)
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.conditions = ("y",) if cond_dim is not None else ()  # what the whole-video engines pass besides x, t
         self.spatial_multiple = self.patch_size  # latent H and W must be multiples of it
@@ -158,6 +161,15 @@ class Latte(nn.Module):
     def set_attention(self, impl: str, dense_fn: Callable | None = None) -> None:
         """The backend's dense kernel (no mask is needed: every token sees its whole frame / patch column)."""
         self.dense_fn = dense_fn or sdpa_dense
+
+    def checkpoint_units(self) -> list[nn.Module]:
+        """What ``grad_checkpointing`` recomputes one at a time (read by the memory plan)."""
+        return list(self.blocks)
+
+    def _block(self, i: int, h: Tensor, c: Tensor) -> Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self.blocks[i], h, c, self.dense_fn, use_reentrant=False)
+        return self.blocks[i](h, c, self.dense_fn)
 
     @torch.no_grad()
     def _init_weights(self) -> None:
@@ -207,11 +219,11 @@ class Latte(nn.Module):
 
         # 2. Blocks: spatial over the n patches of a frame, temporal over the F frames of a patch position
         for i in range(0, self.depth, 2):
-            h = self.blocks[i](h, c_spatial, self.dense_fn)  # (B * F, n, D)
+            h = self._block(i, h, c_spatial)  # (B * F, n, D)
             h = h.reshape(B, Fr, n, self.hidden).transpose(1, 2).reshape(B * n, Fr, self.hidden)
             if i == 0:
                 h = h + self.temp_embed[:, :Fr]
-            h = self.blocks[i + 1](h, c_temporal, self.dense_fn)  # (B * n, F, D)
+            h = self._block(i + 1, h, c_temporal)  # (B * n, F, D)
             h = h.reshape(B, n, Fr, self.hidden).transpose(1, 2).reshape(B * Fr, n, self.hidden)
 
         # 3. Output: (B * F, n, p * p * C_out) -> (B, C_out, F, H, W)
