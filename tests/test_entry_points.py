@@ -45,6 +45,10 @@ CLUSTER_INPUTS.update({f"configs/experiments/conditioning/{name}.yaml": _TINY fo
                         "evaluate_class_prompts", "evaluate_text_gravity")})
 CLUSTER_INPUTS.update({f"configs/experiments/demo_pixel/{name}.yaml": _TINY for name in
                        ("predict", "evaluate", "evaluate_condition")})
+#: the docs show these with the user's own lists (my_prompts.txt, ...): dry-run them on the shipped lists
+CLUSTER_INPUTS.update({"configs/modelscope/t2v_infer.yaml": ["test_list_path=data/modelscope/prompts.txt"],
+                       "configs/modelscope/i2vgen_xl_infer.yaml": ["test_list_path=data/modelscope/images.txt"],
+                       "configs/latte/ucf101_infer.yaml": ["test_list_path=data/latte/ucf101_classes.txt"]})
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])

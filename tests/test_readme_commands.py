@@ -25,7 +25,13 @@ def _commands_in(line: str) -> List[Tuple[str, List[str]]]:
     """(kind, argv) of each entry-point call on one shell line."""
     lex = shlex.shlex(line, posix=True, punctuation_chars=True)  # `a; b`, `a&&b`: operators are their own words
     lex.whitespace_split = True
-    out, words = [], list(lex)
+    try:
+        words = list(lex)
+    except ValueError:  # a line of a multi-line shell string (python -c "..."): not an entry-point command
+        if any(name in line for name in SCRIPTS):
+            raise
+        return []
+    out = []
     cmds, cur = [], []
     for w in words + [";"]:
         if w in SHELL_OPS:
