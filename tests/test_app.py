@@ -24,6 +24,7 @@ def _frames(path):
     return read_video(path)[0]
 
 
+@pytest.mark.slow
 def test_predict_writes_truth_and_prediction_side_by_side(app):
     calls = []
     res = app.predict(DEMO_VIDEO, context_frames=4, new_frames=4, steps=2, seed=3,
@@ -42,12 +43,14 @@ def test_predict_writes_truth_and_prediction_side_by_side(app):
     assert "4 context + 4 predicted frames" in res.message and "seed 3" in res.message
 
 
+@pytest.mark.slow
 def test_predictor_reports_progress_once_per_clip(app):
     calls = []
     video = app.predictor.predict(None, 1, num_frames=8, progress=lambda ci, n: calls.append((ci, n)))
     assert video.shape[1] == 8 and calls == [(0, 2), (1, 2)]  # clips of 4
 
 
+@pytest.mark.slow
 def test_request_settings_do_not_leak_into_the_next_call(app):
     before = dict(app.predictor.cfg)
     app.predict(DEMO_VIDEO, context_frames=2, new_frames=2, steps=1, seed=1)
@@ -55,6 +58,7 @@ def test_request_settings_do_not_leak_into_the_next_call(app):
     assert dict(app.predictor.cfg) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, expected", [
     ("broken_truncated.mp4", "cannot read 'broken_truncated.mp4': corrupt or truncated"),
     ("empty.mp4", "file is empty (0 bytes)"),
@@ -90,6 +94,7 @@ def test_bad_settings_are_reported_on_the_page(app, kwargs, expected):
     assert res.video is None and expected in res.message, res.message
 
 
+@pytest.mark.slow
 def test_animate_and_generate_on_the_unconditional_demo(app, tmp_path, shared_data):
     from PIL import Image
 
@@ -109,6 +114,7 @@ def test_animate_and_generate_on_the_unconditional_demo(app, tmp_path, shared_da
     assert app.class_choices() is None and not app.conditional
 
 
+@pytest.mark.slow
 def test_generate_with_a_class_when_the_model_is_conditional(tmp_path):
     # the class model's weights are not shipped: random weights show the wiring, not quality
     app = load_app(str(ROOT / "configs/experiments/conditioning/class_to_video.yaml"),

@@ -18,6 +18,8 @@ import urllib.request
 import pytest
 from ports import free_port
 
+pytestmark = pytest.mark.browser  # headless Chromium (Debian's chromium + chromedriver)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "workspace" / "app_browser.png"
 INSTALL = "apt-get install -y chromium chromium-driver && pip install -r requirements-app.txt (as .ci/run does)"

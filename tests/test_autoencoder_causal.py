@@ -54,6 +54,7 @@ def test_image_is_a_one_frame_video(ae):
         torch.testing.assert_close(ae.decode(z[:, :, :1]), ae.decode(z)[:, :, :1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_tiles_have_no_seams():
     torch.manual_seed(1)
     x = torch.rand(1, 3, 1, 128, 128) * 2 - 1  # larger than a tile + 2 margins (46 px)
@@ -215,6 +216,7 @@ def test_residual_shortcuts_pair_frames_causally_and_invert():
         torch.testing.assert_close(y_up - up(s), back)
 
 
+@pytest.mark.slow
 def test_random_window_start_gives_the_history_of_a_sliding_rollout(ae):
     """window_start: random cuts the latent window of a longer item at a random latent frame: with a
     causal VAE the window then starts with a 4-frame latent (what a sliding-window rollout's history

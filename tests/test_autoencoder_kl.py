@@ -32,6 +32,7 @@ def frames_of(x):  # (B, C, T, H, W) -> (B*T, C, H, W)
     return x.permute(0, 2, 1, 3, 4).reshape(-1, *x.shape[1:2], *x.shape[3:])
 
 
+@pytest.mark.slow
 def test_parity_with_diffusers_encode_decode(saved):
     ref, d = saved
     ae = AUTO_ENCODER.build({"type": "AutoencoderKL", "path": str(d), "chunk_size": 2})

@@ -176,6 +176,7 @@ def test_newest_record_wins_across_rank_files(tmp_path):
     assert [r["status"] for r in load_results(str(tmp_path)).values()] == ["ok", "ok", "ok"]
 
 
+@pytest.mark.slow
 def test_engine_redoes_items_when_model_seed_or_settings_change(tmp_path, shared_data):
     ckpt = tiny_weights(tmp_path / "tiny.safetensors")
     lst = tmp_path / "list.txt"
@@ -296,6 +297,7 @@ def test_resolution_not_divisible_by_patch_fails_before_any_item(tmp_path, share
 
 
 # ---------------------------------------------------------------------------- done-when
+@pytest.mark.slow
 def test_cli_batch_over_hostile_list(tmp_path, shared_data):
     """The real CLI over real clips of several sizes and containers plus bad entries:
     exit 1, one result per item, an mp4 for every readable video."""
@@ -331,6 +333,7 @@ def test_cli_batch_over_hostile_list(tmp_path, shared_data):
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_summary_covers_every_rank_and_newest_record_wins(tmp_path):
     """2-rank inference: the summary counts and failure reasons cover rank 1's items too; a later
     single-process run that succeeds on the formerly missing file replaces its error record."""

@@ -33,6 +33,7 @@ def test_blocks_equals_math(clips, N, M, fcc):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("M,fcc", [(0, False), (3, True)])
 def test_flex_equals_math(M, fcc):
     clips, N = LAYOUTS[0]

@@ -125,6 +125,7 @@ def test_unknown_flag_is_named(fake, capsys):
     assert "'--dry_run' is not a flag" in err_line(capsys) and calls == []
 
 
+@pytest.mark.slow
 def test_real_train_engine_log_dir_under_a_file(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")

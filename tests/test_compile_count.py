@@ -1,4 +1,5 @@
 """Bounded FlexAttention compiles: random clip cuts run at a few padded lengths (tools/models/block_causal.py)."""
+import pytest
 import logging
 
 import torch
@@ -18,6 +19,7 @@ def test_flex_len_pads_to_whole_blocks_with_a_few_sizes_per_octave():
     assert [bc.flex_len(L) for L in (1, 128, 129, 1024, 1025)] == [128, 128, 256, 1024, 1152]
 
 
+@pytest.mark.slow
 def test_twenty_random_cuts_compile_at_most_twice(caplog):
     """20 random cuts of 8 frames (sequence lengths 36..60, one sample): before padding every new
     length compiled the kernel and the mask builder again (5-17 s each on CPU)."""

@@ -107,6 +107,7 @@ def test_conditional_training_builds_cond_dim_and_writes_the_label_map(tmp_path)
 
 
 # ----------------------------------------------------------------------------- 2 processes == 1
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["class", "text"])
 def test_conditional_ddp_two_processes_match_single_process(tmp_path, kind):
     if kind == "text":
@@ -156,6 +157,7 @@ def _random_weights(tmp_path, cfg_path):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["class_to_video", "text_to_video"])
 def test_demo_conditional_inference_configs_run(tmp_path, name):
     if name == "text_to_video":
@@ -198,6 +200,7 @@ def test_predictor_null_condition_and_per_call_guidance(tmp_path):
                               TINY_INFER + ["test_model=null", "guide_scale=3.0"], registry=INFER_ENGINE))
 
 
+@pytest.mark.slow
 def test_cond_lr_mult_speeds_up_the_condition_path_and_resumes_exactly(tmp_path, capsys):
     """cond_lr_mult: the embedder and the model's cond_* layers get lr x mult (two extra optimizer
     groups, with and without weight decay); an interrupted run resumes to the same losses; a

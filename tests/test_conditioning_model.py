@@ -34,6 +34,7 @@ def _garbled(cond, mask):
     return torch.where(mask[..., None], cond, torch.full_like(cond, 7.0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl,pooled", [("math", False), ("blocks", False), ("flex", False),
                                          ("math", True), ("blocks", True)])
 def test_forward_padded_cond_equals_truncated_cond(impl, pooled):
@@ -52,6 +53,7 @@ def test_forward_padded_cond_equals_truncated_cond(impl, pooled):
     assert not torch.allclose(out[1], unmasked[1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_blocks_equal_math_with_padded_cond_and_any_mask_order():
     """(flex == the truncated reference: test_forward_padded_cond_equals_truncated_cond[flex])"""
     model = tiny()
@@ -85,6 +87,7 @@ def test_blocks_gradients_equal_math_with_padded_cond():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [dict(), dict(frame_causal_clean=True, rope="3d", time_cond="token"),
                                 dict(pooled_cond=True), dict(pooled_cond=True, time_cond="token")])
 def test_cached_paths_hide_padded_cond(kw):
@@ -112,6 +115,7 @@ def test_cached_paths_hide_padded_cond(kw):
                                    atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rope", ["1d", "3d"])
 @pytest.mark.parametrize("with_cond", [False, True, "pooled"])
 def test_outputs_invariant_to_a_global_frame_shift(rope, with_cond):

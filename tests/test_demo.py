@@ -1,4 +1,5 @@
 """The shipped demo checkpoint: strict load, a short prediction, the evaluation engine end to end."""
+import pytest
 import json
 import pathlib
 
@@ -24,6 +25,7 @@ def test_shipped_checkpoint_loads_strictly():
     assert "TASK_TYPE: train_next_clip" in checkpoint_config(CKPT)  # how it was trained travels with it
 
 
+@pytest.mark.slow
 def test_short_prediction_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     lst = tmp_path / "one.txt"
@@ -36,6 +38,7 @@ def test_short_prediction_runs(tmp_path, monkeypatch):
     assert list((tmp_path / "one").glob("*.mp4")) and list((tmp_path / "one").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_evaluation_writes_metrics_and_plot(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert main("infer", ["--cfg", "configs/tiny/evaluate.yaml", "log_dir", str(tmp_path),

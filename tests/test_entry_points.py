@@ -77,6 +77,7 @@ def run(*args, cwd=ROOT):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_bad_yaml_exit_code(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("TASK_TYPE: train_next_clip\nmodel: [unclosed\n")
@@ -85,6 +86,7 @@ def test_bad_yaml_exit_code(tmp_path):
     assert "not valid YAML" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_typo_component_type(tmp_path):
     cfg = tmp_path / "typo.yaml"
     cfg.write_text(f"_BASE: {ROOT / 'configs/tiny/train.yaml'}\nmodel: {{type: NextClipTransfomer}}\n")
@@ -96,6 +98,7 @@ def test_typo_component_type(tmp_path):
     assert r.returncode == 2 and "Traceback" in r.stderr
 
 
+@pytest.mark.slow
 def test_unknown_override_and_wrong_type():
     r = run("train_net.py", "--cfg", "configs/tiny/train.yaml", "--dry-run", "num_stepz=3")
     assert r.returncode == 2 and "num_stepz" in r.stderr and "Did you mean num_steps" in r.stderr
@@ -108,6 +111,7 @@ def test_unknown_component_kwarg(capsys):
     assert "does not take widht" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_missing_cfg_file():
     r = run("inference.py", "--cfg", "configs/nope.yaml")
     assert r.returncode == 2 and "does not exist" in r.stderr
@@ -127,6 +131,7 @@ def test_dry_run_runs_the_engine_checks(kind, cfg, override, setting, capsys, mo
     assert err.startswith(f"config error: {setting}") and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.slow
 def test_file_values_type_checked_end_to_end(tmp_path, capsys):
     cfg = tmp_path / "lr.yaml"
     cfg.write_text(f"_BASE: {ROOT / 'configs/tiny/train.yaml'}\nlr: 5e-5\n")

@@ -63,6 +63,7 @@ def test_eval_horizons_checked():
             ev(load_config(ROOT / "configs/experiments/long_horizon/evaluate_tiny.yaml", [bad], registry=INFER_ENGINE))
 
 
+@pytest.mark.slow
 def test_metrics_schema_and_seed_override(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert main("infer", ["--cfg", "configs/tiny/evaluate.yaml", "log_dir", str(tmp_path), "dataset.seed=4321",
@@ -86,6 +87,7 @@ def test_metrics_schema_and_seed_override(tmp_path, monkeypatch):
     assert m["per_video"][0]["input"] == "SyntheticPhysics[0]" and truth.shape[1] == 12
 
 
+@pytest.mark.slow
 def test_a_conditional_model_predicts_with_each_items_caption(tmp_path, monkeypatch, capsys):
     """cond_key: the item's caption reaches Predictor.predict (it used to predict with the null condition
     only); a cond_key for an unconditional model or for video-list inputs is a one-line config error."""

@@ -61,6 +61,7 @@ def test_features_frozen_and_fine_tuned():
     assert grads["blocks.1.qkv.weight"] is None  # blocks past the deepest layer asked for do not run
 
 
+@pytest.mark.slow
 def test_features_leave_forward_encode_history_and_denoise_unchanged():
     """K5: calling features changes no state: the three outputs are bit-identical after it."""
     model = tiny()
@@ -78,6 +79,7 @@ def test_features_leave_forward_encode_history_and_denoise_unchanged():
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_videogpt_preset_has_the_phi3_layout():
     """No qk-norm and no bias in any block (Phi-3); the demo preset keeps both (its checkpoint loads)."""
     with torch.device("meta"):

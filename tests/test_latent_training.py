@@ -1,5 +1,6 @@
 """Latent next-clip training with the causal VAE: configs/experiments/latent_tiny/train.yaml on the fly and through
 scripts.encode_latents + LatentCache (1 + 4k pixel frames -> 1 + k latent frames)."""
+import pytest
 import json
 import pathlib
 
@@ -17,6 +18,7 @@ def run_dir(tmp_path):
     return tmp_path / "run" / "demo_latent"
 
 
+@pytest.mark.slow
 def test_train_latent_on_the_fly_writes_checkpoints(tmp_path):
     assert main("train", ["--cfg", str(CFG), "log_dir", str(tmp_path / "run"), "num_steps=4", *TINY]) == 0
     ck = run_dir(tmp_path) / "checkpoints"

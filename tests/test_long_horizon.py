@@ -16,6 +16,7 @@ from utils.video_io import to_uint8
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_64_frame_rollout_keeps_balls(monkeypatch):
     monkeypatch.chdir(ROOT)
     # fp32 as trained: precision auto picks bf16 on CPUs with bf16 kernels, where this 4-step rollout
@@ -39,6 +40,7 @@ def test_64_frame_rollout_keeps_balls(monkeypatch):
         assert fg[-16:].mean() > 0.6 * ref, (fg.tolist(), ref)             # no fading
 
 
+@pytest.mark.slow
 def test_demo_64_frame_rollout_neither_fades_nor_blows_up(monkeypatch):
     """The shipped demo model (configs/demo/predict.yaml: window 4 + clip 1 latent frames, 10 steps) over
     64 predicted frames of 3 videos of a seed no config uses, each with its caption: no frame is empty,

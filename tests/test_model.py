@@ -100,6 +100,7 @@ def test_denoise_with_cache_equals_forward(kw, with_cond):
     torch.testing.assert_close(model.denoise(z, tt, cond=cond), ref0, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_same_loss_and_grads():
     xn, xc, cl, t = _batch()
     res = []
@@ -120,6 +121,7 @@ def test_no_model_null_cond():
     assert "cond_dropout" not in model.config
 
 
+@pytest.mark.slow
 def test_conditional_forward_uses_every_parameter():
     """DDP (find_unused_parameters=False) needs a gradient for every parameter."""
     model = tiny(cond_dim=5).train()

@@ -43,6 +43,7 @@ def test_recompute_equals_off_with_sliding_window(pooled):
     torch.testing.assert_close(rec, off, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fcc,cond", [(False, False), (True, False), (False, True), (False, "pooled")])
 def test_rolling_equals_off_until_window_slides(fcc, cond):
     model, diff = make_model(frame_causal_clean=fcc, cond_dim=4 if cond else 0,
@@ -95,6 +96,7 @@ def test_rolling_moves_cond_keys_when_the_window_slides():
     torch.testing.assert_close(rol, roll(model, diff, CTX, kv_cache="recompute", **kw), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["off", "recompute", "rolling"])
 def test_guide_scales_one_equal_no_guidance_and_guidance_changes_output(mode):
     model, diff = make_model(cond_dim=4), make_diffusion()
@@ -128,6 +130,7 @@ TERMS = {"condition": ("guide_scale", "guide_interval", dict(history_guide_scale
          "history": ("history_guide_scale", "history_guide_interval", dict(guide_scale=2.0), (0.0, 0.5))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("term", sorted(TERMS))
 @pytest.mark.parametrize("mode", ["off", "recompute", "rolling"])
 def test_guide_interval_applies_its_term_only_inside_it(mode, term):
@@ -162,6 +165,7 @@ def test_cond_guidance_needs_null_cond():
         roll(model, diff, CTX, num_clips=1, guide_scale=3.0, **NULL, **BASE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["off", "recompute", "rolling"])
 def test_no_context_and_num_frames(mode):
     model, diff = make_model(), make_diffusion()

@@ -16,6 +16,7 @@ def _predictor(*overrides):
     return Predictor(load_config(PREDICT, ["backend.attention=sdpa", *overrides], registry=INFER_ENGINE))
 
 
+@pytest.mark.slow
 def test_window_lowered_to_the_trained_frames(monkeypatch, caplog):
     monkeypatch.chdir(ROOT)
     with caplog.at_level(logging.WARNING):
@@ -29,6 +30,7 @@ def test_window_lowered_to_the_trained_frames(monkeypatch, caplog):
         _predictor("clip_len=16")
 
 
+@pytest.mark.slow
 def test_rollout_positions_start_at_zero_in_every_window(monkeypatch):
     """recompute mode re-encodes the window from position 0: the new clip sits at n_hist <= window."""
     import torch

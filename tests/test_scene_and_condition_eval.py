@@ -24,6 +24,7 @@ def _kwargs(cfg):
     return {k: v for k, v in cfg.items() if k != "type"}
 
 
+@pytest.mark.slow
 def test_analyser_reads_ground_truth_videos():
     ds = SyntheticPhysics(**_kwargs(DATASET))
     settings = settings_from_dataset(DATASET)
@@ -131,6 +132,7 @@ save_videos: 1
     return cfg
 
 
+@pytest.mark.slow
 def test_evaluate_condition_end_to_end(tmp_path):
     assert main("infer", ["--cfg", str(_cfg(tmp_path))]) == 0
     out = tmp_path / "out" / "demo_condition_class"
@@ -152,6 +154,7 @@ def test_evaluate_condition_end_to_end(tmp_path):
     assert not (out / "videos" / "0001.mp4").exists()  # save_videos: 1
 
 
+@pytest.mark.slow
 def test_evaluate_condition_goes_on_past_a_bad_item(tmp_path, monkeypatch):
     from tools.inferences.predictor import Predictor
 
@@ -183,6 +186,7 @@ def test_evaluate_condition_config_errors(tmp_path, capsys, override, words):
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_analyser_reads_v2_ground_truth_with_gravity_strength_range():
     """v2 scenes (any-angle gravity of a strength range, 1-6 balls, 2 depth layers, obstacles): the
     analyser takes the expected strength from gravity_strength (it read every video as "none")."""

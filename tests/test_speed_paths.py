@@ -39,6 +39,7 @@ def rolling_caches(model, frames, drop_every=2):
     return cache
 
 
+@pytest.mark.slow
 def test_preallocated_cache_over_many_clips_equals_the_cat_cache():
     """8 clips appended, denoised against and slid in place == the same calls on the torch.cat
     path (taken whenever autograd records, as it does here with enable_grad)."""

@@ -1,4 +1,5 @@
 """The physics-aware tracker baseline (tools/inferences/tracker.py) on SyntheticPhysics videos."""
+import pytest
 import numpy as np
 
 from tools.datasets.synthetic_physics import SyntheticPhysics
@@ -66,6 +67,7 @@ print(int(track_and_predict(v[:4], 36, settings_from_dataset(d), physics_from_da
 """
 
 
+@pytest.mark.slow
 def test_tracker_is_deterministic_across_processes():
     """The tracker once iterated a set of colour names, whose order follows Python's per-process
     string hashing: the balls then entered the integrator (collisions) and the renderer (overlap)

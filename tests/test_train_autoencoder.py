@@ -31,6 +31,7 @@ def scalars(tmp_path):
     return [json.loads(x) for x in (tmp_path / "demo_vae" / "scalars.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_trains_writes_checkpoints_and_the_weights_load_as_an_auto_encoder(tmp_path):
     from utils.registry import AUTO_ENCODER
 
@@ -46,6 +47,7 @@ def test_trains_writes_checkpoints_and_the_weights_load_as_an_auto_encoder(tmp_p
     assert ae.encode(torch.zeros(1, 3, 5, 16, 16)).shape == (1, 4, 2, 2, 2)
 
 
+@pytest.mark.slow
 def test_exact_resume_with_gan(tmp_path):
     gan = ["gan.weight=0.1", "gan.start_step=1", "gan.channels=4"]
     assert train(tmp_path / "a", "num_steps=4", "save_ckp_interval=4", *gan) == 0
@@ -59,6 +61,7 @@ def test_exact_resume_with_gan(tmp_path):
     assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
 
 
+@pytest.mark.slow
 def test_freeze_encoder_fine_tunes_the_decoder_and_keeps_the_latents(tmp_path, capsys):
     """freeze: [encoder] from trained weights: the encoder (so every latent) stays bit-identical, the
     decoder learns; a name that is not a submodule, or freezing everything, is a config error."""
@@ -81,6 +84,7 @@ def test_freeze_encoder_fine_tunes_the_decoder_and_keeps_the_latents(tmp_path, c
     assert "nothing to train" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_vae(tmp_path, capsys):
     assert train(tmp_path, "num_steps=1", "save_ckp_interval=1") == 0
     assert train(tmp_path, "num_steps=2", "auto_encoder.latent_channels=8") == 2
@@ -106,6 +110,7 @@ def test_an_untrainable_auto_encoder_is_refused(tmp_path, capsys):
     assert "Identity cannot be trained by train_autoencoder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_command_runs(tmp_path):
     """The README command (tiny sizes): exit 0 and a checkpoint."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -142,6 +147,7 @@ def _fit_one_frame(loss_weights, lr, init_logvar=-6.0, steps=80):
     return psnr_per_frame(y[0], x[0]).item(), psnr_per_frame(empty[0], x[0]).item()
 
 
+@pytest.mark.slow
 def test_defaults_learn_the_objects_not_only_the_background():
     """Regression: with L1 only, lr 1e-3 and torch's logvar init the CausalVAE stayed at the empty
     background for hundreds of steps. The engine's default loss and lr must draw the balls quickly."""

@@ -47,6 +47,7 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "scalars.jsonl").read_text().splitlines())}
 
 
+@pytest.mark.slow
 def test_exact_resume_and_checkpoint_round_trip(tmp_path):
     cfg = write_cfg(tmp_path)
     assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path / "full")]) == 0
@@ -77,6 +78,7 @@ def test_exact_resume_and_checkpoint_round_trip(tmp_path):
     assert (tmp_path / "full" / "tiny" / "checkpoints" / "step_00000006.ema.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_loss_falls_on_tiny_overfit(tmp_path):
     cfg = write_cfg(tmp_path, length=4, batch=4, steps=60, save=1000, lr=3e-3)
     assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path)]) == 0
@@ -86,6 +88,7 @@ def test_loss_falls_on_tiny_overfit(tmp_path):
     assert last < 0.5 * first, (first, last)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_single_process(tmp_path):
     cfg = write_cfg(tmp_path, length=32, batch=2, steps=4, save=1000)
     assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path / "single")]) == 0
@@ -102,6 +105,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         assert ddp[s] == pytest.approx(single[s], rel=1e-4, abs=1e-6), (s, ddp[s], single[s])
 
 
+@pytest.mark.slow
 def test_train_from_latent_cache_and_refuse_a_mismatched_one(tmp_path, capsys):
     from scripts.encode_latents import main as encode
 
@@ -118,6 +122,7 @@ def test_train_from_latent_cache_and_refuse_a_mismatched_one(tmp_path, capsys):
     assert "different autoencoder/preprocessing" in err and "resolution" in err
 
 
+@pytest.mark.slow
 def test_custom_component_example_trains(tmp_path):
     """configs/examples/custom_dataset.yaml registers MovingSquares from its own file."""
     assert main("train", ["--cfg", str(ROOT / "configs/examples/custom_dataset.yaml"), "log_dir", str(tmp_path),

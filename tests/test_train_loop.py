@@ -96,6 +96,7 @@ def test_bad_setting_exits_2_without_training(tmp_path, capsys):
     assert not (tmp_path / "tiny" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_dry_run_rejects_bad_settings(tmp_path):
     """Through the CLI (helper "config" wires validate into --dry-run)."""
     if "validate" not in (ROOT / "utils/cli.py").read_text():
@@ -144,6 +145,7 @@ if "EpochProbe" not in DATASETS:
     DATASETS.register_class()(EpochProbe)
 
 
+@pytest.mark.slow
 def test_engine_passes_epochs_so_draws_change_and_resume_repeats_them(tmp_path):
     cfg = write_cfg(tmp_path, dataset="{type: EpochProbe, length: 4}", batch=2, steps=4, save=2)
     EpochProbe.calls = []
@@ -185,6 +187,7 @@ JOINT = ("{{type: JointImageVideo, image_ratio: 0.5, batch_size_image: 3, seed: 
          "image: {{type: SyntheticPhysics, resolution: 16, num_frames: 1, length: 8, seed: 1}}}}")
 
 
+@pytest.mark.slow
 def test_joint_image_video_trains_both_kinds_and_resumes_exactly(tmp_path):
     from tools.datasets.mixing import step_kind
 
@@ -296,6 +299,7 @@ def test_disk_full_save_removes_partial_files_and_says_so(tmp_path, monkeypatch,
     assert names == ["step_00000001.ema.safetensors", "step_00000001.safetensors", "step_00000001.state.pt"]
 
 
+@pytest.mark.slow
 def test_real_write_failure_is_reported_with_its_os_cause(tmp_path):
     """No monkeypatching: a file size limit makes the real safetensors writer fail (EFBIG)."""
     code = f"""
@@ -316,6 +320,7 @@ except OSError as e:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001.safetensors", "step_00000001.state.pt"]
 
 
+@pytest.mark.slow
 def test_disk_full_during_training_keeps_earlier_checkpoint(tmp_path, monkeypatch, capsys):
     cfg = write_cfg(tmp_path, steps=4, save=2)
     _full_disk(monkeypatch, "step_00000004.state")
@@ -345,6 +350,7 @@ def test_start_removes_stale_temps_and_old_incomplete_checkpoints(tmp_path):
 
 
 # ---------------------------------------------------------------------------- 10c: changed settings
+@pytest.mark.slow
 def test_resume_with_new_lr_takes_effect_and_is_logged(tmp_path):
     cfg = write_cfg(tmp_path, steps=6, save=3)
     assert train(cfg, tmp_path, "num_steps=3") == 0
@@ -357,6 +363,7 @@ def test_resume_with_new_lr_takes_effect_and_is_logged(tmp_path):
     assert "lr: 0.0005" in (run / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_resume_with_cosine_schedule_rebuilds_it_at_the_resumed_step(tmp_path):
     cfg = write_cfg(tmp_path, steps=6, save=3)
     assert train(cfg, tmp_path / "full", "lr_schedule=cosine", "num_steps=10") == 0
@@ -367,6 +374,7 @@ def test_resume_with_cosine_schedule_rebuilds_it_at_the_resumed_step(tmp_path):
     assert [b[s] for s in range(4, 11)] == pytest.approx([a[s] for s in range(4, 11)])
 
 
+@pytest.mark.slow
 def test_resume_with_other_diffusion_is_a_config_error(tmp_path, capsys):
     cfg = write_cfg(tmp_path, steps=4, save=2)
     assert train(cfg, tmp_path, "num_steps=2") == 0
@@ -378,6 +386,7 @@ def test_resume_with_other_diffusion_is_a_config_error(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- 12b: resume that cannot resume
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
     cfg = write_cfg(tmp_path, steps=6, save=3)
     assert train(cfg, tmp_path / "full") == 0
@@ -396,6 +405,7 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("input error:") and str(bad) in err
 
 
+@pytest.mark.slow
 def test_checkpoints_of_another_model_are_refused_before_writing(tmp_path, capsys):
     cfg = write_cfg(tmp_path, steps=2, save=2)
     assert train(cfg, tmp_path) == 0
@@ -410,6 +420,7 @@ def test_checkpoints_of_another_model_are_refused_before_writing(tmp_path, capsy
 
 
 # ---------------------------------------------------------------------------- 13: scalars after resume
+@pytest.mark.slow
 def test_scalars_have_each_step_once_after_a_resume_that_replays_steps(tmp_path):
     cfg = write_cfg(tmp_path, steps=6, save=3)
     assert train(cfg, tmp_path) == 0
@@ -467,6 +478,7 @@ def _torchrun(tmp_path, mode, timeout_s, port):
     return r, time.time() - t0
 
 
+@pytest.mark.slow
 def test_hung_rank_is_named_after_dist_timeout(tmp_path):
     r, took = _torchrun(tmp_path, "hang", 3, free_port())
     out = r.stdout + r.stderr
@@ -475,6 +487,7 @@ def test_hung_rank_is_named_after_dist_timeout(tmp_path):
     assert "dist_timeout=3s" in out and took < 40, took
 
 
+@pytest.mark.slow
 def test_dead_rank_stops_the_others_at_once(tmp_path):
     r, took = _torchrun(tmp_path, "die", 60, free_port())
     assert r.returncode != 0 and took < 30, (took, (r.stdout + r.stderr)[-3000:])

@@ -191,6 +191,7 @@ def test_export_round_trip_through_a_training_checkpoint(tmp_path, official, ref
     assert vc.main([str(tmp_path / "nope.safetensors"), str(tmp_path / "x")]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guide", [1.0, 1.5])
 def test_kv_cached_rollout_equals_uncached(reference_model, guide):
     g = torch.Generator().manual_seed(0)
@@ -237,6 +238,7 @@ def test_predictor_loads_a_weights_folder_through_the_pretrain_loader(tmp_path, 
         validate_rollout(cfg)
 
 
+@pytest.mark.slow
 def test_stage_style_training_fine_tunes_an_official_folder(tmp_path):
     """As configs/videogpt/stage*.yaml do: VideoGPT built on meta (empty_weights), filled from an
     official-layout folder by VideoGPTCheckpoint, trained by train_next_clip; its checkpoint
