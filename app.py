@@ -11,8 +11,8 @@ import os
 # See train_net.py: must be set before torch is imported.
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
-from tools.inferences.web_app import main  # noqa: E402
-from tools import load_components  # noqa: E402
+from tools import load_components
+from tools.inferences.web_app import main
 
 load_components()  # every built-in component registers itself (entry points do this, utils never imports tools)
 

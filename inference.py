@@ -9,8 +9,8 @@ import os
 # See train_net.py: must be set before torch is imported.
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
-from utils.cli import main  # noqa: E402
-from tools import load_components  # noqa: E402
+from tools import load_components
+from utils.cli import main
 
 load_components()  # every built-in component registers itself (entry points do this, utils never imports tools)
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
+from tools import load_components
 from tools.datasets.synthetic_physics import CAPTION_PARTS, caption
 from tools.embedders.conditioning import embed
 from tools.stack import build_stack
 from utils.checkpoint import embedder_weights_for, load_weights
 from utils.config import load_config
 from utils.registry import DATASETS, EMBEDDER, ENGINE
-from tools import load_components
 
 
 def main():

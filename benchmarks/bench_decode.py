@@ -74,9 +74,8 @@ def epoch_bench(list_file: str) -> None:
     import time
 
     from tools.autoencoders.identity import Identity
-    from tools.datasets.latent_cache import LatentCache
+    from tools.datasets.latent_cache import LatentCache, encode_dataset
     from tools.datasets.video_list import VideoList
-    from tools.datasets.latent_cache import encode_dataset
 
     ds = VideoList(list_file, num_frames=16, resolution=64)
     t0 = time.perf_counter()

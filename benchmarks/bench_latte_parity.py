@@ -39,8 +39,8 @@ def main() -> None:
     model = build_video_model(cfg, cfg.test_model, embedder).eval()
     diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")
     cases = load_file(str(fixture / "cases.safetensors"))
-    ours = lambda x: x.transpose(1, 2)  # noqa: E731 - the reference's (B, F, C, H, W) <-> (B, C, F, H, W)
-    rel = lambda a, b: float((a - b).abs().max() / b.abs().max())  # noqa: E731
+    ours = lambda x: x.transpose(1, 2)  # the reference's (B, F, C, H, W) <-> (B, C, F, H, W)
+    rel = lambda a, b: float((a - b).abs().max() / b.abs().max())
     pred_fn = guided(model, {"y": embedder([5])[0]}, {"y": embedder.null(1)[0]}, 7.0, diffusion.guide)
     with torch.no_grad():
         a = ours(model(ours(cases["a.x"]), cases["a.t"], y=embedder([3, None])[0]))

@@ -16,10 +16,10 @@ from pathlib import Path
 
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+import torch
+from safetensors.torch import load_file
 
-from tools import load_components  # noqa: E402
+from tools import load_components
 
 ROOT = Path(__file__).resolve().parents[1]
 VGEN = ("diffusion={_delete_: true, type: GaussianDiffusion, schedule: cosine, zero_terminal_snr: true, prediction: v, "

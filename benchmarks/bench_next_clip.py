@@ -251,7 +251,7 @@ def attention_worker(variant: str, frames: int, reps: int) -> dict:
     q, k, v = (torch.randn(1, Hh, lay.L, D) for _ in range(3))
     base = _reset_peak_rss_kb()
     if variant == "causal_sdpa":
-        fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+        fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:
         impl = {"flex": "flex", "blocks": "blocks", "dense_mask": "math"}[variant]
 
@@ -271,7 +271,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes and few repetitions")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    ap.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON (schema in the docstring)")
+    ap.add_argument("--json", default=None, metavar="PATH",
+                    help="also write the figures as JSON (schema in the docstring)")
     ap.add_argument("--attention-worker", nargs=2, metavar=("VARIANT", "FRAMES"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:

@@ -1,6 +1,6 @@
 """Held-out reconstruction quality and speed of a video autoencoder: PSNR / SSIM, encode / decode frames/s.
 
-    python -m benchmarks.bench_vae --cfg configs/experiments/latent_tiny/train_vae.yaml --weights data/demo/demo_vae.safetensors \
+    python -m benchmarks.bench_vae --cfg configs/demo/train_vae.yaml --weights data/demo/demo_vae_v2.safetensors \
         [--num 16] [--frames 17] [--seed 777]
 
 Builds the config's ``auto_encoder`` (with ``weights`` replaced), reads ``--num`` SyntheticPhysics
@@ -23,10 +23,10 @@ import time
 import numpy as np
 import torch
 
+from tools import load_components
 from utils.config import load_config
 from utils.metrics import psnr_per_frame, ssim_per_frame
 from utils.registry import AUTO_ENCODER, DATASETS, ENGINE
-from tools import load_components
 
 
 def main():
@@ -44,7 +44,8 @@ def main():
     ds = DATASETS.build({**cfg.dataset, "num_frames": args.frames, "seed": args.seed, "length": args.num}, "dataset")
     objects = cfg.dataset.get("type") == "SyntheticPhysics"
     if objects:
-        from tools.inferences.evaluate_prediction import DEFAULTS as EVAL_DEFAULTS, object_scores
+        from tools.inferences.evaluate_prediction import DEFAULTS as EVAL_DEFAULTS
+        from tools.inferences.evaluate_prediction import object_scores
         from tools.inferences.scene import detect_objects, settings_from_dataset
         from utils.video_io import to_uint8
 
@@ -80,7 +81,7 @@ def main():
                 pos.append(float(np.nanmean(o["position_error"])))
                 count.append(float(np.mean(o["count_accuracy"])))
     n = args.num
-    avg = lambda xs, d: round(sum(xs) / len(xs), d)  # noqa: E731
+    avg = lambda xs, d: round(sum(xs) / len(xs), d)
     print(json.dumps({"videos": n, "frames_per_video": args.frames, "seed": args.seed,
                       "psnr": avg(psnr, 3), "ssim": avg(ssim, 4),
                       **{k: avg(v, 4 if k.endswith("ssim") else 3) for k, v in base.items() if v},

@@ -16,8 +16,8 @@ from pathlib import Path
 
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")  # before torch is imported (see train_net.py)
 
-from tools import load_components  # noqa: E402
-from tools.datasets.latent_cache import (  # noqa: E402
+from tools import load_components
+from tools.datasets.latent_cache import (
     MANIFEST,
     cache_fingerprint,
     encode_dataset,

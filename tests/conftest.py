@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from tools import load_components  # noqa: E402
+from tools import load_components
 
 load_components()  # as the entry points do: every built-in component registered before a test builds one
 

@@ -8,7 +8,6 @@ nor a seek index. Import from a test as ``from media import write_webm, write_mk
 from __future__ import annotations
 
 import os
-from typing import Tuple
 
 import numpy as np
 
@@ -58,7 +57,7 @@ def write_mkv(path, frames, fps: float = 8, codec: str = "h264", gop: int = 6) -
     return _write_live(path, frames, fps, codec, "matroska", gop)
 
 
-def header_frame_counts(path) -> Tuple[float, int]:
+def header_frame_counts(path) -> tuple[float, int]:
     """(OpenCV CAP_PROP_FRAME_COUNT, PyAV stream.frames): what the container itself says."""
     import av
     import cv2

@@ -9,7 +9,8 @@ from utils.registry import AUTO_ENCODER
 
 def test_identity_round_trip_and_attributes():
     ae = AUTO_ENCODER.build({"type": "Identity", "chunk_size": 3})
-    assert (ae.latent_channels, ae.spatial_factor, ae.temporal_factor, ae.scale_factor, ae.shift_factor) == (3, 1, 1, 1.0, 0.0)
+    attrs = (ae.latent_channels, ae.spatial_factor, ae.temporal_factor, ae.scale_factor, ae.shift_factor)
+    assert attrs == (3, 1, 1, 1.0, 0.0)
     x = torch.rand(2, 3, 7, 5, 6) * 2 - 1
     z = ae.encode(x)
     assert torch.equal(z, x) and torch.equal(ae.decode(z), x)

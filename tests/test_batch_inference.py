@@ -10,14 +10,14 @@ import sys
 
 import numpy as np
 import pytest
+from ports import free_port
+from test_inference_engine import tiny_weights, write_cfg
 
 import utils.video_io as vio
-from test_inference_engine import tiny_weights, write_cfg
 from utils.cli import main
 from utils.config import ConfigError, InputError, load_config
 from utils.registry import INFER_ENGINE
 from utils.test_list import failure_reasons, load_results, merge_results, parse_test_list, run_test_list
-from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

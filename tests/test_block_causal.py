@@ -2,7 +2,11 @@ import pytest
 import torch
 
 from tools.models.block_causal import (
-    BlockCausalLayout, block_causal_attention, interleaved_dense_mask, prefix_attention)
+    BlockCausalLayout,
+    block_causal_attention,
+    interleaved_dense_mask,
+    prefix_attention,
+)
 
 # (clip_lens with padding, tokens_per_frame)
 LAYOUTS = [

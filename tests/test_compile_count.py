@@ -1,7 +1,7 @@
 """Bounded FlexAttention compiles: random clip cuts run at a few padded lengths (tools/models/block_causal.py)."""
-import pytest
 import logging
 
+import pytest
 import torch
 
 from tools.models import block_causal as bc

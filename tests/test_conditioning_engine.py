@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
+from ports import free_port
 
 from utils.cli import main
-from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -181,7 +181,7 @@ def test_predictor_null_condition_and_per_call_guidance(tmp_path):
     over = TINY_INFER + [f"test_model={weights}", "guide_scale=1.0"]
     p = Predictor(load_config(cfg_path, over, registry=INFER_ENGINE))
     assert p.model.cond_dim == p.embedder.dim == 256  # cond_dim from the embedder
-    run = lambda **kw: p.predict(None, 3, num_frames=4, **kw)  # noqa: E731
+    run = lambda **kw: p.predict(None, 3, num_frames=4, **kw)
     null = run(cond_value=None)
     assert null.shape == (3, 4, 32, 32)
     assert not torch.allclose(null, run(cond_value="2 balls, gravity left"), atol=1e-4)
@@ -206,6 +206,7 @@ def test_cond_lr_mult_speeds_up_the_condition_path_and_resumes_exactly(tmp_path,
     groups, with and without weight decay); an interrupted run resumes to the same losses; a
     checkpoint of another group layout is refused with a message."""
     from easydict import EasyDict
+
     from tools.models.next_clip_transformer import NextClipTransformer
     from tools.train import loop
     from tools.train.train_next_clip import condition_parameters

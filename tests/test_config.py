@@ -3,8 +3,16 @@ import textwrap
 import pytest
 import yaml
 
-from utils.config import (ConfigError, apply_overrides, deep_merge, import_custom, load_config, load_yaml_tree, parse_scalar,
-                          split_overrides)
+from utils.config import (
+    ConfigError,
+    apply_overrides,
+    deep_merge,
+    import_custom,
+    load_config,
+    load_yaml_tree,
+    parse_scalar,
+    split_overrides,
+)
 from utils.registry import ENGINE, MODEL
 
 

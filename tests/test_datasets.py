@@ -85,8 +85,8 @@ def test_invalid_args_messages(tmp_path, shared_data):
 
 
 def test_image_list(tmp_path, shared_data):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "i.txt").write_text(f"a.png|||white\n{shared_data / 'odd_palette.gif'}\n")
     ds = ImageList(str(tmp_path / "i.txt"), resolution=16)

@@ -1,8 +1,8 @@
 """The shipped demo checkpoint: strict load, a short prediction, the evaluation engine end to end."""
-import pytest
 import json
 import pathlib
 
+import pytest
 import torch
 
 from utils.checkpoint import checkpoint_config, load_weights

@@ -6,10 +6,10 @@ import pathlib
 import pytest
 import torch
 
+from tools.embedders.conditioning import model_cfg_for
 from utils.checkpoint import checkpoint_config, load_weights
 from utils.cli import main
 from utils.config import load_config
-from tools.embedders.conditioning import model_cfg_for
 from utils.registry import EMBEDDER, INFER_ENGINE, MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

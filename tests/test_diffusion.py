@@ -8,7 +8,6 @@ from tools.diffusions.gaussian import GaussianDiffusion
 from tools.diffusions.rectified_flow import RectifiedFlow, frame_clip_index
 from utils.registry import DIFFUSION
 
-
 # ----------------------------------------------------------------- analytic Gaussian flow
 MU, S = 0.7, 0.5  # data x1 ~ N(MU, S^2) per element
 

@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
+from tools.embedders import text as _text
 from tools.embedders.class_label import ClassLabel
-from tools.embedders import text as _text  # noqa: F401  (registers MiniLMText, OpenCLIPText)
 from utils.registry import EMBEDDER
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,8 +1,8 @@
 """NextClipTransformer.features (contract K5) and the Phi-3 layout of the videogpt-3.8b preset."""
 import pytest
 import torch
-
 from test_model import randomize  # zero-initialised gates would make every block an identity
+
 from tools.models.next_clip_transformer import NextClipTransformer
 
 

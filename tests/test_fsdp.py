@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
+from ports import free_port
 
 from utils.cli import main
-from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,8 @@ def losses(run_dir):
 def torchrun(cfg, log_dir, *extra, port=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(port or free_port()), str(ROOT / "train_net.py"), "--cfg", str(cfg), "log_dir", str(log_dir),
+                        str(port or free_port()), str(ROOT / "train_net.py"), "--cfg", str(cfg),
+                        "log_dir", str(log_dir),
                         "batch_size=1", "backend.parallel=fsdp", *extra],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -97,8 +98,8 @@ def test_sharded_checkpoint_resumes_on_one_process_and_consolidates(runs, tmp_pa
     for s in (3, 4):
         assert got[s] == pytest.approx(single[s], rel=REL), (s, got[s], single[s])
     # one safetensors file of the sharded EMA that inference loads (test_model) like any weights file
-    from utils.checkpoint import checkpoint_config, load_weights, read_state_dict
     from scripts.consolidate_checkpoint import main as consolidate
+    from utils.checkpoint import checkpoint_config, load_weights, read_state_dict
     from utils.registry import MODEL
 
     out = tmp_path / "model.safetensors"
@@ -119,8 +120,8 @@ def test_sharded_checkpoint_resumes_on_one_process_and_consolidates(runs, tmp_pa
 
 
 def test_consolidate_refuses_a_plain_checkpoint(tmp_path, capsys):
-    from utils.checkpoint import save_checkpoint
     from scripts.consolidate_checkpoint import main as consolidate
+    from utils.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, None, {}, "a: 1\n")
     assert consolidate([str(tmp_path / "step_00000001.safetensors"), str(tmp_path / "o.safetensors")]) == 2
@@ -140,7 +141,7 @@ def test_parallel_setting_is_checked_and_resolved():
 
 
 def test_meta_parameters_keep_buffers_and_materialise():
-    from tools.backends.parallel import has_meta, meta_parameters, materialise
+    from tools.backends.parallel import has_meta, materialise, meta_parameters
     from utils.registry import MODEL
 
     spec = {"type": "NextClipTransformer", "preset": "tiny", "in_channels": 3, "patch_size": 4, "rope": "3d"}

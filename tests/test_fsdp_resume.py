@@ -14,13 +14,13 @@ import sys
 
 import pytest
 import torch
+from ports import free_port
 
 from tools.train import loop
 from utils.checkpoint import read_checkpoint
 from utils.cli import main
 from utils.config import load_config
 from utils.registry import EMBEDDER, ENGINE, MODEL
-from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = """

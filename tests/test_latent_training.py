@@ -1,8 +1,9 @@
 """Latent next-clip training with the causal VAE: configs/experiments/latent_tiny/train.yaml on the fly and through
 scripts.encode_latents + LatentCache (1 + 4k pixel frames -> 1 + k latent frames)."""
-import pytest
 import json
 import pathlib
+
+import pytest
 
 from utils.cli import main
 
@@ -28,8 +29,8 @@ def test_train_latent_on_the_fly_writes_checkpoints(tmp_path):
 
 
 def test_encode_latents_then_train_from_the_cache(tmp_path, capsys):
-    from tools.datasets.latent_cache import LatentCache
     from scripts.encode_latents import main as encode
+    from tools.datasets.latent_cache import LatentCache
 
     cache = tmp_path / "cache"
     assert encode(["--cfg", str(CFG), "--out", str(cache), *TINY]) == 0

@@ -82,7 +82,7 @@ def test_hybrid_loss_matches_the_hand_computation_and_stops_the_mean_gradient():
 def test_decoder_term_at_timestep_zero_matches_the_hand_computation():
     d = diffusion()
     x0, xk, eps, v = 0.2, 0.25, -0.5, 0.3
-    t = lambda a: torch.full((1, 1, 1, 1, 1), a, dtype=torch.float64)  # noqa: E731
+    t = lambda a: torch.full((1, 1, 1, 1, 1), a, dtype=torch.float64)
     ab = torch.full((1, 1, 1, 1, 1), alpha_bars(0)[0], dtype=torch.float64)
     x0_hat = d.to_eps_x0(t(eps), t(xk), ab)[1]
     got = lv.vb_term(t(x0), t(xk), x0_hat, t(v), d._full_chain, torch.tensor([0]))

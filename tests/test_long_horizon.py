@@ -60,7 +60,7 @@ def test_demo_64_frame_rollout_neither_fades_nor_blows_up(monkeypatch):
             if k != "type"}
     data.update(num_frames=64 + context, seed=31337, length=3)      # a seed no config uses
     ds, st = SyntheticPhysics(**data), settings_from_dataset(data)
-    fg = lambda x: (np.abs(x.astype(np.float32) - ds.background).max(-1) > 60).sum((1, 2))  # noqa: E731
+    fg = lambda x: (np.abs(x.astype(np.float32) - ds.background).max(-1) > 60).sum((1, 2))
     for i in range(3):
         item = ds[i]
         truth, n = item["video"], item["meta"]["num_balls"]

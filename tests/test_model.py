@@ -188,7 +188,7 @@ def test_adapt_patch_size_computes_the_pooled_model_at_twice_the_resolution(tmp_
     xn, xc = torch.randn(B, C, Fr, 16, 16, generator=g), torch.randn(B, C, Fr, 16, 16, generator=g)
     clip_lens, t = torch.tensor([[2, 2, 2]] * B), torch.rand(B, 3, generator=g)
     cond = torch.randn(B, 2, 5, generator=g)
-    pool = lambda x: torch.nn.functional.avg_pool3d(x, (1, 2, 2))  # noqa: E731
+    pool = lambda x: torch.nn.functional.avg_pool3d(x, (1, 2, 2))
     with torch.no_grad():
         ref = small(pool(xn), pool(xc), clip_lens, t, cond=cond)
         out = big(xn, xc, clip_lens, t, cond=cond)
@@ -202,7 +202,8 @@ def test_adapt_patch_size_computes_the_pooled_model_at_twice_the_resolution(tmp_
 
 def test_load_checkpoint_exclude_restarts_the_output_layer(tmp_path):
     """LoadCheckpoint(exclude: [out.]) loads everything but the output layer, which keeps its
-    fresh (zero) init, so the model starts from zero output with the trained trunk. strict still holds for the rest; a prefix that names nothing is refused."""
+    fresh (zero) init, so the model starts from zero output with the trained trunk. strict still holds
+    for the rest; a prefix that names nothing is refused."""
     from safetensors.torch import save_file
 
     from tools.pretrain.load_checkpoint import LoadCheckpoint

@@ -42,7 +42,7 @@ def test_energy_and_momentum_conserved_without_gravity():
         pos, vel, r, m, _ = ds.simulate(i)
         ke = _kinetic(vel, m)
         assert np.allclose(ke, ke[0], rtol=1e-9), (i, ke.min(), ke.max())
-        collided += int((np.abs(np.diff(vel, axis=0)).sum() > 0))
+        collided += int(np.abs(np.diff(vel, axis=0)).sum() > 0)
     assert collided == 5
 
 

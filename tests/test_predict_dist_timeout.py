@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-
 from ports import free_port
+
 from utils.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -9,7 +9,6 @@ arguments are kept) and run in-process through ``utils.cli.main`` with ``--dry-r
 import pathlib
 import re
 import shlex
-from typing import List, Tuple
 
 import pytest
 
@@ -21,7 +20,7 @@ LAUNCHERS = {"python", "python3", "torchrun"}
 SHELL_OPS = {"&&", "||", ";", "|"}
 
 
-def _commands_in(line: str) -> List[Tuple[str, List[str]]]:
+def _commands_in(line: str) -> list[tuple[str, list[str]]]:
     """(kind, argv) of each entry-point call on one shell line."""
     lex = shlex.shlex(line, posix=True, punctuation_chars=True)  # `a; b`, `a&&b`: operators are their own words
     lex.whitespace_split = True
@@ -48,7 +47,7 @@ def _commands_in(line: str) -> List[Tuple[str, List[str]]]:
     return out
 
 
-def readme_commands(text: str) -> List[Tuple[str, List[str], str]]:
+def readme_commands(text: str) -> list[tuple[str, list[str], str]]:
     """(kind, argv, source line) of every entry-point command in a Markdown text."""
     lines = []
     for block in re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", text, re.S):
@@ -57,7 +56,7 @@ def readme_commands(text: str) -> List[Tuple[str, List[str], str]]:
     return [(kind, argv, line.strip()) for line in lines for kind, argv in _commands_in(line)]
 
 
-def run_dry(kind: str, argv: List[str]) -> int:
+def run_dry(kind: str, argv: list[str]) -> int:
     """The command through its entry point (train_net.py adds ``--world-size`` and the memory plan)."""
     import train_net
 

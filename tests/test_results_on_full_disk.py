@@ -42,7 +42,7 @@ def test_full_disk_on_the_first_item_is_recorded(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tl, "write_video", full_video)
     monkeypatch.setattr(tl, "open", full_open, raising=False)
-    produce = lambda item: np.zeros((2, 8, 8, 3), np.uint8)  # noqa: E731
+    produce = lambda item: np.zeros((2, 8, 8, 3), np.uint8)
     with pytest.raises(OSError) as e:
         tl.run_test_list(items, str(tmp_path), produce, progress=False)
     assert e.value.errno == errno.ENOSPC

@@ -1,11 +1,10 @@
 import pytest
 import torch
-
 from rollouts import roll
-from tools.inferences.rollout import RolloutSettings, clip_seed, rollout
-from tools.models.next_clip_transformer import NextClipTransformer
 
 from tools.diffusions.rectified_flow import RectifiedFlow
+from tools.inferences.rollout import RolloutSettings, clip_seed, rollout
+from tools.models.next_clip_transformer import NextClipTransformer
 
 
 def make_diffusion():

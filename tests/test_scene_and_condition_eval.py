@@ -39,7 +39,8 @@ def test_analyser_reads_ground_truth_videos():
     assert all(v >= 0.98 for v in acc.values()), acc
     # every class occurs, so the accuracy is not carried by one easy class
     attrs = [ds[i]["meta"]["attributes"] for i in range(len(ds))]
-    assert {a["gravity"] for a in attrs} == set(DATASET["gravity_dirs"]) and {a["speed"] for a in attrs} == {"slow", "fast"}
+    assert {a["gravity"] for a in attrs} == set(DATASET["gravity_dirs"])
+    assert {a["speed"] for a in attrs} == {"slow", "fast"}
 
 
 def _render(pos, radii, colors, res=32):
@@ -109,7 +110,7 @@ def _tiny_conditional_weights(tmp_path):
     torch.manual_seed(0)
     emb = EMBEDDER.build({"type": "ClassLabel", "num_classes": 15, "dim": EMB_DIM})
     model = MODEL.build({"type": "NextClipTransformer", "preset": "tiny", "in_channels": 3, "patch_size": 8,
-                         "cond_dim": EMB_DIM, "pooled_cond": True})  # as configs/experiments/conditioning/evaluate_class.yaml
+                         "cond_dim": EMB_DIM, "pooled_cond": True})  # as experiments/conditioning/evaluate_class
     path = tmp_path / "cls.safetensors"
     save_weights(path, model.state_dict())
     save_weights(embedder_weights_for(path), emb.state_dict())

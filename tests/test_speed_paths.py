@@ -74,7 +74,7 @@ def test_extension_and_scratch_never_change_an_older_cache():
         assert torch.equal(a, b)
     for a, b in zip(c2.k, snap2):
         assert torch.equal(a, b)
-    plain = lambda c: KVCache([k.clone() for k in c.k], [v.clone() for v in c.v], c.num_cond,  # noqa: E731
+    plain = lambda c: KVCache([k.clone() for k in c.k], [v.clone() for v in c.v], c.num_cond,
                               c.tokens_per_frame, c.frame_offset, list(c.clip_lens))
     torch.testing.assert_close(p1, model.denoise(z, t, cache=plain(c1)), rtol=0, atol=1e-6)
     torch.testing.assert_close(p2, model.denoise(z, t, cache=plain(c2)), rtol=0, atol=1e-6)

@@ -48,7 +48,7 @@ def test_run_errors_skips_and_rerun(tmp_path):
     assert "out of memory" in s["reasons"][1] and "integer" in s["reasons"][2]
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".mp4")) == ["0000_one.mp4", "0003_four_evil.mp4"]
     assert os.path.exists(tmp_path / "0000_one.gif") and os.path.exists(tmp_path / "0000_one.png")
-    recs = [json.loads(l) for l in open(tmp_path / "results.jsonl")]
+    recs = [json.loads(line) for line in open(tmp_path / "results.jsonl")]
     assert [r["status"] for r in recs] == ["ok", "error", "error", "ok"]
     assert recs[0]["note"] == "extra" and recs[0]["input"] == "one" and recs[0]["seed"] == 0
     # re-run: done items are skipped, the failed one is retried
@@ -57,7 +57,7 @@ def test_run_errors_skips_and_rerun(tmp_path):
     assert (s2["ok"], s2["failed"], s2["skipped"]) == (1, 1, 2) and calls == [1]
     s3 = run_test_list(items, str(tmp_path), _frames, overwrite=True, progress=False)
     assert s3["ok"] == 3
-    recs = [json.loads(l) for l in open(tmp_path / "results.jsonl")]
+    recs = [json.loads(line) for line in open(tmp_path / "results.jsonl")]
     assert len(recs) == 4 and recs[1]["status"] == "ok"
 
 
@@ -86,6 +86,6 @@ def test_sharding_two_ranks(tmp_path):
         assert s["total"] == (3 if r == 0 else 2)
     assert sorted(seen) == list(range(5))
     merge_results(str(tmp_path))
-    recs = [json.loads(l) for l in open(tmp_path / "results.jsonl")]
+    recs = [json.loads(line) for line in open(tmp_path / "results.jsonl")]
     assert [r["index"] for r in recs] == list(range(5)) and all(r["status"] == "ok" for r in recs)
     assert len([f for f in os.listdir(tmp_path) if f.endswith(".mp4")]) == 5

@@ -20,7 +20,8 @@ def test_ci_runs_the_readme_commands_to_the_letter():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
     first, second = blocks[0].strip(), blocks[1].strip()  # "The two commands": install + demo, then the tests
-    assert first.endswith("python inference.py --cfg configs/demo/predict.yaml") and "pip install -r requirements.txt" in first
+    assert first.endswith("python inference.py --cfg configs/demo/predict.yaml")
+    assert "pip install -r requirements.txt" in first
     assert second == "bash scripts/test.sh"
     ci = [ln.strip() for ln in (ROOT / ".ci/run").read_text().splitlines()]
     assert first in ci and second in ci and ci.index(first) < ci.index(second)

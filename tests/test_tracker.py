@@ -1,6 +1,6 @@
 """The physics-aware tracker baseline (tools/inferences/tracker.py) on SyntheticPhysics videos."""
-import pytest
 import numpy as np
+import pytest
 
 from tools.datasets.synthetic_physics import SyntheticPhysics
 from tools.inferences.scene import detect_objects, match_objects, settings_from_dataset

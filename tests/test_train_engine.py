@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
+from ports import free_port
 
 from utils.cli import main
-from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,5 @@
-"""Training engine and loop (tools/train/loop.py, train_next_clip): settings validation, epochs, image/video mixing, cached-latent
+"""Training engine and loop (tools/train/loop.py, train_next_clip): settings validation, epochs, image/video
+mixing, cached-latent
 cuts, checkpoint failures and cleanup, resume checks, scalar log trimming, distributed failures."""
 import errno
 import json
@@ -11,13 +12,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from ports import free_port
 
 from tools.train import train_next_clip as engine
 from tools.train.train_next_clip import GlobalBatchSampler, latents_of
 from utils.cli import main
 from utils.config import ConfigError, load_config
 from utils.registry import DATASETS, ENGINE
-from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -4,8 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from utils.video_io import (VideoReadError, make_grid, probe_video, read_image, read_video,
-                            resize_crop, to_tensor, to_uint8, write_grid, write_video)
+from utils.video_io import (
+    VideoReadError,
+    make_grid,
+    probe_video,
+    read_image,
+    read_video,
+    resize_crop,
+    to_tensor,
+    to_uint8,
+    write_grid,
+    write_video,
+)
 
 
 def _smooth_video(t=8, h=37, w=51):

@@ -5,11 +5,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import SHARED
+from rollouts import roll
 from safetensors.torch import load_file, save_file
 
-from conftest import SHARED
 from tools.diffusions.rectified_flow import RectifiedFlow
-from rollouts import roll
 from tools.models.videogpt import VideoGPT
 from tools.pretrain import videogpt_checkpoint as vc
 from utils.checkpoint import CheckpointError, load_weights, save_weights

@@ -9,9 +9,9 @@ import json
 
 import pytest
 import torch
+from conftest import SHARED
 from safetensors.torch import load_file
 
-from conftest import SHARED
 from tools.diffusions.rectified_flow import RectifiedFlow
 from tools.diffusions.samplers import euler
 from tools.models.block_causal import CLEAN, NOISY, BlockCausalLayout

@@ -14,10 +14,10 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from ports import free_port
 
 from utils.checkpoint import save_weights
 from utils.registry import MODEL
-from ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL_CFG = {"type": "NextClipTransformer", "preset": "tiny", "in_channels": 3, "patch_size": 4, "rope": "3d"}

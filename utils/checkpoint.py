@@ -33,8 +33,9 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,11 +54,11 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _contiguous(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def _contiguous(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
-def save_weights(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> None:
+def save_weights(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically; a failed write (e.g. a full disk, which the safetensors writer
     reports as its own error type) is one OSError naming ``path``."""
     try:
@@ -70,7 +71,7 @@ def save_weights(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: O
         raise OSError(err.errno, err.strerror, str(path)) from e
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
@@ -79,7 +80,7 @@ def rng_state() -> Dict[str, Any]:
     }
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     import ast
 
     torch.set_rng_state(state["torch"])
@@ -88,7 +89,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, model_sd, ema_sd, train_state: Dict[str, Any], config_yaml: str,
+def save_checkpoint(ckpt_dir: Path, step: int, model_sd, ema_sd, train_state: dict[str, Any], config_yaml: str,
                     embedder_sd=None) -> Path:
     """Write weights (+EMA, +embedder) then the state file last: it marks a complete checkpoint.
 
@@ -104,7 +105,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model_sd, ema_sd, train_state: Di
     if embedder_sd:
         jobs.append((Path(str(stem) + ".embedder.safetensors"), embedder_sd))
     state_path = Path(str(stem) + ".state.pt")
-    written: List[Path] = []
+    written: list[Path] = []
     current = jobs[0][0]
     try:
         for current, sd in jobs:
@@ -145,7 +146,7 @@ def _raise_save_error(e: BaseException, what: str, path) -> None:
                   str(path)) from e
 
 
-def remove_step_files(ckpt_dir: Path, step: int) -> List[str]:
+def remove_step_files(ckpt_dir: Path, step: int) -> list[str]:
     """Delete every file of checkpoint ``step`` in ``ckpt_dir``; returns the removed paths."""
     removed = []
     for p in Path(ckpt_dir).glob(f"step_{step:08d}.*"):
@@ -157,7 +158,7 @@ def remove_step_files(ckpt_dir: Path, step: int) -> List[str]:
     return removed
 
 
-def clean_checkpoint_dir(ckpt_dir: Path) -> List[str]:
+def clean_checkpoint_dir(ckpt_dir: Path) -> list[str]:
     """Remove what failed or killed writers left in ``ckpt_dir``; returns the removed paths.
 
     * temp files of writers that are no longer running (:func:`utils.io.clean_stale_temps`);
@@ -188,7 +189,7 @@ def clean_checkpoint_dir(ckpt_dir: Path) -> List[str]:
     return removed
 
 
-def complete_checkpoints(ckpt_dir: Path) -> List[Path]:
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Stems of the complete checkpoints (those with a state file) in ``ckpt_dir``, newest first."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
@@ -197,7 +198,7 @@ def complete_checkpoints(ckpt_dir: Path) -> List[Path]:
     return [ckpt_dir / f"step_{s:08d}" for s in steps]
 
 
-def find_latest(ckpt_dir: Path) -> Optional[Path]:
+def find_latest(ckpt_dir: Path) -> Path | None:
     """The newest complete checkpoint stem in ``ckpt_dir`` (None if there is none)."""
     stems = complete_checkpoints(ckpt_dir)
     return stems[0] if stems else None
@@ -217,7 +218,7 @@ def embedder_weights_for(model_path: Path) -> Path:
     return Path(str(checkpoint_stem(model_path)) + ".embedder.safetensors")
 
 
-def resolve_resume(resume: str, ckpt_dir: Path) -> Optional[Path]:
+def resolve_resume(resume: str, ckpt_dir: Path) -> Path | None:
     """``resume: auto|none|PATH`` -> checkpoint stem or None."""
     if resume in (None, "", "none", False):
         return None
@@ -232,7 +233,7 @@ def resolve_resume(resume: str, ckpt_dir: Path) -> Optional[Path]:
     return p
 
 
-def load_train_state(stem: Path) -> Dict[str, Any]:
+def load_train_state(stem: Path) -> dict[str, Any]:
     path = str(stem) + ".state.pt"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -247,11 +248,11 @@ def load_train_state(stem: Path) -> Dict[str, Any]:
     return state
 
 
-def read_checkpoint(stem: Path) -> Dict[str, Any]:
+def read_checkpoint(stem: Path) -> dict[str, Any]:
     """Everything a resume needs from checkpoint ``stem``: ``state`` (optimizer, step, rng, config)
     and the ``model`` / ``ema`` / ``embedder`` state_dicts (None when not saved). Raises
     :class:`CheckpointError` naming the unreadable file."""
-    out: Dict[str, Any] = {"stem": Path(stem), "state": load_train_state(stem)}
+    out: dict[str, Any] = {"stem": Path(stem), "state": load_train_state(stem)}
     if out["state"].get("format") == "dcp":
         return _read_sharded(out)
     for key, suffix in zip(("model", "ema", "embedder"), WEIGHT_SUFFIXES):
@@ -264,7 +265,7 @@ def read_checkpoint(stem: Path) -> Dict[str, Any]:
 
 
 def load_resume(resume: Any, ckpt_dir: Path,
-                warn: Optional[Callable[[str], None]] = None) -> Optional[Dict[str, Any]]:
+                warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
     """The checkpoint to resume from (see :func:`read_checkpoint`), or None to start fresh.
 
     ``resume: auto`` takes the newest *readable* complete checkpoint of ``ckpt_dir``, skipping
@@ -274,7 +275,7 @@ def load_resume(resume: Any, ckpt_dir: Path,
     if resume != "auto":
         stem = resolve_resume(resume, ckpt_dir)
         return None if stem is None else read_checkpoint(stem)
-    bad: List[str] = []
+    bad: list[str] = []
     for stem in complete_checkpoints(ckpt_dir):
         try:
             ckpt = read_checkpoint(stem)
@@ -299,17 +300,17 @@ def sharded_dir(stem: Path) -> Path:
     return Path(str(stem) + DCP_SUFFIX)
 
 
-def _optim_root(model: torch.nn.Module, embedder: Optional[torch.nn.Module]) -> torch.nn.Module:
+def _optim_root(model: torch.nn.Module, embedder: torch.nn.Module | None) -> torch.nn.Module:
     """The module whose parameter names key the sharded optimizer state (the engines' trainable set)."""
     return torch.nn.ModuleList([model] + ([embedder] if embedder is not None else []))
 
 
-def sharded_state(model, ema, embedder, optimizer) -> Dict[str, Any]:
+def sharded_state(model, ema, embedder, optimizer) -> dict[str, Any]:
     """What a sharded checkpoint holds: each rank's shards of the model, EMA and optimizer state
     (DTensors; plain tensors when the modules are not sharded) and the (replicated) embedder."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    sd: Dict[str, Any] = {"model": get_model_state_dict(model)}
+    sd: dict[str, Any] = {"model": get_model_state_dict(model)}
     if ema is not None:
         sd["ema"] = get_model_state_dict(ema)
     if embedder is not None and len(embedder.state_dict()):
@@ -319,7 +320,7 @@ def sharded_state(model, ema, embedder, optimizer) -> Dict[str, Any]:
     return sd
 
 
-def save_sharded_checkpoint(ckpt_dir: Path, step: int, model, ema, embedder, optimizer, train_state: Dict[str, Any],
+def save_sharded_checkpoint(ckpt_dir: Path, step: int, model, ema, embedder, optimizer, train_state: dict[str, Any],
                             config_yaml: str) -> Path:
     """Collective: every rank writes its shards with DCP into a temp directory, rank 0 renames it
     to ``step_N.dcp`` and then writes the state file (``train_state`` + step / RNG / config)."""
@@ -349,7 +350,7 @@ def save_sharded_checkpoint(ckpt_dir: Path, step: int, model, ema, embedder, opt
     return stem
 
 
-def sharded_metadata(path: Path) -> Dict[str, Any]:
+def sharded_metadata(path: Path) -> dict[str, Any]:
     """{flattened key: tensor metadata (``.size``, ``.properties.dtype``)} of the tensors of a DCP directory
     (``model.blocks.0...``)."""
     import torch.distributed.checkpoint as dcp
@@ -367,7 +368,7 @@ def sharded_metadata(path: Path) -> Dict[str, Any]:
 def _check_shard_files(path: Path, meta) -> None:
     """CheckpointError naming the first shard file of a DCP directory that is missing or shorter than its
     metadata says (a rank that did not write, a copy that left one out), so that nothing tries to load it."""
-    need: Dict[str, int] = {}
+    need: dict[str, int] = {}
     for info in (getattr(meta, "storage_data", None) or {}).values():
         need[info.relative_path] = max(need.get(info.relative_path, 0), int(info.offset) + int(info.length))
     for name, size in sorted(need.items()):
@@ -380,7 +381,7 @@ def _check_shard_files(path: Path, meta) -> None:
             raise CheckpointError(f"{path}: shard file {name}{who} {why}; the sharded checkpoint is incomplete")
 
 
-def _read_sharded(out: Dict[str, Any]) -> Dict[str, Any]:
+def _read_sharded(out: dict[str, Any]) -> dict[str, Any]:
     """A DCP checkpoint for :func:`read_checkpoint`: the tensors stay on disk (``dcp``); ``model`` /
     ``ema`` / ``embedder`` are meta tensors of the stored global shapes, for the resume checks."""
     path = sharded_dir(out["stem"])
@@ -393,7 +394,7 @@ def _read_sharded(out: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def load_sharded_checkpoint(ckpt: Dict[str, Any], model, ema, embedder, optimizer) -> None:
+def load_sharded_checkpoint(ckpt: dict[str, Any], model, ema, embedder, optimizer) -> None:
     """Load a DCP checkpoint (see :func:`read_checkpoint`) into this run's modules and optimizer,
     resharded to this run's world size (collective under torchrun; plain modules on one process)."""
     import torch.distributed.checkpoint as dcp
@@ -415,7 +416,7 @@ def load_sharded_checkpoint(ckpt: Dict[str, Any], model, ema, embedder, optimize
         set_optimizer_state_dict(_optim_root(model, embedder), optimizer, sd["optimizer"])
 
 
-def sharded_checkpoint_of(path) -> Optional[Path]:
+def sharded_checkpoint_of(path) -> Path | None:
     """The stem of the sharded checkpoint that ``path`` names (``step_N``, ``step_N.dcp``, ``step_N.state.pt``
     or a weights file name it does not have, like ``step_N.ema.safetensors``), None otherwise."""
     p = Path(str(path))
@@ -427,7 +428,7 @@ def sharded_checkpoint_of(path) -> Optional[Path]:
     return stem if sharded_dir(stem).is_dir() else None
 
 
-def load_full_into_sharded(ckpt: Dict[str, Any], model, ema, embedder, optimizer) -> None:
+def load_full_into_sharded(ckpt: dict[str, Any], model, ema, embedder, optimizer) -> None:
     """Load a whole-file checkpoint (safetensors weights, optimizer state keyed by parameter index: written by
     a run without sharding, e.g. one process) into FSDP-sharded modules: every rank reads the full tensors
     and keeps its shards. The optimizer state is re-keyed by parameter name, in the order both runs build
@@ -456,7 +457,7 @@ def load_full_into_sharded(ckpt: Dict[str, Any], model, ema, embedder, optimizer
     set_optimizer_state_dict(root, optimizer, state, options=full)
 
 
-def consolidate_checkpoint(src: Path, dst: Path, part: str = "ema", dtype: Optional[str] = None) -> Path:
+def consolidate_checkpoint(src: Path, dst: Path, part: str = "ema", dtype: str | None = None) -> Path:
     """One safetensors file (``part``: ema | model | embedder) of a sharded checkpoint, with the run's
     config in the metadata like every NextClip weights file (inference loads it as ``test_model``).
     Runs in one process; holds one full copy of that part."""
@@ -490,7 +491,7 @@ def consolidate_checkpoint(src: Path, dst: Path, part: str = "ema", dtype: Optio
 
 
 # ---------------------------------------------------------------------------- weights
-def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state_dict from safetensors, or a legacy .pt/.pth/.bin through weights_only unpickling."""
     path = Path(path)
     if not path.is_file():
@@ -519,7 +520,7 @@ def unpickling_reason(err: BaseException) -> str:
 
 
 def unwrap_state_dict(obj: Any, path: Path, keys: Sequence[str] = ("ema", "state_dict", "model", "module")
-                      ) -> Dict[str, torch.Tensor]:
+                      ) -> dict[str, torch.Tensor]:
     """The tensors of an unpickled checkpoint: the dict itself, or its first entry of ``keys`` that
     is a dict (EMA, plain, trainer and DeepSpeed wrappers); CheckpointError otherwise."""
     for key in keys:
@@ -531,7 +532,7 @@ def unwrap_state_dict(obj: Any, path: Path, keys: Sequence[str] = ("ema", "state
     return obj
 
 
-def compare_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> Dict[str, list]:
+def compare_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[str, list]:
     own = model.state_dict()
     return {
         "missing": sorted(k for k in own if k not in sd),
@@ -541,7 +542,7 @@ def compare_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -
     }
 
 
-def format_report(report: Dict[str, list], limit: int = 10) -> str:
+def format_report(report: dict[str, list], limit: int = 10) -> str:
     lines = []
     for kind in ("missing", "unexpected", "mismatched"):
         items = report.get(kind, [])
@@ -552,7 +553,7 @@ def format_report(report: Dict[str, list], limit: int = 10) -> str:
 
 
 def load_weights(model: torch.nn.Module, path: Path, strict: bool = True, strip_prefix: str = "",
-                 transform=None, exclude: Sequence[str] = ()) -> Dict[str, list]:
+                 transform=None, exclude: Sequence[str] = ()) -> dict[str, list]:
     """Load ``path`` into ``model``; strict raises with a readable report of every mismatch.
     ``transform(state_dict) -> state_dict`` runs on the (prefix-stripped) file before matching.
     ``exclude``: model key prefixes (``out.``) not loaded: those tensors keep their initial values
@@ -587,7 +588,7 @@ def load_weights(model: torch.nn.Module, path: Path, strict: bool = True, strip_
     return report
 
 
-def checkpoint_config(path: Path) -> Optional[str]:
+def checkpoint_config(path: Path) -> str | None:
     """The merged config YAML stored in a NextClip safetensors checkpoint (None otherwise)."""
     from safetensors import safe_open
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from typing import Callable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 EXIT_CONFIG = 2
 #: flags without a value; like ``--cfg FILE`` they may stand anywhere, also after the overrides
@@ -26,7 +26,7 @@ def _parser(kind: str) -> argparse.ArgumentParser:
     return p
 
 
-def split_argv(argv: List[str]) -> Tuple[List[str], List[str]]:
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     """Pull the flags and ``--cfg FILE`` out of ``argv`` wherever they are: (flags, overrides)."""
     flags, overrides, i = [], [], 0
     while i < len(argv):
@@ -125,7 +125,7 @@ def run_guarded(body: Callable[[], int], debug: bool) -> int:
         return fail(os_error_line(e), debug)
 
 
-def main(kind: str, argv: Optional[List[str]] = None) -> int:
+def main(kind: str, argv: list[str] | None = None) -> int:
     from utils.config import to_yaml
     from utils.registry import ENGINE, INFER_ENGINE
 

@@ -18,8 +18,9 @@ import importlib.util
 import os
 import re
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any
 
 import yaml
 from easydict import EasyDict
@@ -76,11 +77,11 @@ ConfigLoader.add_implicit_resolver(
 )
 
 
-def _read_yaml(path: Path) -> Dict[str, Any]:
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist. Check the path given to --cfg or _BASE.")
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.load(f, Loader=ConfigLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
@@ -91,7 +92,7 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     return data
 
 
-def deep_merge(base: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
+def deep_merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """Merge ``new`` into a copy of ``base``; ``_delete_: true`` in ``new`` replaces instead."""
     out = copy.deepcopy(base)
     for k, v in new.items():
@@ -119,8 +120,8 @@ def load_yaml_tree(path: os.PathLike, _chain: Sequence[Path] = ()) -> tuple:
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
         raise ConfigError(f"{path}: _BASE must be a path or a list of paths relative to this file, found {bases!r}.")
-    merged: Dict[str, Any] = {}
-    files: List[Path] = []
+    merged: dict[str, Any] = {}
+    files: list[Path] = []
     for b in bases:
         sub, sub_files = load_yaml_tree(path.parent / b, (*_chain, path))
         merged = deep_merge(merged, sub)
@@ -138,7 +139,7 @@ def parse_scalar(text: str) -> Any:
         return text
 
 
-def split_overrides(tokens: Sequence[str]) -> List[tuple]:
+def split_overrides(tokens: Sequence[str]) -> list[tuple]:
     """``['a.b=1', 'lr', '5e-5', '+x=2']`` -> ``[('a.b', '1', False), ('lr', '5e-5', False), ('x', '2', True)]``."""
     out, i = [], 0
     tokens = list(tokens)
@@ -180,7 +181,7 @@ def _a(v: Any) -> str:
 _NO_FIT = object()
 
 
-def _fit(ref: Any, new: Any, raw: Optional[str] = None) -> Any:
+def _fit(ref: Any, new: Any, raw: str | None = None) -> Any:
     """``new`` as the type of ``ref``, or ``_NO_FIT``. The one type rule of files and overrides.
 
     ``null`` on either side fits; an int fits where a float is expected (and becomes one);
@@ -223,7 +224,7 @@ def _origin(files: Sequence[Path], parts: Sequence[str]) -> str:
     return ", ".join(str(f) for f in files)
 
 
-def check_types(defaults: Dict[str, Any], data: Dict[str, Any], files: Sequence[Path],
+def check_types(defaults: dict[str, Any], data: dict[str, Any], files: Sequence[Path],
                 skip: Iterable[str] = (), _prefix: str = "") -> None:
     """Check the values read from ``files`` against the types of the engine ``defaults``.
 
@@ -284,8 +285,8 @@ def _coerce(key: str, old: Any, raw: str, new: Any, files: str, default: Any = N
     return val
 
 
-def apply_overrides(cfg: Dict[str, Any], overrides: Iterable[tuple], files: str,
-                    defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def apply_overrides(cfg: dict[str, Any], overrides: Iterable[tuple], files: str,
+                    defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """Apply parsed overrides; each value is checked against ``defaults`` (else the current value)."""
     cfg = copy.deepcopy(cfg)
     for key, raw, add in overrides:
@@ -322,7 +323,7 @@ def _no_sub_keys_msg(key: str, where: str, value: Any) -> str:
     return f"override '{key}': '{where}' is {_a(value)} ({shown}), it has no sub-keys; {how}."
 
 
-def _component_kwarg(key: str, cfg: Dict[str, Any]) -> Optional[str]:
+def _component_kwarg(key: str, cfg: dict[str, Any]) -> str | None:
     """'NextClipTransformer' when ``key`` is e.g. ``model.depth`` and ``depth`` is a kwarg of it."""
     from utils.registry import REGISTRIES, accepted_kwargs
 
@@ -337,8 +338,8 @@ def _component_kwarg(key: str, cfg: Dict[str, Any]) -> Optional[str]:
     return kind if parts[1] in accepted_kwargs(reg.get(kind)) else None
 
 
-def _unknown_key_msg(key: str, where: str, node: Dict[str, Any], files: str, raw: str = "...",
-                     cfg: Optional[Dict[str, Any]] = None) -> str:
+def _unknown_key_msg(key: str, where: str, node: dict[str, Any], files: str, raw: str = "...",
+                     cfg: dict[str, Any] | None = None) -> str:
     import difflib
 
     kind = _component_kwarg(key, cfg) if cfg is not None and where == key else None
@@ -358,7 +359,7 @@ def _unknown_key_msg(key: str, where: str, node: Dict[str, Any], files: str, raw
 
 
 # ---------------------------------------------------------------------------- imports
-def import_custom(paths: Optional[Sequence[str]], cfg_dir: Optional[Path] = None) -> None:
+def import_custom(paths: Sequence[str] | None, cfg_dir: Path | None = None) -> None:
     """Import user modules named by ``custom_imports`` (dotted names or .py files)."""
     if not paths:
         return
@@ -370,7 +371,8 @@ def import_custom(paths: Optional[Sequence[str]], cfg_dir: Optional[Path] = None
             file = next((c for c in candidates if c.is_file()), None)
             if file is None:
                 raise ConfigError(
-                    f"custom_imports: file {entry!r} not found (looked in {', '.join(str(c.resolve()) for c in candidates)})."
+                    f"custom_imports: file {entry!r} not found (looked in "
+                    f"{', '.join(str(c.resolve()) for c in candidates)})."
                 )
             mod_name = "nextclip_custom_" + file.stem
             if mod_name in sys.modules:
@@ -406,7 +408,7 @@ def load_config(path: os.PathLike, overrides: Sequence[str] = (), registry=None)
     parsed = split_overrides(overrides)
     # TASK_TYPE may itself be overridden; find it first
     task = next((parse_scalar(v) for k, v, _ in parsed if k == "TASK_TYPE"), data.get("TASK_TYPE"))
-    defaults: Dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
     if registry is not None:
         if task is None:
             raise ConfigError(
@@ -435,9 +437,9 @@ def load_config(path: os.PathLike, overrides: Sequence[str] = (), registry=None)
     return EasyDict(merged)
 
 
-def validate_components(cfg: Dict[str, Any]) -> List[str]:
+def validate_components(cfg: dict[str, Any]) -> list[str]:
     """Check every component ``type:`` and kwarg; returns a list of problems (empty = fine)."""
-    from utils.registry import REGISTRIES, unknown_kwargs, accepted_kwargs
+    from utils.registry import REGISTRIES, accepted_kwargs, unknown_kwargs
 
     problems = []
     for key, reg_name in COMPONENT_KEYS.items():
@@ -467,7 +469,7 @@ def validate_components(cfg: Dict[str, Any]) -> List[str]:
     return problems
 
 
-def to_yaml(cfg: Dict[str, Any]) -> str:
+def to_yaml(cfg: dict[str, Any]) -> str:
     def plain(v):
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
@@ -478,6 +480,6 @@ def to_yaml(cfg: Dict[str, Any]) -> str:
     return yaml.safe_dump(plain(cfg), sort_keys=False, allow_unicode=True)
 
 
-def run_dir(cfg: Dict[str, Any]) -> Path:
+def run_dir(cfg: dict[str, Any]) -> Path:
     """``<log_dir>/<name>``, the folder of one experiment's outputs."""
     return Path(cfg.get("log_dir", "workspace")) / str(cfg.get("name", "experiment"))

@@ -5,8 +5,8 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from datetime import timedelta
-from typing import Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -27,7 +27,7 @@ def env_rank() -> tuple:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def init_distributed(dist_backend: str, timeout_s: Optional[float] = None) -> tuple:
+def init_distributed(dist_backend: str, timeout_s: float | None = None) -> tuple:
     """Initialise the process group if WORLD_SIZE > 1; returns (rank, world_size).
 
     ``timeout_s`` (default :data:`DEFAULT_TIMEOUT_S`) bounds every collective: a rank that
@@ -41,7 +41,7 @@ def init_distributed(dist_backend: str, timeout_s: Optional[float] = None) -> tu
         _probe_group = None
         try:  # monitored_barrier exists only for gloo, and a group whose collective timed out is closed
             _probe_group = dist.new_group(backend="gloo", timeout=timeout)
-        except Exception as e:  # noqa: BLE001 - diagnosis is optional
+        except Exception as e:  # diagnosis is optional
             _log.warning("no gloo group for naming silent ranks (%s: %s)", type(e).__name__, e)
     return rank, world
 
@@ -89,7 +89,7 @@ def all_reduce_grads(module: torch.nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------- failure diagnosis
-def silent_ranks(probe_timeout_s: float = PROBE_TIMEOUT_S) -> Optional[List[int]]:
+def silent_ranks(probe_timeout_s: float = PROBE_TIMEOUT_S) -> list[int] | None:
     """Ranks that do not reach a monitored barrier within ``probe_timeout_s`` ([] = all answered,
     None = cannot tell: no gloo group, or a rank died and closed its connections).
     Collective: every live rank must call it."""
@@ -97,12 +97,12 @@ def silent_ranks(probe_timeout_s: float = PROBE_TIMEOUT_S) -> Optional[List[int]
         return None
     try:
         dist.monitored_barrier(group=_probe_group, timeout=timedelta(seconds=probe_timeout_s), wait_all_ranks=True)
-    except Exception as e:  # noqa: BLE001 - the message is what we want
+    except Exception as e:  # the message is what we want
         return _ranks_in(str(e)) or None
     return []
 
 
-def _ranks_in(message: str) -> List[int]:
+def _ranks_in(message: str) -> list[int]:
     """Rank numbers named in a monitored_barrier error ("Ranks 1, 3 failed to pass ...")."""
     m = re.search(r"[Rr]anks?\s+([\d,\s]+?)\s+failed", message)
     return sorted({int(r) for r in re.findall(r"\d+", m.group(1))}) if m else []

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 SOURCES = ("auto", "huggingface", "modelscope")
 
@@ -23,14 +22,14 @@ def is_repo_id(s: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", str(s)))
 
 
-def hf_cache_dir() -> Optional[str]:
+def hf_cache_dir() -> str | None:
     """The Hugging Face hub cache named by the environment now (None: huggingface_hub's default)."""
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
     return os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None
 
 
-def modelscope_cache_dirs(repo_id: str) -> List[Path]:
+def modelscope_cache_dirs(repo_id: str) -> list[Path]:
     """The folders ModelScope may keep ``repo_id`` in (new layout, old layout, escaped dots)."""
     root = Path(os.environ.get("MODELSCOPE_CACHE") or Path.home() / ".cache" / "modelscope" / "hub")
     owner, name = repo_id.split("/")
@@ -38,11 +37,11 @@ def modelscope_cache_dirs(repo_id: str) -> List[Path]:
 
 
 def cached_snapshot(repo_id: str, source: str = "auto",
-                    revision: Optional[str] = None) -> Tuple[Optional[Path], List[str]]:
+                    revision: str | None = None) -> tuple[Path | None, list[str]]:
     """(the cached snapshot folder of ``repo_id`` or None, the caches searched, for messages)."""
     if source not in SOURCES:
         raise ValueError(f"source={source!r} is unknown; use one of {SOURCES}")
-    tried: List[str] = []
+    tried: list[str] = []
     if source in ("auto", "huggingface"):
         cache = hf_cache_dir()
         tried.append(f"Hugging Face cache {cache or '~/.cache/huggingface/hub'}")

@@ -9,8 +9,8 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List, Optional
 
 #: temp files made by :func:`atomic_path`: ``.<name>.<pid>.<random>.tmp<ext>``
 TEMP_RE = re.compile(r"^\..*\.(\d+)\.[^.]+\.tmp(\.[^.]*)?$")
@@ -75,7 +75,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temps(directory: os.PathLike, max_age_s: float = 24 * 3600) -> List[str]:
+def clean_stale_temps(directory: os.PathLike, max_age_s: float = 24 * 3600) -> list[str]:
     """Remove temp files of :func:`atomic_path` in ``directory`` whose writer is gone.
 
     A temp file is stale when the pid in its name is not running on this machine, or when
@@ -101,7 +101,7 @@ def clean_stale_temps(directory: os.PathLike, max_age_s: float = 24 * 3600) -> L
     return removed
 
 
-def as_os_error(e: BaseException) -> Optional[OSError]:
+def as_os_error(e: BaseException) -> OSError | None:
     """The OSError behind a failed write (None if there is none): the safetensors writer reports it as its
     own exception type with the OS message ("I/O error: No space left on device (os error 28)")."""
     if isinstance(e, OSError) and e.errno is not None:
@@ -117,7 +117,7 @@ def _staged(final: Path, tag: str) -> Path:
     return final.parent / f".{final.name}.{tag}-{os.getpid()}"
 
 
-def recover_replaced_dir(final: os.PathLike) -> List[str]:
+def recover_replaced_dir(final: os.PathLike) -> list[str]:
     """Clean up after a :func:`replace_dir` that was killed; call it holding ``final``'s lock.
 
     A swap cut between its two renames left ``final`` missing and the old copy as ``.<name>.old-<pid>``:
@@ -125,7 +125,7 @@ def recover_replaced_dir(final: os.PathLike) -> List[str]:
     finished swap are removed. Returns one line per action.
     """
     final = Path(final)
-    done: List[str] = []
+    done: list[str] = []
     if not final.parent.is_dir():
         return done
     for p in sorted(final.parent.glob(f".{glob.escape(final.name)}.old-*")):

@@ -6,7 +6,6 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional
 
 LOGGER_NAME = "nextclip"
 
@@ -31,11 +30,11 @@ class TqdmConsoleHandler(logging.StreamHandler):
             self.flush()
         except RecursionError:
             raise
-        except Exception:  # noqa: BLE001 - logging must never raise
+        except Exception:  # logging must never raise
             self.handleError(record)
 
 
-def setup_logger(run_dir: Optional[Path] = None, rank: int = 0, level: int = logging.INFO) -> logging.Logger:
+def setup_logger(run_dir: Path | None = None, rank: int = 0, level: int = logging.INFO) -> logging.Logger:
     """Console on rank 0 (warnings only elsewhere), plus ``<run_dir>/log.txt`` on rank 0.
 
     The console handler is safe to mix with a tqdm progress bar (:class:`TqdmConsoleHandler`).
@@ -68,7 +67,7 @@ class ScalarLog:
     """
 
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True,
-                 resume_step: Optional[int] = None):
+                 resume_step: int | None = None):
         self.enabled = enabled
         self.path = Path(run_dir) / "scalars.jsonl"
         self.tb = None
@@ -107,7 +106,7 @@ class ScalarLog:
             atomic_write_text(self.path, "".join(keep))
         return len(lines) - len(keep)
 
-    def write(self, step: int, scalars: Dict[str, float]) -> None:
+    def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
         rec = {"step": int(step), "time": round(time.time(), 3)}

@@ -32,7 +32,7 @@ def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor, window: int = 11, s
     C = x.shape[1]
     win = min(window, x.shape[-1], x.shape[-2])
     w = _gaussian_window(win, sigma).to(x)[None, None].expand(C, 1, win, win)
-    filt = lambda z: F.conv2d(z, w, groups=C)  # noqa: E731
+    filt = lambda z: F.conv2d(z, w, groups=C)
     mu_x, mu_y = filt(x), filt(y)
     sxx = filt(x * x) - mu_x ** 2
     syy = filt(y * y) - mu_y ** 2

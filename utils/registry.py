@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, Dict, Mapping, Optional
-
+from collections.abc import Callable, Mapping
+from typing import Any
 
 #: what an empty registry's error says: the built-in components register when their modules are imported
 EMPTY_HINT = ("(none registered: import the components first; `tools.load_components()` registers every "
@@ -46,10 +46,10 @@ class Registry:
     def __init__(self, name: str, doc: str):
         self.name = name
         self.__doc__ = doc
-        self._obj: Dict[str, Any] = {}
+        self._obj: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ register
-    def register_class(self, name: Optional[str] = None) -> Callable:
+    def register_class(self, name: str | None = None) -> Callable:
         """Decorator registering a class or function under ``name`` (default: its __name__)."""
 
         def deco(obj):

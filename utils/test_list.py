@@ -20,8 +20,8 @@ import os
 import re
 import time
 import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -40,11 +40,11 @@ class TestItem:
     line_no: int
     kind: str
     caption: str = ""
-    path: Optional[str] = None
-    label: Optional[str] = None
+    path: str | None = None
+    label: str | None = None
     seed: int = 0
     round: int = 0
-    error: Optional[str] = None
+    error: str | None = None
     line: str = ""
 
 
@@ -64,7 +64,7 @@ LINE_FORMATS = {"text": "a caption|123", "class": "3|123", "image": "path/to/ima
                 "video": "path/to/clip.mp4|||caption"}
 
 
-def _read_lines(source: Union[str, os.PathLike]) -> List[str]:
+def _read_lines(source: str | os.PathLike) -> list[str]:
     """The lines of a UTF-8 text file (a byte-order mark is dropped)."""
     path = os.fspath(source)
     if os.path.isdir(path):
@@ -93,8 +93,8 @@ def _media_line(line: str, kind: str, base: str):
     return path, caption, None
 
 
-def parse_test_list(source: Union[str, os.PathLike, Iterable[str]], kind: str = "text", rounds: int = 1,
-                    base_seed: int = 0, data_dir: Optional[str] = None) -> List[TestItem]:
+def parse_test_list(source: str | os.PathLike | Iterable[str], kind: str = "text", rounds: int = 1,
+                    base_seed: int = 0, data_dir: str | None = None) -> list[TestItem]:
     """Parse a test list file (or an iterable of lines) into :class:`TestItem` s.
 
     A list without a single item (empty, or only comments) is an :class:`InputError`.
@@ -108,7 +108,7 @@ def parse_test_list(source: Union[str, os.PathLike, Iterable[str]], kind: str = 
         base = data_dir if data_dir is not None else os.path.dirname(os.path.abspath(source))
     else:
         lines, base, name = list(source), data_dir or ".", "(given as lines)"
-    items: List[TestItem] = []
+    items: list[TestItem] = []
     for no, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -146,7 +146,7 @@ def output_name(item: TestItem) -> str:
 
 
 def output_paths(item: TestItem, out_dir: str, save_gif: bool = False, save_grid: bool = False,
-                 extra_videos: Sequence[str] = ()) -> List[str]:
+                 extra_videos: Sequence[str] = ()) -> list[str]:
     """Every file an item produces: the mp4, the gif / png contact sheet when asked for, and one
     ``<name>.<key>.mp4`` per ``extra_videos`` key (e.g. ``prediction``: the prediction alone)."""
     mp4 = os.path.join(out_dir, output_name(item))
@@ -154,7 +154,7 @@ def output_paths(item: TestItem, out_dir: str, save_gif: bool = False, save_grid
         [f"{mp4[:-4]}.{key}.mp4" for key in extra_videos]
 
 
-def fingerprint(settings: Mapping, files: Sequence[Optional[str]] = ()) -> str:
+def fingerprint(settings: Mapping, files: Sequence[str | None] = ()) -> str:
     """A short hash of everything that changes an item's output.
 
     ``settings``: JSON-able generation settings (model, seed, steps, ...); ``files``: weights
@@ -171,7 +171,7 @@ def fingerprint(settings: Mapping, files: Sequence[Optional[str]] = ()) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _read_jsonl(path: str) -> List[dict]:
+def _read_jsonl(path: str) -> list[dict]:
     recs = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -186,7 +186,7 @@ def _read_jsonl(path: str) -> List[dict]:
     return recs
 
 
-def load_results(out_dir: str) -> Dict[int, dict]:
+def load_results(out_dir: str) -> dict[int, dict]:
     """The newest record of every item in ``results.jsonl`` and ``results.rank*.jsonl``.
 
     Records carry ``written_at`` (unix time); the newest wins whichever file holds it
@@ -196,7 +196,7 @@ def load_results(out_dir: str) -> Dict[int, dict]:
         return {}
     names = sorted(n for n in os.listdir(out_dir) if re.fullmatch(r"results\.rank\d+\.jsonl", n))
     names = (["results.jsonl"] if os.path.isfile(os.path.join(out_dir, "results.jsonl")) else []) + names
-    recs: Dict[int, dict] = {}
+    recs: dict[int, dict] = {}
     for n in names:
         for r in _read_jsonl(os.path.join(out_dir, n)):
             old = recs.get(r["index"])
@@ -205,7 +205,7 @@ def load_results(out_dir: str) -> Dict[int, dict]:
     return recs
 
 
-def _write_results(out_dir: str, recs: Dict[int, dict]) -> str:
+def _write_results(out_dir: str, recs: dict[int, dict]) -> str:
     path = os.path.join(out_dir, "results.jsonl")
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -222,14 +222,14 @@ def merge_results(out_dir: str) -> str:
     return _write_results(out_dir, load_results(out_dir))
 
 
-def failure_reasons(out_dir: str, items: Sequence[TestItem]) -> Dict[int, str]:
+def failure_reasons(out_dir: str, items: Sequence[TestItem]) -> dict[int, str]:
     """``{index: error}`` of the listed items whose newest record (any rank's) failed."""
     wanted = {it.index for it in items}
     return {i: r.get("error") or "failed" for i, r in sorted(load_results(out_dir).items())
             if i in wanted and r.get("status") == "error"}
 
 
-def _still_valid(prev: Optional[dict], item: TestItem, outputs: List[str], fp: Optional[str]) -> bool:
+def _still_valid(prev: dict | None, item: TestItem, outputs: list[str], fp: str | None) -> bool:
     """An earlier ok record of this very item, made with the same model and settings, whose
     every requested output is still there."""
     if not prev or prev.get("status") != "ok" or prev.get("fingerprint") != fp:
@@ -239,7 +239,7 @@ def _still_valid(prev: Optional[dict], item: TestItem, outputs: List[str], fp: O
     return same and all(os.path.isfile(o) and os.path.getsize(o) > 0 for o in outputs)
 
 
-def _produce_and_write(item: TestItem, produce_fn: Callable, outputs: List[str], fps: float) -> dict:
+def _produce_and_write(item: TestItem, produce_fn: Callable, outputs: list[str], fps: float) -> dict:
     """Run one item and write its outputs; returns the extra record fields."""
     res = produce_fn(item)
     extra, grid, videos = {}, None, {}
@@ -262,8 +262,8 @@ def _produce_and_write(item: TestItem, produce_fn: Callable, outputs: List[str],
     return extra
 
 
-def _run_item(item: TestItem, produce_fn: Callable, outputs: List[str], fps: float,
-              fp: Optional[str]) -> Tuple[dict, Optional[BaseException]]:
+def _run_item(item: TestItem, produce_fn: Callable, outputs: list[str], fps: float,
+              fp: str | None) -> tuple[dict, BaseException | None]:
     """Run one item into its record; also returns the error that must stop the batch (disk full)."""
     rec = dict(asdict(item), input=item.line, output=outputs[0], outputs=outputs, status="ok",
                error=None, seconds=0.0, fingerprint=fp)
@@ -283,7 +283,7 @@ def _run_item(item: TestItem, produce_fn: Callable, outputs: List[str], fps: flo
     return rec, stop
 
 
-def _record(log, rec: dict, out_dir: str, known: Dict[int, dict], rank: int, world_size: int, failing: bool) -> None:
+def _record(log, rec: dict, out_dir: str, known: dict[int, dict], rank: int, world_size: int, failing: bool) -> None:
     """Append ``rec`` to this rank's log and rewrite ``results.jsonl``: two independent writes, so that on
     a full disk (``failing``: the item's own write hit it; errors are then not raised again) the small
     atomic rewrite still records the failure when the append cannot (the failed output's file is gone)."""
@@ -305,10 +305,10 @@ def _record(log, rec: dict, out_dir: str, known: Dict[int, dict], rank: int, wor
                 raise
 
 
-def run_test_list(items: List[TestItem], out_dir: str, produce_fn: Callable, fps: float = 8,
+def run_test_list(items: list[TestItem], out_dir: str, produce_fn: Callable, fps: float = 8,
                   overwrite: bool = False, save_gif: bool = False, save_grid: bool = False,
                   rank: int = 0, world_size: int = 1, progress: bool = True,
-                  fingerprint: Optional[str] = None, extra_videos: Sequence[str] = ()) -> dict:
+                  fingerprint: str | None = None, extra_videos: Sequence[str] = ()) -> dict:
     """Run ``produce_fn(item) -> uint8 (T, H, W, 3)`` (or a dict with ``frames``, optionally
     ``grid = {rows: [(label, frames), ...], context_frames: C}`` for a labelled png, plus
     extra fields for the record, and ``extra_videos = {key: frames}`` written as

@@ -24,15 +24,15 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from utils.io import atomic_path
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 BACKENDS = ("pyav", "opencv")
 DEFAULT_BACKEND = "opencv"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -62,7 +62,7 @@ class VideoInfo:
     codec: str
 
     @property
-    def size(self) -> Tuple[int, int]:
+    def size(self) -> tuple[int, int]:
         """(H, W)."""
         return (self.height, self.width)
 
@@ -179,7 +179,7 @@ def _decode_span(c, s, path, pts, k, wanted, last_pts):
     return got
 
 
-def _read_pyav(path: str, frame_indices) -> Tuple[np.ndarray, VideoInfo]:
+def _read_pyav(path: str, frame_indices) -> tuple[np.ndarray, VideoInfo]:
     with _open_av(path) as c:
         s = c.streams.video[0]
         pts, key, fps = _frame_table(c, path)
@@ -208,7 +208,7 @@ def _read_pyav(path: str, frame_indices) -> Tuple[np.ndarray, VideoInfo]:
         return np.stack([got[i] for i in idx]), info
 
 
-def _read_opencv(path: str, frame_indices) -> Tuple[np.ndarray, VideoInfo]:
+def _read_opencv(path: str, frame_indices) -> tuple[np.ndarray, VideoInfo]:
     import cv2
 
     cap = cv2.VideoCapture(path)
@@ -244,8 +244,8 @@ def _read_opencv(path: str, frame_indices) -> Tuple[np.ndarray, VideoInfo]:
         cap.release()
 
 
-def read_video(path: PathLike, frame_indices: Optional[Sequence[int]] = None,
-               backend: str = DEFAULT_BACKEND) -> Tuple[np.ndarray, VideoInfo]:
+def read_video(path: PathLike, frame_indices: Sequence[int] | None = None,
+               backend: str = DEFAULT_BACKEND) -> tuple[np.ndarray, VideoInfo]:
     """Decode ``frame_indices`` (default: all) -> (uint8 (T, H, W, 3) RGB, :class:`VideoInfo`).
 
     Frames come back in the order of ``frame_indices`` (repeats allowed). Only the span
@@ -273,7 +273,7 @@ def read_video(path: PathLike, frame_indices: Optional[Sequence[int]] = None,
     raise VideoReadError(path, _failure_reasons(failed))
 
 
-def _failure_reasons(failed: Sequence[Tuple[str, str]]) -> str:
+def _failure_reasons(failed: Sequence[tuple[str, str]]) -> str:
     """One reason from every backend tried, e.g. ``OpenCV: ...; PyAV (fallback): ...``."""
     if len({reason for _, reason in failed}) == 1:
         return failed[0][1]
@@ -392,7 +392,7 @@ def write_video(path: PathLike, frames, fps: float = 8.0, quality: int = 18) -> 
     return path
 
 
-def make_grid(frames, ncols: Optional[int] = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
+def make_grid(frames, ncols: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
     """Tile frames (T, H, W, 3) into one uint8 image (contact sheet)."""
     frames = _check_frames(frames)
     t, h, w, _ = frames.shape
@@ -418,12 +418,12 @@ def _label_font():
     return load()
 
 
-def _text_size(draw, text: str, font) -> Tuple[int, int]:
+def _text_size(draw, text: str, font) -> tuple[int, int]:
     x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
     return x1 - x0, y1 - y0
 
 
-def make_labeled_grid(rows: Sequence[Tuple[str, np.ndarray]], context_frames: int = 0, pad: int = 3,
+def make_labeled_grid(rows: Sequence[tuple[str, np.ndarray]], context_frames: int = 0, pad: int = 3,
                       pad_value: int = 255) -> np.ndarray:
     """Rows of videos (``(label, uint8 (T, H, W, 3))``, same H, W) as one labelled image.
 
@@ -469,7 +469,7 @@ def make_labeled_grid(rows: Sequence[Tuple[str, np.ndarray]], context_frames: in
     return np.asarray(img)
 
 
-def write_grid(path: PathLike, frames, ncols: Optional[int] = None, pad: int = 2,
+def write_grid(path: PathLike, frames, ncols: int | None = None, pad: int = 2,
                context_frames: int = 0) -> str:
     """Write a PNG contact sheet, atomically. Returns ``path``.
 
@@ -495,7 +495,7 @@ def write_grid(path: PathLike, frames, ncols: Optional[int] = None, pad: int = 2
 
 
 # ---------------------------------------------------------------------------- transforms
-def _as_hw(size) -> Tuple[int, int]:
+def _as_hw(size) -> tuple[int, int]:
     if isinstance(size, int):
         size = (size, size)
     size = tuple(int(s) for s in size)
@@ -505,7 +505,7 @@ def _as_hw(size) -> Tuple[int, int]:
 
 
 def resize_crop(frames: np.ndarray, size, crop: str = "center",
-                rng: Optional[np.random.Generator] = None, nearest: bool = False) -> np.ndarray:
+                rng: np.random.Generator | None = None, nearest: bool = False) -> np.ndarray:
     """Resize (keeping aspect) so the frames cover ``size`` = (H, W), then crop to it.
 
     ``frames``: (T, H, W, C) images, or (T, H, W) maps. ``crop`` is ``'center'`` or ``'random'``

@@ -13,7 +13,8 @@ the latent cache and visuals use; nothing else divides by ``temporal_factor``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ class VideoAutoencoder(nn.Module):
     scale_factor: float = 1.0
     shift_factor: float = 0.0
 
-    def __init__(self, chunk_size: Optional[int] = None, sample_posterior: bool = False):
+    def __init__(self, chunk_size: int | None = None, sample_posterior: bool = False):
         super().__init__()
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                        or chunk_size < 1):
@@ -91,8 +92,8 @@ class VideoAutoencoder(nn.Module):
         return torch.cat([self._decode_chunk(c) for c in z.split(step, dim=2)], dim=2)
 
     # public ----------------------------------------------------------------
-    def encode(self, x: torch.Tensor, generator: Optional[torch.Generator] = None,
-               rank_slice: Tuple[int, int] = (0, 1)) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None,
+               rank_slice: tuple[int, int] = (0, 1)) -> torch.Tensor:
         """Pixels -> normalized latents. With ``sample_posterior`` the posterior noise is drawn from
         ``generator`` for the GLOBAL batch (B * world) and sliced to this rank (``rank_slice``), so
         N processes draw what one process with the global batch would."""
@@ -116,8 +117,8 @@ class VideoAutoencoder(nn.Module):
                              f"latents, got shape {tuple(z.shape)}.")
         return self._decode_frames(z / self.scale_factor + self.shift_factor)
 
-    def _posterior(self, moments: torch.Tensor, generator: Optional[torch.Generator],
-                   rank_slice: Tuple[int, int]) -> torch.Tensor:
+    def _posterior(self, moments: torch.Tensor, generator: torch.Generator | None,
+                   rank_slice: tuple[int, int]) -> torch.Tensor:
         mean, logvar = moments.chunk(2, dim=1)
         if not self.sample_posterior or generator is None:  # never the global RNG
             return mean
@@ -142,7 +143,7 @@ class VideoAutoencoder(nn.Module):
 # ---------------------------------------------------------------------------- frame arithmetic
 # Functions of any AUTO_ENCODER (also one written to the registry's plain contract: only
 # ``temporal_factor``, no ``causal`` attribute = not causal).
-def _factor(ae) -> Tuple[int, bool]:
+def _factor(ae) -> tuple[int, bool]:
     return int(getattr(ae, "temporal_factor", 1) or 1), bool(getattr(ae, "causal", False))
 
 
@@ -203,7 +204,7 @@ def check_resolution(ae, hw, what: str = "dataset.resolution", patch: int = 1) -
                          f"use e.g. {what}={fix[0] if isinstance(hw, int) and fix[0] == fix[1] else fix}")
 
 
-def probe_autoencoder(ae_cfg: Optional[Mapping[str, Any]], key_path: str = "auto_encoder"):
+def probe_autoencoder(ae_cfg: Mapping[str, Any] | None, key_path: str = "auto_encoder"):
     """The autoencoder of ``ae_cfg`` built on the meta device without its weights, for checks before a
     run starts (its factors and channels; ``--dry-run``). A bad setting raises the registry's
     BuildError naming it. None when the autoencoder needs files to know its shape (a required
@@ -223,8 +224,8 @@ def probe_autoencoder(ae_cfg: Optional[Mapping[str, Any]], key_path: str = "auto
         return AUTO_ENCODER.build({k: v for k, v in ae_cfg.items() if k != "weights"}, key_path)
 
 
-def encode(ae, x: torch.Tensor, generator: Optional[torch.Generator] = None,
-           rank_slice: Tuple[int, int] = (0, 1)) -> torch.Tensor:
+def encode(ae, x: torch.Tensor, generator: torch.Generator | None = None,
+           rank_slice: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """``ae.encode`` with the step generator for a stochastic encode (VideoAutoencoder subclasses);
     an autoencoder written to the plain contract ``encode(x)`` is called as such."""
     if isinstance(ae, VideoAutoencoder):
@@ -232,7 +233,7 @@ def encode(ae, x: torch.Tensor, generator: Optional[torch.Generator] = None,
     return ae.encode(x)
 
 
-def model_cfg_with_channels(model_cfg: Mapping[str, Any], autoencoder, ae_type: str = "") -> Dict[str, Any]:
+def model_cfg_with_channels(model_cfg: Mapping[str, Any], autoencoder, ae_type: str = "") -> dict[str, Any]:
     """The model config with ``in_channels`` = the autoencoder's ``latent_channels`` unless the config
     sets it; a set value that differs could never run: ConfigError naming both."""
 

@@ -22,9 +22,9 @@ untiled ones and there are no seams.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ class CausalConv3d(nn.Module):
     """Conv3d causal in time. Whole video: left pad of ``kt - 1`` copies of the first frame.
     Streaming (``self.stream = True``): the previous chunk's unconsumed frames are the left pad."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: Tuple[int, int] = (1, 1)):
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: tuple[int, int] = (1, 1)):
         super().__init__()
         self.kt, self.st = kernel, stride[0]
         self.conv = nn.Conv3d(cin, cout, kernel, stride=(stride[0], stride[1], stride[1]),
@@ -167,7 +167,7 @@ class Encoder(nn.Module):
                  shortcut: bool = True):
         super().__init__()
         self.conv_in = CausalConv3d(3, chans[0])
-        layers: List[nn.Module] = []
+        layers: list[nn.Module] = []
         for i in range(len(chans) - 1):
             layers += [ResBlock(chans[i], chans[i]) for _ in range(blocks)]
             layers.append(Downsample(chans[i], chans[i + 1], temporal[i], shortcut))
@@ -202,7 +202,7 @@ class Decoder(nn.Module):
         self.conv_in = CausalConv3d(latent_channels, chans[-1])
         self.shortcut = shortcut and fits(latent_channels, chans[-1])
         self.mid = ResBlock(chans[-1], chans[-1])
-        layers: List[nn.Module] = []
+        layers: list[nn.Module] = []
         for i in reversed(range(len(chans) - 1)):
             layers += [ResBlock(chans[i + 1], chans[i + 1]) for _ in range(blocks)]
             layers.append(Upsample(chans[i + 1], chans[i], temporal[i], shortcut))
@@ -242,9 +242,9 @@ class CausalVAE(VideoAutoencoder):
 
     def __init__(self, latent_channels: int = 4, base_channels: int = 32, channel_mult: Sequence[int] = (1, 2, 4, 4),
                  temporal_downsample: Sequence[bool] = (True, True, False), num_res_blocks: int = 1,
-                 weights: Optional[str] = None, scale_factor: float = 1.0, shift_factor: float = 0.0,
-                 chunk_size: Optional[int] = None, tile_size: Optional[int] = None, sample_posterior: bool = False,
-                 init_logvar: Optional[float] = -6.0, shortcut: bool = True):
+                 weights: str | None = None, scale_factor: float = 1.0, shift_factor: float = 0.0,
+                 chunk_size: int | None = None, tile_size: int | None = None, sample_posterior: bool = False,
+                 init_logvar: float | None = -6.0, shortcut: bool = True):
         super().__init__(chunk_size=chunk_size, sample_posterior=sample_posterior)
         _check_sizes(latent_channels, base_channels, channel_mult, num_res_blocks)
         mult, temporal = list(channel_mult), [bool(t) for t in temporal_downsample]
@@ -270,7 +270,7 @@ class CausalVAE(VideoAutoencoder):
             load_weights(self, Path(weights), strict=True)
 
     @staticmethod
-    def _margins(levels: int, blocks: int) -> Tuple[int, int]:
+    def _margins(levels: int, blocks: int) -> tuple[int, int]:
         """Receptive-field radius: of the encoder in pixels, of the decoder in latents (each 3x3 conv
         adds one unit of its input resolution)."""
         enc = 1 + sum((2 * blocks + 1) * 2 ** i for i in range(levels)) + 2 * 2 ** levels + 2 ** levels
@@ -280,7 +280,7 @@ class CausalVAE(VideoAutoencoder):
 
     # -- streaming over time ----------------------------------------------------------------
     @contextmanager
-    def _streaming(self, net: nn.Module) -> Iterator[List[nn.Module]]:
+    def _streaming(self, net: nn.Module) -> Iterator[list[nn.Module]]:
         """Causal caches on; yields the blocks that treat the video's first frame specially
         (``at_start``), for the caller to clear after the first chunk; everything reset on exit."""
         convs = [m for m in net.modules() if isinstance(m, CausalConv3d)]
@@ -295,7 +295,7 @@ class CausalVAE(VideoAutoencoder):
             for m in starts:
                 m.at_start = True
 
-    def _run(self, net: nn.Module, x: torch.Tensor, first: int, step: Optional[int]) -> torch.Tensor:
+    def _run(self, net: nn.Module, x: torch.Tensor, first: int, step: int | None) -> torch.Tensor:
         """``net`` over time: all at once, or chunks ``[0, first)``, then ``step`` frames each."""
         if step is None or x.shape[2] <= first:
             return net(x)
@@ -310,19 +310,19 @@ class CausalVAE(VideoAutoencoder):
 
     def _encode_frames(self, x: torch.Tensor) -> torch.Tensor:
         step = self._chunk(self.chunk_size, self.temporal_factor, "chunk_size")
-        enc = lambda v: self._run(self.encoder, v, 1 + (step or 0), step)  # noqa: E731
+        enc = lambda v: self._run(self.encoder, v, 1 + (step or 0), step)
         return self._tiled(enc, x, self.tile_size, self.enc_margin, self.spatial_factor, down=True)
 
     def _decode_frames(self, z: torch.Tensor) -> torch.Tensor:
         step = self._chunk(self.chunk_size, self.temporal_factor, "chunk_size")
         lstep = step // self.temporal_factor if step else None
-        dec = lambda v: self._run(self.decoder, v, 1 + (lstep or 0), lstep)  # noqa: E731
+        dec = lambda v: self._run(self.decoder, v, 1 + (lstep or 0), lstep)
         tile = self.tile_size // self.spatial_factor if self.tile_size else None
         return self._tiled(dec, z, tile, self.dec_margin, self.spatial_factor, down=False)
 
     # -- spatial tiles ------------------------------------------------------------------------
     @staticmethod
-    def _tiled(fn, x: torch.Tensor, tile: Optional[int], margin: int, factor: int, down: bool) -> torch.Tensor:
+    def _tiled(fn, x: torch.Tensor, tile: int | None, margin: int, factor: int, down: bool) -> torch.Tensor:
         """``fn`` over tiles of ``tile`` input pixels, each read with ``margin`` more on every side and
         cropped back: equal to ``fn(x)`` when ``margin`` covers the receptive field."""
         H, W = x.shape[-2:]
@@ -345,8 +345,8 @@ class CausalVAE(VideoAutoencoder):
         return torch.cat(rows, dim=-2)
 
     # -- training -----------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None,
-                rank_slice: Tuple[int, int] = (0, 1)) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                rank_slice: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pass: pixels -> (reconstruction, posterior mean, logvar); the latent is sampled with
         noise from ``generator`` (global batch, sliced per rank)."""
         self.check_frames(x.shape[2], "num_frames")

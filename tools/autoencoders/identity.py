@@ -1,8 +1,6 @@
 """Pixel-space "autoencoder": latents are the pixels themselves."""
 from __future__ import annotations
 
-from typing import Optional
-
 from tools.autoencoders.base import VideoAutoencoder
 from utils.registry import AUTO_ENCODER
 
@@ -20,7 +18,7 @@ class Identity(VideoAutoencoder):
     scale_factor = 1.0
     shift_factor = 0.0
 
-    def __init__(self, chunk_size: Optional[int] = None, channels: int = 3):
+    def __init__(self, chunk_size: int | None = None, channels: int = 3):
         super().__init__(chunk_size=chunk_size)
         if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
             raise ValueError(f"channels={channels!r} must be a positive int (3 for RGB video)")

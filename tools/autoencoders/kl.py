@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import torch
 
@@ -36,7 +36,7 @@ from utils.hub import cached_snapshot, is_repo_id
 from utils.registry import AUTO_ENCODER
 
 #: what a variant fills in when the checkpoint config lacks it
-VARIANTS: Dict[str, Dict[str, float]] = {
+VARIANTS: dict[str, dict[str, float]] = {
     "sd": {"latent_channels": 4, "scaling_factor": 0.18215, "shift_factor": 0.0},
     "sdxl": {"latent_channels": 4, "scaling_factor": 0.13025, "shift_factor": 0.0},
     "sd3": {"latent_channels": 16, "scaling_factor": 1.5305, "shift_factor": 0.0609},
@@ -58,8 +58,8 @@ class AutoencoderKL(VideoAutoencoder):
     temporal_factor = 1
     variational = True
 
-    def __init__(self, path: str, variant: str = "auto", scale_factor: Optional[float] = None,
-                 shift_factor: Optional[float] = None, chunk_size: Optional[int] = 8, dtype: Optional[str] = None,
+    def __init__(self, path: str, variant: str = "auto", scale_factor: float | None = None,
+                 shift_factor: float | None = None, chunk_size: int | None = 8, dtype: str | None = None,
                  sample_posterior: bool = False):
         super().__init__(chunk_size=chunk_size, sample_posterior=sample_posterior)
         if variant not in ("auto", *VARIANTS):
@@ -74,13 +74,14 @@ class AutoencoderKL(VideoAutoencoder):
         self.spatial_factor = 2 ** (len(cfg.block_out_channels) - 1)
         self.scale_factor, self.shift_factor = self._normalization(raw_config, scale_factor, shift_factor)
 
-    def _normalization(self, raw: Dict[str, Any], scale: Optional[float], shift: Optional[float]) -> Tuple[float, float]:
+    def _normalization(self, raw: dict[str, Any], scale: float | None, shift: float | None) -> tuple[float, float]:
         """(scale, shift): explicit kwargs, else the checkpoint config, else the variant."""
         fill = VARIANTS.get(self.variant)
         if fill is not None and fill["latent_channels"] != self.latent_channels:
+            same = [k for k, v in VARIANTS.items() if v["latent_channels"] == self.latent_channels]
             raise ValueError(f"variant={self.variant!r} has {fill['latent_channels']}-channel latents but {self.path} "
                              f"has {self.latent_channels}; use variant=auto or a variant with {self.latent_channels} "
-                             f"channels ({', '.join(k for k, v in VARIANTS.items() if v['latent_channels'] == self.latent_channels) or 'none'}).")
+                             f"channels ({', '.join(same) or 'none'}).")
         out = []
         for key, given in (("scaling_factor", scale), ("shift_factor", shift)):
             value = given if given is not None else raw.get(key)
@@ -184,14 +185,14 @@ def _load_single_file(path: Path, dtype: torch.dtype):
     return (vae if dtype == torch.float32 else vae.to(dtype)), raw  # .to(float32) only warns
 
 
-def _sidecar_config(path: Path) -> Dict[str, Any]:
+def _sidecar_config(path: Path) -> dict[str, Any]:
     for cand in (path.with_suffix(".json"), path.parent / "config.json"):
         if cand.is_file():
             return json.loads(cand.read_text(encoding="utf-8"))
     return {}
 
 
-def infer_config(sd: Dict[str, torch.Tensor], ldm: bool) -> Dict[str, Any]:
+def infer_config(sd: dict[str, torch.Tensor], ldm: bool) -> dict[str, Any]:
     """An AutoencoderKL config read off the tensor shapes (diffusers or LDM key layout)."""
     down, res = ("encoder.down.{i}.block.{j}.conv1.weight" if ldm else
                  "encoder.down_blocks.{i}.resnets.{j}.conv1.weight"), []

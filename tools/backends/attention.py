@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
 
 import torch.nn.functional as F
 
@@ -40,7 +40,7 @@ def npu_fused_dense(q, k, v):
                                           scale=q.shape[-1] ** -0.5)[0]
 
 
-def _importable(name: str) -> Tuple[bool, str]:
+def _importable(name: str) -> tuple[bool, str]:
     try:
         importlib.import_module(name)
         return True, ""
@@ -48,7 +48,7 @@ def _importable(name: str) -> Tuple[bool, str]:
         return False, f"{name} cannot be imported ({type(e).__name__}: {e})"
 
 
-def check_available(name: str, device_type: str, training: bool = False) -> Tuple[bool, str]:
+def check_available(name: str, device_type: str, training: bool = False) -> tuple[bool, str]:
     """(available, reason-if-not) of attention ``name`` on a ``device_type`` device
     (``training``: the backward pass is needed too)."""
     if name in ("sdpa", "math"):
@@ -77,7 +77,7 @@ def check_available(name: str, device_type: str, training: bool = False) -> Tupl
 
 
 #: name -> (impl used by the block-causal module, dense kernel)
-KERNELS: Dict[str, Tuple[str, Optional[Callable]]] = {
+KERNELS: dict[str, tuple[str, Callable | None]] = {
     "sdpa": ("blocks", sdpa_dense),
     "flex": ("flex", None),
     "xformers": ("blocks", xformers_dense),
@@ -93,11 +93,11 @@ AUTO_ORDER = {
 }
 
 
-def available(device_type: str, training: bool = False) -> List[str]:
+def available(device_type: str, training: bool = False) -> list[str]:
     return [n for n in KERNELS if check_available(n, device_type, training)[0]]
 
 
-def select_attention(name: str, device_type: str, training: bool = False) -> Tuple[str, str, Optional[Callable]]:
+def select_attention(name: str, device_type: str, training: bool = False) -> tuple[str, str, Callable | None]:
     """Resolve ``name`` on ``device_type`` -> (chosen name, block impl, dense fn)."""
     if name not in ATTENTION_CHOICES:
         raise ValueError(

@@ -5,13 +5,13 @@ import contextlib
 import logging
 import random
 import resource
-from typing import Callable, Dict, Optional, Tuple
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from .attention import select_attention
 from . import parallel as par
+from .attention import select_attention
 
 logger = logging.getLogger("nextclip")
 
@@ -25,8 +25,8 @@ class Backend:
     dist_backend = "gloo"
     allowed_precisions = PRECISIONS
 
-    def __init__(self, precision: str = "auto", attention: str = "auto", local_rank: Optional[int] = None,
-                 threads: Optional[int] = None, parallel: str = "auto", meta_init: bool = False):
+    def __init__(self, precision: str = "auto", attention: str = "auto", local_rank: int | None = None,
+                 threads: int | None = None, parallel: str = "auto", meta_init: bool = False):
         if precision == "auto":
             precision = self.auto_precision()
         elif precision not in self.allowed_precisions:
@@ -42,7 +42,7 @@ class Backend:
         par.check_parallel(parallel)
         self.parallel = parallel  # none | ddp | fsdp | auto (resolved by :meth:`wrap` from the world size)
         self.meta_init = bool(meta_init)
-        self._attn: Optional[Tuple[str, str, Optional[Callable]]] = None
+        self._attn: tuple[str, str, Callable | None] | None = None
         self.setup()
 
     # -- hooks for subclasses -------------------------------------------------
@@ -64,7 +64,7 @@ class Backend:
     def synchronize(self) -> None:
         pass
 
-    def memory_stats(self) -> Dict[str, float]:
+    def memory_stats(self) -> dict[str, float]:
         """Peak resident memory of the process in MiB (CPU)."""
         return {"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
@@ -76,7 +76,7 @@ class Backend:
 
     # -- shared ---------------------------------------------------------------
     @property
-    def autocast_dtype(self) -> Optional[torch.dtype]:
+    def autocast_dtype(self) -> torch.dtype | None:
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
     def autocast(self):
@@ -95,7 +95,7 @@ class Backend:
         torch.manual_seed(seed)
         self._seed_device(seed)
 
-    def attention_kernel(self, training: bool = False) -> Tuple[str, Optional[Callable]]:
+    def attention_kernel(self, training: bool = False) -> tuple[str, Callable | None]:
         """(block impl, dense fn) for the configured ``attention`` choice (resolved once).
         ``training=True`` also requires a backward pass (no FlexAttention on CPU)."""
         if self._attn is None:
@@ -136,7 +136,7 @@ class Backend:
         ``sync`` (the last micro-step); DDP ``no_sync`` / FSDP2 ``set_requires_gradient_sync``."""
         return par.no_sync(net, sync)
 
-    def _fsdp_dtype(self) -> Optional[torch.dtype]:
+    def _fsdp_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.precision == "bf16" else None
 
     def to_device(self, obj):

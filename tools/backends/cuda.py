@@ -1,5 +1,4 @@
 """CUDA backend: the only place (with npu.py) that talks to a GPU runtime."""
-from typing import Dict
 
 import torch
 
@@ -36,7 +35,7 @@ class CUDABackend(Backend):
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
 
-    def memory_stats(self) -> Dict[str, float]:
+    def memory_stats(self) -> dict[str, float]:
         return {"max_allocated_mib": torch.cuda.max_memory_allocated(self.device) / 2 ** 20,
                 "max_reserved_mib": torch.cuda.max_memory_reserved(self.device) / 2 ** 20}
 

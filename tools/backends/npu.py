@@ -2,7 +2,6 @@
 a torch_npu installed without Ascend libraries would otherwise break ``import torch``,
 which is why the entry points set TORCH_DEVICE_BACKEND_AUTOLOAD=0 before importing torch."""
 import importlib
-from typing import Dict, Tuple
 
 import torch
 
@@ -11,7 +10,7 @@ from utils.registry import BACKEND
 from .base import Backend
 
 
-def npu_present() -> Tuple[bool, str]:
+def npu_present() -> tuple[bool, str]:
     """(usable, reason): torch_npu imports and reports at least one device."""
     try:
         importlib.import_module("torch_npu")
@@ -45,7 +44,7 @@ class NPUBackend(Backend):
     def synchronize(self) -> None:
         torch.npu.synchronize()
 
-    def memory_stats(self) -> Dict[str, float]:
+    def memory_stats(self) -> dict[str, float]:
         return {"max_allocated_mib": torch.npu.max_memory_allocated() / 2 ** 20}
 
     def reset_peak_memory(self) -> None:

@@ -20,7 +20,7 @@ The EMA copy is sharded the same way (:func:`shard_like`), so its update is shar
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Optional
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -28,7 +28,7 @@ import torch.nn as nn
 PARALLEL_CHOICES = ("auto", "none", "ddp", "fsdp")
 
 
-def resolve_parallel(parallel: Optional[str], world: int) -> str:
+def resolve_parallel(parallel: str | None, world: int) -> str:
     """``auto`` / None -> ddp when world > 1, else none; fsdp / ddp with one process run as given."""
     if parallel in (None, "auto"):
         return "ddp" if world > 1 else "none"
@@ -38,7 +38,7 @@ def resolve_parallel(parallel: Optional[str], world: int) -> str:
     return parallel
 
 
-def check_parallel(parallel: Optional[str]) -> None:
+def check_parallel(parallel: str | None) -> None:
     resolve_parallel(parallel, 1)
 
 
@@ -92,7 +92,7 @@ def materialise(model: nn.Module, device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------------- fsdp
-def block_modules(model: nn.Module) -> List[nn.Module]:
+def block_modules(model: nn.Module) -> list[nn.Module]:
     """The transformer blocks FSDP shards one by one: ``model.blocks`` (NextClipTransformer) or
     ``model.llm.layers`` (VideoGPT); otherwise every ModuleList child of the largest ModuleList."""
     for path in ("blocks", "llm.layers", "layers"):
@@ -105,14 +105,14 @@ def block_modules(model: nn.Module) -> List[nn.Module]:
     return list(max(lists, key=len)) if lists else []
 
 
-def mixed_precision(dtype: Optional[torch.dtype]):
+def mixed_precision(dtype: torch.dtype | None):
     """FSDP2 policy: parameters all-gathered (compute) in ``dtype`` (None: fp32), gradients reduced in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
 
 
-def fully_shard_model(model: nn.Module, device: torch.device, compute_dtype: Optional[torch.dtype],
+def fully_shard_model(model: nn.Module, device: torch.device, compute_dtype: torch.dtype | None,
                       sync: bool = True) -> nn.Module:
     """``fully_shard`` per block, then the root (it owns the embeddings and the output layer);
     a meta model is then materialised on ``device``, shard by shard, with fresh weights.
@@ -143,7 +143,7 @@ def broadcast_from_rank0(model: nn.Module) -> None:
         torch.distributed.broadcast(t.data, src=0)
 
 
-def shard_like(copy: nn.Module, device: torch.device, compute_dtype: Optional[torch.dtype]) -> nn.Module:
+def shard_like(copy: nn.Module, device: torch.device, compute_dtype: torch.dtype | None) -> nn.Module:
     """Shard a copy of the model (the EMA) with the same units, so its parameters are DTensors
     with the model's placements and ``ema_update`` stays shard-local (the caller copies the
     model's shards into it)."""
@@ -157,7 +157,7 @@ def is_sharded(module: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in module.parameters())
 
 
-def wrap_model(model: nn.Module, parallel: str, device: torch.device, compute_dtype: Optional[torch.dtype],
+def wrap_model(model: nn.Module, parallel: str, device: torch.device, compute_dtype: torch.dtype | None,
                world: int) -> nn.Module:
     """The module to train for ``parallel`` (resolved: none | ddp | fsdp)."""
     if parallel == "fsdp":

@@ -15,8 +15,8 @@ list dataset (tools/datasets/video_list.py SkipBadMixin); too many bad videos st
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -50,8 +50,8 @@ def read_palette_png(path: Path) -> np.ndarray:
 class DAVIS(SkipBadMixin, Dataset):
     """DAVIS-layout VOS videos with per-frame object masks (JPEGImages / Annotations / ImageSets)."""
 
-    def __init__(self, root: str, split: str = "val", quality: str = "480p", num_frames: Optional[int] = 12,
-                 stride: int = 1, resolution: Union[int, Sequence[int], None] = 32, max_bad_fraction: float = 0.5,
+    def __init__(self, root: str, split: str = "val", quality: str = "480p", num_frames: int | None = 12,
+                 stride: int = 1, resolution: int | Sequence[int] | None = 32, max_bad_fraction: float = 0.5,
                  seed: int = 0):
         self.root = Path(str(root)).expanduser()
         if not (self.root / "JPEGImages").is_dir() or not (self.root / "Annotations").is_dir():
@@ -72,12 +72,13 @@ class DAVIS(SkipBadMixin, Dataset):
     def _level(folder: Path, quality: str) -> Path:
         return folder / quality if quality and (folder / quality).is_dir() else folder
 
-    def _read_split(self, split: str) -> List[str]:
+    def _read_split(self, split: str) -> list[str]:
         sets = self.root / "ImageSets"
         found = sorted({p for p in (sets / f"{split}.txt", *sets.glob(f"*/{split}.txt")) if p.is_file()}) \
             if sets.is_dir() else []
         if len(found) != 1:
-            have = sorted(str(p.relative_to(sets).with_suffix("")) for p in sets.rglob("*.txt")) if sets.is_dir() else []
+            have = (sorted(str(p.relative_to(sets).with_suffix("")) for p in sets.rglob("*.txt"))
+                    if sets.is_dir() else [])
             why = "several lists match" if found else "no list matches"
             raise InputError(f"DAVIS split={split!r}: {why} in {sets} (lists: {have or 'none'}); set split to one "
                              f"of them, e.g. split: {have[0] if have else 'val'}")
@@ -93,7 +94,7 @@ class DAVIS(SkipBadMixin, Dataset):
     def describe_item(self, index: int) -> str:
         return self.videos[index]
 
-    def _frames(self, name: str) -> List[Path]:
+    def _frames(self, name: str) -> list[Path]:
         folder = self.images / name
         frames = sorted(p for p in folder.glob("*.jpg")) if folder.is_dir() else []
         if not frames:

@@ -1,7 +1,7 @@
 """Image datasets from ``path|||caption`` lists (items with T = 1)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -15,8 +15,8 @@ from utils.video_io import read_image, resize_crop, to_tensor
 class ImageList(SkipBadMixin, Dataset):
     """Images from a 'path|||caption' list, as one-frame videos (C, 1, H, W)."""
 
-    def __init__(self, list_file: str, data_dir: Optional[str] = None,
-                 resolution: Union[int, Sequence[int], None] = 256, crop: str = "center",
+    def __init__(self, list_file: str, data_dir: str | None = None,
+                 resolution: int | Sequence[int] | None = 256, crop: str = "center",
                  seed: int = 0, max_bad_fraction: float = 0.1):
         self.entries = read_list_file(list_file, data_dir)
         if crop not in ("center", "random"):

@@ -8,8 +8,8 @@ import numpy as np
 
 from tools.datasets.video_list import VideoList
 from utils.config import InputError
-from utils.registry import DATASETS
 from utils.io import atomic_path
+from utils.registry import DATASETS
 
 
 @DATASETS.register_class()

@@ -17,7 +17,8 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Dict, Iterator, Mapping, Optional
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -33,7 +34,7 @@ class CacheMismatchError(ValueError):
     """A latent cache was made with a different autoencoder or preprocessing config."""
 
 
-def flatten(d: Mapping, prefix: str = "") -> Dict[str, Any]:
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
@@ -56,7 +57,7 @@ def fingerprint_diff(have: Mapping, want: Mapping) -> list:
 class LatentCache(Dataset):
     """Pre-encoded latents from a cache dir; refuses caches made with another AE / preprocessing."""
 
-    def __init__(self, cache_dir: str, expect_fingerprint: Optional[Mapping] = None):
+    def __init__(self, cache_dir: str, expect_fingerprint: Mapping | None = None):
         path = os.path.join(cache_dir, MANIFEST)
         if not os.path.isfile(path):
             raise FileNotFoundError(
@@ -74,12 +75,13 @@ class LatentCache(Dataset):
                 raise CacheMismatchError(
                     f"latent cache {cache_dir!r} was made with a different autoencoder/preprocessing/"
                     f"text encoder config. Differences:\n  " + "\n  ".join(diff) +
-                    "\nRe-encode with the current config (python -m scripts.encode_latents) or point to a matching cache.")
+                    "\nRe-encode with the current config (python -m scripts.encode_latents) or point to a "
+                    "matching cache.")
         self._where = []  # global index -> (shard number, key)
         for s, shard in enumerate(self.manifest["shards"]):
             self._where += [(s, k) for k in shard["keys"]]
         self._items = None
-        self._handles: Dict[int, Any] = {}
+        self._handles: dict[int, Any] = {}
 
     def __getstate__(self):  # DataLoader workers reopen shards lazily
         state = dict(self.__dict__)
@@ -163,7 +165,7 @@ def _named_write_error(path: str) -> Iterator[str]:
 
 @torch.no_grad()
 def encode_dataset(dataset, autoencoder, out_dir: str, shard_size: int = 256,
-                   fingerprint: Optional[Mapping] = None, device="cpu", progress: bool = True,
+                   fingerprint: Mapping | None = None, device="cpu", progress: bool = True,
                    text_embedder=None) -> dict:
     """Encode every item's ``video`` with ``autoencoder.encode`` into safetensors shards.
 
@@ -239,7 +241,7 @@ def save_text_features(embedder, captions: list, out_dir: str, chunk: int = 64) 
     return {"file": TEXT_FEATURES, "num_captions": len(captions)}
 
 
-def text_embedder_cfg(cfg) -> Optional[dict]:
+def text_embedder_cfg(cfg) -> dict | None:
     """The config's embedder if its features depend only on the caption (a frozen text encoder)."""
     from utils.registry import EMBEDDER, _plain
 

@@ -1,7 +1,7 @@
 """Joint image + video training: whole batches, one kind per step, same rule on every rank."""
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Tuple
+from collections.abc import Iterator
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -28,9 +28,9 @@ class JointImageVideo(IterableDataset):
 
     yields_batches = True
 
-    def __init__(self, video, image, image_ratio: float = 0.3, batch_size_video: Optional[int] = 1,
-                 batch_size_image: Optional[int] = 8, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start_step: int = 0, num_steps: Optional[int] = None):
+    def __init__(self, video, image, image_ratio: float = 0.3, batch_size_video: int | None = 1,
+                 batch_size_image: int | None = 8, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 start_step: int = 0, num_steps: int | None = None):
         if isinstance(video, dict):
             video = DATASETS.build(video, key_path="data.video")
         if isinstance(image, dict):
@@ -43,7 +43,7 @@ class JointImageVideo(IterableDataset):
         self.configure(rank, world_size, start_step, num_steps)
 
     def configure(self, rank: int = 0, world_size: int = 1, start_step: int = 0,
-                  num_steps: Optional[int] = None, batch_size: Optional[int] = None) -> "JointImageVideo":
+                  num_steps: int | None = None, batch_size: int | None = None) -> JointImageVideo:
         """Set this process's place in the run; ``batch_size`` fills unset per-kind batch sizes."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
@@ -68,7 +68,7 @@ class JointImageVideo(IterableDataset):
             raise TypeError("JointImageVideo is endless; pass num_steps to give it a length")
         return self.num_steps - self.start_step
 
-    def plan(self, start: int, stop: int) -> Iterator[Tuple[int, str, List[int]]]:
+    def plan(self, start: int, stop: int) -> Iterator[tuple[int, str, list[int]]]:
         """(step, kind, this rank's item indices) for steps [start, stop).
 
         Each kind walks its own seeded permutation (reshuffled per pass); a global batch is
@@ -77,7 +77,7 @@ class JointImageVideo(IterableDataset):
         for step, kind, idx, _ in self._plan(start, stop):
             yield step, kind, idx
 
-    def _plan(self, start: int, stop: Optional[int]) -> Iterator[Tuple[int, str, List[int], int]]:
+    def _plan(self, start: int, stop: int | None) -> Iterator[tuple[int, str, list[int], int]]:
         """:meth:`plan` plus the pass (epoch) of that kind's data each batch comes from."""
         if None in self.bs.values():
             raise ValueError("JointImageVideo: batch_size_video / batch_size_image are unset; set them "

@@ -58,7 +58,7 @@ another perturbation of the same size.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -143,20 +143,20 @@ class SyntheticPhysics(Dataset):
     These draws use their own random stream, so videos without them are unchanged.
     """
 
-    def __init__(self, num_balls: Union[int, Sequence[int]] = (1, 3),
-                 radius: Union[float, Sequence[float]] = (0.08, 0.15),
-                 speed: Union[float, Sequence[float]] = (0.02, 0.06), gravity: float = 0.0,
-                 mass: str = "area", colors: Optional[Sequence[Sequence[int]]] = None,
-                 background: Sequence[int] = (16, 16, 24), resolution: Union[int, Sequence[int]] = 32,
+    def __init__(self, num_balls: int | Sequence[int] = (1, 3),
+                 radius: float | Sequence[float] = (0.08, 0.15),
+                 speed: float | Sequence[float] = (0.02, 0.06), gravity: float = 0.0,
+                 mass: str = "area", colors: Sequence[Sequence[int]] | None = None,
+                 background: Sequence[int] = (16, 16, 24), resolution: int | Sequence[int] = 32,
                  num_frames: int = 16, substeps: int = 4, seed: int = 0, length: int = 10000,
-                 label_mode: Optional[str] = None, gravity_dirs: Optional[Sequence[str]] = None,
-                 speeds: Optional[dict] = None, distinct_colors: bool = False, with_masks: bool = False,
-                 gravity_angle: Optional[Sequence[float]] = None,
-                 gravity_strength: Optional[Union[float, Sequence[float]]] = None,
-                 restitution: Union[float, Sequence[float]] = 1.0, friction: Union[float, Sequence[float]] = 0.0,
-                 density: Optional[Union[float, Sequence[float]]] = None, depth_layers: int = 1,
-                 obstacles: Union[int, Sequence[int]] = 0, obstacle_size: Sequence[float] = (0.1, 0.25),
-                 obstacle_color: Sequence[int] = OBSTACLE_COLOR, caption_drop: Optional[dict] = None,
+                 label_mode: str | None = None, gravity_dirs: Sequence[str] | None = None,
+                 speeds: dict | None = None, distinct_colors: bool = False, with_masks: bool = False,
+                 gravity_angle: Sequence[float] | None = None,
+                 gravity_strength: float | Sequence[float] | None = None,
+                 restitution: float | Sequence[float] = 1.0, friction: float | Sequence[float] = 0.0,
+                 density: float | Sequence[float] | None = None, depth_layers: int = 1,
+                 obstacles: int | Sequence[int] = 0, obstacle_size: Sequence[float] = (0.1, 0.25),
+                 obstacle_color: Sequence[int] = OBSTACLE_COLOR, caption_drop: dict | None = None,
                  perturbation: float = 0.0, take: int = 0):
         if isinstance(perturbation, bool) or not isinstance(perturbation, (int, float)) or not 0 <= perturbation < 10:
             raise ValueError(f"perturbation={perturbation!r} must be a number of pixels in [0, 10) (0: off; a second "
@@ -184,7 +184,8 @@ class SyntheticPhysics(Dataset):
         self.background = np.array(_rgb("background", background), dtype=np.float32)
         if isinstance(resolution, int) and not isinstance(resolution, bool):
             resolution = (resolution, resolution)
-        if not (isinstance(resolution, (list, tuple)) and len(resolution) == 2 and all(int(r) >= 4 for r in resolution)):
+        ok = isinstance(resolution, (list, tuple)) and len(resolution) == 2 and all(int(r) >= 4 for r in resolution)
+        if not ok:
             raise ValueError(f"resolution={resolution!r} must be an int or [H, W], each >= 4.")
         self.height, self.width = int(resolution[0]), int(resolution[1])
         for name, v in (("num_frames", num_frames), ("substeps", substeps), ("length", length)):
@@ -405,8 +406,8 @@ class SyntheticPhysics(Dataset):
                 "layer": layer, "phys": phys}
 
     # ------------------------------------------------------------------ rendering
-    def render(self, pos: np.ndarray, r: np.ndarray, colors: np.ndarray, order: Optional[Sequence[int]] = None,
-               obstacles: Optional[np.ndarray] = None) -> np.ndarray:
+    def render(self, pos: np.ndarray, r: np.ndarray, colors: np.ndarray, order: Sequence[int] | None = None,
+               obstacles: np.ndarray | None = None) -> np.ndarray:
         """Anti-aliased discs (1-pixel linear edge) over the background (and the static
         ``obstacles`` rectangles, area-weighted edges) -> (T, H, W, 3) float in [0, 255]. Balls are
         drawn in ``order`` (default 0..n-1: later ones on top)."""
@@ -425,7 +426,7 @@ class SyntheticPhysics(Dataset):
             img = img * (1 - a) + colors[i] * a
         return img
 
-    def masks(self, pos: np.ndarray, r: np.ndarray, order: Optional[Sequence[int]] = None) -> np.ndarray:
+    def masks(self, pos: np.ndarray, r: np.ndarray, order: Sequence[int] | None = None) -> np.ndarray:
         """Ball masks (T, H, W) uint8: 0 = background, k = ball k (1-based simulation index) where
         its disc covers the pixel centre (coverage >= 0.5); balls later in ``order`` (the drawing
         order, default 0..n-1) are on top."""
@@ -473,7 +474,7 @@ class SyntheticPhysics(Dataset):
         return item
 
     # ------------------------------------------------------------------ export
-    def write_videos(self, out_dir: str, count: int, fps: int = 8, context_frames: Optional[int] = None,
+    def write_videos(self, out_dir: str, count: int, fps: int = 8, context_frames: int | None = None,
                      start_index: int = 0, list_name: str = "test_list.txt", crf: int = 12) -> str:
         """Write items ``start_index .. start_index+count-1`` as mp4 plus a test list.
 
@@ -509,7 +510,7 @@ class SyntheticPhysics(Dataset):
 
 def step_frame(pos: np.ndarray, vel: np.ndarray, r: np.ndarray, m: np.ndarray, g: np.ndarray, W: float, H: float,
                substeps: int = 4, restitution: float = 1.0, damp: float = 1.0, pairs=None,
-               rects: Optional[np.ndarray] = None):
+               rects: np.ndarray | None = None):
     """Advance balls by one frame of ``substeps`` semi-implicit Euler steps (gravity ``g`` in
     pixels/frame^2, ``damp`` the per-sub-step velocity factor of friction) with wall, ball
     (``pairs = (iu, ju)`` that may collide; None = all) and obstacle contacts.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
-from typing import List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ class BadDataError(InputError, RuntimeError):
     """Too many unreadable items in a dataset: an input error (one line, exit 2), not a bug."""
 
 
-def read_list_file(list_file: str, data_dir: Optional[str] = None) -> List[Tuple[str, str, int]]:
+def read_list_file(list_file: str, data_dir: str | None = None) -> list[tuple[str, str, int]]:
     """``path|||text`` lines -> [(absolute path, text, line_no)]; ``#`` comments and blanks skipped.
 
     A bare ``path`` line (no ``|||``) has an empty caption. Paths are relative to ``data_dir``
@@ -58,7 +58,7 @@ def read_list_file(list_file: str, data_dir: Optional[str] = None) -> List[Tuple
     return out
 
 
-def _list_lines(list_file: str) -> List[Tuple[int, str]]:
+def _list_lines(list_file: str) -> list[tuple[int, str]]:
     """(line number, stripped line) for every non-blank, non-comment line of a UTF-8 text file."""
     check_list_path(list_file, "list_file")
     try:
@@ -80,12 +80,13 @@ def check_list_path(path: str, setting: str) -> None:
         raise FileNotFoundError(f"{setting} {path!r} does not exist; check the dataset's {setting}")
 
 
-def _as_hw(resolution) -> Optional[Tuple[int, int]]:
+def _as_hw(resolution) -> tuple[int, int] | None:
     if resolution is None:
         return None
     if isinstance(resolution, int):
         return (resolution, resolution)
-    if isinstance(resolution, (list, tuple)) and len(resolution) == 2 and all(isinstance(r, int) and r > 0 for r in resolution):
+    if (isinstance(resolution, (list, tuple)) and len(resolution) == 2
+            and all(isinstance(r, int) and r > 0 for r in resolution)):
         return (int(resolution[0]), int(resolution[1]))
     raise ValueError(f"resolution={resolution!r} is invalid; use an int or [H, W] of positive ints")
 
@@ -122,7 +123,7 @@ class SkipBadMixin:
             raise ValueError(f"{type(self).__name__}: epoch={epoch} must be >= 0")
         return epoch
 
-    def _split_key(self, key) -> Tuple[int, int]:
+    def _split_key(self, key) -> tuple[int, int]:
         """``index`` or ``(index, epoch)`` -> (index, epoch)."""
         try:
             if isinstance(key, (tuple, list)):
@@ -134,7 +135,7 @@ class SkipBadMixin:
             raise TypeError(f"{type(self).__name__}: key {key!r} must be an int index or an "
                             f"(index, epoch) tuple of ints") from None
 
-    def _rng(self, index: int, epoch: Optional[int] = None) -> np.random.Generator:
+    def _rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
         epoch = self.epoch if epoch is None else epoch
         return np.random.default_rng([int(self.seed), int(epoch), int(index)])
 
@@ -154,7 +155,7 @@ class SkipBadMixin:
                 f"max_bad_fraction={self.max_bad_fraction}. First bad items: {worst}. "
                 f"Fix or remove them from the list, or raise max_bad_fraction.")
 
-    def __getitem__(self, key: Union[int, Tuple[int, int]]) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, epoch = self._split_key(key)
         n = len(self)
         if not -n <= index < n:
@@ -180,9 +181,9 @@ class SkipBadMixin:
 class VideoList(SkipBadMixin, Dataset):
     """Video clips from a 'path|||caption' list; decodes only the sampled frames."""
 
-    def __init__(self, list_file: str, data_dir: Optional[str] = None, num_frames: int = 16,
-                 stride: Union[int, Sequence[int]] = 1, target_fps: Optional[float] = None,
-                 resolution: Union[int, Sequence[int], None] = 256, crop: str = "center",
+    def __init__(self, list_file: str, data_dir: str | None = None, num_frames: int = 16,
+                 stride: int | Sequence[int] = 1, target_fps: float | None = None,
+                 resolution: int | Sequence[int] | None = 256, crop: str = "center",
                  seed: int = 0, max_bad_fraction: float = 0.1, backend: str = "opencv"):
         self.entries = self._entries(list_file, data_dir)
         if not isinstance(num_frames, int) or num_frames < 1:
@@ -209,7 +210,7 @@ class VideoList(SkipBadMixin, Dataset):
     def describe_item(self, index: int) -> str:
         return self.entries[index][0]
 
-    def sample_indices(self, num_available: int, fps: float, rng: np.random.Generator, path: str) -> List[int]:
+    def sample_indices(self, num_available: int, fps: float, rng: np.random.Generator, path: str) -> list[int]:
         """Frame indices of one clip: ``num_frames`` frames at the chosen stride, random start."""
         if self.target_fps is not None:
             s = max(1, int(round(fps / self.target_fps))) if fps > 0 else 1
@@ -238,7 +239,7 @@ class VideoList(SkipBadMixin, Dataset):
                     meta=dict(path=path, frame_indices=idx, fps=info.fps / stride))
 
 
-def collate(items: List[dict]) -> dict:
+def collate(items: list[dict]) -> dict:
     """Stack tensors (video / latent / label); keep captions and meta as lists."""
     out = {}
     for k in items[0]:

@@ -1,14 +1,21 @@
 """Discrete Gaussian diffusion (DDPM training, DDIM sampling) for next-clip and whole-video models."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from tools.diffusions import learned_variance as lv
 from tools.diffusions import samplers, schedules
-from tools.diffusions.rectified_flow import (Randomness, bcast, check_history_noise, frame_clip_index,
-                                             make_clean_input, masked_frame_mse, per_frame)
+from tools.diffusions.rectified_flow import (
+    Randomness,
+    bcast,
+    check_history_noise,
+    frame_clip_index,
+    make_clean_input,
+    masked_frame_mse,
+    per_frame,
+)
 from utils.registry import DIFFUSION
 
 #: what a model takes as its time input: the project's unit time ``1 - k / T`` or the integer timestep k
@@ -53,7 +60,7 @@ class GaussianDiffusion:
 
     def __init__(self, num_timesteps: int = 1000, schedule: str = "linear", prediction: str = "eps",
                  zero_terminal_snr: bool = False, beta_start: float = 1e-4, beta_end: float = 0.02,
-                 history_noise: Optional[Sequence[float]] = (0.9, 1.0), timestep_spacing: str = "trailing",
+                 history_noise: Sequence[float] | None = (0.9, 1.0), timestep_spacing: str = "trailing",
                  steps_offset: int = 0, final_alpha_cumprod: str = "one", variance: str = "fixed"):
         if prediction not in ("eps", "v"):
             raise ValueError(f"prediction={prediction!r} is not supported; use 'eps' or 'v'.")
@@ -119,7 +126,7 @@ class GaussianDiffusion:
 
     # ---------------------------------------------------------------- training
     def training_losses(self, model: Callable, x1: torch.Tensor, clip_lens: torch.Tensor, cond=None,
-                        cond_mask=None, generator: Optional[torch.Generator] = None, rank_slice=None) -> dict:
+                        cond_mask=None, generator: torch.Generator | None = None, rank_slice=None) -> dict:
         """Same layout as :meth:`RectifiedFlow.training_losses`; per-clip discrete timesteps.
 
         Returns ``dict(loss, loss_per_frame (B, F), t (B, K) model times, k (B, K) timesteps)``.
@@ -199,7 +206,7 @@ class GaussianDiffusion:
         return schedules.ddim_timesteps(self.num_timesteps, steps, self.timestep_spacing, self.steps_offset)
 
     def sample(self, pred_fn: Callable, z: torch.Tensor, steps: int = 50, sampler: str = "ddim",
-               eta: float = 0.0, shift: float = 1.0, generator: Optional[torch.Generator] = None,
+               eta: float = 0.0, shift: float = 1.0, generator: torch.Generator | None = None,
                timestep_input: str = "unit") -> torch.Tensor:
         """DDIM (``sampler='ddim'``, any eta) or DDPM-like ancestral (``'ddpm'`` = DDIM with eta=1; with
         ``variance: learned_range`` true ancestral sampling with the learned variance over the chain of

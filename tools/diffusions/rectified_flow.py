@@ -1,7 +1,7 @@
 """Rectified-flow objective for next-clip diffusion (t = 1 clean, x_t = t*x1 + (1-t)*eps)."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -67,7 +67,7 @@ class Randomness:
     of the global batch does not depend on how the batch is split across ranks.
     """
 
-    def __init__(self, like: torch.Tensor, generator: Optional[torch.Generator] = None, rank_slice=None):
+    def __init__(self, like: torch.Tensor, generator: torch.Generator | None = None, rank_slice=None):
         self.like, self.generator = like, generator
         rank, world = rank_slice if rank_slice is not None else (0, 1)
         if not (isinstance(world, int) and world >= 1 and 0 <= rank < world):
@@ -91,7 +91,7 @@ class Randomness:
                            tuple(shape))
 
 
-def check_history_noise(history_noise) -> Optional[tuple]:
+def check_history_noise(history_noise) -> tuple | None:
     if history_noise is None:
         return None
     ok = isinstance(history_noise, (list, tuple)) and len(history_noise) == 2 and \
@@ -140,7 +140,7 @@ class RectifiedFlow:
     """
 
     def __init__(self, prediction: str = "x1", t_sampler: str = "uniform", logit_mean: float = 0.0,
-                 logit_std: float = 1.0, history_noise: Optional[Sequence[float]] = (0.9, 1.0),
+                 logit_std: float = 1.0, history_noise: Sequence[float] | None = (0.9, 1.0),
                  t_eps: float = 1e-3):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction={prediction!r} is not supported; use one of {PREDICTIONS}.")
@@ -200,7 +200,7 @@ class RectifiedFlow:
         return torch.sigmoid(self.logit_mean + self.logit_std * rng.randn(shape))
 
     def training_losses(self, model: Callable, x1: torch.Tensor, clip_lens: torch.Tensor, cond=None,
-                        cond_mask=None, generator: Optional[torch.Generator] = None, rank_slice=None) -> dict:
+                        cond_mask=None, generator: torch.Generator | None = None, rank_slice=None) -> dict:
         """One next-clip training step's loss.
 
         x1 (B, C, F, H, W) clean data; clip_lens (B, K). Every clip gets its own t; every
@@ -235,7 +235,7 @@ class RectifiedFlow:
         return schedules.flow_timesteps(steps, shift)
 
     def sample(self, pred_fn: Callable, z: torch.Tensor, steps: int = 50, sampler: str = "euler",
-               shift: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+               shift: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """Integrate the flow from noise ``z`` (t=0) to data (t=1).
 
         ``pred_fn(z, t)`` with t a (B,) tensor returns the raw model prediction

@@ -8,7 +8,7 @@ Flow samplers integrate ``dx/dt = v(x, t)`` over an increasing grid ``ts`` (t = 
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from collections.abc import Callable
 
 import torch
 
@@ -50,9 +50,9 @@ def heun(velocity_fn: VelocityFn, z: torch.Tensor, ts: torch.Tensor, final_euler
     return x
 
 
-def ddim(eps_x0_fn: Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]],
+def ddim(eps_x0_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
          z: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor,
-         eta: float = 0.0, generator: Optional[torch.Generator] = None,
+         eta: float = 0.0, generator: torch.Generator | None = None,
          final_alpha_cumprod: float = 1.0) -> torch.Tensor:
     """DDIM (Song et al. 2021) over descending discrete ``timesteps``.
 

@@ -1,7 +1,7 @@
 """Learned class-label embedding (one token per sample) with a null class for CFG."""
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ class ClassLabel(nn.Module):
     mask (B, 1))``; the mask is all True (the null row is a real, learned token).
     """
 
-    def __init__(self, num_classes: int, dim: int, class_names: Optional[Sequence[str]] = None,
+    def __init__(self, num_classes: int, dim: int, class_names: Sequence[str] | None = None,
                  init_std: float = 0.02):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -74,17 +74,17 @@ class ClassLabel(nn.Module):
         return (f"unknown class label {c!r}: expected an int in 0..{self.num_classes - 1}{names}; "
                 f"check the dataset's labels or ClassLabel(num_classes=...).")
 
-    def forward(self, conds) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, conds) -> tuple[torch.Tensor, torch.Tensor]:
         if torch.is_tensor(conds):
             conds = conds.reshape(-1).tolist()
         ids = torch.tensor([self.label_id(c) for c in conds], dtype=torch.long, device=self.table.weight.device)
         return self._tokens(ids)
 
-    def null(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def null(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The learned null row for every sample (= ``self([None] * batch_size)``)."""
         ids = torch.full((batch_size,), self.null_id, dtype=torch.long, device=self.table.weight.device)
         return self._tokens(ids)
 
-    def _tokens(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = torch.ones(ids.shape[0], 1, dtype=torch.bool, device=ids.device)
         return self.table(ids)[:, None, :], mask  # (B, 1, dim), (B, 1)

@@ -8,8 +8,8 @@ so the (count, gravity) class prompts are captions it has seen.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from utils.registry import EMBEDDER
 from .class_label import label_index
 
 
-def read_prompts(path: str) -> Tuple[list, list]:
+def read_prompts(path: str) -> tuple[list, list]:
     """A prompts file -> (class names, prompts). One class per line, in class-id order:
     ``name|prompt`` or just ``prompt`` (the name is then the prompt); ``#`` lines and blank
     lines are skipped."""
@@ -53,8 +53,8 @@ class ClassPrompt(nn.Module):
     Holds no weights of its own (frozen text encoders are not in ``state_dict``).
     """
 
-    def __init__(self, text: dict, prompts: Optional[Sequence[str]] = None, prompts_file: Optional[str] = None,
-                 class_names: Optional[Sequence[str]] = None):
+    def __init__(self, text: dict, prompts: Sequence[str] | None = None, prompts_file: str | None = None,
+                 class_names: Sequence[str] | None = None):
         super().__init__()
         if (prompts is None) == (prompts_file is None):
             raise ValueError("ClassPrompt needs exactly one of prompts (a list, one per class) or prompts_file "
@@ -82,7 +82,7 @@ class ClassPrompt(nn.Module):
         self._name_to_id = {n: i for i, n in enumerate(names)}
         self.dim, self.num_tokens = self.text.dim, self.text.num_tokens
 
-    def label_id(self, c) -> Optional[int]:
+    def label_id(self, c) -> int | None:
         """One condition -> class id (None for the null condition); ValueError naming what is allowed."""
         return None if c is None else label_index(c, self._name_to_id, self.num_classes, self._bad)
 
@@ -91,14 +91,14 @@ class ClassPrompt(nn.Module):
         return (f"unknown class label {c!r}: expected an int in 0..{self.num_classes - 1} or one of the names "
                 f"{self.class_names[:12]}{more}; check the dataset's label_mode and ClassPrompt's prompts")
 
-    def prompt_of(self, c) -> Optional[str]:
+    def prompt_of(self, c) -> str | None:
         i = self.label_id(c)
         return None if i is None else self.prompts[i]
 
-    def forward(self, conds) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, conds) -> tuple[torch.Tensor, torch.Tensor]:
         if torch.is_tensor(conds):
             conds = conds.reshape(-1).tolist()
         return self.text([self.prompt_of(c) for c in conds])
 
-    def null(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def null(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text.null(batch_size)

@@ -2,7 +2,8 @@
 ``(cond, cond_mask)`` (contract K1/K4). Shared by the training engine, the Predictor and visuals."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -29,7 +30,7 @@ def is_conditional(embedder) -> bool:
     return int(getattr(embedder, "num_tokens", 0) or 0) > 0
 
 
-def model_cfg_for(model_cfg: Mapping[str, Any], embedder, embedder_type: str = "") -> Dict[str, Any]:
+def model_cfg_for(model_cfg: Mapping[str, Any], embedder, embedder_type: str = "") -> dict[str, Any]:
     """The model config with ``cond_dim`` = the embedder's token width unless the config sets it.
 
     A set ``cond_dim`` that differs from the embedder's width could never run: ConfigError.
@@ -55,7 +56,7 @@ def model_cfg_with_cond_dim(model_cfg: Mapping[str, Any], embedder, embedder_typ
     return model_cfg_for(model_cfg, embedder, embedder_type)
 
 
-def condition_values(batch: Mapping[str, Any], cond_key: Optional[str]) -> list:
+def condition_values(batch: Mapping[str, Any], cond_key: str | None) -> list:
     """The batch's condition values under ``cond_key`` as a plain list (tensors -> Python values)."""
     if cond_key not in batch:
         raise KeyError(f"cond_key={cond_key!r} but dataset items have only {sorted(batch)}; "
@@ -66,13 +67,13 @@ def condition_values(batch: Mapping[str, Any], cond_key: Optional[str]) -> list:
     return list(values)
 
 
-def embed(embedder, values: Sequence, device) -> Tuple[torch.Tensor, torch.Tensor]:
+def embed(embedder, values: Sequence, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``embedder(values)`` -> (cond (B, M, dim) float32, cond_mask (B, M) bool) on ``device``."""
     tokens, mask = embedder(list(values))
     return tokens.to(device), mask.to(device)
 
 
-def null_condition(embedder, batch_size: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
+def null_condition(embedder, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``embedder.null(B)`` on ``device``: the unconditional branch of classifier-free guidance."""
     tokens, mask = embedder.null(batch_size)
     return tokens.to(device), mask.to(device)

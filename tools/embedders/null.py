@@ -1,8 +1,6 @@
 """The empty condition."""
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 from torch import nn
 
@@ -21,9 +19,9 @@ class NoCondition(nn.Module):
         self.dim, self.num_tokens = 0, 0
         self.register_buffer("_probe", torch.zeros(0), persistent=False)
 
-    def forward(self, conds) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, conds) -> tuple[torch.Tensor, torch.Tensor]:
         return self.null(len(conds))
 
-    def null(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def null(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         return (self._probe.new_zeros(batch_size, 0, 0),
                 torch.zeros(batch_size, 0, dtype=torch.bool, device=self._probe.device))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from torch import nn
 from utils.registry import EMBEDDER
 
 _log = logging.getLogger("nextclip")
-Features = Tuple[torch.Tensor, torch.Tensor]  # tokens (M, dim) float32, mask (M,) bool, on the CPU
+Features = tuple[torch.Tensor, torch.Tensor]  # tokens (M, dim) float32, mask (M,) bool, on the CPU
 
 
 class _FrozenText(nn.Module):
@@ -38,8 +38,8 @@ class _FrozenText(nn.Module):
         self.register_buffer("_probe", torch.zeros(0), persistent=False)
         self._frozen = {}  # name -> module; a dict hides it from parameters()/state_dict()
         self.cache_mb = float(cache_mb)
-        self._cache: "OrderedDict[str, Features]" = OrderedDict()
-        self._pinned: Dict[str, Features] = {}
+        self._cache: OrderedDict[str, Features] = OrderedDict()
+        self._pinned: dict[str, Features] = {}
         self.num_encoded = 0  # captions run through the frozen encoder so far
         self._warned_long = False  # a caption longer than max_tokens was reported (once per embedder)
 
@@ -50,10 +50,10 @@ class _FrozenText(nn.Module):
             m.to(dev)
         return m
 
-    def _encode(self, texts: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:  # (B, M, dim) f32, (B, M) bool
+    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:  # (B, M, dim) f32, (B, M) bool
         raise NotImplementedError
 
-    def _token_count(self, text: str) -> Optional[int]:
+    def _token_count(self, text: str) -> int | None:
         """Tokens of ``text`` before truncation, special tokens included; any count above ``max_tokens`` may
         stand for more (None: cannot tell)."""
         return None
@@ -84,7 +84,7 @@ class _FrozenText(nn.Module):
                              f"got {type(c).__name__} {c!r}.")
         return c
 
-    def _lookup(self, text: str) -> Optional[Features]:
+    def _lookup(self, text: str) -> Features | None:
         if text in self._pinned:
             return self._pinned[text]
         hit = self._cache.get(text)
@@ -100,7 +100,7 @@ class _FrozenText(nn.Module):
         while len(self._cache) > cap:
             self._cache.popitem(last=False)
 
-    def features(self, texts: Sequence[str]) -> Dict[str, Features]:
+    def features(self, texts: Sequence[str]) -> dict[str, Features]:
         """caption -> CPU features for every caption, encoding only those not cached (once each)."""
         found = {t: self._lookup(t) for t in dict.fromkeys(texts)}
         todo = [t for t, f in found.items() if f is None]
@@ -124,7 +124,7 @@ class _FrozenText(nn.Module):
         for c, tok, m in zip(captions, tokens.float().cpu(), mask.bool().cpu()):
             self._pinned[c] = (tok, m)
 
-    def forward(self, conds) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, conds) -> tuple[torch.Tensor, torch.Tensor]:
         """captions (None = the null condition "") -> (tokens (B, M, dim), mask (B, M)) on the device."""
         texts = [self._caption(c) for c in conds]
         found = self.features(texts)
@@ -133,7 +133,7 @@ class _FrozenText(nn.Module):
         mask = torch.stack([found[t][1] for t in texts]).to(dev)
         return tokens, mask
 
-    def null(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def null(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens and mask of the empty caption "" for every sample (= ``self([None] * batch_size)``)."""
         return self([""] * batch_size)
 
@@ -156,7 +156,7 @@ class MiniLMText(_FrozenText):
     the mask (the tokenizer's attention mask). ``null`` = the empty caption "" (CLS/SEP states).
     """
 
-    def __init__(self, model_path: Optional[str] = None, max_tokens: int = 32, cache_mb: float = 256.0):
+    def __init__(self, model_path: str | None = None, max_tokens: int = 32, cache_mb: float = 256.0):
         super().__init__(cache_mb)
         if not isinstance(max_tokens, int) or max_tokens < 2:
             raise ValueError(f"max_tokens={max_tokens!r} must be an int >= 2 (CLS + SEP).")
@@ -169,7 +169,8 @@ class MiniLMText(_FrozenText):
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
         self._frozen["text"] = model
-        self.dim, self.num_tokens, self.max_tokens, self.model_path = model.config.hidden_size, max_tokens, max_tokens, path
+        self.dim, self.num_tokens = model.config.hidden_size, max_tokens
+        self.max_tokens, self.model_path = max_tokens, path
 
     def _token_count(self, text: str) -> int:
         # counted up to max_tokens + 1 (enough to tell), so the tokenizer does not warn about long inputs
@@ -198,8 +199,8 @@ class OpenCLIPText(_FrozenText):
 
     LAYERS = ("penultimate", "last")
 
-    def __init__(self, arch: str = "ViT-H-14", pretrained: Optional[str] = None, layer: str = "penultimate",
-                 max_tokens: Optional[int] = None, config_file: Optional[str] = None, cache_mb: float = 256.0):
+    def __init__(self, arch: str = "ViT-H-14", pretrained: str | None = None, layer: str = "penultimate",
+                 max_tokens: int | None = None, config_file: str | None = None, cache_mb: float = 256.0):
         super().__init__(cache_mb)
         if layer not in self.LAYERS:
             raise ValueError(f"layer={layer!r} must be one of {self.LAYERS}.")
@@ -233,7 +234,7 @@ class OpenCLIPText(_FrozenText):
         self.arch, self.layer, self.pretrained = arch, layer, str(pretrained)
         self.dim, self.num_tokens = model.token_embedding.weight.shape[1], self.max_tokens
 
-    def _token_count(self, text: str) -> Optional[int]:
+    def _token_count(self, text: str) -> int | None:
         encode = getattr(self.tokenizer, "encode", None)  # open_clip's SimpleTokenizer: ids without start / end
         return len(encode(text)) + 2 if callable(encode) else None
 

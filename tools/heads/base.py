@@ -16,7 +16,8 @@ The engines (train_head / evaluate_head) use four calls, the same for every head
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -30,7 +31,7 @@ class Head(nn.Module):
 
     task = "none"
 
-    def __init__(self, backbone: Dict[str, Any], layers: Sequence[int] = (-1,), clip_len: Optional[int] = None,
+    def __init__(self, backbone: dict[str, Any], layers: Sequence[int] = (-1,), clip_len: int | None = None,
                  freeze: bool = True):
         super().__init__()
         if not isinstance(backbone, dict) or "type" not in backbone:
@@ -69,7 +70,7 @@ class Head(nn.Module):
         return torch.cat([f.float() for f in feats], dim=-1)
 
 
-def class_index(value: Any, classes: Optional[Sequence[Any]], num_classes: int, what: str) -> int:
+def class_index(value: Any, classes: Sequence[Any] | None, num_classes: int, what: str) -> int:
     """A target value -> class index: its position in ``classes``, or the value itself (0..num_classes-1)."""
     if classes is not None:
         for i, c in enumerate(classes):
@@ -83,7 +84,7 @@ def class_index(value: Any, classes: Optional[Sequence[Any]], num_classes: int, 
     return value
 
 
-def target_values(batch: Dict[str, Any], target: str) -> List[Any]:
+def target_values(batch: dict[str, Any], target: str) -> list[Any]:
     """Per-item values of ``target``: a batch key (e.g. ``label``), else ``meta["properties"][target]``
     (SyntheticPhysics: count, gravity, collision)."""
     if target in batch:
@@ -111,8 +112,8 @@ class PixelFeatures(nn.Module):
         self.in_channels, self.patch_size = int(in_channels), int(patch_size)
         self.hidden = self.in_channels * self.patch_size ** 2
 
-    def features(self, video: Tensor, layers: Sequence[int] = (-1,), clip_len: Optional[int] = None,
-                 **_: Any) -> List[Tensor]:
+    def features(self, video: Tensor, layers: Sequence[int] = (-1,), clip_len: int | None = None,
+                 **_: Any) -> list[Tensor]:
         """video (B, C, F, H, W) -> [(B, F, H/p, W/p, C*p*p)] once per requested layer."""
         B, C, Fr, H, W = video.shape
         p = self.patch_size

@@ -9,7 +9,7 @@ objects; J&F is their mean.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,10 +51,10 @@ def boundary_f(pred: Tensor, truth: Tensor) -> Tensor:
     return torch.where(both_empty, torch.ones_like(f), torch.where(one_empty, torch.zeros_like(f), f))
 
 
-def vos_scores(pred: Tensor, truth: Tensor, ids: Sequence[int]) -> Dict[str, object]:
+def vos_scores(pred: Tensor, truth: Tensor, ids: Sequence[int]) -> dict[str, object]:
     """pred, truth (T, H, W) object-id maps; ``ids`` the prompted objects -> J, F, J&F of the video
     (frames 1..T-1) and per object."""
-    per: Dict[str, Dict[str, float]] = {}
+    per: dict[str, dict[str, float]] = {}
     for k in ids:
         p, t = pred[1:] == k, truth[1:] == k
         per[str(k)] = {"J": float(region_j(p, t).mean()), "F": float(boundary_f(p, t).mean())}
@@ -63,6 +63,6 @@ def vos_scores(pred: Tensor, truth: Tensor, ids: Sequence[int]) -> Dict[str, obj
     return {"J": J, "F": Fm, "JF": (J + Fm) / 2, "objects": per}
 
 
-def mean_of(rows: List[Dict[str, float]], key: str) -> float:
+def mean_of(rows: list[dict[str, float]], key: str) -> float:
     vals = [r[key] for r in rows]
     return sum(vals) / max(1, len(vals))

@@ -1,7 +1,8 @@
 """MODEL LinearProbe: mean-pooled backbone features -> class logits (a linear probe)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from utils.registry import MODEL
+
 from .base import Head, class_index, target_values
 
 
@@ -24,9 +26,9 @@ class LinearProbe(Head):
 
     task = "classification"
 
-    def __init__(self, backbone: Dict[str, Any], num_classes: Optional[int] = None, target: str = "label",
-                 classes: Optional[Sequence[Any]] = None, layers: Sequence[int] = (-1,),
-                 clip_len: Optional[int] = None, freeze: bool = True):
+    def __init__(self, backbone: dict[str, Any], num_classes: int | None = None, target: str = "label",
+                 classes: Sequence[Any] | None = None, layers: Sequence[int] = (-1,),
+                 clip_len: int | None = None, freeze: bool = True):
         super().__init__(backbone, layers, clip_len, freeze)
         if classes is not None:
             classes = list(classes)
@@ -47,16 +49,16 @@ class LinearProbe(Head):
         pooled = self.features(video).mean(dim=(1, 2, 3))  # (B, feature_dim)
         return self.fc(self.norm(pooled))
 
-    def prepare(self, batch: Dict[str, Any], max_frames: int, device) -> Dict[str, Any]:
+    def prepare(self, batch: dict[str, Any], max_frames: int, device) -> dict[str, Any]:
         values = target_values(batch, self.target)
         labels = [class_index(v, self.classes, self.num_classes, f"item {i} ({self.target})")
                   for i, v in enumerate(values)]
         video = batch["video"][:, :, :max_frames].to(device, non_blocking=True)
         return {"net": {"video": video}, "target": torch.tensor(labels, dtype=torch.long, device=device)}
 
-    def loss(self, logits: Tensor, inputs: Dict[str, Any]) -> Tensor:
+    def loss(self, logits: Tensor, inputs: dict[str, Any]) -> Tensor:
         return F.cross_entropy(logits.float(), inputs["target"])
 
-    def predict(self, logits: Tensor, inputs: Dict[str, Any]) -> List[Dict[str, Any]]:
+    def predict(self, logits: Tensor, inputs: dict[str, Any]) -> list[dict[str, Any]]:
         pred = logits.argmax(-1).tolist()
         return [{"pred": p, "target": t} for p, t in zip(pred, inputs["target"].tolist())]

@@ -3,15 +3,17 @@
 The first frame's mask of each object is the prompt. Per object (the batch holds one row per
 (video, object) pair; ``owner`` says which video), every patch of every frame attends to the
 patches of the first frame through a learned projection of the features, which carries the
-prompt along (label propagation, (P, F, h, w), scaled to 1 at each frame's most prompt-like patch). A small MLP of [features, propagated
-mask] gives per-pixel logits inside each patch (a p x p sub-pixel decoder), added to the
+prompt along (label propagation, (P, F, h, w), scaled to 1 at each frame's most prompt-like patch).
+A small MLP of [features, propagated mask] gives per-pixel logits inside each patch (a p x p sub-pixel
+decoder), added to the
 propagated mask bilinearly upsampled to full resolution. Several objects: the per-object logits
 compete with a background logit of 0 (a pixel gets the object of the highest positive logit).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from utils.registry import MODEL
+
 from .base import Head
 
 
@@ -28,8 +31,8 @@ class SegmentationHead(Head):
 
     task = "segmentation"
 
-    def __init__(self, backbone: Dict[str, Any], dim: int = 64, layers: Sequence[int] = (-1,),
-                 clip_len: Optional[int] = None, freeze: bool = True, temperature: float = 0.1):
+    def __init__(self, backbone: dict[str, Any], dim: int = 64, layers: Sequence[int] = (-1,),
+                 clip_len: int | None = None, freeze: bool = True, temperature: float = 0.1):
         super().__init__(backbone, layers, clip_len, freeze)
         p = self.patch_size
         self.norm = nn.LayerNorm(self.feature_dim)
@@ -58,7 +61,7 @@ class SegmentationHead(Head):
         coarse = F.interpolate(prop.reshape(P * Fr, 1, gh, gw), size=(H, W), mode="bilinear", align_corners=False)
         return fine + self.prop_gain * (coarse.reshape(P, Fr, H, W) - 0.5)
 
-    def prepare(self, batch: Dict[str, Any], max_frames: int, device) -> Dict[str, Any]:
+    def prepare(self, batch: dict[str, Any], max_frames: int, device) -> dict[str, Any]:
         """One (video, object) pair per object present in a video's first-frame mask."""
         if "masks" not in batch:
             raise ValueError(f"SegmentationHead needs items with 'masks' (T, H, W) object ids; the batch has "
@@ -79,7 +82,7 @@ class SegmentationHead(Head):
                         "owner": owner_t.to(device)},
                 "target": target.to(device), "ids": ids, "owner": owner, "masks": masks}
 
-    def loss(self, logits: Tensor, inputs: Dict[str, Any]) -> Tensor:
+    def loss(self, logits: Tensor, inputs: dict[str, Any]) -> Tensor:
         """Binary cross-entropy + soft Dice (objects are small: BCE alone learns 'background')
         over the frames after the prompt frame."""
         if logits.shape[0] == 0:  # no object in any first frame
@@ -89,7 +92,7 @@ class SegmentationHead(Head):
         dice = 1 - (2 * (prob * tg.flatten(1)).sum(1) + 1) / (prob.sum(1) + tg.flatten(1).sum(1) + 1)
         return F.binary_cross_entropy_with_logits(lg, tg) + dice.mean()
 
-    def predict(self, logits: Tensor, inputs: Dict[str, Any]) -> List[Dict[str, Any]]:
+    def predict(self, logits: Tensor, inputs: dict[str, Any]) -> list[dict[str, Any]]:
         """Per video: {"pred": (T, H, W) object ids, "truth": (T, H, W), "ids": objects of the first frame}."""
         masks = inputs["masks"]
         out = []

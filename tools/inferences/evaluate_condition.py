@@ -19,17 +19,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
 
-from tools.inferences.predictor import (ROLLOUT_DEFAULTS, Predictor, check_eval_range, check_save_videos,
-                                        validate_rollout)
+from tools.inferences.predictor import (
+    ROLLOUT_DEFAULTS,
+    Predictor,
+    check_eval_range,
+    check_save_videos,
+    validate_rollout,
+)
+from tools.inferences.scene import ATTRIBUTES, analyse_video, compare, settings_from_dataset
 from tools.inferences.scoring import SCORER_DEFAULTS, build_clip, check_scorer_settings, video_scores
 from tools.inferences.scoring import summarize as summarize_values
-from tools.inferences.scene import ATTRIBUTES, analyse_video, compare, settings_from_dataset
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import setup_logger
@@ -52,7 +57,7 @@ DEFAULTS = dict(
 )
 
 
-def conditioned_attributes(cond_key: str, label_mode, has_speeds: bool) -> List[str]:
+def conditioned_attributes(cond_key: str, label_mode, has_speeds: bool) -> list[str]:
     """Attributes the condition determines: a caption names all of them (speed only when the
     dataset has speed classes); a 'scene' label is (num_balls, gravity), a 'num_balls' label
     the count only."""
@@ -61,12 +66,12 @@ def conditioned_attributes(cond_key: str, label_mode, has_speeds: bool) -> List[
     return {"scene": ["num_balls", "gravity"], "num_balls": ["num_balls"]}.get(label_mode, [])
 
 
-def method_names(guide_scales: Sequence[float]) -> List[str]:
+def method_names(guide_scales: Sequence[float]) -> list[str]:
     """metrics.json keys: guide_<s> per scale (2 -> guide_2, 1.5 -> guide_1.5), then unconditional."""
     return [f"guide_{float(s):g}" for s in guide_scales] + ["unconditional"]
 
 
-def summarize(records: List[Dict], method: str, conditioned: Sequence[str]) -> Dict:
+def summarize(records: list[dict], method: str, conditioned: Sequence[str]) -> dict:
     """Accuracy per attribute of one method over the items it scored."""
     hits = [r["correct"][method] for r in records if method in r["correct"]]
     attrs = [a for a in ATTRIBUTES if any(a in h for h in hits)]
@@ -81,7 +86,7 @@ def summarize(records: List[Dict], method: str, conditioned: Sequence[str]) -> D
     return out
 
 
-def plot(methods: Dict, scales: Sequence[float], conditioned: Sequence[str], path: Path, title: str) -> None:
+def plot(methods: dict, scales: Sequence[float], conditioned: Sequence[str], path: Path, title: str) -> None:
     """Accuracy vs guide scale per attribute; the unconditional level as a dashed line."""
     import matplotlib
 
@@ -159,7 +164,7 @@ def _frames(video: torch.Tensor) -> np.ndarray:
     return to_uint8(video)
 
 
-def _write_grid_video(out_dir: Path, n: int, rows: List, fps: float) -> None:
+def _write_grid_video(out_dir: Path, n: int, rows: list, fps: float) -> None:
     """One item's videos stacked as rows (ground truth, each guide scale, unconditional):
     an mp4 (white gaps between rows) and a labelled png contact sheet."""
     T = max(v.shape[0] for _, v in rows)
@@ -246,7 +251,8 @@ def evaluate_condition(cfg) -> int:
         result = {"methods": methods, "generation": generation,
                   "settings": {"cond_key": cfg.cond_key, "conditioned_attributes": conditioned,
                                "guide_scales": [float(s) for s in cfg.guide_scales],
-                               "guide_interval": [float(v) for v in cfg.guide_interval], "eval_range": list(cfg.eval_range),
+                               "guide_interval": [float(v) for v in cfg.guide_interval],
+                               "eval_range": list(cfg.eval_range),
                                "dataset": dict(cfg.dataset), "test_model": cfg.test_model,
                                "num_sample_steps": cfg.num_sample_steps, "max_frames": cfg.max_frames,
                                "seed": cfg.seed},

@@ -2,7 +2,8 @@
 
 The head and its backbone are built from ``model``, or when it is null from the ``model`` entry
 of the config stored in the ``test_model`` checkpoint (a train_head checkpoint: weights file, step
-or run folder; the EMA when saved), whose weights are then loaded; without ``test_model``, from ``pretrain`` (e.g. only a pretrained backbone, to score label propagation untrained).
+or run folder; the EMA when saved), whose weights are then loaded; without ``test_model``, from
+``pretrain`` (e.g. only a pretrained backbone, to score label propagation untrained).
 Items come from ``dataset`` + ``eval_range`` (e.g. SyntheticPhysics with a seed no training run
 uses, or a DAVIS folder). Scores, by the head's ``task``:
 
@@ -18,15 +19,15 @@ from __future__ import annotations
 import copy
 import json
 import time
-from typing import Any, Dict, List
+from typing import Any
 
 import torch
 import yaml
 
+from tools.datasets.video_list import collate
 from tools.heads.metrics import accuracy, mean_of, vos_scores
 from tools.inferences.predictor import check_eval_range
 from tools.pretrain.load_checkpoint import load_into, resolve_weights
-from tools.datasets.video_list import collate
 from utils.checkpoint import checkpoint_config
 from utils.config import DEFAULT_COMPONENTS, ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
@@ -34,7 +35,7 @@ from utils.logging import setup_logger
 from utils.registry import BACKEND, DATASETS, INFER_ENGINE, MODEL, PRETRAIN
 from utils.run_lock import run_lock
 
-DEFAULTS: Dict[str, Any] = {
+DEFAULTS: dict[str, Any] = {
     **copy.deepcopy(DEFAULT_COMPONENTS),  # the engines' own copy: merged configs never share these dicts
     "model": None,
     "dataset": None,
@@ -68,7 +69,7 @@ def validate(cfg) -> None:
                           "set test_model to a train_head checkpoint (or run folder)")
 
 
-def head_config(cfg) -> Dict[str, Any]:
+def head_config(cfg) -> dict[str, Any]:
     """``model``, or the ``model`` of the config stored in the test_model checkpoint."""
     if cfg.model is not None:
         return dict(cfg.model)
@@ -92,9 +93,9 @@ def load_head(cfg, backend, log):
     return model.to(backend.device).eval().requires_grad_(False)
 
 
-def _batches(ds, lo: int, hi: int, size: int, failures: List[Dict[str, str]]):
+def _batches(ds, lo: int, hi: int, size: int, failures: list[dict[str, str]]):
     """Lists of (index, item); an item that cannot be read is recorded and left out."""
-    chunk: List = []
+    chunk: list = []
     for i in range(lo, hi):
         try:
             chunk.append((i, ds[i]))
@@ -107,18 +108,18 @@ def _batches(ds, lo: int, hi: int, size: int, failures: List[Dict[str, str]]):
         yield chunk
 
 
-def _name(index: int, item: Dict[str, Any]) -> str:
+def _name(index: int, item: dict[str, Any]) -> str:
     meta = item.get("meta") or {}
     return str(meta.get("video") or meta.get("path") or f"item {index}")
 
 
-def _score_batch(model, chunk, cfg, device, records: List[Dict[str, Any]]) -> None:
+def _score_batch(model, chunk, cfg, device, records: list[dict[str, Any]]) -> None:
     batch = collate([it for _, it in chunk])
     inputs = model.prepare(batch, cfg.max_frames, device)
     with torch.no_grad():
         preds = model.predict(model(**inputs["net"]), inputs)
     for (i, item), p in zip(chunk, preds):
-        rec: Dict[str, Any] = {"input": _name(i, item)}
+        rec: dict[str, Any] = {"input": _name(i, item)}
         if model.task == "segmentation":
             copy_first = p["truth"][:1].expand_as(p["truth"])
             rec.update(model=vos_scores(p["pred"], p["truth"], p["ids"]),
@@ -128,7 +129,7 @@ def _score_batch(model, chunk, cfg, device, records: List[Dict[str, Any]]) -> No
         records.append(rec)
 
 
-def summarize(task: str, records: List[Dict[str, Any]]) -> Dict[str, Any]:
+def summarize(task: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     if task == "segmentation":
         out = {}
         for method in ("model", "copy_first"):
@@ -137,7 +138,7 @@ def summarize(task: str, records: List[Dict[str, Any]]) -> Dict[str, Any]:
                            "JF": mean_of(rows, "JF")}
         return out
     preds, targets = [r["pred"] for r in records], [r["target"] for r in records]
-    confusion: Dict[str, int] = {}
+    confusion: dict[str, int] = {}
     for p, t in zip(preds, targets):
         confusion[f"{t}->{p}"] = confusion.get(f"{t}->{p}", 0) + 1
     majority = max(targets.count(t) for t in set(targets)) / len(targets)
@@ -158,8 +159,8 @@ def evaluate_head(cfg) -> int:
         model = load_head(cfg, backend, log)
         ds = DATASETS.build(cfg.dataset, "dataset")
         lo, hi = cfg.eval_range
-        records: List[Dict[str, Any]] = []
-        failures: List[Dict[str, str]] = []
+        records: list[dict[str, Any]] = []
+        failures: list[dict[str, str]] = []
         t0 = time.time()
         for chunk in _batches(ds, int(lo), min(int(hi), len(ds)), int(cfg.batch_size), failures):
             try:
@@ -167,7 +168,7 @@ def evaluate_head(cfg) -> int:
             except Exception as e:  # e.g. an item without the head's target: reported, the rest goes on
                 failures += [{"input": _name(i, it), "error": f"{type(e).__name__}: {e}"} for i, it in chunk]
                 log.warning("skipped items %s: %s", [i for i, _ in chunk], e)
-        result: Dict[str, Any] = {"task": model.task, "head": cfg.model.get("type"),
+        result: dict[str, Any] = {"task": model.task, "head": cfg.model.get("type"),
                                   "backbone": cfg.model["backbone"].get("type"), "test_model": cfg.test_model,
                                   "num_items": len(records), "failures": failures,
                                   "seconds": round(time.time() - t0, 2)}

@@ -43,14 +43,19 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
 from tools.embedders.conditioning import is_conditional
-from tools.inferences.predictor import (ROLLOUT_DEFAULTS, Predictor, check_eval_range, check_list_file,
-                                        check_save_videos, validate_rollout)
+from tools.inferences.predictor import (
+    ROLLOUT_DEFAULTS,
+    Predictor,
+    check_eval_range,
+    check_list_file,
+    check_save_videos,
+    validate_rollout,
+)
 from tools.inferences.scene import detect_objects, match_objects, settings_from_dataset
 from tools.inferences.scoring import MOTION_DEFAULTS, check_scorer_settings, physics_iq, plot_distributions
 from tools.inferences.scoring import summarize as summarize_values
@@ -77,28 +82,28 @@ DEFAULTS = dict(
     save_videos=4,         # write GT | model | tracker | copy-last | linear for the first N videos
     eval_horizons=None,    # predicted-frame horizons summarised in metrics.json (null = all predicted frames)
     position_miss=0.5,     # position error of a missing ball (and the cap), fraction of the shorter side
-    cond_key=None,         # dataset item key a conditional model predicts with (caption | label); null: the null condition
+    cond_key=None,         # dataset item key a conditional model predicts with (caption | label); null: null condition
     motion=dict(MOTION_DEFAULTS),  # motion-mask settings of the Physics-IQ-style scores (utils.metrics.motion_masks)
     variance_perturbation=None,  # pixels: a second take of each SyntheticPhysics video, the physical-variance bound
 )
 
 
-def score(pred: torch.Tensor, truth: torch.Tensor) -> Dict[str, List[float]]:
+def score(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, list[float]]:
     return {"psnr": psnr_per_frame(pred, truth).tolist(), "ssim": ssim_per_frame(pred, truth).tolist()}
 
 
-def baselines(context: torch.Tensor, n: int) -> Dict[str, torch.Tensor]:
+def baselines(context: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
     return {"copy_last": copy_last_baseline(context, n), "linear": linear_baseline(context, n)}
 
 
-def object_scores(pred: np.ndarray, truth_objects: List[List[Dict]], settings, miss: float) -> Dict[str, List[float]]:
+def object_scores(pred: np.ndarray, truth_objects: list[list[dict]], settings, miss: float) -> dict[str, list[float]]:
     """Object metrics per frame of uint8 ``pred`` (T, H, W, 3) against the true frames' objects."""
     rows = [match_objects(p, t, miss) for p, t in zip(detect_objects(pred, settings), truth_objects)]
     return {"position_error": [r["position_error"] for r in rows], "count_accuracy": [r["count_correct"] for r in rows],
             "color_consistency": [r["color_consistency"] for r in rows]}
 
 
-def object_baselines(context: torch.Tensor, n: int, settings, physics) -> Dict[str, torch.Tensor]:
+def object_baselines(context: torch.Tensor, n: int, settings, physics) -> dict[str, torch.Tensor]:
     """The tracker's and the empty scene's predictions of ``n`` frames after ``context`` (C, T, H, W)."""
     ctx = to_uint8(context)
     return {"tracker": _from_uint8(track_and_predict(ctx, n, settings, physics)),
@@ -117,7 +122,7 @@ def _nanmean(rows: np.ndarray, axis=None):
         return np.nanmean(rows, axis)
 
 
-def summarize(per_video: List[Dict]) -> Dict:
+def summarize(per_video: list[dict]) -> dict:
     """Mean over videos of PSNR / SSIM at each predicted frame index, and overall (legacy "mean")."""
     out = {}
     for m in METHODS:
@@ -129,7 +134,7 @@ def summarize(per_video: List[Dict]) -> Dict:
     return out
 
 
-def summarize_methods(per_video: List[Dict], horizons: List[int]) -> Dict:
+def summarize_methods(per_video: list[dict], horizons: list[int]) -> dict:
     """``methods``: per predicted frame the mean over videos of every metric; ``horizons``: the
     mean over the first h predicted frames (and videos) for each h."""
     methods, by_h = {}, {str(h): {} for h in horizons}
@@ -148,7 +153,7 @@ def _json_float(x) -> float:
     return x if math.isfinite(x) else None
 
 
-def plot_methods(methods: Dict, path: Path, title: str) -> None:
+def plot_methods(methods: dict, path: Path, title: str) -> None:
     """Every metric per predicted frame for every method (one panel per metric)."""
     import matplotlib
 
@@ -173,7 +178,7 @@ def plot_methods(methods: Dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot(summary: Dict, path: Path, title: str) -> None:
+def plot(summary: dict, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,8 +230,8 @@ def validate(cfg) -> None:
         ds = cfg.get("dataset") or {}
         if path or ds.get("type") != "SyntheticPhysics":
             raise ConfigError(f"variance_perturbation={vp!r} makes second takes of SyntheticPhysics scenes, but the "
-                              f"videos come from {'test_list_path' if path else ds.get('type')}; use a SyntheticPhysics "
-                              f"dataset or set variance_perturbation=null")
+                              f"videos come from {'test_list_path' if path else ds.get('type')}; use a "
+                              f"SyntheticPhysics dataset or set variance_perturbation=null")
         if isinstance(vp, bool) or not isinstance(vp, (int, float)) or not 0 < vp < 10:
             raise ConfigError(f"variance_perturbation={vp!r} must be a number of pixels in (0, 10) (e.g. 0.5) or null")
     pm = cfg.get("position_miss")
@@ -235,7 +240,7 @@ def validate(cfg) -> None:
                           f"set e.g. 'position_miss=0.5'")
 
 
-def horizons(cfg) -> List[int]:
+def horizons(cfg) -> list[int]:
     """``eval_horizons`` checked against the predicted frames (default: [all predicted frames])."""
     n = int(cfg.max_frames) - int(cfg.context_frames)
     hs = cfg.get("eval_horizons")
@@ -256,7 +261,7 @@ def scene_settings(cfg):
     return settings_from_dataset(ds), physics_from_dataset(ds)
 
 
-def _sources(cfg) -> List:
+def _sources(cfg) -> list:
     """(name, seed, loader(predictor) returning ((C, T, H, W) video, condition value or None) or raising)
     for every video to score; the condition is the item's ``cond_key`` value (datasets only)."""
     T, sources = int(cfg.max_frames), []
@@ -276,7 +281,7 @@ def _sources(cfg) -> List:
     return sources
 
 
-def _item(item: Dict, cond_key: Optional[str]):
+def _item(item: dict, cond_key: str | None):
     """(video, condition value) of a dataset item; KeyError naming the keys it has."""
     if cond_key is None:
         return item["video"], None
@@ -312,7 +317,8 @@ def evaluate_prediction(cfg) -> int:
         per_video, failures, generation = [], [], []
         takes = None
         if cfg.get("variance_perturbation") is not None:  # second takes of the same scenes (physical variance)
-            takes = DATASETS.build({**cfg.dataset, "perturbation": float(cfg.variance_perturbation), "take": 1}, "dataset")
+            takes = DATASETS.build({**cfg.dataset, "perturbation": float(cfg.variance_perturbation), "take": 1},
+                                   "dataset")
         motion = {**MOTION_DEFAULTS, **dict(cfg.motion)}
         for n, (name, seed, load) in enumerate(sources):
             t0 = time.time()
@@ -371,7 +377,7 @@ def evaluate_prediction(cfg) -> int:
         return 0 if per_video and not failures else 1
 
 
-def summarize_generation(generation: List[Dict]) -> Dict:
+def summarize_generation(generation: list[dict]) -> dict:
     """Per method the summary of its generation metrics over the videos, and with a ``variance``
     method each method's Physics-IQ aggregate against it."""
     methods = [m for m in generation[0] if m != "input"]

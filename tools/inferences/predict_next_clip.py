@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import List
 
 import torch
 
@@ -15,8 +14,7 @@ from utils.io import atomic_write_text
 from utils.logging import get_logger, setup_logger
 from utils.registry import INFER_ENGINE
 from utils.run_lock import run_lock
-from utils.test_list import (KINDS, TestItem, failure_reasons, fingerprint, merge_results, parse_test_list,
-                             run_test_list)
+from utils.test_list import KINDS, TestItem, failure_reasons, fingerprint, merge_results, parse_test_list, run_test_list
 from utils.video_io import side_by_side, to_uint8
 
 DEFAULTS = dict(
@@ -104,7 +102,7 @@ def output_fingerprint(cfg) -> str:
     return fingerprint(settings, [str(f) for f in files])
 
 
-def _warn_ignored_conditions(predictor: Predictor, items: List[TestItem], log) -> None:
+def _warn_ignored_conditions(predictor: Predictor, items: list[TestItem], log) -> None:
     """Once: the model takes no condition, so the list's captions / labels change nothing."""
     if getattr(predictor.embedder, "num_tokens", 0) != 0:
         return
@@ -145,7 +143,7 @@ def _producer(cfg, predictor: Predictor):
     return produce
 
 
-def _predict(cfg, predictor: Predictor, items: List[TestItem], out_dir: Path, rank: int, world: int,
+def _predict(cfg, predictor: Predictor, items: list[TestItem], out_dir: Path, rank: int, world: int,
              produce=None) -> int:
     """Run the list (this rank's share), merge the ranks' results.jsonl, log the totals; the exit code.
     ``produce(item)``: the engine's per-item function (default: the next-clip rollout); the whole-video

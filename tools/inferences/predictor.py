@@ -4,8 +4,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any
 
 import torch
 import yaml
@@ -15,18 +16,24 @@ from tools.backends.parallel import PARALLEL_CHOICES
 from tools.embedders.conditioning import embed, is_conditional, null_condition
 from tools.inferences.guidance import Condition
 from tools.inferences.rollout import RolloutSettings, rollout
-from utils.checkpoint import (CheckpointError, checkpoint_config, embedder_weights_for, format_report, load_weights,
-                              sharded_checkpoint_of)
+from tools.stack import build_stack
+from utils.checkpoint import (
+    CheckpointError,
+    checkpoint_config,
+    embedder_weights_for,
+    format_report,
+    load_weights,
+    sharded_checkpoint_of,
+)
 from utils.config import DEFAULT_COMPONENTS, ConfigError
 from utils.logging import get_logger
-from tools.stack import build_stack
 from utils.registry import BACKEND, EMBEDDER, PRETRAIN
 from utils.video_io import read_image, read_video, resize_crop, to_tensor
 
 logger = get_logger()
 
 #: settings shared by every inference engine that rolls a model out
-ROLLOUT_DEFAULTS: Dict[str, Any] = {
+ROLLOUT_DEFAULTS: dict[str, Any] = {
     **copy.deepcopy(DEFAULT_COMPONENTS),
     "test_model": None,         # weights file (.safetensors; legacy .pth via weights_only)
     "strict": True,
@@ -118,7 +125,7 @@ class Predictor:
         if float(cfg.guide_scale) != 1.0 and not is_conditional(self.embedder):
             raise ConfigError(self._no_guidance(cfg.guide_scale))
 
-    def trained_frames(self) -> Optional[int]:
+    def trained_frames(self) -> int | None:
         """Latent frames per training video: the ``trained_frames`` setting, else the ``max_frames``
         of the training config stored in ``test_model`` (None when neither is known)."""
         if self.cfg.get("trained_frames") is not None:
@@ -177,7 +184,7 @@ class Predictor:
     def load_image(self, path: str) -> torch.Tensor:
         return to_tensor(resize_crop(read_image(path)[None], self.hw))
 
-    def condition(self, value) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def condition(self, value) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(cond (1, M, dim), cond_mask (1, M)) for one input; ``None`` gives the embedder's null
         condition (unconditional generation with a conditional model). (None, None) when the
         embedder takes no condition. Bad values raise ValueError naming what is allowed."""
@@ -188,10 +195,10 @@ class Predictor:
 
     # -- rollout -----------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, context: Optional[torch.Tensor], seed: int, cond_value=None,
-                num_frames: Optional[int] = None, guide_scale: Optional[float] = None,
-                history_guide_scale: Optional[float] = None,
-                progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    def predict(self, context: torch.Tensor | None, seed: int, cond_value=None,
+                num_frames: int | None = None, guide_scale: float | None = None,
+                history_guide_scale: float | None = None,
+                progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """context (C, Tc, H, W) in [-1, 1] or None -> video (C, T, H, W) in [-1, 1], context included.
 
         ``cond_value`` (a label or caption; None = the null condition) conditions a conditional
@@ -221,7 +228,7 @@ class Predictor:
         return self.autoencoder.decode(out.float())[0].clamp(-1, 1).cpu()
 
 
-def _log_report(path, report: Dict[str, list]) -> None:
+def _log_report(path, report: dict[str, list]) -> None:
     """Log how weights loaded: info when every key matched, a loud warning on a partial load."""
     if not any(report.values()):
         logger.info("weights %s: %s", path, format_report(report))

@@ -19,8 +19,8 @@ behind others still count); pixels best explained by the dataset's obstacle colo
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -49,11 +49,11 @@ class SceneSettings:
     color_names: Sequence[str]
     background: Sequence[float] = DEFAULT_BACKGROUND
     gravity: float = 0.0
-    speeds: Optional[Mapping[str, Sequence[float]]] = None
+    speeds: Mapping[str, Sequence[float]] | None = None
     substeps: int = 4
     min_radius: float = 0.08
     max_radius: float = 0.15
-    obstacle_color: Optional[Sequence[float]] = None  # the dataset's obstacle colour when it has obstacles
+    obstacle_color: Sequence[float] | None = None  # the dataset's obstacle colour when it has obstacles
     min_blob_fraction: float = 0.5  # smallest ball blob / smallest disc area (0.25 with occlusion: partly hidden)
 
 
@@ -63,22 +63,22 @@ class SceneAnalysis:
     (NaN where it is not visible); ``accel`` the mean acceleration (x, y) in pixels/frame^2
     (NaN if unmeasurable); ``init_speed`` the mean initial speed in pixels/frame."""
     num_balls: int
-    colors: List[str]
-    gravity: Optional[str]
-    speed: Optional[str]
-    tracks: List[np.ndarray] = field(repr=False, default_factory=list)
-    track_colors: List[str] = field(default_factory=list)
-    accel: Tuple[float, float] = (float("nan"), float("nan"))
+    colors: list[str]
+    gravity: str | None
+    speed: str | None
+    tracks: list[np.ndarray] = field(repr=False, default_factory=list)
+    track_colors: list[str] = field(default_factory=list)
+    accel: tuple[float, float] = (float("nan"), float("nan"))
     init_speed: float = float("nan")
 
-    def attributes(self) -> Dict:
+    def attributes(self) -> dict:
         """The four attributes in the dataset's ``meta["attributes"]`` format."""
         return {"num_balls": self.num_balls, "colors": list(self.colors), "gravity": self.gravity,
                 "speed": self.speed}
 
 
-def settings_from_dataset(dataset_cfg: Mapping, palette: Optional[Sequence] = None,
-                          color_names: Optional[Sequence[str]] = None) -> SceneSettings:
+def settings_from_dataset(dataset_cfg: Mapping, palette: Sequence | None = None,
+                          color_names: Sequence[str] | None = None) -> SceneSettings:
     """SceneSettings from a SyntheticPhysics config dict (its gravity, speeds, colours, ...).
 
     The palette and colour names default to the dataset module's PALETTE / COLOR_NAMES.
@@ -116,7 +116,7 @@ def _gravity_strength(dataset_cfg: Mapping) -> float:
 
 
 # ---------------------------------------------------------------------- pixels -> colour masks
-def coverage_maps(frames: np.ndarray, settings: SceneSettings) -> Tuple[np.ndarray, np.ndarray]:
+def coverage_maps(frames: np.ndarray, settings: SceneSettings) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel: index of the best-fitting palette colour (T, H, W) and every colour's coverage
     a (T, H, W, K).
 
@@ -135,7 +135,7 @@ def coverage_maps(frames: np.ndarray, settings: SceneSettings) -> Tuple[np.ndarr
 
 
 def _blobs(mask: np.ndarray, weight: np.ndarray, free: np.ndarray, min_area: int,
-           max_area: int) -> List[Tuple[float, float, float]]:
+           max_area: int) -> list[tuple[float, float, float]]:
     """Connected components of one binary frame -> [(x, y, area)], components with an area
     outside [min_area, max_area] dropped. Centroids are coverage-weighted over the component grown by 2 pixels
     into ``free`` pixels (edge or background, not another ball), pixel centres at +0.5 like
@@ -149,15 +149,16 @@ def _blobs(mask: np.ndarray, weight: np.ndarray, free: np.ndarray, min_area: int
         grown = (cv2.dilate(comp, np.ones((5, 5), np.uint8)) > 0) & (free | (comp > 0))
         ys, xs = np.nonzero(grown)
         w = weight[ys, xs]
-        out.append((float((xs + 0.5) @ w / w.sum()), float((ys + 0.5) @ w / w.sum()), float(stats[k, cv2.CC_STAT_AREA])))
+        cx, cy = float((xs + 0.5) @ w / w.sum()), float((ys + 0.5) @ w / w.sum())
+        out.append((cx, cy, float(stats[k, cv2.CC_STAT_AREA])))
     return out
 
 
-def _link(per_frame: List[List[Tuple[float, float, float]]], count: int) -> List[np.ndarray]:
+def _link(per_frame: list[list[tuple[float, float, float]]], count: int) -> list[np.ndarray]:
     """Greedy nearest-neighbour tracks of ``count`` balls of one colour over the frames."""
     T = len(per_frame)
     tracks = [np.full((T, 2), np.nan) for _ in range(count)]
-    last: List[Optional[np.ndarray]] = [None] * count
+    last: list[np.ndarray | None] = [None] * count
     for t, blobs in enumerate(per_frame):
         pts = [np.array(b[:2]) for b in sorted(blobs, key=lambda b: -b[2])[:count]]
         free = list(range(count))
@@ -216,7 +217,7 @@ def initial_speed(tracks: Sequence[np.ndarray], accel: np.ndarray, substeps: int
     return float(np.median(speeds)) if speeds else float("nan")
 
 
-def speed_class(speed_px: float, speeds: Optional[Mapping[str, Sequence[float]]], side: int) -> Optional[str]:
+def speed_class(speed_px: float, speeds: Mapping[str, Sequence[float]] | None, side: int) -> str | None:
     """Initial speed (pixels/frame) -> "slow"|"fast" by the midpoint between the slow range's
     top and the fast range's bottom; None when the dataset has no speed classes."""
     if not speeds:
@@ -276,7 +277,7 @@ def analyse_video(frames: np.ndarray, settings: SceneSettings) -> SceneAnalysis:
 
 # ---------------------------------------------------------------------- objects per frame
 def detect_objects(frames: np.ndarray, settings: SceneSettings,
-                   min_fraction: Optional[float] = None) -> List[List[Dict]]:
+                   min_fraction: float | None = None) -> list[list[dict]]:
     """uint8 frames (T, H, W, 3) -> per frame the visible balls ``{"color", "x", "y", "area"}``
     (pixels, centroids as in ``_blobs``). Blobs from ``min_fraction`` (default
     ``settings.min_blob_fraction``) of the smallest disc's area up to two of the largest discs count."""
@@ -286,7 +287,7 @@ def detect_objects(frames: np.ndarray, settings: SceneSettings,
     side = min(H, W)
     min_area = max(2, int(min_fraction * np.pi * (settings.min_radius * side) ** 2))
     max_area = int(2.5 * np.pi * (settings.max_radius * side + 1) ** 2)
-    out: List[List[Dict]] = [[] for _ in range(T)]
+    out: list[list[dict]] = [[] for _ in range(T)]
     for k, name in enumerate(settings.color_names):
         masks = fg & (best == k)
         for t in np.nonzero(masks.reshape(T, -1).sum(1) >= min_area)[0]:
@@ -309,7 +310,7 @@ def detect_obstacles(frame: np.ndarray, settings: SceneSettings) -> np.ndarray:
     return np.array(boxes, np.float64).reshape(-1, 4)
 
 
-def match_objects(pred: Sequence[Mapping], truth: Sequence[Mapping], miss: float) -> Dict[str, float]:
+def match_objects(pred: Sequence[Mapping], truth: Sequence[Mapping], miss: float) -> dict[str, float]:
     """Pair one frame's predicted and true balls of the same colour (optimal assignment by
     distance). Returns ``position_error`` (mean over true balls of the distance in pixels,
     ``miss`` for a true ball without a predicted one, capped at ``miss``; NaN without true
@@ -331,7 +332,7 @@ def match_objects(pred: Sequence[Mapping], truth: Sequence[Mapping], miss: float
             "color_consistency": len(cp & ct) / len(cp | ct) if cp | ct else 1.0}
 
 
-def compare(found: Mapping, truth: Mapping, attributes: Sequence[str] = ATTRIBUTES) -> Dict[str, bool]:
+def compare(found: Mapping, truth: Mapping, attributes: Sequence[str] = ATTRIBUTES) -> dict[str, bool]:
     """Attribute-wise equality (colours as sets); attributes the truth does not have (None) are skipped."""
     out = {}
     for key in attributes:

@@ -16,8 +16,8 @@ its magnitude is then taken from the step before.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -50,7 +50,7 @@ def physics_from_dataset(cfg: Mapping) -> TrackerPhysics:
                           collide=int(cfg.get("depth_layers", 1) or 1) == 1)
 
 
-def _tracks(per_frame: List[List[Dict]]) -> List[Dict]:
+def _tracks(per_frame: list[list[dict]]) -> list[dict]:
     """Link each colour's detections over the context frames (nearest neighbour from the last
     frame backwards, so every ball visible at the end gets a track)."""
     T = len(per_frame)
@@ -70,7 +70,7 @@ def _tracks(per_frame: List[List[Dict]]) -> List[Dict]:
     return out
 
 
-def _gravity(tracks: List[Dict], cap: float) -> np.ndarray:
+def _gravity(tracks: list[dict], cap: float) -> np.ndarray:
     """Median second difference over all balls, without samples around a bounce (> cap)."""
     samples = []
     for tr in tracks:
@@ -96,7 +96,7 @@ def _velocity(xy: np.ndarray, g: np.ndarray, S: int) -> np.ndarray:
 
 
 def track_and_predict(context: np.ndarray, num_frames: int, settings: SceneSettings,
-                      physics: Optional[TrackerPhysics] = None) -> np.ndarray:
+                      physics: TrackerPhysics | None = None) -> np.ndarray:
     """uint8 context frames (C, H, W, 3) -> predicted uint8 frames (num_frames, H, W, 3)."""
     physics = physics or TrackerPhysics()
     C, H, W, _ = context.shape
@@ -131,7 +131,7 @@ def track_and_predict(context: np.ndarray, num_frames: int, settings: SceneSetti
     return img.round().clip(0, 255).astype(np.uint8)
 
 
-def empty_frames(context: np.ndarray, num_frames: int, settings: Optional[SceneSettings] = None) -> np.ndarray:
+def empty_frames(context: np.ndarray, num_frames: int, settings: SceneSettings | None = None) -> np.ndarray:
     """The empty-scene baseline: the background (with the context's obstacles) or, without
     settings, the per-channel median of the last context frame."""
     C, H, W, _ = context.shape

@@ -27,9 +27,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,7 +46,7 @@ NO_CLASS = "(none: unconditional)"
 #: frames at most of one request (context + generated); a guard for the CPU, not a model limit
 MAX_FRAMES = 64
 VIEW_HEIGHT = 256  # the on-page video is upscaled (nearest) to about this height
-ProgressFn = Optional[Callable[..., None]]
+ProgressFn = Callable[..., None] | None
 
 
 class PageError(ValueError):
@@ -57,8 +57,8 @@ class PageError(ValueError):
 class Result:
     """What a handler gives the page: the on-page mp4, the mp4 to download, a status line."""
 
-    video: Optional[str]
-    download: Optional[str]
+    video: str | None
+    download: str | None
     message: str
 
 
@@ -114,7 +114,7 @@ class WebApp:
     def conditional(self) -> bool:
         return is_conditional(self.predictor.embedder)
 
-    def class_choices(self) -> Optional[List[str]]:
+    def class_choices(self) -> list[str] | None:
         """Class names (or ids) of a class-label model, None for a caption model or no condition."""
         emb = self.predictor.embedder
         if not self.conditional or not hasattr(emb, "num_classes"):
@@ -131,7 +131,7 @@ class WebApp:
                 f"window {self.predictor.window}. Outputs in `{self.out_dir}`.")
 
     # -- handlers ------------------------------------------------------------------
-    def predict(self, video_path: Optional[str], context_frames=4, new_frames=8, steps=10, guide_scale=1.0,
+    def predict(self, video_path: str | None, context_frames=4, new_frames=8, steps=10, guide_scale=1.0,
                 history_guide_scale=1.0, seed=8888, cond=None, progress: ProgressFn = None) -> Result:
         """A video's first ``context_frames`` -> ground truth | prediction."""
         def run():
@@ -152,7 +152,7 @@ class WebApp:
 
         return self._run("predict", seed, run, video_path)
 
-    def animate(self, image_path: Optional[str], new_frames=8, steps=10, guide_scale=1.0, history_guide_scale=1.0,
+    def animate(self, image_path: str | None, new_frames=8, steps=10, guide_scale=1.0, history_guide_scale=1.0,
                 seed=8888, cond=None, progress: ProgressFn = None) -> Result:
         """An image as the first frame -> a video."""
         def run():
@@ -180,7 +180,7 @@ class WebApp:
         return self._run("generate", seed, run)
 
     # -- plumbing ------------------------------------------------------------------
-    def _run(self, kind: str, seed, run: Callable, upload: Optional[str] = None) -> Result:
+    def _run(self, kind: str, seed, run: Callable, upload: str | None = None) -> Result:
         """Run one request: its frames as mp4s and a status line, or the error as a status line."""
         t0 = time.time()
         try:
@@ -271,14 +271,14 @@ def _report(progress: ProgressFn, fraction: float, desc: str) -> None:
         progress(fraction, desc=desc)
 
 
-def _short_paths(message: str, upload: Optional[str]) -> str:
+def _short_paths(message: str, upload: str | None) -> str:
     """Name an upload by its file name, not by gradio's cache path."""
     if upload:
         message = message.replace(str(upload), Path(upload).name)
     return message
 
 
-def demo_videos() -> List[Tuple[str, str]]:
+def demo_videos() -> list[tuple[str, str]]:
     """The bundled demo videos (data/demo/*.mp4) as (file name, path) choices."""
     return [(p.name, str(p)) for p in sorted(DEMO_DIR.glob("*.mp4"))]
 
@@ -318,7 +318,7 @@ def _fields(res: Result):
     return res.video, res.download, res.message
 
 
-def _upload_path(payload) -> Optional[str]:
+def _upload_path(payload) -> str | None:
     """The file path of a raw (not preprocessed) gradio upload: an image's FileData, or a video's
     ``{"video": FileData}``. The handlers read uploads themselves, so a file that is not what the
     input expects (a text file sent as the image through the API) gets the page's one-line error,
@@ -333,7 +333,7 @@ def _upload_path(payload) -> Optional[str]:
     return str(payload)
 
 
-def served_paths(app: WebApp) -> Tuple[List[str], List[str]]:
+def served_paths(app: WebApp) -> tuple[list[str], list[str]]:
     """(allowed, blocked) paths for gradio: the page serves its own outputs, its uploads (gradio's cache,
     always allowed) and the bundled demo videos (file by file), nothing else: not the weights beside
     them, not the run's config.yaml or log.txt."""
@@ -452,7 +452,7 @@ def _keep_gradio_inside(out_dir: Path) -> None:
                              os.environ.get("TMPDIR", "/tmp"))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``app.py``: load the config, build the page, serve it until Ctrl-C."""
     args, overrides = _parser().parse_known_args(sys.argv[1:] if argv is None else list(argv))
     bad = [o for o in overrides if o.startswith("--")]

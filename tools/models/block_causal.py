@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,10 +54,10 @@ logger = logging.getLogger("nextclip")
 
 _FLEX_FN = None  # compiled flex_attention, built once per process
 _CBM_FN = None  # compiled create_block_mask
-_BLOCK_MASK_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
+_BLOCK_MASK_CACHE: OrderedDict[tuple, object] = OrderedDict()
 _BLOCK_MASK_CACHE_SIZE = 16
 #: (padded length, batch, heads, head dim, dtype) of every FlexAttention compile of this process
-FLEX_COMPILES: List[tuple] = []
+FLEX_COMPILES: list[tuple] = []
 
 
 def flex_len(L: int) -> int:
@@ -71,7 +71,7 @@ def flex_len(L: int) -> int:
     return blocks * FLEX_BLOCK
 
 
-def block_token_order(frames: int, levels: Sequence[int]) -> Tuple[Tensor, Tensor]:
+def block_token_order(frames: int, levels: Sequence[int]) -> tuple[Tensor, Tensor]:
     """(frame, slot) LongTensors of the ``frames * len(levels)`` tokens of one block, stored
     level-major: by slot level, then frame, then slot (all levels 0: frame-major)."""
     order = sorted((lv, f, s) for f in range(frames) for s, lv in enumerate(levels))
@@ -79,7 +79,7 @@ def block_token_order(frames: int, levels: Sequence[int]) -> Tuple[Tensor, Tenso
             torch.tensor([s for _, _, s in order], dtype=torch.long))
 
 
-def level_spans(frames: int, levels: Sequence[int]) -> List[Tuple[int, int]]:
+def level_spans(frames: int, levels: Sequence[int]) -> list[tuple[int, int]]:
     """[start, end) of each level's tokens inside a level-major block of ``frames`` frames."""
     spans, a = [], 0
     for lv in sorted(set(levels)):
@@ -89,7 +89,7 @@ def level_spans(frames: int, levels: Sequence[int]) -> List[Tuple[int, int]]:
     return spans
 
 
-def _check_levels(levels: Optional[Sequence[int]], N: int, what: str) -> Tuple[int, ...]:
+def _check_levels(levels: Sequence[int] | None, N: int, what: str) -> tuple[int, ...]:
     if levels is None:
         return (0,) * N
     levels = tuple(int(x) for x in levels)
@@ -119,9 +119,9 @@ class BlockCausalLayout:
     """
 
     def __init__(self, clip_lens, tokens_per_frame: int, num_cond: int = 0,
-                 frame_causal_clean: bool = False, total_len: Optional[int] = None,
-                 cond_lens: Optional[Sequence[int]] = None, clean_levels: Optional[Sequence[int]] = None,
-                 noisy_levels: Optional[Sequence[int]] = None):
+                 frame_causal_clean: bool = False, total_len: int | None = None,
+                 cond_lens: Sequence[int] | None = None, clean_levels: Sequence[int] | None = None,
+                 noisy_levels: Sequence[int] | None = None):
         if not torch.is_tensor(clip_lens):
             clip_lens = torch.as_tensor(clip_lens, dtype=torch.long)
         assert clip_lens.dim() == 2, f"clip_lens must be (B, K), got shape {tuple(clip_lens.shape)}"
@@ -133,7 +133,7 @@ class BlockCausalLayout:
         self.noisy_levels = _check_levels(noisy_levels, self.N, "noisy_levels")
         self.leveled = any(self.clean_levels) or any(self.noisy_levels)
         rows = clip_lens.detach().cpu().tolist()
-        self.clips: List[Tuple[int, ...]] = []
+        self.clips: list[tuple[int, ...]] = []
         for b, row in enumerate(rows):
             nz = [int(g) for g in row if g > 0]
             assert nz, f"sample {b} has no clip (clip_lens row {row}); every sample needs >= 1 frame"
@@ -154,21 +154,21 @@ class BlockCausalLayout:
         frames = sum(clips)
         return self.M + (frames - clips[-1]) * self.N + frames * self.N
 
-    def noisy_start(self, clips: Sequence[int], num_cond: Optional[int] = None) -> int:
+    def noisy_start(self, clips: Sequence[int], num_cond: int | None = None) -> int:
         return (self.M if num_cond is None else num_cond) + (sum(clips) - clips[-1]) * self.N
 
     def key(self) -> tuple:
         return (tuple(self.clips), self.N, self.M, self.frame_causal_clean, self.L, str(self.device),
                 self.cond_lens, self.clean_levels, self.noisy_levels)
 
-    def groups(self) -> Dict[Tuple[Tuple[int, ...], int], List[int]]:
+    def groups(self) -> dict[tuple[tuple[int, ...], int], list[int]]:
         """Samples with identical (clip structure, real cond count), computed together by 'blocks'."""
-        out: Dict[Tuple[Tuple[int, ...], int], List[int]] = {}
+        out: dict[tuple[tuple[int, ...], int], list[int]] = {}
         for b, c in enumerate(self.clips):
             out.setdefault((c, self.cond_lens[b]), []).append(b)
         return out
 
-    def segments(self, clips: Sequence[int], num_cond: Optional[int] = None) -> List[Tuple[int, int, int, int, int]]:
+    def segments(self, clips: Sequence[int], num_cond: int | None = None) -> list[tuple[int, int, int, int, int]]:
         """(q_start, q_end, prefix_end, own_start, own_end) for every real query segment.
 
         The segment attends to keys [0, prefix_end) and [own_start, own_end) (empty own
@@ -198,7 +198,7 @@ class BlockCausalLayout:
         return segs
 
     # ------------------------------------------------------------------ metadata
-    def meta(self) -> Dict[str, Tensor]:
+    def meta(self) -> dict[str, Tensor]:
         """Per-token (B, Lpad) LongTensors: kind, clip, frame, lim, patch, level (Lpad = :func:`flex_len` of L).
 
         ``frame``: frame index within the sample (-1 for cond / padding); ``lim``: a query
@@ -250,7 +250,7 @@ class BlockCausalLayout:
         return self._meta
 
     @staticmethod
-    def _block_tokens(blocks: Sequence[Tuple[int, int]], levels: Sequence[int]) -> Tuple[Tensor, Tensor]:
+    def _block_tokens(blocks: Sequence[tuple[int, int]], levels: Sequence[int]) -> tuple[Tensor, Tensor]:
         """(frame, slot) of consecutive blocks (first frame, frames), each stored level-major."""
         parts = [block_token_order(g, levels) for _, g in blocks]
         return (torch.cat([f + f0 for (f0, _), (f, _) in zip(blocks, parts)]),
@@ -289,7 +289,7 @@ class BlockCausalLayout:
         if self.leveled:
             plain = mask_mod
 
-            def mask_mod(b, h, q, kv):  # noqa: F811 - the level rule on top of the plain one
+            def mask_mod(b, h, q, kv):  # the level rule on top of the plain one
                 return plain(b, h, q, kv) & _level_ok(kind[b, q], kind[b, kv], clip[b, q], clip[b, kv],
                                                       frame[b, q], frame[b, kv], level[b, q], level[b, kv],
                                                       q, kv, fcc)
@@ -319,7 +319,7 @@ def _level_ok(kq, kk, cq, ck, fq, fk, lq, lk, q, kv, frame_causal_clean: bool):
 
 
 def interleaved_dense_mask(clips: Sequence[int], tokens_per_frame: int, num_cond: int = 0,
-                           frame_causal_clean: bool = False) -> Tuple[Tensor, Tensor]:
+                           frame_causal_clean: bool = False) -> tuple[Tensor, Tensor]:
     """The paper's order ``[cond] noisy(c1) clean(c1) noisy(c2) ... noisy(cK)`` written out
     rule by rule, independently of :class:`BlockCausalLayout` (for the equivalence test).
 
@@ -403,7 +403,7 @@ def _compact_index(i: int, m: int, M: int) -> int:
     return min(i, m) if i <= M else i - (M - m)
 
 
-def _put_rows(out: Tensor, ob: Tensor, sel: Optional[Tensor], m: int, M: int) -> None:
+def _put_rows(out: Tensor, ob: Tensor, sel: Tensor | None, m: int, M: int) -> None:
     """Write compacted rows ``ob`` back into ``out`` (rows of the batch ``sel``, or all);
     the padded cond rows [m, M) of ``out`` are left as they are."""
     n = ob.shape[2]
@@ -416,11 +416,11 @@ def _put_rows(out: Tensor, ob: Tensor, sel: Optional[Tensor], m: int, M: int) ->
                 out[sel, :, o:o + b - a] = ob[:, :, a:b]
 
 
-def _select(x: Tensor, sel: Optional[Tensor]) -> Tensor:
+def _select(x: Tensor, sel: Tensor | None) -> Tensor:
     return x if sel is None else x.index_select(0, sel)
 
 
-def _group_index(idx: List[int], B: int, device) -> Optional[Tensor]:
+def _group_index(idx: list[int], B: int, device) -> Tensor | None:
     return torch.tensor(idx, device=device) if len(idx) < B else None
 
 
@@ -445,7 +445,7 @@ def _attention_blocks(q, k, v, layout: BlockCausalLayout, dense_fn: Callable) ->
 
 
 def block_causal_attention(q: Tensor, k: Tensor, v: Tensor, layout: BlockCausalLayout,
-                           impl: str = "blocks", dense_fn: Optional[Callable] = None) -> Tensor:
+                           impl: str = "blocks", dense_fn: Callable | None = None) -> Tensor:
     """Block-causal attention. q, k, v: (B, H, L, D) in the layout's token order -> (B, H, L, D)."""
     assert q.shape[2] == layout.L, f"sequence length {q.shape[2]} != layout length {layout.L}"
     if impl == "blocks":
@@ -457,9 +457,9 @@ def block_causal_attention(q: Tensor, k: Tensor, v: Tensor, layout: BlockCausalL
     raise ValueError(f"attention impl {impl!r} is unknown; use one of {IMPLS}")
 
 
-def cached_prefix_attns(cache, segments: Sequence[Tuple[int, int, int]], depth: int,
-                        dense_fn: Optional[Callable] = None, keep: Optional[list] = None,
-                        cond_lens: Optional[Sequence[int]] = None, num_cond: int = 0) -> List[Callable]:
+def cached_prefix_attns(cache, segments: Sequence[tuple[int, int, int]], depth: int,
+                        dense_fn: Callable | None = None, keep: list | None = None,
+                        cond_lens: Sequence[int] | None = None, num_cond: int = 0) -> list[Callable]:
     """One ``attn(q, k, v)`` per layer: the new tokens against [cached][new] keys with
     :func:`prefix_attention` over ``segments``; ``cache`` has per-layer ``k`` / ``v`` lists (or is
     None); the concatenated (k, v) of every layer are appended to ``keep`` when given. A
@@ -480,8 +480,8 @@ def cached_prefix_attns(cache, segments: Sequence[Tuple[int, int, int]], depth: 
     return [make_attn(i) for i in range(depth)]
 
 
-def prefix_attention(q: Tensor, k: Tensor, v: Tensor, segments: Sequence[Tuple[int, int, int]],
-                     dense_fn: Optional[Callable] = None, cond_lens: Optional[Sequence[int]] = None,
+def prefix_attention(q: Tensor, k: Tensor, v: Tensor, segments: Sequence[tuple[int, int, int]],
+                     dense_fn: Callable | None = None, cond_lens: Sequence[int] | None = None,
                      num_cond: int = 0) -> Tensor:
     """Attention where query rows [qs, qe) see keys [0, ke) (prefix-causal by segment).
 
@@ -505,7 +505,7 @@ def prefix_attention(q: Tensor, k: Tensor, v: Tensor, segments: Sequence[Tuple[i
             out[:, :, qs:qe] = dense_fn(q[:, :, qs:qe], k[:, :, :ke], v[:, :, :ke])
         return out
     q_cond = off == 0  # the queries start with the cond tokens
-    groups: Dict[int, List[int]] = {}
+    groups: dict[int, list[int]] = {}
     for b, m in enumerate(cond_lens):
         groups.setdefault(int(m), []).append(b)
     for m, idx in groups.items():

@@ -13,7 +13,8 @@ the rollout reads that flag.
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -26,10 +27,10 @@ class DenoiseCall(NamedTuple):
     """What one :meth:`CachedRollout.denoise` branch sees: a history ``cache`` (its condition
     inside) and the clip's ``frame_offset``, or no cache and the condition tokens ``cond`` /
     ``cond_mask`` of the clip alone."""
-    cache: Optional[KVCache] = None
-    frame_offset: Optional[int] = 0
-    cond: Optional[Tensor] = None
-    cond_mask: Optional[Tensor] = None
+    cache: KVCache | None = None
+    frame_offset: int | None = 0
+    cond: Tensor | None = None
+    cond_mask: Tensor | None = None
 
 
 class CachedRollout:
@@ -48,7 +49,7 @@ class CachedRollout:
             s += g * N
         return segs
 
-    def _clean_stream(self, video: Tensor, ctok: Optional[Tensor], frame_offset: int):
+    def _clean_stream(self, video: Tensor, ctok: Tensor | None, frame_offset: int):
         """Inputs of the blocks for clean frames (B, C, F, H, W) after the cond tokens ``ctok``: tokens
         [cond][clean frames], their RoPE at ``frame_offset``, the clean time embedding (t = 1) and the
         time ids. Returns (x, cos, sin, temb, tid, M) with M cond tokens."""
@@ -62,9 +63,9 @@ class CachedRollout:
         temb = self.time_embed(x.new_ones(B, 1))
         return x, cos, sin, temb, 0, M  # time id 0 (t = 1) for every token
 
-    def encode_history(self, x_hist: Tensor, frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
-                       cond_mask: Optional[Tensor] = None, clip_lens: Optional[Sequence[int]] = None,
-                       cache: Optional[KVCache] = None) -> KVCache:
+    def encode_history(self, x_hist: Tensor, frame_offset: int | None = None, cond: Tensor | None = None,
+                       cond_mask: Tensor | None = None, clip_lens: Sequence[int] | None = None,
+                       cache: KVCache | None = None) -> KVCache:
         """Keys/values of [cond][clean history] for every layer.
 
         x_hist (B, C, Fh, H, W) clean frames (Fh may be 0) treated as clean clips of
@@ -91,7 +92,8 @@ class CachedRollout:
         segs = self._clean_segments(clip_lens, N, M, prefix)
         kv: list = []
         num_cond = M if cache is None else cache.num_cond
-        self._run(x, temb, tid, cos, sin, cached_prefix_attns(cache, segs, len(self.blocks), self.dense_fn, kv, cond_lens, num_cond))
+        attns = cached_prefix_attns(cache, segs, len(self.blocks), self.dense_fn, kv, cond_lens, num_cond)
+        self._run(x, temb, tid, cos, sin, attns)
         ks, vs = [k for k, _ in kv], [v for _, v in kv]
         if cache is None:
             return KVCache(ks, vs, num_cond=M, tokens_per_frame=N, frame_offset=frame_offset, clip_lens=clip_lens,
@@ -100,7 +102,7 @@ class CachedRollout:
                        clip_lens=list(cache.clip_lens) + clip_lens, cond_lens=cache.cond_lens,
                        frame_step=cache.frame_step, pooled=pooled, buffers=cache.buffers)
 
-    def feature_layers(self, layers: Sequence[int]) -> List[int]:
+    def feature_layers(self, layers: Sequence[int]) -> list[int]:
         """Block indices (negative counts from the last block) -> 0-based indices; ValueError if out of range."""
         depth = len(self.blocks)
         out = []
@@ -111,9 +113,9 @@ class CachedRollout:
             out.append(i % depth)
         return out
 
-    def features(self, video: Tensor, layers: Sequence[int] = (-1,), clip_len: Optional[int] = None,
-                 frame_offset: int = 0, cond: Optional[Tensor] = None,
-                 cond_mask: Optional[Tensor] = None) -> List[Tensor]:
+    def features(self, video: Tensor, layers: Sequence[int] = (-1,), clip_len: int | None = None,
+                 frame_offset: int = 0, cond: Tensor | None = None,
+                 cond_mask: Tensor | None = None) -> list[Tensor]:
         """Hidden states of the clean tokens of ``video`` (B, C, F, H, W) after the chosen blocks
         (``layers``: block indices, -1 = last) -> one (B, F, H/p, W/p, hidden) tensor per layer.
 
@@ -133,13 +135,13 @@ class CachedRollout:
         x, cos, sin, temb, tid, M = self._clean_stream(video, ctok, frame_offset)
         segs = self._clean_segments(clip_lens, N, M, 0)
         attns = cached_prefix_attns(None, segs, max(idx) + 1, self.dense_fn, None, cond_lens, M)
-        keep: List[Tensor] = []
+        keep: list[Tensor] = []
         self._blocks(x, temb, tid, cos, sin, attns, keep)
         return [keep[i][:, M:].reshape(B, Fr, gh, gw, self.hidden) for i in idx]
 
-    def denoise(self, x_clip: Tensor, t: Tensor, cache: Optional[KVCache] = None,
-                frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
-                cond_mask: Optional[Tensor] = None, branches: Optional[Sequence[DenoiseCall]] = None):
+    def denoise(self, x_clip: Tensor, t: Tensor, cache: KVCache | None = None,
+                frame_offset: int | None = None, cond: Tensor | None = None,
+                cond_mask: Tensor | None = None, branches: Sequence[DenoiseCall] | None = None):
         """Predict one noisy clip x_clip (B, C, G, H, W) at time t (B,) given a history cache.
 
         Without a cache the clip sees only itself (and ``cond`` tokens if given, at
@@ -152,7 +154,7 @@ class CachedRollout:
         outs = self.denoise_many(x_clip, t, [DenoiseCall(cache, frame_offset, cond, cond_mask), *(branches or ())])
         return outs if branches is not None else outs[0]
 
-    def denoise_many(self, x_clip: Tensor, t: Tensor, branches: Sequence[DenoiseCall]) -> List[Tensor]:
+    def denoise_many(self, x_clip: Tensor, t: Tensor, branches: Sequence[DenoiseCall]) -> list[Tensor]:
         """:meth:`denoise` of one noisy clip under several ``branches`` at once, e.g. the branches
         of a guided prediction -> one prediction per branch.
 
@@ -164,8 +166,8 @@ class CachedRollout:
         t = t.reshape(B, 1).to(tokens.dtype)
         temb = self.time_embed(torch.cat([torch.ones_like(t), t], dim=1))  # (B, 2, C)
         ins = [self._denoise_inputs(tokens, temb, G, H, W, **b._asdict()) for b in branches]
-        outs: List[Optional[Tensor]] = [None] * len(ins)
-        by_len: Dict[int, List[int]] = {}
+        outs: list[Tensor | None] = [None] * len(ins)
+        by_len: dict[int, list[int]] = {}
         for j, d in enumerate(ins):
             by_len.setdefault(d["x"].shape[1], []).append(j)
         for group in by_len.values():
@@ -174,9 +176,9 @@ class CachedRollout:
                 outs[j] = self._unpatchify(y[:, ins[j]["M"]:], G, H, W)
         return outs
 
-    def _denoise_inputs(self, tokens: Tensor, temb: Tensor, G: int, H: int, W: int, cache: Optional[KVCache] = None,
-                        frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
-                        cond_mask: Optional[Tensor] = None) -> dict:
+    def _denoise_inputs(self, tokens: Tensor, temb: Tensor, G: int, H: int, W: int, cache: KVCache | None = None,
+                        frame_offset: int | None = None, cond: Tensor | None = None,
+                        cond_mask: Tensor | None = None) -> dict:
         """Block inputs of one :meth:`denoise` branch: the noisy clip's ``tokens`` (B, G*N, C) with
         its time embedding ``temb`` (B, 2, C: t = 1, t) against ``cache`` (or alone with ``cond``)."""
         B = tokens.shape[0]
@@ -200,7 +202,7 @@ class CachedRollout:
         attns = cached_prefix_attns(cache, segs, len(self.blocks), self.dense_fn, None, cond_lens, num_cond)
         return dict(x=x, temb=self._add_pooled(temb, pooled), tid=tid, cos=cos, sin=sin, attns=attns, M=M)
 
-    def _run_branches(self, ins: List[dict]) -> List[Tensor]:
+    def _run_branches(self, ins: list[dict]) -> list[Tensor]:
         """Branch inputs of equal token count through the blocks as one batch -> outputs per branch."""
         if len(ins) == 1:
             d = ins[0]

@@ -1,11 +1,10 @@
 """Building blocks of the next-clip transformer: norms, RoPE, time embedding, KV cache."""
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import math
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -138,7 +137,7 @@ class LongRope(nn.Module):
     buffer), so casting the model to bf16 never rounds them; :meth:`set_factors` replaces them.
     """
 
-    def __init__(self, head_dim: int, theta: float = 10000.0, factors: Optional[List[float]] = None,
+    def __init__(self, head_dim: int, theta: float = 10000.0, factors: list[float] | None = None,
                  max_position: int = 4096, original_max_position: int = 4096):
         super().__init__()
         assert head_dim % 2 == 0, f"head dim {head_dim} must be even for RoPE"
@@ -147,7 +146,7 @@ class LongRope(nn.Module):
         self.mscale = 1.0 if s <= 1.0 else math.sqrt(1 + math.log(s) / math.log(original_max_position))
         self.set_factors(factors)
 
-    def set_factors(self, factors: Optional[List[float]]) -> None:
+    def set_factors(self, factors: list[float] | None) -> None:
         half = self.head_dim // 2
         factors = [1.0] * half if factors is None else [float(f) for f in factors]
         if len(factors) != half:
@@ -205,16 +204,16 @@ class KVCache:
     ``buffers``: preallocated storage the ``k`` / ``v`` tensors are views of (see :meth:`join`);
     None until the first :meth:`join`. It only saves copies: the values are always ``k`` / ``v``.
     """
-    k: List[Tensor]
-    v: List[Tensor]
+    k: list[Tensor]
+    v: list[Tensor]
     num_cond: int
     tokens_per_frame: int
     frame_offset: int = 0
-    clip_lens: List[int] = field(default_factory=list)
-    cond_lens: Optional[List[int]] = None
-    frame_step: Optional[Tensor] = None
-    pooled: Optional[Tensor] = None
-    buffers: Optional["KVBuffers"] = field(default=None, repr=False, compare=False)
+    clip_lens: list[int] = field(default_factory=list)
+    cond_lens: list[int] | None = None
+    frame_step: Tensor | None = None
+    pooled: Tensor | None = None
+    buffers: KVBuffers | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_frames(self) -> int:
@@ -225,7 +224,7 @@ class KVCache:
         """Position of the frame right after the cached history."""
         return self.frame_offset + self.num_frames
 
-    def drop_frames(self, n: int) -> "KVCache":
+    def drop_frames(self, n: int) -> KVCache:
         """Forget the oldest ``n`` history frames. The cond tokens are kept and moved along to
         just before the first kept frame (their keys rotated by ``n`` frames)."""
         n = min(int(n), self.num_frames)
@@ -254,7 +253,7 @@ class KVCache:
         return self
 
     # ------------------------------------------------------------------ preallocated storage
-    def _compact(self, i: int, parts: List[Tensor], room: int, keys: bool) -> Tensor:
+    def _compact(self, i: int, parts: list[Tensor], room: int, keys: bool) -> Tensor:
         """``parts`` of layer i concatenated into fresh buffers with ``room`` spare tokens
         (plain ``torch.cat`` without buffers)."""
         if self.buffers is None:
@@ -327,6 +326,6 @@ class KVBuffers:
     ``used[i]``: tokens of layer i claimed by the newest cache; rows past it are free (scratch)."""
 
     def __init__(self, depth: int):
-        self.k: List[Optional[Tensor]] = [None] * depth
-        self.v: List[Optional[Tensor]] = [None] * depth
-        self.used: List[int] = [0] * depth
+        self.k: list[Tensor | None] = [None] * depth
+        self.v: list[Tensor | None] = [None] * depth
+        self.used: list[int] = [0] * depth

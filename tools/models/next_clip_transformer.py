@@ -27,7 +27,7 @@ model without it starts from the same function; KV caches carry the pooled vecto
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -35,8 +35,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from utils.registry import MODEL
-from .block_causal import (CLEAN, COND, IMPLS, NOISY, PAD, BlockCausalLayout, block_causal_attention,
-                           sdpa_dense)
+
+from .block_causal import CLEAN, COND, IMPLS, NOISY, PAD, BlockCausalLayout, block_causal_attention, sdpa_dense
 from .kv_rollout import CachedRollout
 from .layers import Mlp, RMSNorm, Rope, ShapeMemo, TimeEmbed, make_norm, xavier_linears
 
@@ -164,7 +164,7 @@ class NextClipTransformer(CachedRollout, nn.Module):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def set_attention(self, impl: str, dense_fn: Optional[Callable] = None):
+    def set_attention(self, impl: str, dense_fn: Callable | None = None):
         """Choose the block-causal implementation ('flex' | 'blocks' | 'math') and dense kernel."""
         if impl not in IMPLS:
             raise ValueError(f"attention impl {impl!r} is unknown; use one of {IMPLS}")
@@ -189,7 +189,7 @@ class NextClipTransformer(CachedRollout, nn.Module):
         x = x.reshape(B, Fr, H // p, W // p, C, p, p).permute(0, 4, 1, 2, 5, 3, 6)
         return x.reshape(B, C, Fr, H, W)
 
-    def _cond_tokens(self, cond: Optional[Tensor], cond_mask: Optional[Tensor]):
+    def _cond_tokens(self, cond: Tensor | None, cond_mask: Tensor | None):
         """-> (cond tokens (B, M, C) or None, real cond count per sample or None = all real,
         pooled cond vector (B, C) or None).
 
@@ -212,7 +212,7 @@ class NextClipTransformer(CachedRollout, nn.Module):
                 lens = real.sum(1).tolist()
         return self.cond_proj(cond), lens, self._pool(cond, lens)
 
-    def _pool(self, cond: Tensor, lens: Optional[List[int]]) -> Optional[Tensor]:
+    def _pool(self, cond: Tensor, lens: list[int] | None) -> Tensor | None:
         """MLP of the mean of the real cond tokens (real tokens first) -> (B, C); None without
         ``pooled_cond``. A sample with no real token pools the zero vector."""
         if not self.pooled_cond:
@@ -227,7 +227,7 @@ class NextClipTransformer(CachedRollout, nn.Module):
         return self.cond_pool(mean)
 
     @staticmethod
-    def _add_pooled(temb: Tensor, pooled: Optional[Tensor]) -> Tensor:
+    def _add_pooled(temb: Tensor, pooled: Tensor | None) -> Tensor:
         """Add the pooled cond to the noisy rows (1..K) of a (B, K+1, C) time-embedding table."""
         if pooled is None:
             return temb
@@ -250,7 +250,7 @@ class NextClipTransformer(CachedRollout, nn.Module):
         return self._rope((frame + first_frame)[None].expand(B, L), patch[None].expand(B, L), N, grid_w,
                           torch.ones(B, L, device=dev))
 
-    def _blocks(self, x, temb, tid, cos, sin, attns: Sequence[Callable], keep: Optional[List[Tensor]] = None):
+    def _blocks(self, x, temb, tid, cos, sin, attns: Sequence[Callable], keep: list[Tensor] | None = None):
         """The time-conditioned input through one block per ``attns`` entry; ``keep`` collects
         every block's output (B, L, C)."""
         if self.time_cond_token:
@@ -279,7 +279,7 @@ class NextClipTransformer(CachedRollout, nn.Module):
 
     # ------------------------------------------------------------------ training forward
     def forward(self, x_noisy: Tensor, x_clean: Tensor, clip_lens: Tensor, t: Tensor,
-                cond: Optional[Tensor] = None, cond_mask: Optional[Tensor] = None,
+                cond: Tensor | None = None, cond_mask: Tensor | None = None,
                 frame_offset: int = 0) -> Tensor:
         """x_noisy, x_clean (B, C, F, H, W); clip_lens (B, K) long; t (B, K) per-clip time
         (1 = clean); cond (B, M, cond_dim) or None, cond_mask (B, M) bool (True = real) or

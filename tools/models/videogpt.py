@@ -25,7 +25,7 @@ inside a block); positions are explicit, so the order is an implementation detai
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -34,19 +34,30 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from utils.registry import MODEL
-from .block_causal import (CLEAN, IMPLS, NOISY, PAD, BlockCausalLayout, block_causal_attention,
-                           block_token_order, cached_prefix_attns, level_spans, sdpa_dense)
+
+from .block_causal import (
+    CLEAN,
+    IMPLS,
+    NOISY,
+    PAD,
+    BlockCausalLayout,
+    block_causal_attention,
+    block_token_order,
+    cached_prefix_attns,
+    level_spans,
+    sdpa_dense,
+)
 from .layers import KVCache, LongRope, RMSNorm, Rope, TimeEmbed, xavier_linears
 
 MARKERS = ("<|diffusion|>", "<img>", "</img>")  # tokenizer names of the three markup tokens
 
 
-def clean_levels(P: int) -> List[int]:
+def clean_levels(P: int) -> list[int]:
     """Slot levels of a clean frame ``<img> patches </img>``."""
     return [0] + [1] * P + [2]
 
 
-def noisy_levels(P: int) -> List[int]:
+def noisy_levels(P: int) -> list[int]:
     """Slot levels of a noisy frame ``<|diffusion|> time patches``."""
     return [0, 1] + [2] * P
 
@@ -200,7 +211,7 @@ class VideoGPT(nn.Module):
         self.rope = LongRope(H // self.heads, cfg["rope_theta"], None, cfg["max_position_embeddings"],
                              cfg["original_max_position_embeddings"])
         self.set_rope_scaling(cfg["rope_scaling"])
-        self.token_ids: Dict[str, Optional[int]] = {}
+        self.token_ids: dict[str, int | None] = {}
         self.set_token_ids(cfg["diffusion_token_id"], cfg["image_start_token_id"], cfg["image_end_token_id"])
         if not cfg["empty_weights"]:
             self._init_weights()
@@ -214,7 +225,7 @@ class VideoGPT(nn.Module):
         return sincos_pos_embed(self.hidden, self.pos_size, self.config["pos_embed_base_size"],
                                 self.config["pe_interpolation"])
 
-    def set_rope_scaling(self, rope_scaling: Optional[dict]) -> None:
+    def set_rope_scaling(self, rope_scaling: dict | None) -> None:
         """Use a checkpoint config's ``rope_scaling`` (longrope: its ``long_factor``; None: all 1)."""
         if rope_scaling is not None:
             kind = rope_scaling.get("type", rope_scaling.get("rope_type"))
@@ -224,7 +235,7 @@ class VideoGPT(nn.Module):
         self.rope.set_factors(None if rope_scaling is None else rope_scaling["long_factor"])
         self.config["rope_scaling"] = rope_scaling
 
-    def set_token_ids(self, diffusion: Optional[int], image_start: Optional[int], image_end: Optional[int]) -> None:
+    def set_token_ids(self, diffusion: int | None, image_start: int | None, image_end: int | None) -> None:
         """Marker token ids (rows of ``llm.embed_tokens``) of ``<|diffusion|>``, ``<img>``, ``</img>``."""
         ids = dict(zip(MARKERS, (diffusion, image_start, image_end)))
         V = self.config["vocab_size"]
@@ -252,7 +263,7 @@ class VideoGPT(nn.Module):
         self.set_rope_scaling(None if long[0] != long[0] else
                               {"type": "longrope", "long_factor": long, "short_factor": short})
 
-    def set_attention(self, impl: str, dense_fn: Optional[Callable] = None):
+    def set_attention(self, impl: str, dense_fn: Callable | None = None):
         """Choose the block-causal implementation ('flex' | 'blocks' | 'math') and dense kernel."""
         if impl not in IMPLS:
             raise ValueError(f"attention impl {impl!r} is unknown; use one of {IMPLS}")
@@ -281,7 +292,7 @@ class VideoGPT(nn.Module):
             f"{gh}x{gw} patches exceed the {self.pos_size}x{self.pos_size} position table"
         return gh, gw, gh * gw
 
-    def _patches(self, embedder: PatchEmbed, x: Optional[Tensor], gh: int, gw: int) -> Tensor:
+    def _patches(self, embedder: PatchEmbed, x: Tensor | None, gh: int, gw: int) -> Tensor:
         """(B, F*n, H) patch tokens + the centre crop of the position table."""
         top, left = (self.pos_size - gh) // 2, (self.pos_size - gw) // 2
         pos = self.pos_embed.view(self.pos_size, self.pos_size, -1)[top:top + gh, left:left + gw].reshape(gh * gw, -1)
@@ -346,7 +357,7 @@ class VideoGPT(nn.Module):
 
     # ------------------------------------------------------------------ training forward
     def forward(self, x_noisy: Tensor, x_clean: Tensor, clip_lens: Tensor, t: Tensor,
-                cond: Optional[Tensor] = None, cond_mask: Optional[Tensor] = None,
+                cond: Tensor | None = None, cond_mask: Tensor | None = None,
                 frame_offset: int = 0) -> Tensor:
         """x_noisy, x_clean (B, C, F, H, W); clip_lens (B, K); t (B, K) per-clip time (1 = clean)
         -> x1 prediction shaped like x_noisy. Frame f sits at position frame_offset + f."""
@@ -381,11 +392,12 @@ class VideoGPT(nn.Module):
         else:
             fr, sl = block_token_order(frames, levels)
         L = fr.shape[0]
-        return [x.to(dev)[None].expand(B, L) for x in (torch.full((L,), kind), fr, sl, torch.zeros(L, dtype=torch.long))]
+        ids = (torch.full((L,), kind), fr, sl, torch.zeros(L, dtype=torch.long))
+        return [x.to(dev)[None].expand(B, L) for x in ids]
 
-    def encode_history(self, x_hist: Tensor, frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
-                       cond_mask: Optional[Tensor] = None, clip_lens: Optional[Sequence[int]] = None,
-                       cache: Optional[KVCache] = None) -> KVCache:
+    def encode_history(self, x_hist: Tensor, frame_offset: int | None = None, cond: Tensor | None = None,
+                       cond_mask: Tensor | None = None, clip_lens: Sequence[int] | None = None,
+                       cache: KVCache | None = None) -> KVCache:
         """Keys/values of the clean history x_hist (B, C, Fh, H, W) at positions frame_offset + f;
         with ``cache`` appended after the cached frames (see NextClipTransformer.encode_history)."""
         self._no_cond(cond, cond_mask)
@@ -402,7 +414,8 @@ class VideoGPT(nn.Module):
         kind, frame, slot, clip = self._frame_tokens(B, Fh, CLEAN, n, x_hist.device)
         x = self._embed(kind, frame, slot, clip, x_hist, None, None, gh, gw)
         prefix = 0 if cache is None else cache.k[0].shape[2]
-        segs = [(f * N + a, f * N + b, prefix + f * N + b) for f in range(Fh) for a, b in level_spans(1, clean_levels(n))]
+        segs = [(f * N + a, f * N + b, prefix + f * N + b)
+                for f in range(Fh) for a, b in level_spans(1, clean_levels(n))]
         kv: list = []
         self._backbone(x, (frame + frame_offset) * N + slot,
                        cached_prefix_attns(cache, segs, len(self.llm.layers), self.dense_fn, keep=kv))
@@ -411,9 +424,9 @@ class VideoGPT(nn.Module):
         lens = clip_lens if cache is None else list(cache.clip_lens) + clip_lens
         return KVCache(ks, vs, num_cond=0, tokens_per_frame=N, frame_offset=start, clip_lens=lens)
 
-    def features(self, video: Tensor, layers: Sequence[int] = (-1,), clip_len: Optional[int] = None,
-                 frame_offset: int = 0, cond: Optional[Tensor] = None,
-                 cond_mask: Optional[Tensor] = None) -> List[Tensor]:
+    def features(self, video: Tensor, layers: Sequence[int] = (-1,), clip_len: int | None = None,
+                 frame_offset: int = 0, cond: Tensor | None = None,
+                 cond_mask: Tensor | None = None) -> list[Tensor]:
         """Hidden states of the clean patch tokens of ``video`` (B, C, F, H, W) after the chosen Phi-3
         layers (-1 = last, before ``llm.norm``) -> one (B, F, H/p, W/p, hidden) tensor per layer; the
         frames are encoded as ``encode_history`` encodes history (frame-causal, so ``clip_len`` has no
@@ -439,9 +452,9 @@ class VideoGPT(nn.Module):
         # clean frame f is [<img>, n patches, </img>] at tokens f*N .. f*N + N - 1
         return [keep[i].reshape(B, Fr, N, -1)[:, :, 1:n + 1].reshape(B, Fr, gh, gw, self.hidden) for i in idx]
 
-    def denoise(self, x_clip: Tensor, t: Tensor, cache: Optional[KVCache] = None,
-                frame_offset: Optional[int] = None, cond: Optional[Tensor] = None,
-                cond_mask: Optional[Tensor] = None) -> Tensor:
+    def denoise(self, x_clip: Tensor, t: Tensor, cache: KVCache | None = None,
+                frame_offset: int | None = None, cond: Tensor | None = None,
+                cond_mask: Tensor | None = None) -> Tensor:
         """x1 prediction for one noisy clip x_clip (B, C, G, H, W) at time t (B,) given a history
         cache (None: the clip alone, at frame_offset, default 0). Equals ``forward``'s clip output."""
         self._no_cond(cond, cond_mask)

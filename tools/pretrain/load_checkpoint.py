@@ -13,8 +13,8 @@ under ``not_loaded`` and keep their initial values.
 """
 import functools
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence
 
 import torch.nn as nn
 from torch import Tensor
@@ -106,7 +106,7 @@ def adapt_patch_weights(sd: dict[str, Tensor], in_channels: int, patch_size: int
 
 def load_into(model: nn.Module, path: str, strict: bool = True, strip_prefix: str = "", prefix: str = "",
               weights: str = "auto", adapt_patch_size: bool = False,
-              exclude: Sequence[str] = ()) -> Dict[str, List[str]]:
+              exclude: Sequence[str] = ()) -> dict[str, list[str]]:
     """Load ``path`` into ``model`` (or its sub-module ``prefix``); the key report in model key names:
     missing / unexpected / mismatched, and ``not_loaded`` = the model's tensors outside ``prefix``."""
     file = resolve_weights(path, weights)
@@ -115,7 +115,8 @@ def load_into(model: nn.Module, path: str, strict: bool = True, strip_prefix: st
     if adapt_patch_size:
         if not (hasattr(target, "embed_noisy") and hasattr(target, "patch_size")):
             raise CheckpointError(f"adapt_patch_size: true but {type(target).__name__} is not a "
-                                  f"NextClipTransformer, whose patch embeddings it adapts (set adapt_patch_size: false)")
+                                  f"NextClipTransformer, whose patch embeddings it adapts (set "
+                                  f"adapt_patch_size: false)")
         transform = functools.partial(adapt_patch_weights, in_channels=target.in_channels, patch_size=target.patch_size)
     report = load_weights(target, file, strict=strict, strip_prefix=strip_prefix, transform=transform,
                           exclude=exclude)

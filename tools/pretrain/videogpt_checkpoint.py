@@ -4,7 +4,8 @@ The official layout is ``LVM.state_dict()`` (keys ``llm.*``, ``x_embedder.*``, `
 ``time_token.*``, ``t_embedder.*``, ``final_layer.*``, ``pos_embed``), which is exactly
 ``VideoGPT.state_dict()``. ``path`` is any of:
 
-- a folder holding ``model.safetensors`` (or a single ``*.safetensors``), sharded safetensors with ``model.safetensors.index.json``,
+- a folder holding ``model.safetensors`` (or a single ``*.safetensors``), sharded safetensors with
+  ``model.safetensors.index.json``,
   ``model.pt`` or ``pytorch_model.bin`` (or bin shards with ``pytorch_model.bin.index.json``),
   directly or in a ``transformer/`` sub-folder, optionally with ``config.json`` and tokenizer files;
 - one such weights file;
@@ -25,7 +26,6 @@ import logging
 import sys
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -57,14 +57,14 @@ TOKEN_KWARGS = {"<|diffusion|>": "diffusion_token_id", "<img>": "image_start_tok
 
 
 # ---------------------------------------------------------------------------- finding the files
-def resolve_path(path: str, source: str = "auto", revision: Optional[str] = None) -> Path:
+def resolve_path(path: str, source: str = "auto", revision: str | None = None) -> Path:
     """A local file / folder, or a repo id found in the local HF / ModelScope cache (no download)."""
     if source not in ("local",) + SOURCES:
         raise CheckpointError(f"source={source!r} is unknown; use auto, local, huggingface or modelscope")
     p = Path(str(path)).expanduser()
     if p.exists():
         return p
-    tried: List[str] = []
+    tried: list[str] = []
     if source != "local" and is_repo_id(str(path)):
         hit, tried = cached_snapshot(str(path), source, revision)
         if hit is not None:
@@ -76,7 +76,7 @@ def resolve_path(path: str, source: str = "auto", revision: Optional[str] = None
           "official Video-GPT weights') and give the folder as path.")
 
 
-def _read_index(index: Path) -> List[Path]:
+def _read_index(index: Path) -> list[Path]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -89,7 +89,7 @@ def _read_index(index: Path) -> List[Path]:
     return files
 
 
-def weight_files(path: Path) -> Tuple[List[Path], Path]:
+def weight_files(path: Path) -> tuple[list[Path], Path]:
     """(weights files in load order, the folder with config / tokenizer files) of a checkpoint."""
     if path.is_file():
         return (_read_index(path) if path.name.endswith(".index.json") else [path]), path.parent
@@ -100,7 +100,8 @@ def weight_files(path: Path) -> Tuple[List[Path], Path]:
                 if f.is_file():
                     return (_read_index(f) if is_index else [f]), folder
     raise CheckpointError(
-        f"{path}: no Video-GPT weights found (looked for {', '.join(SAFE_INDEX + SAFE_FILES + TORCH_INDEX + TORCH_FILES)}"
+        f"{path}: no Video-GPT weights found (looked for "
+        f"{', '.join(SAFE_INDEX + SAFE_FILES + TORCH_INDEX + TORCH_FILES)}"
         f" in the folder and in its transformer/ sub-folder, or a single *.safetensors file)")
 
 
@@ -147,7 +148,7 @@ class _Shard:
 
 
 # ---------------------------------------------------------------------------- config and tokenizer
-def read_json(path: Path) -> Optional[dict]:
+def read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
@@ -156,10 +157,10 @@ def read_json(path: Path) -> Optional[dict]:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
 
 
-def tokenizer_marker_ids(folder: Path) -> Dict[str, int]:
+def tokenizer_marker_ids(folder: Path) -> dict[str, int]:
     """Ids of ``<|diffusion|>``, ``<img>``, ``</img>`` found in the folder's tokenizer files
     (``tokenizer.json`` added tokens / vocab, ``added_tokens.json``, ``tokenizer_config.json``)."""
-    found: Dict[str, int] = {}
+    found: dict[str, int] = {}
     for base in (folder, folder.parent):
         tj = read_json(base / "tokenizer.json") or {}
         pairs = [(t.get("content"), t.get("id")) for t in tj.get("added_tokens", []) if isinstance(t, dict)]
@@ -176,14 +177,15 @@ def tokenizer_marker_ids(folder: Path) -> Dict[str, int]:
     return found
 
 
-def _adopt(model, folder: Path, cfg: Optional[dict]) -> None:
+def _adopt(model, folder: Path, cfg: dict | None) -> None:
     """Check the checkpoint config against the model; take rope factors and marker ids it leaves unset."""
     mc = model.config
     if cfg is not None:
         block = cfg.get("videogpt") or {}
         wrong = [f"{kw}: {cfg[k]!r} (model has {mc[kw]!r})" for k, kw in CONFIG_FIELDS.items()
                  if k in cfg and cfg[k] != mc[kw]]
-        wrong += [f"{k}: {block[k]!r} (model has {mc[k]!r})" for k in VIDEOGPT_FIELDS if k in block and block[k] != mc[k]]
+        wrong += [f"{k}: {block[k]!r} (model has {mc[k]!r})" for k in VIDEOGPT_FIELDS
+                  if k in block and block[k] != mc[k]]
         kv = cfg.get("num_key_value_heads")
         if kv is not None and kv != cfg.get("num_attention_heads", mc["heads"]):
             wrong.append(f"num_key_value_heads: {kv} (VideoGPT supports multi-head attention only)")
@@ -231,7 +233,7 @@ def _set_tensor(model: nn.Module, key: str, value: torch.Tensor) -> None:
 
 
 def load_videogpt(model: nn.Module, path, strict: bool = True, source: str = "auto",
-                  revision: Optional[str] = None, dtype: Optional[str] = None) -> Dict[str, list]:
+                  revision: str | None = None, dtype: str | None = None) -> dict[str, list]:
     """Load an official checkpoint into a VideoGPT ``model``; returns the key report (pos_embed,
     when computed, is listed under ``computed``). ``dtype`` casts the model first (e.g. bfloat16)."""
     if dtype is not None:
@@ -278,8 +280,8 @@ def load_videogpt(model: nn.Module, path, strict: bool = True, source: str = "au
 
 
 @PRETRAIN.register_class()
-def VideoGPTCheckpoint(model, path: str, strict: bool = True, source: str = "auto", revision: Optional[str] = None,
-                       dtype: Optional[str] = None):
+def VideoGPTCheckpoint(model, path: str, strict: bool = True, source: str = "auto", revision: str | None = None,
+                       dtype: str | None = None):
     """Official Video-GPT weights (folder / file / cached hub id), strict with a key report."""
     if not hasattr(model, "compute_pos_embed"):
         raise CheckpointError(f"VideoGPTCheckpoint loads into model type VideoGPT, not {type(model).__name__}; "
@@ -305,7 +307,7 @@ def official_config(model) -> dict:
     return cfg
 
 
-def export_videogpt(model, out_dir, dtype: Optional[str] = None, max_shard_bytes: int = 5 * 2 ** 30) -> Path:
+def export_videogpt(model, out_dir, dtype: str | None = None, max_shard_bytes: int = 5 * 2 ** 30) -> Path:
     """Write ``model`` in the official layout: ``model.safetensors`` (or shards + index) and
     ``config.json``; every file atomically, the index last. ``dtype`` casts floating tensors."""
     from safetensors.torch import save_file
@@ -315,7 +317,7 @@ def export_videogpt(model, out_dir, dtype: Optional[str] = None, max_shard_bytes
     target = DTYPES[dtype] if dtype else None
     sd = {k: (v.to(target) if target is not None and v.is_floating_point() else v).detach().cpu().contiguous()
           for k, v in model.state_dict().items() if k != EXTRA}  # those go to config.json
-    shards: List[Dict[str, torch.Tensor]] = [{}]
+    shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for k, v in sd.items():
         n = v.numel() * v.element_size()
@@ -337,7 +339,7 @@ def export_videogpt(model, out_dir, dtype: Optional[str] = None, max_shard_bytes
     return out
 
 
-def export_checkpoint(weights, out_dir, dtype: Optional[str] = None, max_shard_bytes: int = 5 * 2 ** 30) -> Path:
+def export_checkpoint(weights, out_dir, dtype: str | None = None, max_shard_bytes: int = 5 * 2 ** 30) -> Path:
     """A NextClip training checkpoint of a VideoGPT model (``step_N[.ema].safetensors``, config in its
     metadata) -> the official layout in ``out_dir``; built on the meta device, so one copy in memory."""
     import yaml
@@ -355,7 +357,7 @@ def export_checkpoint(weights, out_dir, dtype: Optional[str] = None, max_shard_b
     return export_videogpt(model, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``python -m tools.pretrain.videogpt_checkpoint WEIGHTS OUT_DIR [--dtype bfloat16] [--shard-gb 5]``"""
     import argparse
 

@@ -1,16 +1,14 @@
 """How a training video is cut into clips (a plain function; the engine calls it per sample)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 CLIP_MODES = ("random", "fixed", "single_frame")
 
 
 def sample_clip_lens(num_frames: int, batch: int, mode: str = "random", clip_len: int = 4,
-                     min_clips: int = 2, max_clips: Optional[int] = None,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                     min_clips: int = 2, max_clips: int | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Clip lengths (B, Kmax) for videos of ``num_frames`` LATENT frames (what the model sees: pixel
     frames for Identity, 1 + k for 1 + 4k pixel frames of a causal f=4 VAE); lengths are latent frames.
 

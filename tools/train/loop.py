@@ -16,8 +16,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import torch
 import yaml
@@ -25,18 +26,26 @@ import yaml
 from tools.backends.parallel import PARALLEL_CHOICES
 from tools.datasets.latent_cache import flatten
 from utils import distributed as du
-from utils.checkpoint import (CheckpointError, clean_checkpoint_dir, compare_state_dict, format_report,
-                              load_full_into_sharded, load_resume, load_sharded_checkpoint, save_checkpoint,
-                              save_sharded_checkpoint, set_rng_state)
+from utils.checkpoint import (
+    CheckpointError,
+    clean_checkpoint_dir,
+    compare_state_dict,
+    format_report,
+    load_full_into_sharded,
+    load_resume,
+    load_sharded_checkpoint,
+    save_checkpoint,
+    save_sharded_checkpoint,
+    set_rng_state,
+)
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import ScalarLog, setup_logger
 from utils.registry import BACKEND
 from utils.run_lock import run_lock
 
-
 #: loop settings every training engine has, with their defaults (an engine may override them)
-LOOP_DEFAULTS: Dict[str, Any] = {
+LOOP_DEFAULTS: dict[str, Any] = {
     "warmup_steps": 100,
     "lr_schedule": "constant",  # constant | cosine
     "min_lr_ratio": 0.1,
@@ -89,7 +98,7 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         self.n, self.bs, self.rank, self.world, self.seed = length, batch_size, rank, world, seed
         self.start, self.epoch_aware = start_batch, bool(epoch_aware)
 
-    def __iter__(self) -> Iterator[List[Union[int, Tuple[int, int]]]]:
+    def __iter__(self) -> Iterator[list[int | tuple[int, int]]]:
         gbs = self.bs * self.world
         per_epoch = self.n // gbs
         if per_epoch == 0:
@@ -105,9 +114,9 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
             i += 1
 
 
-def collate(items: List[Dict[str, Any]]) -> Dict[str, Any]:
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     tensor_key = "latent" if "latent" in items[0] else "video"
-    out: Dict[str, Any] = {tensor_key: torch.stack([it[tensor_key] for it in items])}
+    out: dict[str, Any] = {tensor_key: torch.stack([it[tensor_key] for it in items])}
     for key in items[0]:
         if key != tensor_key:
             out[key] = [it[key] for it in items]
@@ -159,18 +168,18 @@ def param_groups(model: torch.nn.Module, weight_decay: float, fast: Sequence[tor
     layers of a fine-tune) learn at ``fast_mult`` x lr. The two extra groups exist only when
     fast_mult != 1, so optimizer states saved without them still load."""
     fast_ids = {id(p) for p in fast} if fast_mult != 1.0 else set()
-    groups: Dict[tuple, list] = {(True, False): [], (False, False): []}
+    groups: dict[tuple, list] = {(True, False): [], (False, False): []}
     for p in model.parameters():
         if p.requires_grad:
             groups.setdefault((p.dim() >= 2, id(p) in fast_ids), []).append(p)
     if fast_ids:
         groups.setdefault((True, True), []), groups.setdefault((False, True), [])
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][1], not kv[0][0]))
     return [{"params": ps, "weight_decay": weight_decay if decays else 0.0, "decays": decays,
-             "lr_mult": fast_mult if is_fast else 1.0} for (decays, is_fast), ps in sorted(groups.items(),
-                                                                                        key=lambda kv: (kv[0][1], not kv[0][0]))]
+             "lr_mult": fast_mult if is_fast else 1.0} for (decays, is_fast), ps in ordered]
 
 
-def make_optimizer(module: torch.nn.Module, cfg, lr: Optional[float] = None, fast: Sequence[torch.nn.Parameter] = (),
+def make_optimizer(module: torch.nn.Module, cfg, lr: float | None = None, fast: Sequence[torch.nn.Parameter] = (),
                    fast_mult: float = 1.0) -> torch.optim.Optimizer:
     base = cfg.lr if lr is None else lr
     groups = [dict(g, lr=base * g["lr_mult"]) for g in param_groups(module, cfg.weight_decay, fast, fast_mult)]
@@ -183,7 +192,7 @@ def make_scheduler(optimizer, cfg, last_epoch: int = -1):
         last_epoch=last_epoch)
 
 
-def reset_optimizer_settings(optimizer, cfg, lr: Optional[float] = None) -> None:
+def reset_optimizer_settings(optimizer, cfg, lr: float | None = None) -> None:
     """After loading a resumed optimizer: the current lr / weight decay / betas take effect."""
     base = cfg.lr if lr is None else lr
     for i, group in enumerate(optimizer.param_groups):
@@ -200,7 +209,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
-def grad_norm_and_clip(params: Sequence[torch.nn.Parameter], max_norm: Optional[float]) -> torch.Tensor:
+def grad_norm_and_clip(params: Sequence[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
     """``clip_grad_norm_`` over a mix of FSDP-sharded (DTensor) and plain gradients: the norm of the
     sharded ones is reduced over their mesh (every rank gets the global norm), then all are scaled
     by the same factor. Without DTensors it is exactly ``torch.nn.utils.clip_grad_norm_``."""
@@ -323,8 +332,8 @@ OPTIM_KEYS = ("lr", "weight_decay", "betas", "warmup_steps", "lr_schedule", "min
 NOT_COMPARED = ("resume",)
 
 
-def config_changes(stored_yaml: Optional[str], current_yaml: str,
-                   defaults: Mapping[str, Any]) -> List[Tuple[str, Any, Any]]:
+def config_changes(stored_yaml: str | None, current_yaml: str,
+                   defaults: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """(flattened key, checkpoint value, current value) for every setting that differs (a setting
     added to ``defaults`` since the checkpoint, at its default value, is not a change)."""
     if not stored_yaml:
@@ -353,7 +362,7 @@ def effect(key: str, stream_keys: Sequence[str]) -> str:
     return "takes effect"
 
 
-def check_resume(ckpt: Dict[str, Any], model: torch.nn.Module, config_yaml: str, log, defaults: Mapping[str, Any],
+def check_resume(ckpt: dict[str, Any], model: torch.nn.Module, config_yaml: str, log, defaults: Mapping[str, Any],
                  must_match: Callable[[str], bool], effect: Callable[[str], str], what: str) -> None:
     """Refuse a checkpoint of another model / shape (one line), log every other changed setting.
     ``must_match(key)``: settings that define what the weights mean (``what`` names them)."""
@@ -381,7 +390,7 @@ def global_batch(cfg: Mapping[str, Any], world: int) -> int:
     return int(cfg.get("batch_size", 1)) * int(world) * int(cfg.get("grad_accum", 1) or 1)
 
 
-def _log_world_change(ckpt: Dict[str, Any], config_yaml: str, log) -> None:
+def _log_world_change(ckpt: dict[str, Any], config_yaml: str, log) -> None:
     """A checkpoint written by another number of processes: the global batch (batch_size is per process)
     may have changed, and with it the data / noise stream, although no setting did."""
     old_world, world = ckpt["state"].get("world_size"), du.get_world_size()
@@ -402,7 +411,7 @@ def _log_world_change(ckpt: Dict[str, Any], config_yaml: str, log) -> None:
 
 
 def open_run(cfg, out_dir: Path, rank: int, log, config_yaml: str,
-             check: Callable[[Dict[str, Any]], None]) -> Tuple[Path, Optional[Dict[str, Any]]]:
+             check: Callable[[dict[str, Any]], None]) -> tuple[Path, dict[str, Any] | None]:
     """Read and ``check`` the checkpoint to resume from BEFORE anything is written to the run dir;
     then (rank 0) write ``config.yaml`` and remove partial checkpoint files. (ckpt_dir, ckpt or None)."""
     ckpt_dir = out_dir / "checkpoints"
@@ -418,7 +427,7 @@ def open_run(cfg, out_dir: Path, rank: int, log, config_yaml: str,
 
 def resume_run(cfg, out_dir: Path, rank: int, log, config_yaml: str, model, ema, optimizer, scheduler,
                defaults: Mapping[str, Any], must_match: Callable[[str], bool], stream_keys: Sequence[str],
-               what: str) -> Tuple[Path, int, Any, Optional[Dict[str, Any]]]:
+               what: str) -> tuple[Path, int, Any, dict[str, Any] | None]:
     """:func:`open_run` with :func:`check_resume` against ``model``, then :func:`apply_resume`: the resume
     stage of an engine whose model is one module. Returns (ckpt_dir, start step, scheduler, ckpt or
     None; the engine reads its own extra state, e.g. a discriminator, from ``ckpt["state"]``)."""
@@ -440,7 +449,7 @@ def require_parallel(backend, world: int, engine: str, why: str) -> None:
                           f"backend.parallel=ddp or auto.")
 
 
-def apply_resume(ckpt, cfg, model, ema, optimizer, embedder=None) -> Tuple[int, Any]:
+def apply_resume(ckpt, cfg, model, ema, optimizer, embedder=None) -> tuple[int, Any]:
     """Load weights, optimizer state and the RNG state; the current optimizer/schedule settings take
     effect. Returns (step, scheduler rebuilt at that step). A sharded (DCP) checkpoint is resharded
     into this run's modules, sharded or not (collective: every rank calls this)."""
@@ -481,6 +490,12 @@ def _load_full(ckpt, model, ema, embedder, optimizer, groups: int) -> None:
 
 
 # ---------------------------------------------------------------------------- log and save
+def lazy_scalars(**values) -> Callable[[], dict[str, Any]]:
+    """A step's scalars for :class:`StepLog`, evaluated only when it logs: tensors become floats then
+    (a device sync, so not on every step)."""
+    return lambda: {k: float(v) if torch.is_tensor(v) else v for k, v in values.items()}
+
+
 class StepLog:
     """Rank 0's per-step output: a tqdm bar (``progress``) and ``scalars.jsonl`` every ``log_interval``
     steps (and at the last step) with ``steps_per_s`` added; resumed runs trim later records."""
@@ -495,7 +510,7 @@ class StepLog:
             self.bar = tqdm(total=cfg.num_steps, initial=start, desc=desc, dynamic_ncols=True)
         self.t_last, self.steps_since = time.time(), 0
 
-    def step(self, done: int, record: Callable[[], Dict[str, float]], postfix: Dict[str, str]) -> None:
+    def step(self, done: int, record: Callable[[], dict[str, float]], postfix: dict[str, str]) -> None:
         """After step ``done``: ``record()`` is called (and written) only on logging steps."""
         self.steps_since += 1
         if self.rank != 0:
@@ -519,7 +534,7 @@ def is_due(cfg, done: int, interval_key: str) -> bool:
     return done % cfg[interval_key] == 0 or done == cfg.num_steps
 
 
-def save_step(cfg, ckpt_dir: Path, done: int, rank: int, model, ema, state: Callable[[], Dict[str, Any]],
+def save_step(cfg, ckpt_dir: Path, done: int, rank: int, model, ema, state: Callable[[], dict[str, Any]],
               config_yaml: str, embedder_sd=None, optimizer=None, embedder=None) -> None:
     """Rank 0 writes checkpoint ``done`` (weights, EMA, ``state()`` = scheduler etc.) and prunes to
     ``keep_last``; every rank waits for it. Call when ``is_due(cfg, done, "save_ckp_interval")``.

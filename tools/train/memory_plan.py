@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 
@@ -39,7 +39,7 @@ class Plan:
     world: int
     precision: str
     params: int
-    rows: Dict[str, float]
+    rows: dict[str, float]
     tokens: int
     checkpointing: bool
 
@@ -47,7 +47,7 @@ class Plan:
     def total(self) -> float:
         return sum(self.rows.values())
 
-    def format(self, capacity_gib: Optional[float] = None) -> str:
+    def format(self, capacity_gib: float | None = None) -> str:
         lines = [f"# memory plan per rank: parallel={self.parallel}, world={self.world}, precision={self.precision}, "
                  f"{self.params / 1e9:.2f}B parameters, {self.tokens} tokens per sample, activation checkpointing "
                  f"{'on' if self.checkpointing else 'off'}"]
@@ -59,7 +59,7 @@ class Plan:
         return "\n".join(lines)
 
 
-def _factors(ae_cfg: Dict[str, Any]) -> Tuple[int, int, bool]:
+def _factors(ae_cfg: dict[str, Any]) -> tuple[int, int, bool]:
     """(spatial factor, temporal factor, causal) of the autoencoder config, without loading it."""
     kind = ae_cfg.get("type", "Identity")
     if kind == "Identity":
@@ -81,8 +81,8 @@ def tokens_per_sample(cfg, model) -> int:
     return 2 * F * N
 
 
-def _shape(model) -> Tuple[int, int, int]:
-    hidden = int(getattr(model, "hidden"))
+def _shape(model) -> tuple[int, int, int]:
+    hidden = int(model.hidden)
     cfg = getattr(model, "config", {})
     return hidden, int(cfg.get("ffn", 4 * hidden)), int(cfg.get("depth", 1))
 
@@ -111,7 +111,7 @@ def plan(cfg, model, parallel: str, world: int, precision: str) -> Plan:
     return Plan(parallel, world, precision, P, rows, s, ckpt)
 
 
-def meta_model_cfg(cfg) -> Dict[str, Any]:
+def meta_model_cfg(cfg) -> dict[str, Any]:
     """The model config the engine would build: ``cond_dim`` from the embedder (built: a class table or a
     text encoder, read from disk), ``in_channels`` from the autoencoder's latent channels. An autoencoder
     or embedder whose weights are not on this machine (the plan is made before renting GPUs) is skipped
@@ -126,7 +126,7 @@ def meta_model_cfg(cfg) -> Dict[str, Any]:
             continue
         try:
             built[key] = registry.build(sub, key)
-        except Exception as e:  # noqa: BLE001 - weights elsewhere: the configured model settings count
+        except Exception as e:  # weights elsewhere: the configured model settings count
             logger.info("memory plan: %s %s not built (%s); using the model's configured settings", key,
                         sub.get("type"), str(e).splitlines()[0][:160])
     return model_config(cfg, built.get("auto_encoder"), built.get("embedder"))
@@ -142,7 +142,7 @@ def build_meta_model(cfg):
         return MODEL.build(model_cfg, "model")
 
 
-def dry_run_plan(cfg, world: int, parallel: Optional[str] = None) -> str:
+def dry_run_plan(cfg, world: int, parallel: str | None = None) -> str:
     """The plan text for ``train_net.py --dry-run [--world-size N]`` (parallel from ``backend.parallel``;
     auto -> ddp for N > 1). Precision ``auto`` counts as bf16 (what GPUs / NPUs pick)."""
     from tools.backends.parallel import resolve_parallel
@@ -172,7 +172,7 @@ def build_meta_video_model(cfg):
     model_cfg = dict(cfg.model)
     try:
         model_cfg = merged_model_config(cfg.model, cfg.get("pretrain"), model_folder(cfg))
-    except Exception as e:  # noqa: BLE001 - weights elsewhere: the configured model settings count
+    except Exception as e:  # weights elsewhere: the configured model settings count
         logger.info("memory plan: the pretrain folder's config was not read (%s); using the model's settings",
                     str(e).splitlines()[0][:160])
     with torch.device("meta"):
@@ -284,7 +284,7 @@ def video_dry_run(cfg, parallel: str, world: int, precision: str) -> str:
     return "\n".join(lines)
 
 
-def readme_table(cfg, setups: List[Tuple[int, float]], precision: str = "bf16") -> str:
+def readme_table(cfg, setups: list[tuple[int, float]], precision: str = "bf16") -> str:
     """Markdown rows (GPUs x GB, parallel, checkpointing, states / activations / total GiB per rank, fits in
     92 % of the device memory?) for ``setups`` = [(world, GB per device)]."""
     model = build_meta_model(cfg)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ from utils.config import DEFAULT_COMPONENTS, ConfigError
 from utils.metrics import psnr_per_frame, ssim_per_frame
 from utils.registry import AUTO_ENCODER, DATASETS, ENGINE
 
-DEFAULTS: Dict[str, Any] = {
+DEFAULTS: dict[str, Any] = {
     "backend": copy.deepcopy(DEFAULT_COMPONENTS["backend"]),
     "auto_encoder": {"type": "CausalVAE"},
     "dataset": None,
@@ -95,11 +95,12 @@ def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def ssim_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """1 - SSIM (utils.metrics, differentiable) over every frame of the batch."""
-    to_frames = lambda v: v.transpose(0, 1).flatten(1, 2)  # (B, C, T, H, W) -> (C, B*T, H, W)  # noqa: E731
+    to_frames = lambda v: v.transpose(0, 1).flatten(1, 2)  # (B, C, T, H, W) -> (C, B*T, H, W)
     return 1.0 - ssim_per_frame(to_frames(recon), to_frames(x)).mean().float()
 
 
-def recon_losses(recon: torch.Tensor, x: torch.Tensor, mean, logvar, weights: Dict[str, float]) -> Dict[str, torch.Tensor]:
+def recon_losses(recon: torch.Tensor, x: torch.Tensor, mean, logvar,
+                 weights: dict[str, float]) -> dict[str, torch.Tensor]:
     """The weighted reconstruction + KL loss and its terms (SSIM only computed when weighted)."""
     recon = recon.float()
     diff = recon - x
@@ -115,7 +116,8 @@ def validate(cfg) -> None:
     loop.validate_loop(cfg, DEFAULTS, positive=("max_frames",))
     lw = cfg.get("loss", DEFAULTS["loss"])
     loop.require(isinstance(lw, dict) and set(lw) <= set(DEFAULTS["loss"]), "loss", lw,
-                 f"must be a mapping with keys among {', '.join(DEFAULTS['loss'])}", "e.g. loss: {l1: 1.0, mse: 10.0, kl: 1.0e-6}")
+                 f"must be a mapping with keys among {', '.join(DEFAULTS['loss'])}",
+                 "e.g. loss: {l1: 1.0, mse: 10.0, kl: 1.0e-6}")
     for k, v in lw.items():
         loop.require(loop.is_num(v) and v >= 0, f"loss.{k}", v, "must be a number >= 0", f"e.g. loss.{k}=0.1")
     gan = cfg.get("gan", DEFAULTS["gan"])
@@ -189,7 +191,8 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
     backend.seed_everything(cfg.seed + rank)
     weights, gan = {**DEFAULTS["loss"], **cfg.loss}, {**DEFAULTS["gan"], **cfg.gan}
 
-    loop.require_parallel(backend, world, "train_autoencoder", "its VAEs fit one device and its checkpoints are whole files")
+    loop.require_parallel(backend, world, "train_autoencoder",
+                          "its VAEs fit one device and its checkpoints are whole files")
     dataset, vae = _build(cfg, device)
     ema = copy.deepcopy(vae).float().eval().requires_grad_(False) if cfg.use_ema else None
     disc = PatchDiscriminator(gan["channels"]).to(device) if gan["weight"] > 0 else None
@@ -217,7 +220,7 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
     for step in range(start, cfg.num_steps):
         net.train()
         use_gan = d_net is not None and step >= gan["start_step"]
-        sums: Dict[str, float] = {}
+        sums: dict[str, float] = {}
         pairs = []  # (x, recon) of each micro-step, for the discriminator
         for micro in range(accum):
             x = _video(next(batches), cfg.max_frames, device)
@@ -247,7 +250,7 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
         done = step + 1
         means = {k: float(du.all_reduce_mean(torch.tensor(v))) for k, v in sums.items()}
         lr_now = scheduler.get_last_lr()[0]
-        steplog.step(done, lambda: {**means, "lr": lr_now, "grad_norm": float(grad_norm)},
+        steplog.step(done, loop.lazy_scalars(**means, lr=lr_now, grad_norm=grad_norm),
                      {"l1": f"{means['l1']:.4f}", "psnr": f"{means['psnr']:.1f}"})
         if loop.is_due(cfg, done, "save_ckp_interval"):
             loop.save_step(cfg, ckpt_dir, done, rank, vae, ema, lambda: _state(optimizer, scheduler, disc, d_opt),
@@ -261,7 +264,7 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
     return 0
 
 
-def _video(batch: Dict[str, Any], max_frames: int, device) -> torch.Tensor:
+def _video(batch: dict[str, Any], max_frames: int, device) -> torch.Tensor:
     video = batch["video"]
     if video.shape[2] < max_frames:
         raise ValueError(f"dataset items have {video.shape[2]} frames, fewer than max_frames={max_frames}; "
@@ -281,7 +284,7 @@ def _disc_step(d_net, d_opt, pairs) -> float:
     return total
 
 
-def _state(optimizer, scheduler, disc, d_opt) -> Dict[str, Any]:
+def _state(optimizer, scheduler, disc, d_opt) -> dict[str, Any]:
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
     if disc is not None:
         state.update(discriminator=disc.state_dict(), disc_optimizer=d_opt.state_dict())

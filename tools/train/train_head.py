@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import torch
 
@@ -23,7 +23,7 @@ from utils import distributed as du
 from utils.config import DEFAULT_COMPONENTS, ConfigError
 from utils.registry import DATASETS, ENGINE, MODEL, PRETRAIN
 
-DEFAULTS: Dict[str, Any] = {
+DEFAULTS: dict[str, Any] = {
     **copy.deepcopy(DEFAULT_COMPONENTS),
     "model": None,              # a head: {type: LinearProbe | SegmentationHead, backbone: {...}, ...}
     "dataset": None,
@@ -143,7 +143,7 @@ def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
         done = step + 1
         loss_mean = float(du.all_reduce_mean(torch.tensor(loss_sum)))
         lr_now = scheduler.get_last_lr()[0]
-        steplog.step(done, lambda: {"loss": loss_mean, "lr": lr_now, "grad_norm": float(grad_norm)},
+        steplog.step(done, loop.lazy_scalars(loss=loss_mean, lr=lr_now, grad_norm=grad_norm),
                      {"loss": f"{loss_mean:.4f}"})
         if loop.is_due(cfg, done, "save_ckp_interval"):
             loop.save_step(cfg, ckpt_dir, done, rank, model, ema,

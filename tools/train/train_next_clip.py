@@ -50,28 +50,38 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 
-from tools.backends.parallel import has_meta
 from tools.autoencoders.base import check_frames, latent_frames, pixel_frames, valid_frames
 from tools.autoencoders.base import encode as ae_encode
+from tools.backends.parallel import has_meta
 from tools.embedders.conditioning import condition_values, embed, is_conditional
 from tools.pretrain.model_config import run_pretrain
 from tools.stack import build_stack, model_config
 from tools.train import loop
 from tools.train.clip_sampling import CLIP_MODES, sample_clip_lens
-from tools.train.loop import (GlobalBatchSampler, OPTIM_KEYS, collate, ema_update, lr_lambda,  # noqa: F401 (API)
-                              param_groups, step_generator, validate_loop)
-from tools.train.loop import is_int as _is_int, is_num as _is_num, require as _require
+from tools.train.loop import (  # noqa: F401 (API)
+    OPTIM_KEYS,
+    GlobalBatchSampler,
+    collate,
+    ema_update,
+    lr_lambda,
+    param_groups,
+    step_generator,
+    validate_loop,
+)
+from tools.train.loop import is_int as _is_int
+from tools.train.loop import is_num as _is_num
+from tools.train.loop import require as _require
 from utils import distributed as du
 from utils.config import DEFAULT_COMPONENTS, ConfigError
 from utils.registry import DATASETS, EMBEDDER, ENGINE, VISUAL
 
 WINDOW_STARTS = ("first", "random")
 
-DEFAULTS: Dict[str, Any] = {
+DEFAULTS: dict[str, Any] = {
     **copy.deepcopy(DEFAULT_COMPONENTS),
     "dataset": None,
     "latent_cache": None,       # dir made by `python -m scripts.encode_latents`: train on cached latents
@@ -102,8 +112,8 @@ DEFAULTS: Dict[str, Any] = {
 
 # ---------------------------------------------------------------------------- helpers
 @torch.no_grad()
-def latents_of(batch: Dict[str, Any], autoencoder, max_frames: int, device,
-               generator: Optional[torch.Generator] = None, rank_slice: Tuple[int, int] = (0, 1),
+def latents_of(batch: dict[str, Any], autoencoder, max_frames: int, device,
+               generator: torch.Generator | None = None, rank_slice: tuple[int, int] = (0, 1),
                window_start: str = "first") -> torch.Tensor:
     """Model inputs of a batch: cached ``latent`` or ``video`` encoded, cut to a window of ``max_frames``
     pixel frames (``autoencoder.latent_frames(max_frames)`` latent frames: T / f, or 1 + (T - 1) / f for a
@@ -144,8 +154,8 @@ def latents_of(batch: Dict[str, Any], autoencoder, max_frames: int, device,
     return torch.stack([x[b, :, int(s):int(s) + want] for b, s in enumerate(starts)])
 
 
-def drop_conditions(values: List[Any], p: float, generator: torch.Generator, rank: int = 0,
-                    world: int = 1) -> List[Any]:
+def drop_conditions(values: list[Any], p: float, generator: torch.Generator, rank: int = 0,
+                    world: int = 1) -> list[Any]:
     """Condition dropout: each sample of the GLOBAL batch (``len(values) * world``) is dropped
     with probability ``p`` by one draw from ``generator`` (the step generator); this rank keeps
     its slice. A dropped value becomes ``None`` (the embedder's null condition)."""
@@ -154,14 +164,14 @@ def drop_conditions(values: List[Any], p: float, generator: torch.Generator, ran
     return [None if d else v for v, d in zip(values, drop)]
 
 
-def condition_parameters(model, embedder) -> List[torch.nn.Parameter]:
+def condition_parameters(model, embedder) -> list[torch.nn.Parameter]:
     """The condition path: the embedder's parameters and the model's ``cond_*`` layers."""
     return list(embedder.parameters()) + [p for n, p in model.named_parameters() if n.startswith("cond_")]
 
 
-def build_conditioning(embedder, batch: Dict[str, Any], cond_key: Optional[str], device,
-                       dropout: float = 0.0, generator: Optional[torch.Generator] = None,
-                       rank: int = 0, world: int = 1) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+def build_conditioning(embedder, batch: dict[str, Any], cond_key: str | None, device,
+                       dropout: float = 0.0, generator: torch.Generator | None = None,
+                       rank: int = 0, world: int = 1) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(cond, cond_mask) of a batch, after condition dropout; (None, None) for unconditional models."""
     if cond_key is None or not is_conditional(embedder):
         return None, None
@@ -236,7 +246,7 @@ def _effect(key: str) -> str:
     return loop.effect(key, STREAM_KEYS)
 
 
-def check_resume(ckpt: Dict[str, Any], model: torch.nn.Module, config_yaml: str, log) -> None:
+def check_resume(ckpt: dict[str, Any], model: torch.nn.Module, config_yaml: str, log) -> None:
     """Refuse a checkpoint of another model / shape (one line), log every other changed setting."""
     loop.check_resume(ckpt, model, config_yaml, log, DEFAULTS, _must_match, _effect,
                       "Model, diffusion, autoencoder, embedder and data shape settings")
@@ -331,12 +341,12 @@ class Run:
     net: Any = None            # what is called in training: the model, DDP(model) or the FSDP-sharded model
     ema: Any = None
     diffusion: Any = None
-    visuals: List[Any] = field(default_factory=list)
+    visuals: list[Any] = field(default_factory=list)
     trainable: Any = None
     optimizer: Any = None
     scheduler: Any = None
     scaler: Any = None
-    ckpt_dir: Optional[Path] = None
+    ckpt_dir: Path | None = None
     start: int = 0
 
     @property
@@ -488,9 +498,9 @@ def _train(cfg, backend, rank, world, out_dir: Path, log, loss_fn=next_clip_loss
         res = _step(run, batches, step, loss_fn)
         done = step + 1
         lr_now = run.scheduler.get_last_lr()[0]
-        record = lambda: {"loss": res["loss"], "lr": lr_now, "grad_norm": res["grad_norm"],  # noqa: E731
-                          # share of this step's batches that were images
-                          **({"image_frac": res["images"] / accum} if mixed else {})}
+        record = loop.lazy_scalars(loss=res["loss"], lr=lr_now, grad_norm=res["grad_norm"],
+                                   # share of this step's batches that were images
+                                   **({"image_frac": res["images"] / accum} if mixed else {}))
         steplog.step(done, record, {"loss": f"{res['loss']:.4f}", "lr": f"{lr_now:.2e}"})
         _checkpoint(run, done, res["loss"])
         _visualise(run, done, res["batch"])

@@ -3,7 +3,6 @@ training videos and write ground truth | prediction side by side."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ class RolloutVideo:
         self.steps, self.fps, self.seed = num_sample_steps, fps, seed
 
     @staticmethod
-    def conditions(state: Dict, n: int) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def conditions(state: dict, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(cond, cond_mask) of the batch's first ``n`` samples, or (None, None) if unconditional."""
         embedder, cfg = state.get("embedder"), state.get("cfg") or {}
         cond_key = cfg.get("cond_key")
@@ -40,7 +39,7 @@ class RolloutVideo:
             return embed(embedder, condition_values(state["batch"], cond_key)[:n], state["backend"].device)
 
     @torch.no_grad()
-    def __call__(self, state: Dict) -> List[str]:
+    def __call__(self, state: dict) -> list[str]:
         model, diffusion, ae, backend = state["model"], state["diffusion"], state["autoencoder"], state["backend"]
         batch = state["batch"]
         was_training = model.training
