@@ -12,7 +12,7 @@ from typing import Any
 
 from tools.autoencoders.base import model_cfg_with_channels
 from tools.embedders.conditioning import model_cfg_for
-from utils.registry import AUTO_ENCODER, DIFFUSION, EMBEDDER, MODEL
+from utils.registry import AUTO_ENCODER, DIFFUSION, EMBEDDER, MODEL, accepted_kwargs
 
 
 @dataclass
@@ -23,13 +23,16 @@ class GeneratorStack:
     diffusion: Any
 
 
-def model_config(cfg, autoencoder=None, embedder=None) -> dict:
-    """``cfg.model`` with ``in_channels`` from ``autoencoder`` and ``cond_dim`` from ``embedder``
-    (a component left None keeps the model's own setting); a set value that disagrees is a ConfigError."""
-    model_cfg = dict(cfg.model)
-    if autoencoder is not None:
+def model_config(cfg, autoencoder=None, embedder=None, model_cfg=None) -> dict:
+    """``cfg.model`` (or ``model_cfg``, e.g. merged with what a checkpoint fixes) with ``in_channels`` from
+    ``autoencoder`` and ``cond_dim`` from ``embedder``, each for a model that takes that argument (a component
+    left None keeps the model's own setting); a set value that disagrees is a ConfigError. The one place
+    where a model's config follows the other components."""
+    model_cfg = dict(cfg.model if model_cfg is None else model_cfg)
+    takes = accepted_kwargs(MODEL.get(model_cfg["type"])) if "type" in model_cfg else []
+    if autoencoder is not None and "in_channels" in takes:
         model_cfg = model_cfg_with_channels(model_cfg, autoencoder, (cfg.get("auto_encoder") or {}).get("type", ""))
-    if embedder is not None:
+    if embedder is not None and "cond_dim" in takes:
         model_cfg = model_cfg_for(model_cfg, embedder, (cfg.get("embedder") or {}).get("type", ""))
     return model_cfg
 

@@ -41,9 +41,10 @@ import torch
 
 from tools.autoencoders.base import latent_frames, valid_frames
 from tools.diffusions.gaussian import timestep_input
-from tools.embedders.conditioning import model_cfg_with_cond_dim, video_conditions
+from tools.embedders.conditioning import video_conditions
 from tools.inferences.predict_next_clip import _predict
 from tools.pretrain.model_config import merged_model_config, model_folder, run_pretrain, with_folder_files
+from tools.stack import model_config
 from utils import distributed as du
 from utils.checkpoint import checkpoint_config, embedder_weights_for, load_weights
 from utils.config import DEFAULT_COMPONENTS, ConfigError, to_yaml
@@ -218,9 +219,7 @@ def build_video_model(cfg, folder: str | None, embedder=None):
     """The MODEL of ``cfg.model`` with the shape the checkpoint fixes, and its weights (strict). A model that
     takes ``cond_dim`` gets the embedder's token width (model_cfg_for); a NextClip checkpoint's trained embedder
     weights (beside it) go into ``embedder``, and a ``pretrain`` loader that takes ``embedder`` gets it."""
-    model_cfg = merged_model_config(cfg.model, cfg.pretrain, folder)
-    if embedder is not None:
-        model_cfg = model_cfg_with_cond_dim(model_cfg, embedder, cfg.embedder.get("type", ""))
+    model_cfg = model_config(cfg, embedder=embedder, model_cfg=merged_model_config(cfg.model, cfg.pretrain, folder))
     model = MODEL.build(model_cfg, "model")
     tm = cfg.get("test_model")
     if tm and (is_nextclip_checkpoint(tm) or (str(tm).endswith(".safetensors") and not cfg.pretrain)):
