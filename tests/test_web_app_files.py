@@ -79,7 +79,7 @@ def test_only_the_page_own_files_are_served(served):
     from gradio_client import Client
 
     base, out = served["url"], served["out"]
-    for refused in (ROOT / "data" / "demo" / "demo_physics.safetensors", served["weights"],
+    for refused in (ROOT / "data" / "demo" / "tiny_physics.safetensors", served["weights"],
                     out / "config.yaml", out / "log.txt", ROOT / "pyproject.toml"):
         assert refused.is_file(), refused
         assert status_of(file_url(base, refused)) == 403, refused
