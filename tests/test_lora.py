@@ -1,0 +1,221 @@
+"""LoRA (tools/lora.py): adapters from the config on every model family, frozen base, adapter-only
+checkpoints with the base identity, exact resume, merged = unmerged, a mismatched base refused."""
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from tools import lora
+from tools.train import loop
+from utils.checkpoint import CheckpointError, save_weights
+from utils.cli import main
+from utils.config import ConfigError
+from utils.registry import MODEL
+
+TINY = {"type": "NextClipTransformer", "preset": "tiny", "in_channels": 3, "patch_size": 4, "rope": "3d"}
+VGPT = {"type": "VideoGPT", "preset": "tiny", "in_channels": 4, "patch_size": 2, "pos_embed_max_size": 8,
+        "pos_embed_base_size": 8}
+FAMILIES = {"NextClipTransformer": (TINY, 3, 16), "VideoGPT": (VGPT, 4, 8)}
+
+
+def _inputs(C: int, S: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, C, 4, S, S, generator=g)
+    return x, torch.randn(x.shape, generator=g), torch.tensor([[2, 2], [2, 2]]), torch.rand(2, 2, generator=g)
+
+
+def _out(model, C, S):
+    with torch.no_grad():
+        return model(*_inputs(C, S))
+
+
+def _randomize(model, seed=0):
+    """Non-zero weights everywhere (a fresh model zero-inits its output and adaLN layers)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def _perturb(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_adapters_start_as_the_base_and_merge_exactly(family):
+    cfg, C, S = FAMILIES[family]
+    torch.manual_seed(0)
+    base = _randomize(MODEL.build(cfg, "model").eval())
+    model = copy.deepcopy(base)
+    ad = lora.apply_lora(model, lora.check_lora({"rank": 4, "target": "default"}), [])
+    assert ad.lora["targets"] and all(".lora_" in k for k in ad.keys)
+    assert torch.equal(_out(model, C, S), _out(base, C, S))  # B = 0 at init
+    _perturb(model)
+    unmerged = _out(model, C, S)
+    assert (unmerged - _out(base, C, S)).abs().max() > 1e-3  # the adapters act
+    merged = lora.merge_adapters(copy.deepcopy(model))
+    assert not lora._lora_layers(merged)
+    assert torch.allclose(_out(merged, C, S), unmerged, atol=1e-5, rtol=0)
+    # the merged model is the plain architecture again: its weights load into a fresh base model
+    fresh = MODEL.build(cfg, "model").eval()
+    fresh.load_state_dict(merged.state_dict())
+    assert not torch.allclose(fresh.state_dict()[lora.target_names(base, "default")[0] + ".weight"],
+                              base.state_dict()[lora.target_names(base, "default")[0] + ".weight"])
+    assert torch.allclose(_out(fresh, C, S), unmerged, atol=1e-5, rtol=0)
+
+
+def test_frozen_weights_get_no_gradient_and_no_optimizer_state():
+    torch.manual_seed(0)
+    model = MODEL.build(TINY, "model")
+    ad = lora.apply_lora(model, lora.check_lora({"rank": 2, "target": ["qkv"]}), ["out"])
+    assert set(ad.keys) == {k for k, p in model.named_parameters() if p.requires_grad}
+    assert {"out.weight", "out.bias"} <= set(ad.keys)
+    opt = loop.make_optimizer(model, type("C", (), {"lr": 1e-2, "weight_decay": 0.1, "betas": [0.9, 0.95]}))
+    model(*_inputs(3, 16)).square().mean().backward()
+    opt.step()
+    trained = {id(p) for p in ad.parameters()}
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == (id(p) in trained), n
+    assert {id(p) for p in opt.state} == trained
+
+
+def test_targets_presets_and_bad_settings():
+    model = MODEL.build(TINY, "model")
+    names = lora.target_names(model, "default")
+    assert names and all(n.startswith("blocks.") for n in names)
+    assert lora.target_names(model, ["blocks.0.qkv"]) == ["blocks.0.qkv"]
+    assert "time_embed.mlp.0" in lora.target_names(model, ["mlp"])  # a bare part matches anywhere
+    with pytest.raises(ConfigError, match="matches no linear layer"):
+        lora.target_names(model, ["nope"])
+    with pytest.raises(ConfigError, match="not a LoRA preset"):
+        lora.target_names(model, "huge")
+    with pytest.raises(ConfigError, match="lora.rank"):
+        lora.check_lora({"rank": 0})
+    with pytest.raises(ConfigError, match="unknown key"):
+        lora.check_lora({"rnak": 4})
+    with pytest.raises(ConfigError, match="lora is not set"):
+        lora.check_lora(None, ["out"])
+
+
+# ---------------------------------------------------------------------------- the engine
+TRAIN = """
+TASK_TYPE: train_next_clip
+name: lora
+backend: {{type: cpu, precision: fp32, attention: sdpa}}
+model: {{type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}}
+diffusion: {{type: RectifiedFlow, prediction: x1}}
+dataset: {{type: SyntheticPhysics, resolution: 16, num_frames: 8, length: 32, seed: 0}}
+pretrain: {{type: LoadCheckpoint, path: {base}}}
+lora: {{rank: 4, alpha: 8, target: default}}
+trainable: [out]
+max_frames: 8
+clip_sampling: {{mode: random, min_clips: 2}}
+batch_size: 2
+num_steps: 4
+lr: 1.0e-2
+warmup_steps: 1
+save_ckp_interval: 2
+log_interval: 1
+ema_decay: 0.5
+progress: false
+"""
+
+
+def _base_file(path: pathlib.Path, seed: int) -> pathlib.Path:
+    torch.manual_seed(seed)
+    save_weights(path, _randomize(MODEL.build(TINY, "model"), seed).state_dict())
+    return path
+
+
+def _losses(run):
+    return {r["step"]: r["loss"] for r in map(json.loads, (run / "scalars.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lora")
+    cfg = tmp / "lora.yaml"
+    cfg.write_text(TRAIN.format(base=_base_file(tmp / "base.safetensors", 0)))
+    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp / "full")]) == 0
+    return tmp, cfg
+
+
+def test_checkpoint_holds_only_adapters_with_the_base_identity(trained):
+    tmp, _ = trained
+    ck = tmp / "full" / "lora" / "checkpoints" / "step_00000004.safetensors"
+    sd = load_file(str(ck))
+    assert sd and all(".lora_" in k or k in ("out.weight", "out.bias") for k in sd)
+    assert not (tmp / "full" / "lora" / "checkpoints" / "step_00000004.embedder.safetensors").exists()
+    with safe_open(str(ck), framework="pt") as f:
+        base = json.loads(f.metadata()["base"])
+    model = MODEL.build(TINY, "model")
+    model.load_state_dict(load_file(str(tmp / "base.safetensors")))
+    assert base == lora.base_identity(model, str(tmp / "base.safetensors"))
+    state = torch.load(str(ck)[: -len(".safetensors")] + ".state.pt", weights_only=True)
+    assert len(state["optimizer"]["state"]) == len(sd)  # AdamW moments for the trained tensors only
+    assert (tmp / "base.safetensors").stat().st_size > 10 * ck.stat().st_size
+
+
+def test_resume_after_kill_is_exact(trained):
+    tmp, cfg = trained
+    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp / "part"), "num_steps=2"]) == 0
+    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp / "part")]) == 0
+    full, part = _losses(tmp / "full" / "lora"), _losses(tmp / "part" / "lora")
+    assert sorted(part) == [1, 2, 3, 4]
+    for s in (3, 4):
+        assert part[s] == pytest.approx(full[s], rel=1e-6, abs=1e-8)
+    a = load_file(str(tmp / "full" / "lora" / "checkpoints" / "step_00000004.ema.safetensors"))
+    b = load_file(str(tmp / "part" / "lora" / "checkpoints" / "step_00000004.ema.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_trained_adapter_merged_equals_unmerged_and_other_base_is_refused(trained):
+    tmp, _ = trained
+    ck = tmp / "full" / "lora" / "checkpoints" / "step_00000004.ema.safetensors"
+    base_path = tmp / "base.safetensors"
+
+    def loaded(path):
+        m = MODEL.build(TINY, "model").eval()
+        m.load_state_dict(load_file(str(path)))
+        return m
+
+    base = loaded(base_path)
+    ident = lora.base_identity(base, str(base_path))
+    unmerged, merged = copy.deepcopy(base), copy.deepcopy(base)
+    lora.load_adapters(unmerged, [{"path": str(ck)}], ident)
+    lora.load_adapters(merged, [{"path": str(ck)}], ident, merge=True)
+    assert not lora._lora_layers(merged)
+    y = _out(unmerged, 3, 16)
+    assert (y - _out(base, 3, 16)).abs().max() > 1e-4  # training moved it
+    assert torch.allclose(_out(merged, 3, 16), y, atol=1e-5, rtol=0)
+    off = copy.deepcopy(base)
+    lora.load_adapters(off, [{"path": str(ck), "scale": 0.0}], ident)
+    sd = load_file(str(ck))
+    off.load_state_dict({k: v for k, v in base.state_dict().items() if k.startswith("out.")}, strict=False)
+    assert torch.allclose(_out(off, 3, 16), _out(base, 3, 16), atol=1e-6)  # scale 0 = the adapters off
+    assert "out.weight" in sd
+    other = _base_file(tmp / "other.safetensors", 1)
+    with pytest.raises(CheckpointError, match=r"does not fit this base model: checksum") as e:
+        lora.load_adapters(loaded(other), [{"path": str(ck)}], lora.base_identity(loaded(other), str(other)))
+    assert "\n" not in str(e.value)
+
+
+def test_resume_onto_another_base_is_refused(trained, capsys):
+    tmp, cfg = trained
+    other = _base_file(tmp / "other2.safetensors", 2)
+    code = main("train", ["--cfg", str(cfg), "log_dir", str(tmp / "full"), "num_steps=6",
+                          f"pretrain.path={other}"])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "does not fit this base model" in err and "checksum" in err
