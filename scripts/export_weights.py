@@ -1,7 +1,18 @@
-"""Export a checkpoint's weights for shipping: ``python -m scripts.export_weights SRC DST [--dtype float16]``."""
+"""Export a checkpoint's weights for shipping: ``python -m scripts.export_weights SRC DST [--dtype float16]``.
+
+With ``--lora ADAPTER[:SCALE]`` (repeatable) SRC is the base model and DST its full weights with the
+adapters merged in (tools/lora.py), loadable as ``test_model`` without any ``lora`` setting."""
 import argparse
 
-from utils.checkpoint import export_weights
+
+def _entry(text: str) -> dict:
+    path, sep, scale = text.rpartition(":")
+    if sep and path:
+        try:
+            return {"path": path, "scale": float(scale)}
+        except ValueError:
+            pass
+    return {"path": text, "scale": 1.0}
 
 
 def main(argv=None) -> int:
@@ -9,7 +20,18 @@ def main(argv=None) -> int:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--lora", action="append", default=[], metavar="ADAPTER[:SCALE]",
+                   help="merge this LoRA adapter (a LoRA run's step_N.ema.safetensors) into SRC; repeatable")
     a = p.parse_args(argv)
+    if a.lora:
+        from tools import load_components
+        from tools.lora import export_merged
+
+        load_components()
+        print(export_merged(a.src, [_entry(t) for t in a.lora], a.dst, a.dtype))
+        return 0
+    from utils.checkpoint import export_weights
+
     print(export_weights(a.src, a.dst, a.dtype))
     return 0
 

@@ -15,9 +15,9 @@ get gradients and optimizer state.
 An adapter file (safetensors) holds only those tensors, under the model's own names
 (``blocks.0.qkv.lora_A.default.weight``, ``cond_proj.weight``), with metadata: ``lora`` (rank,
 alpha, dropout, the targeted layer names), ``trainable`` and ``base`` (the base model's identity:
-weights path, file size, hash of the model config, checksum of the weights). :func:`load_adapters` refuses an adapter whose
-base differs, in one line; it adds adapters unmerged (each with its ``scale``) or merges them into
-the base weights (then the model is the plain base architecture again). Both agree.
+weights path, file size, hash of the model config, checksum of the weights). :func:`load_adapters`
+refuses an adapter whose base differs, in one line; it adds adapters unmerged (each with its
+``scale``) or merges them into the base weights (then the model is the plain base architecture again). Both agree.
 """
 from __future__ import annotations
 
@@ -180,9 +180,9 @@ def check_base(adapter: str, stored: dict[str, Any], current: dict[str, Any]) ->
     diff = [f"{k} {stored.get(k)!r} vs {current.get(k)!r}" for k in ("config_hash", "bytes", "checksum")
             if stored.get(k) != current.get(k)]
     if diff:
+        was, now = stored.get("path") or "random init", current.get("path") or "random init"
         raise CheckpointError(f"adapter {adapter} does not fit this base model: {'; '.join(diff)} (adapter's base "
-                              f"{stored.get('path') or 'random init'!r}, this base {current.get('path') or 'random init'!r}"
-                              f"); load it onto the base it was trained on")
+                              f"{was!r}, this base {now!r}); load it onto the base it was trained on")
     if stored.get("path") != current.get("path"):
         logger.info("adapter %s was trained on %s; loading onto %s (same size and config)", adapter,
                     stored.get("path"), current.get("path"))
@@ -356,3 +356,36 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict under the base names (``x.base_layer.weight`` -> ``x.weight``), adapters
     left out: what a plain model of the architecture loads."""
     return {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if ".lora_" not in k}
+
+
+def export_merged(base: str | Path, entries: list[dict[str, Any]], dst: str | Path,
+                  dtype: str | None = "float16") -> Path:
+    """Full weights of ``base`` with the adapters ``entries`` merged in, as one safetensors file
+    that loads as ``test_model`` (the model is built from the first adapter's stored run config;
+    ``base`` is a weights file, or a folder its ``pretrain`` loader reads)."""
+    import yaml
+    from easydict import EasyDict
+
+    from tools.stack import build_stack
+    from utils.checkpoint import load_weights, save_weights
+    from utils.registry import PRETRAIN
+
+    entries = check_entries(entries)
+    if not entries:
+        raise ConfigError("export with --lora needs at least one adapter file")
+    _, meta = read_adapter(entries[0]["path"])
+    cfg = EasyDict(yaml.safe_load(meta["config"]))
+    model = build_stack(cfg).model.eval()
+    if Path(str(base)).is_dir():
+        PRETRAIN.build({**(cfg.get("pretrain") or {}), "path": str(base)}, "pretrain", model=model)
+    else:
+        load_weights(model, Path(str(base)), strict=True)
+    load_adapters(model, entries, base_identity(model, base), merge=True)
+    sd = model.state_dict()
+    if dtype:
+        target = getattr(torch, dtype)
+        sd = {k: v.to(target) if v.is_floating_point() and k != "_extra_state" else v for k, v in sd.items()}
+    info = {"config": meta["config"], "format": "nextclip-1", "exported_from": str(base),
+            "merged_lora": json.dumps(entries), **({"stored_dtype": dtype} if dtype else {})}
+    save_weights(Path(str(dst)), sd, info)
+    return Path(str(dst))

@@ -14,6 +14,7 @@ from tools.autoencoders.base import frames_rule, latent_frames, nearest_frames, 
 from tools.embedders.conditioning import embed, is_conditional, null_condition
 from tools.inferences.guidance import Condition
 from tools.inferences.rollout import RolloutSettings, rollout
+from tools import lora
 from utils.checkpoint import CheckpointError, checkpoint_config, embedder_weights_for, format_report, load_weights
 from utils.config import DEFAULT_COMPONENTS, ConfigError
 from utils.logging import get_logger
@@ -52,6 +53,8 @@ ROLLOUT_DEFAULTS: Dict[str, Any] = {
     "history_noise": None,      # t_in of the history at inference (null = clean history)
     "kv_cache": "recompute",    # recompute | rolling | off
     "fps": 8,
+    "lora": None,               # LoRA adapters on the base model: [{path, scale}] (or one path); tools/lora.py
+    "lora_merge": False,        # true: fold the adapters into the base weights (the same outputs, plain model)
 }
 
 
@@ -75,12 +78,23 @@ class Predictor:
             PRETRAIN.build(cfg.pretrain, "pretrain", model=self.model)
         else:
             logger.warning("no test_model and no pretrain: the model has random weights")
+        self.adapters = self._load_adapters(cfg)
         self.model.to(self.device).eval().requires_grad_(False)
         hw = cfg.resolution
         self.hw = (int(hw), int(hw)) if isinstance(hw, int) else (int(hw[0]), int(hw[1]))
         self.check_settings()
         self.window = self.fit_window()
         self.settings = RolloutSettings.from_config(cfg, window=self.window)  # validated (validate_rollout)
+
+    def _load_adapters(self, cfg) -> list:
+        """``lora`` adapters on the loaded base (checked against it), unmerged or merged (``lora_merge``)."""
+        entries = lora.check_entries(cfg.get("lora"))
+        if not entries:
+            return []
+        base_path = cfg.test_model or (cfg.pretrain or {}).get("path")
+        lora.load_adapters(self.model, entries, lora.base_identity(self.model, base_path),
+                           merge=bool(cfg.get("lora_merge")))
+        return entries
 
     def _build_embedder(self, cfg):
         """The embedder, with its trained weights (e.g. a class table) from beside test_model."""
@@ -292,6 +306,12 @@ def validate_rollout(cfg) -> None:
         RolloutSettings.from_config(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    for entry in lora.check_entries(cfg.get("lora")):
+        if not Path(entry["path"]).is_file():
+            raise ConfigError(f"lora path {entry['path']!r}: no such adapter file; give a LoRA run's "
+                              f"checkpoints/step_N.ema.safetensors")
+    if not isinstance(cfg.get("lora_merge", False), bool):
+        raise _setting_error("lora_merge", cfg.get("lora_merge"), "true or false", "set 'lora_merge=true'")
     tm = cfg.get("test_model")
     if tm and Path(tm).is_dir() and not cfg.get("pretrain"):
         raise ConfigError(f"test_model={tm!r} is a folder, which needs a pretrain loader that reads its layout "
