@@ -274,3 +274,39 @@ def test_inference_unmerged_merged_and_exported_agree(trained):
     recs = [json.loads(line) for line in (tmp / "pred" / "test_list" / "results.jsonl").read_text().splitlines()]
     assert len(recs) == 4 and all(r["status"] == "ok" for r in recs)
     assert main("infer", ["--cfg", str(cfg_path), f"lora={tmp / 'nope.safetensors'}"]) == 2
+
+
+def test_bf16_run_keeps_frozen_weights_in_bf16_and_adapters_in_fp32(trained, monkeypatch):
+    from tools.train import train_next_clip as engine
+
+    tmp, cfg = trained
+    seen = {}
+    real = engine._apply_lora
+
+    def spy(run, model):
+        real(run, model)
+        seen["frozen"] = {p.dtype for p in model.parameters() if not p.requires_grad}
+        seen["trained"] = {p.dtype for p in model.parameters() if p.requires_grad}
+
+    monkeypatch.setattr(engine, "_apply_lora", spy)
+    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp / "bf16"), "num_steps=2",
+                          "backend.precision=bf16"]) == 0
+    assert seen == {"frozen": {torch.bfloat16}, "trained": {torch.float32}}
+    loss = _losses(tmp / "bf16" / "lora")
+    assert all(v == v and v < 10 for v in loss.values())
+
+
+def test_memory_plan_prints_lora_rows_and_what_fits(capsys):
+    import train_net
+
+    stage1 = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "videogpt" / "stage1.yaml")
+    assert train_net.run(["--cfg", stage1, "--dry-run", "lora={rank: 16, target: default}"]) == 0
+    out = capsys.readouterr().out
+    rows = {line[4:27].strip(): line[27:].split() for line in out.splitlines() if line.startswith("#   ")}
+    assert float(rows["frozen weights (bf16)"][0]) == pytest.approx(3.76e9 * 2 / 2 ** 30, rel=0.02)
+    assert float(rows["AdamW moments (fp32)"][0]) < 0.5  # moments of the adapters only
+    assert "weights (fp32)" not in rows
+    table = out.split("# fits per rank")[1]
+    fits = [line.split() for line in table.splitlines() if line.startswith(("#   full", "#   LoRA"))]
+    assert [f[1:3] for f in fits] == [["full", "off"], ["full", "on"], ["LoRA", "off"], ["LoRA", "on"]]
+    assert fits[1][-3:] == ["no", "no", "no"] and fits[3][-3:] == ["yes", "yes", "yes"]

@@ -406,6 +406,12 @@ def _apply_lora(run: Run, model) -> None:
     run.base = lora.base_identity(model, (cfg.pretrain or {}).get("path"))
     run.adapters = lora.apply_lora(model, lora.check_lora(cfg.lora, cfg.trainable), cfg.trainable)
     run.embedder.requires_grad_(False)
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.backend.precision)
+    if low is not None and run.parallel != "fsdp":  # frozen weights in the compute dtype (fsdp: its own policy)
+        with torch.no_grad():
+            for p in model.parameters():
+                if not p.requires_grad and p.is_floating_point():
+                    p.data = p.data.to(low)
     n = sum(p.numel() for p in run.adapters.parameters())
     run.log.info("lora: rank %d on %d linear layers, %d trainable tensors (%.3fM parameters, %.2f%% of the model); "
                  "base %s", cfg.lora["rank"], len(run.adapters.lora["targets"]), len(run.adapters.keys), n / 1e6,
