@@ -56,7 +56,7 @@ def run(argv) -> int:
         from tools.train.memory_plan import dry_run_plan
 
         cfg = load_checked_config(cfg_path, overrides, ENGINE)
-        if cfg.get("TASK_TYPE") == "train_next_clip":
+        if cfg.get("TASK_TYPE") in ("train_next_clip", "train_video"):
             print(dry_run_plan(cfg, world or 1))
         return 0
 

@@ -139,7 +139,7 @@ def test_upload_predict_and_a_broken_file_in_headless_chromium(request, shared_d
     SCREENSHOT.parent.mkdir(exist_ok=True)
     browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(SCREENSHOT))
-    assert list(served["out"].glob("predict_*.mp4")), "the prediction is saved in the output folder"
+    assert list((served["out"] / "outputs").glob("predict_*.mp4")), "the prediction is saved in the output folder"
 
     browser.refresh()  # a fresh upload box
     _upload_and_predict(browser, wait, str(shared_data / "broken_truncated.mp4"))

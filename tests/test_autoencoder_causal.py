@@ -102,9 +102,9 @@ def test_frame_arithmetic_helpers():
     pooled.temporal_factor = 4
     assert [ident.latent_frames(t) for t in (1, 7)] == [1, 7] and ident.valid_frames(7)
     assert [causal.latent_frames(t) for t in (1, 5, 17)] == [1, 2, 5] and causal.pixel_frames(5) == 17
-    assert not causal.valid_frames(16) and causal.nearest_frames(16) == 13
+    assert not causal.valid_frames(16) and causal.nearest_frames(16) == 17  # the nearest valid count
     assert pooled.latent_frames(16) == 4 and not pooled.valid_frames(17) and pooled.nearest_frames(17) == 16
-    with pytest.raises(ValueError, match=r"max_frames=16: .*1 \+ 4 k.*use e.g. max_frames=13"):
+    with pytest.raises(ValueError, match=r"max_frames=16: .*1 \+ 4 k.*use e.g. max_frames=17"):
         causal.check_frames(16, "max_frames")
 
 
@@ -170,7 +170,7 @@ def test_predictor_with_a_causal_vae(tmp_path):
     video = p.predict(torch.rand(3, 5, 16, 16) * 2 - 1, seed=1)
     assert video.shape == (3, 13, 16, 16)  # 1 + 4 * 3 frames: 2 latent context + 2 generated
     assert p.predict(None, seed=1, num_frames=9).shape == (3, 9, 16, 16)
-    with pytest.raises(ConfigError, match=r"context_frames=4 pixel frames .* 1 \+ 4 k .* context_frames: 1"):
+    with pytest.raises(ConfigError, match=r"context_frames=4 pixel frames .* 1 \+ 4 k .* context_frames: 5"):
         Predictor(_predict_cfg(tmp_path, 4, 13))
 
 

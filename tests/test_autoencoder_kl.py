@@ -125,9 +125,12 @@ def test_repo_id_from_local_caches_only(saved, tmp_path, monkeypatch):
 def test_bad_paths_are_clear(tmp_path):
     with pytest.raises(Exception, match="does not exist"):
         AUTO_ENCODER.build({"type": "AutoencoderKL", "path": str(tmp_path / "nope")})
-    (tmp_path / "w.ckpt").write_bytes(b"x")
-    with pytest.raises(Exception, match="only .safetensors"):
+    (tmp_path / "w.ckpt").write_bytes(b"x")  # a pickled checkpoint is read with weights_only: not a pickle
+    with pytest.raises(Exception, match="refused: cannot be loaded with torch.load"):
         AUTO_ENCODER.build({"type": "AutoencoderKL", "path": str(tmp_path / "w.ckpt")})
+    (tmp_path / "w.onnx").write_bytes(b"x")
+    with pytest.raises(Exception, match="read are .safetensors files"):
+        AUTO_ENCODER.build({"type": "AutoencoderKL", "path": str(tmp_path / "w.onnx")})
     with pytest.raises(Exception, match="without config.json"):
         AUTO_ENCODER.build({"type": "AutoencoderKL", "path": str(tmp_path)})
 

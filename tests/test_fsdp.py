@@ -75,6 +75,7 @@ def test_fsdp_writes_sharded_checkpoints_and_resumes_exactly(runs, tmp_path):
     assert (ck / "step_00000002.dcp" / ".metadata").is_file() and (ck / "step_00000002.state.pt").is_file()
     assert not list(ck.glob("*.safetensors"))  # no rank-0 gather of the weights
     torchrun(cfg, run)  # the same command again: resume: auto from the sharded step 2
+    assert "step_00000002 at step 2" in (run / "tiny" / "log.txt").read_text()  # resumed, not restarted
     got = losses(run / "tiny")
     assert sorted(got) == [1, 2, 3, 4]
     for s in got:  # FSDP (2 ranks, batch 1, accum 2) == one process (batch 2, accum 2), also after the resume
@@ -89,6 +90,7 @@ def test_sharded_checkpoint_resumes_on_one_process_and_consolidates(runs, tmp_pa
     shutil.copytree(tmp / "part", run)
     # written by 2 ranks, resumed by 1 (parallel auto -> none) with the same global batch
     assert main("train", ["--cfg", str(cfg), "log_dir", str(run)]) == 0
+    assert "step_00000002 at step 2" in (run / "tiny" / "log.txt").read_text()  # resumed, not restarted
     got = losses(run / "tiny")
     for s in (3, 4):
         assert got[s] == pytest.approx(single[s], rel=REL), (s, got[s], single[s])

@@ -41,7 +41,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import distributed as du
-from .io import atomic_path, clean_stale_temps
+from .io import as_os_error, atomic_path, clean_stale_temps
 
 STEP_RE = re.compile(r"^step_(\d+)\.state\.pt$")
 FILE_STEP_RE = re.compile(r"^step_(\d+)\.")  # any file of a checkpoint step
@@ -58,8 +58,16 @@ def _contiguous(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 
 def save_weights(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> None:
-    with atomic_path(path) as tmp:
-        save_file(_contiguous(state_dict), str(tmp), metadata=metadata or {})
+    """Write a safetensors file atomically; a failed write (e.g. a full disk, which the safetensors writer
+    reports as its own error type) is one OSError naming ``path``."""
+    try:
+        with atomic_path(path) as tmp:
+            save_file(_contiguous(state_dict), str(tmp), metadata=metadata or {})
+    except Exception as e:
+        err = as_os_error(e)
+        if err is None or (isinstance(e, OSError) and e.filename):
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from e
 
 
 def rng_state() -> Dict[str, Any]:
@@ -131,22 +139,11 @@ def _torch_save(obj: Any, path: str) -> None:
 def _raise_save_error(e: BaseException, what: str, path) -> None:
     """Re-raise a failed save: an OS-level cause as one OSError naming ``what`` and ``path`` (the step's
     files were removed, earlier checkpoints are intact); anything else unchanged."""
-    err = _as_os_error(e)
+    err = as_os_error(e)
     if err is None:
         raise e
     raise OSError(err.errno, f"{err.strerror} while saving {what} were removed; earlier checkpoints are intact)",
                   str(path)) from e
-
-
-def _as_os_error(e: BaseException) -> Optional[OSError]:
-    """The OSError behind a failed write; the safetensors writer reports it as its own
-    exception type with the OS message ("I/O error: No space left on device (os error 28)")."""
-    if isinstance(e, OSError) and e.errno is not None:
-        return e
-    m = re.search(r"os error (\d+)", str(e))
-    if m:
-        return OSError(int(m.group(1)), os.strerror(int(m.group(1))))
-    return None
 
 
 def remove_step_files(ckpt_dir: Path, step: int) -> List[str]:
@@ -364,7 +361,24 @@ def sharded_metadata(path: Path) -> Dict[str, Any]:
     except Exception as e:  # missing / truncated .metadata
         raise CheckpointError(f"{path}: not a readable sharded checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}).") from e
+    _check_shard_files(Path(path), meta)
     return {k: v for k, v in meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+
+
+def _check_shard_files(path: Path, meta) -> None:
+    """CheckpointError naming the first shard file of a DCP directory that is missing or shorter than its
+    metadata says (a rank that did not write, a copy that left one out), so that nothing tries to load it."""
+    need: Dict[str, int] = {}
+    for info in (getattr(meta, "storage_data", None) or {}).values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), int(info.offset) + int(info.length))
+    for name, size in sorted(need.items()):
+        f = path / name
+        have = f.stat().st_size if f.is_file() else None
+        if have is None or have < size:
+            rank = re.match(r"__(\d+)_", name)
+            who = f" (written by rank {rank.group(1)})" if rank else ""
+            why = "is missing" if have is None else f"is truncated ({have} of {size} bytes)"
+            raise CheckpointError(f"{path}: shard file {name}{who} {why}; the sharded checkpoint is incomplete")
 
 
 def _read_sharded(out: Dict[str, Any]) -> Dict[str, Any]:
@@ -402,6 +416,47 @@ def load_sharded_checkpoint(ckpt: Dict[str, Any], model, ema, embedder, optimize
         set_optimizer_state_dict(_optim_root(model, embedder), optimizer, sd["optimizer"])
 
 
+def sharded_checkpoint_of(path) -> Optional[Path]:
+    """The stem of the sharded checkpoint that ``path`` names (``step_N``, ``step_N.dcp``, ``step_N.state.pt``
+    or a weights file name it does not have, like ``step_N.ema.safetensors``), None otherwise."""
+    p = Path(str(path))
+    if p.is_file() and not p.name.endswith(".state.pt"):
+        return None
+    stem = checkpoint_stem(p)
+    if stem.name.endswith(DCP_SUFFIX):
+        stem = stem.with_name(stem.name[: -len(DCP_SUFFIX)])
+    return stem if sharded_dir(stem).is_dir() else None
+
+
+def load_full_into_sharded(ckpt: Dict[str, Any], model, ema, embedder, optimizer) -> None:
+    """Load a whole-file checkpoint (safetensors weights, optimizer state keyed by parameter index: written by
+    a run without sharding, e.g. one process) into FSDP-sharded modules: every rank reads the full tensors
+    and keeps its shards. The optimizer state is re-keyed by parameter name, in the order both runs build
+    their parameter groups (same model: same order). Collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, ckpt["model"], options=full)
+    if ema is not None:
+        set_model_state_dict(ema, ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"], options=full)
+    if embedder is not None and ckpt["embedder"] is not None:
+        embedder.load_state_dict(ckpt["embedder"])
+    if optimizer is None:
+        return
+    saved = ckpt["state"]["optimizer"]
+    root = _optim_root(model, embedder)
+    names = {id(p): n for n, p in root.named_parameters()}
+    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    saved_order = [i for g in saved["param_groups"] for i in g["params"]]
+    if len(order) != len(saved_order):
+        raise CheckpointError(f"{ckpt['stem'].name}: its optimizer holds {len(saved_order)} parameters, this run "
+                              f"has {len(order)}; resume with the checkpoint's settings")
+    fqn = dict(zip(saved_order, order))
+    state = {"state": {fqn[i]: v for i, v in saved["state"].items()},
+             "param_groups": [dict(g, params=[fqn[i] for i in g["params"]]) for g in saved["param_groups"]]}
+    set_optimizer_state_dict(root, optimizer, state, options=full)
+
+
 def consolidate_checkpoint(src: Path, dst: Path, part: str = "ema", dtype: Optional[str] = None) -> Path:
     """One safetensors file (``part``: ema | model | embedder) of a sharded checkpoint, with the run's
     config in the metadata like every NextClip weights file (inference loads it as ``test_model``).
@@ -421,7 +476,11 @@ def consolidate_checkpoint(src: Path, dst: Path, part: str = "ema", dtype: Optio
         have = sorted({k.split(".")[0] for k in tensors} & set(DCP_PARTS))
         raise CheckpointError(f"{stem}: the sharded checkpoint has no {part!r} weights; choose one of {have}")
     sd = {k[len(part) + 1:]: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in keys.items()}
-    dcp.load({part: sd}, checkpoint_id=str(sharded_dir(stem)), no_dist=True)
+    try:
+        dcp.load({part: sd}, checkpoint_id=str(sharded_dir(stem)), no_dist=True)
+    except Exception as e:
+        raise CheckpointError(f"{sharded_dir(stem)}: the sharded checkpoint cannot be read ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:300] if str(e) else ''}).") from e
     if dtype:
         target = getattr(torch, dtype)
         sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
@@ -446,10 +505,18 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(
-            f"{path}: cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: {e}). "
-            f"NextClip never unpickles arbitrary objects; convert the file to safetensors."
-        ) from e
+            f"{path}: refused: cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: "
+            f"{unpickling_reason(e)}). NextClip never unpickles arbitrary objects (they can run code); convert the "
+            f"file to safetensors on a trusted machine."
+        ) from None
     return unwrap_state_dict(obj, path)
+
+
+def unpickling_reason(err: BaseException) -> str:
+    """The line of a ``weights_only`` load error that names the refused object (one line, for messages)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    hit = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
+    return hit[:240]
 
 
 def unwrap_state_dict(obj: Any, path: Path, keys: Sequence[str] = ("ema", "state_dict", "model", "module")
@@ -536,9 +603,19 @@ def export_weights(src: Path, dst: Path, dtype: str = "float16") -> Path:
     shipping); the config metadata is kept. Loading casts back to the model's dtype."""
     from safetensors import safe_open
 
+    src = Path(src)
+    if src.name.endswith(".state.pt") or src.name.endswith(DCP_SUFFIX) or src.suffix != ".safetensors":
+        stem = checkpoint_stem(src)
+        if stem.name.endswith(DCP_SUFFIX):
+            stem = stem.with_name(stem.name[: -len(DCP_SUFFIX)])
+        raise CheckpointError(
+            f"{src}: export_weights copies a weights file (.safetensors), this is not one"
+            + (" (the training state: optimizer, step, RNG)" if src.name.endswith(".state.pt") else "")
+            + f"; give {stem.name}.ema.safetensors or {stem.name}.safetensors (a sharded checkpoint: consolidate "
+              f"it first, python -m scripts.consolidate_checkpoint {stem} OUT.safetensors)")
+    sd = read_state_dict(src)
     with safe_open(str(src), framework="pt") as f:
         meta = dict(f.metadata() or {})
-    sd = read_state_dict(Path(src))
     target = getattr(torch, dtype)
     sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
     meta["exported_from"] = Path(src).name

@@ -68,6 +68,16 @@ def os_error_line(err: OSError) -> str:
     return f"error: {err.strerror or err}: {where}{disk_full_hint(err)}"
 
 
+def error_text(err: BaseException) -> str:
+    """The message of ``err``. An error re-raised by a DataLoader worker carries the worker's
+    traceback ("Caught X in DataLoader worker process 0. Original Traceback ..."): its last line is the message."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def fail(line: str, debug: bool) -> int:
     """Print one error line (the traceback too with ``--debug``); the config/input exit code."""
     if debug:
@@ -103,7 +113,7 @@ def run_guarded(body: Callable[[], int], debug: bool) -> int:
         bad_input = isinstance(e.__cause__, (CheckpointError, FileNotFoundError, InputError))
         return fail(f"{'input' if bad_input else 'config'} error: {e}", debug)
     except (CheckpointError, FileNotFoundError, InputError) as e:  # bad weights file or input list named by the config
-        return fail(f"input error: {e}", debug)
+        return fail(f"input error: {error_text(e)}", debug)
     except DistributedError as e:  # another rank died or went silent: one line, not a traceback
         if debug:
             traceback.print_exc()

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import re
+import shutil
 import tempfile
 import time
-from typing import Iterator, List
+from pathlib import Path
+from typing import Iterator, List, Optional
 
 #: temp files made by :func:`atomic_path`: ``.<name>.<pid>.<random>.tmp<ext>``
 TEMP_RE = re.compile(r"^\..*\.(\d+)\.[^.]+\.tmp(\.[^.]*)?$")
@@ -96,3 +99,70 @@ def clean_stale_temps(directory: os.PathLike, max_age_s: float = 24 * 3600) -> L
         except OSError:  # vanished meanwhile, or not ours to remove
             continue
     return removed
+
+
+def as_os_error(e: BaseException) -> Optional[OSError]:
+    """The OSError behind a failed write (None if there is none): the safetensors writer reports it as its
+    own exception type with the OS message ("I/O error: No space left on device (os error 28)")."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e
+    m = re.search(r"os error (\d+)", str(e))
+    if m:
+        return OSError(int(m.group(1)), os.strerror(int(m.group(1))))
+    return None
+
+
+# ---------------------------------------------------------------------------- directories replaced whole
+def _staged(final: Path, tag: str) -> Path:
+    return final.parent / f".{final.name}.{tag}-{os.getpid()}"
+
+
+def recover_replaced_dir(final: os.PathLike) -> List[str]:
+    """Clean up after a :func:`replace_dir` that was killed; call it holding ``final``'s lock.
+
+    A swap cut between its two renames left ``final`` missing and the old copy as ``.<name>.old-<pid>``:
+    the old copy is put back. Half-written new copies (``.<name>.new-<pid>``) and old copies of a
+    finished swap are removed. Returns one line per action.
+    """
+    final = Path(final)
+    done: List[str] = []
+    if not final.parent.is_dir():
+        return done
+    for p in sorted(final.parent.glob(f".{glob.escape(final.name)}.old-*")):
+        if not final.exists():
+            os.rename(p, final)
+            done.append(f"restored {final} from {p.name} (a replacement was interrupted)")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p} (the old copy of a finished replacement)")
+    for p in sorted(final.parent.glob(f".{glob.escape(final.name)}.new-*")):
+        shutil.rmtree(p, ignore_errors=True)
+        done.append(f"removed {p} (an unfinished replacement)")
+    return done
+
+
+@contextlib.contextmanager
+def replace_dir(final: os.PathLike) -> Iterator[Path]:
+    """Yield an empty directory beside ``final``; when the block succeeds it takes ``final``'s place.
+
+    ``final`` is not touched until the block has finished: an exception, a full disk or a kill
+    leaves it as it was (the new copy is removed, or :func:`recover_replaced_dir` removes it later).
+    The swap is two renames (old aside, new in place), then the old copy is deleted.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    new = _staged(final, "new")
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir()
+    try:
+        yield new
+        if final.exists():
+            old = _staged(final, "old")
+            os.rename(final, old)
+            os.rename(new, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(new, final)
+    finally:
+        if new.exists():
+            shutil.rmtree(new, ignore_errors=True)

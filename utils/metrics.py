@@ -1,4 +1,5 @@
-"""Frame metrics: PSNR and SSIM on videos in [-1, 1], per frame."""
+"""Video metrics on videos in [-1, 1]: PSNR and SSIM per frame, the prediction baselines, and the
+weight-free generation metrics (Fréchet distance, VBench temporal flicker, Physics-IQ-style motion scores)."""
 from __future__ import annotations
 
 import torch
@@ -53,3 +54,188 @@ def linear_baseline(context: torch.Tensor, n: int) -> torch.Tensor:
     last, prev = context[:, -1], context[:, -2]
     k = torch.arange(1, n + 1, dtype=context.dtype).view(1, n, 1, 1)
     return (last[:, None] + k * (last - prev)[:, None]).clamp(-1, 1)
+
+
+# ---------------------------------------------------------------------------- generation metrics
+# Weight-free metrics of generated videos. Those that need network weights (FVD's I3D, CLIP) are
+# components in tools/scorers/ and call the functions here.
+
+
+def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of features (N, D) in float64: ``mu = mean_i f_i``,
+    ``sigma = sum_i (f_i - mu)(f_i - mu)^T / (N - 1)`` (the unbiased estimate, as numpy.cov)."""
+    f = features.double().reshape(features.shape[0], -1)
+    if f.shape[0] < 2:
+        raise ValueError(f"gaussian_stats needs at least 2 feature vectors for a covariance, got {f.shape[0]}")
+    mu = f.mean(0)
+    d = f - mu
+    return mu, d.T @ d / (f.shape[0] - 1)
+
+
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+    """Fréchet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2)::
+
+        d^2 = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))
+
+    (Dowson & Landau 1982; FID / FVD report d^2). ``Tr((sigma1 sigma2)^(1/2))`` is computed as the
+    sum of the square roots of the eigenvalues of ``sigma1^(1/2) sigma2 sigma1^(1/2)`` (symmetric,
+    positive semi-definite: the same eigenvalues as ``sigma1 sigma2``), in float64; tiny negative
+    eigenvalues from round-off are clipped to 0."""
+    mu1, mu2, s1, s2 = (x.double() for x in (mu1, mu2, sigma1, sigma2))
+    w, v = torch.linalg.eigh((s1 + s1.T) / 2)
+    root1 = (v * w.clamp(min=0).sqrt()) @ v.T  # sigma1^(1/2)
+    m = root1 @ s2 @ root1
+    tr_cross = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
+    return float(((mu1 - mu2) ** 2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * tr_cross)
+
+
+def temporal_flicker(video: torch.Tensor) -> float:
+    """VBench's temporal flickering score of one video (C, T, H, W) in [-1, 1], T >= 2::
+
+        score = (255 - mean_t MAE_t) / 255,   MAE_t = mean_{c,h,w} |x_{t+1} - x_t|
+
+    with pixels on the 0..255 scale: 1 for a static video, lower the more consecutive frames
+    differ. VBench reads uint8 frames; this takes the float video (values rounded to 0..255
+    first, so a decoded mp4 and its tensor score the same)."""
+    if video.ndim != 4 or video.shape[1] < 2:
+        raise ValueError(f"temporal_flicker needs a (C, T, H, W) video with T >= 2, got {tuple(video.shape)}")
+    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round()
+    mae = (x[:, 1:] - x[:, :-1]).abs().mean(dim=(0, 2, 3))  # (T-1,)
+    return float((255.0 - mae.mean()) / 255.0)
+
+
+#: OpenCV's fixed Gaussian kernels for sizes 3, 5, 7 with sigma 0 (getGaussianKernel's table)
+_CV_SMALL_KERNELS = {3: (0.25, 0.5, 0.25), 5: (0.0625, 0.25, 0.375, 0.25, 0.0625),
+                     7: (0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125)}
+
+
+def _gaussian_blur(x: torch.Tensor, size: int) -> torch.Tensor:
+    """OpenCV's GaussianBlur(size, sigma 0) of (N, 1, H, W), reflect-101 borders: its fixed kernels for
+    sizes 3 / 5 / 7 (5: [1, 4, 6, 4, 1] / 16), else sigma = 0.3 ((size - 1) / 2 - 1) + 0.8."""
+    if size <= 1:
+        return x
+    if size in _CV_SMALL_KERNELS:
+        g = torch.tensor(_CV_SMALL_KERNELS[size], dtype=torch.float64)
+    else:
+        sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
+        ax = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+        g = torch.exp(-(ax ** 2) / (2 * sigma ** 2))
+        g = g / g.sum()
+    g = g.to(x.dtype)
+    p = size // 2
+    x = F.pad(x, (p, p, p, p), mode="reflect")
+    x = F.conv2d(x, g.view(1, 1, 1, size))
+    return F.conv2d(x, g.view(1, 1, size, 1))
+
+
+def _open_close(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """Morphological opening then closing of a {0, 1} float mask (N, 1, H, W) with a size x size
+    square (erosion = -maxpool(-x); borders never erode or dilate, as OpenCV's defaults)."""
+    if size <= 1:
+        return mask
+    p = size // 2
+
+    def dilate(m):
+        return F.max_pool2d(F.pad(m, (p, p, p, p), value=0.0), size, stride=1)
+
+    def erode(m):
+        return -F.max_pool2d(F.pad(-m, (p, p, p, p), value=-1.0), size, stride=1)
+
+    opened = dilate(erode(mask))
+    return erode(dilate(opened))
+
+
+def motion_masks(video: torch.Tensor, alpha: float = 0.3, threshold: float = 10.0, blur: int = 5,
+                 kernel: int = 5) -> torch.Tensor:
+    """Physics-IQ's binary motion masks of a video (C, T, H, W) in [-1, 1] -> bool (T, H, W).
+
+    Per frame t on the 0..255 scale: grey ``g_t = 0.299 R + 0.587 G + 0.114 B`` (rounded),
+    Gaussian blur ``blur`` x ``blur`` (rounded); a running-average background
+    ``b_0 = g_0``, ``b_t = (1 - alpha) b_{t-1} + alpha g_t``; the mask
+    ``m_t = |g_t - round(b_t)| > threshold``, then a morphological opening and closing with a
+    ``kernel`` x ``kernel`` square. ``m_0`` is empty (nothing to compare with). Defaults are
+    Physics-IQ's (alpha 0.3, threshold 10, 5 x 5 blur and kernel); a kernel larger than the
+    moving objects erases them (use 3 for balls a few pixels wide)."""
+    if video.ndim != 4 or video.shape[0] != 3:
+        raise ValueError(f"motion_masks needs an RGB video (3, T, H, W), got {tuple(video.shape)}")
+    x = ((video.double().clamp(-1, 1) + 1) * 127.5).round()
+    grey = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).round()[:, None]  # (T, 1, H, W)
+    grey = _gaussian_blur(grey, blur).round()
+    masks = torch.zeros(grey.shape, dtype=torch.float64)
+    background = grey[0].clone()
+    for t in range(1, grey.shape[0]):
+        background = (1 - alpha) * background + alpha * grey[t]
+        masks[t] = ((grey[t] - background.round()).abs() > threshold).double()
+    return _open_close(masks, kernel)[:, 0] > 0.5
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    """|a and b| / |a or b| of bool tensors; 1 when both are empty (nothing moves in either)."""
+    union = (a | b).sum()
+    return 1.0 if union == 0 else float((a & b).sum() / union)
+
+
+def spatial_iou(pred: torch.Tensor, ref: torch.Tensor) -> float:
+    """Where motion happens: IoU of the masks (T, H, W) collapsed over time,
+    ``IoU(max_t pred_t, max_t ref_t)`` (1 when neither moves)."""
+    return _iou(pred.any(0), ref.any(0))
+
+
+def spatiotemporal_iou(pred: torch.Tensor, ref: torch.Tensor) -> float:
+    """Where and when: the mean over frames of the per-frame IoU, ``mean_t IoU(pred_t, ref_t)``
+    (a frame where neither moves counts 1)."""
+    return sum(_iou(p, r) for p, r in zip(pred, ref)) / max(1, pred.shape[0])
+
+
+def weighted_spatial_iou(pred: torch.Tensor, ref: torch.Tensor) -> float:
+    """Where and how much: with the share of frames each pixel moves, ``w(x) = mean_t m_t(x)``,
+    ``sum_x min(w_pred, w_ref) / sum_x max(w_pred, w_ref)`` (1 when neither moves)."""
+    a, b = pred.double().mean(0), ref.double().mean(0)
+    union = torch.maximum(a, b).sum()
+    return 1.0 if union == 0 else float(torch.minimum(a, b).sum() / union)
+
+
+def frame_mse(pred: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean over frames of the per-frame mean squared error on the [0, 1] scale, videos (C, T, H, W)
+    in [-1, 1] (Physics-IQ's MSE; lower is better)."""
+    return float(((_to01(pred) - _to01(ref)) ** 2).mean(dim=(0, 2, 3)).mean())
+
+
+#: Physics-IQ-style scores of a video against its reference continuation (all but mse: higher is better)
+MOTION_METRICS = ("spatial_iou", "spatiotemporal_iou", "weighted_spatial_iou", "mse")
+
+
+def physics_iq_scores(pred: torch.Tensor, ref: torch.Tensor, skip: int = 0, **mask_settings) -> dict[str, float]:
+    """The four Physics-IQ-style scores of ``pred`` against ``ref`` (both (C, T, H, W) in [-1, 1],
+    the same length): masks (:func:`motion_masks`, ``mask_settings``) are computed on the whole
+    videos, so given context frames warm the background up, and scored on frames ``skip:`` (the
+    continuation); ``mse`` (:func:`frame_mse`) on the same frames."""
+    if pred.shape != ref.shape:
+        raise ValueError(f"physics_iq_scores: the video {tuple(pred.shape)} and its reference {tuple(ref.shape)} "
+                         f"differ in shape; give references of the same length and size")
+    if not 0 <= skip < pred.shape[1]:
+        raise ValueError(f"skip={skip} must leave frames to score (the videos have {pred.shape[1]})")
+    mp, mr = motion_masks(pred, **mask_settings)[skip:], motion_masks(ref, **mask_settings)[skip:]
+    return {"spatial_iou": spatial_iou(mp, mr), "spatiotemporal_iou": spatiotemporal_iou(mp, mr),
+            "weighted_spatial_iou": weighted_spatial_iou(mp, mr), "mse": frame_mse(pred[:, skip:], ref[:, skip:])}
+
+
+def physics_iq_score(scores: dict[str, float], variance: dict[str, float]) -> float:
+    """Physics-IQ's aggregate (in %) of mean scores against the physical variance (the same scores
+    of a second take of each scene against the first)::
+
+        100 * [ (sIoU / sIoU_var + stIoU / stIoU_var + wsIoU / wsIoU_var) / 3 - (MSE - MSE_var) ]
+
+    clipped to [0, 100]: 100 = as close to the reference as a physically possible second take."""
+    ratios = [scores[k] / variance[k] if variance[k] > 0 else 0.0
+              for k in ("spatial_iou", "spatiotemporal_iou", "weighted_spatial_iou")]
+    value = 100.0 * (sum(ratios) / 3 - (scores["mse"] - variance["mse"]))
+    return float(min(100.0, max(0.0, value)))
+
+
+def clip_similarity(frame_embeddings: torch.Tensor, target: torch.Tensor) -> float:
+    """CLIP-T / CLIP-I of one video: the mean over its frames of the cosine similarity between each
+    frame's embedding (T, D) and the target embedding (D,) (a prompt's, or a conditioning image's),
+    ``mean_t <f_t, e> / (|f_t| |e|)``."""
+    cos = F.cosine_similarity(frame_embeddings.double(), target.double()[None], dim=-1)
+    return float(cos.mean())

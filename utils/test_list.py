@@ -145,10 +145,13 @@ def output_name(item: TestItem) -> str:
     return f"{item.index:04d}_{slugify(item.caption or item.label or (os.path.basename(item.path or '')))}.mp4"
 
 
-def output_paths(item: TestItem, out_dir: str, save_gif: bool = False, save_grid: bool = False) -> List[str]:
-    """Every file an item produces: the mp4, and the gif / png contact sheet when asked for."""
+def output_paths(item: TestItem, out_dir: str, save_gif: bool = False, save_grid: bool = False,
+                 extra_videos: Sequence[str] = ()) -> List[str]:
+    """Every file an item produces: the mp4, the gif / png contact sheet when asked for, and one
+    ``<name>.<key>.mp4`` per ``extra_videos`` key (e.g. ``prediction``: the prediction alone)."""
     mp4 = os.path.join(out_dir, output_name(item))
-    return [mp4] + ([mp4[:-4] + ".gif"] if save_gif else []) + ([mp4[:-4] + ".png"] if save_grid else [])
+    return [mp4] + ([mp4[:-4] + ".gif"] if save_gif else []) + ([mp4[:-4] + ".png"] if save_grid else []) + \
+        [f"{mp4[:-4]}.{key}.mp4" for key in extra_videos]
 
 
 def fingerprint(settings: Mapping, files: Sequence[Optional[str]] = ()) -> str:
@@ -239,14 +242,17 @@ def _still_valid(prev: Optional[dict], item: TestItem, outputs: List[str], fp: O
 def _produce_and_write(item: TestItem, produce_fn: Callable, outputs: List[str], fps: float) -> dict:
     """Run one item and write its outputs; returns the extra record fields."""
     res = produce_fn(item)
-    extra, grid = {}, None
+    extra, grid, videos = {}, None, {}
     if isinstance(res, dict):
-        grid = res.get("grid")
-        extra = {k: v for k, v in res.items() if k not in ("frames", "grid")}
+        grid, videos = res.get("grid"), res.get("extra_videos") or {}
+        extra = {k: v for k, v in res.items() if k not in ("frames", "grid", "extra_videos")}
         res = res["frames"]
     frames = np.asarray(res)
     for out in outputs:
-        if out.endswith(".png"):
+        key = next((k for k in videos if out.endswith(f".{k}.mp4")), None)
+        if key is not None:
+            write_video(out, videos[key], fps=fps)
+        elif out.endswith(".png"):
             if grid:  # labelled rows (e.g. truth / prediction) with the context columns marked
                 write_grid(out, grid["rows"], context_frames=int(grid.get("context_frames", 0)))
             else:
@@ -277,13 +283,36 @@ def _run_item(item: TestItem, produce_fn: Callable, outputs: List[str], fps: flo
     return rec, stop
 
 
+def _record(log, rec: dict, out_dir: str, known: Dict[int, dict], rank: int, world_size: int, failing: bool) -> None:
+    """Append ``rec`` to this rank's log and rewrite ``results.jsonl``: two independent writes, so that on
+    a full disk (``failing``: the item's own write hit it; errors are then not raised again) the small
+    atomic rewrite still records the failure when the append cannot (the failed output's file is gone)."""
+    def append() -> None:
+        log.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        log.flush()
+
+    def rewrite() -> None:
+        if world_size == 1:
+            _write_results(out_dir, known)
+        elif rank == 0:
+            merge_results(out_dir)
+
+    for write in (append, rewrite):
+        try:
+            write()
+        except OSError:
+            if not failing:
+                raise
+
+
 def run_test_list(items: List[TestItem], out_dir: str, produce_fn: Callable, fps: float = 8,
                   overwrite: bool = False, save_gif: bool = False, save_grid: bool = False,
                   rank: int = 0, world_size: int = 1, progress: bool = True,
-                  fingerprint: Optional[str] = None) -> dict:
+                  fingerprint: Optional[str] = None, extra_videos: Sequence[str] = ()) -> dict:
     """Run ``produce_fn(item) -> uint8 (T, H, W, 3)`` (or a dict with ``frames``, optionally
     ``grid = {rows: [(label, frames), ...], context_frames: C}`` for a labelled png, plus
-    extra fields for the record).
+    extra fields for the record, and ``extra_videos = {key: frames}`` written as
+    ``<name>.<key>.mp4`` for every key of the ``extra_videos`` argument).
 
     Rank r handles items with ``index % world_size == r`` and appends one JSON line per
     finished item to ``results.rank{r}.jsonl`` (with ``written_at`` and ``fingerprint``).
@@ -310,7 +339,7 @@ def run_test_list(items: List[TestItem], out_dir: str, produce_fn: Callable, fps
     log_path = os.path.join(out_dir, f"results.rank{rank}.jsonl")
     with open(log_path, "a", encoding="utf-8") as log:
         for item in tqdm(mine, desc=f"test list (rank {rank})", disable=not progress):
-            outputs = output_paths(item, out_dir, save_gif, save_grid)
+            outputs = output_paths(item, out_dir, save_gif, save_grid, extra_videos)
             if not item.error and not overwrite and _still_valid(known.get(item.index), item, outputs, fingerprint):
                 summary["skipped"] += 1  # the original ok record (with its timing) stays
                 continue
@@ -319,16 +348,7 @@ def run_test_list(items: List[TestItem], out_dir: str, produce_fn: Callable, fps
             if rec["status"] == "error":
                 summary["reasons"][item.index] = rec["error"]
             known[item.index] = rec
-            try:
-                log.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-                log.flush()
-                if world_size == 1:
-                    _write_results(out_dir, known)
-                elif rank == 0:
-                    merge_results(out_dir)
-            except OSError:
-                if stop is None:
-                    raise
+            _record(log, rec, out_dir, known, rank, world_size, failing=stop is not None)
             if stop is not None:  # every following write would fail too
                 raise stop
     if world_size == 1:

@@ -100,10 +100,11 @@ class VideoAutoencoder(nn.Module):
             raise ValueError(f"{type(self).__name__}.encode expects (B, {self.in_channels}, T, H, W) pixels, "
                              f"got shape {tuple(x.shape)}.")
         T, H, W = x.shape[2:]
-        if not self.valid_frames(T) or H % self.spatial_factor or W % self.spatial_factor:
-            raise ValueError(f"{type(self).__name__}: T={T} must be {self.frames_rule()} (temporal_factor="
-                             f"{self.temporal_factor}{', causal' if self.causal else ''}) and H, W={H}, {W} "
-                             f"multiples of spatial_factor={self.spatial_factor}; crop or resize the video.")
+        if not self.valid_frames(T):  # each rule named only when it is broken
+            raise ValueError(f"{type(self).__name__}: T={T} frames cannot be encoded: it takes {self.frames_rule()} "
+                             f"(temporal_factor={self.temporal_factor}{', causal' if self.causal else ''}); "
+                             f"use e.g. {self.nearest_frames(T)} frames.")
+        check_resolution(self, (H, W), "the video's H, W")
         z = self._encode_frames(x)
         if self.variational:
             z = self._posterior(z, generator, rank_slice)
@@ -160,9 +161,12 @@ def frames_rule(ae) -> str:
 
 
 def nearest_frames(ae, T: int) -> int:
-    """The largest valid pixel frame count <= T (at least the smallest valid one)."""
+    """The valid pixel frame count nearest to T (the smaller one on a tie; at least the smallest valid one)."""
     f, causal = _factor(ae)
-    return max(1, 1 + (T - 1) // f * f) if causal else max(f, T // f * f)
+    base = 1 if causal else 0
+    below = base + (T - base) // f * f
+    best = below if T - below <= below + f - T else below + f
+    return max(best, 1 if causal else f)
 
 
 def latent_frames(ae, T: int) -> int:
@@ -183,6 +187,40 @@ def check_frames(ae, T: int, what: str = "T") -> None:
         f, causal = _factor(ae)
         raise ValueError(f"{what}={T}: {type(ae).__name__} (temporal_factor {f}{', causal' if causal else ''}) "
                          f"encodes {frames_rule(ae)} frames; use e.g. {what}={nearest_frames(ae, int(T))}")
+
+
+def check_resolution(ae, hw, what: str = "dataset.resolution", patch: int = 1) -> None:
+    """ValueError naming ``what`` unless H and W of ``hw`` (an int or [H, W]) are multiples of the
+    autoencoder's ``spatial_factor`` x ``patch`` (the model's patch size on the latents)."""
+    sf = int(getattr(ae, "spatial_factor", 1) or 1)
+    m = sf * max(1, int(patch))
+    H, W = (hw, hw) if isinstance(hw, int) else (int(hw[0]), int(hw[1]))
+    if H % m or W % m:
+        fix = [max(m, round(x / m) * m) for x in (H, W)]
+        by = f"spatial_factor={sf}" + (f" x the model's patch_size={patch}" if patch > 1 else "")
+        shown = hw if isinstance(hw, int) else [H, W]
+        raise ValueError(f"{what}={shown}: H and W must be multiples of {m} (the {type(ae).__name__}'s {by}); "
+                         f"use e.g. {what}={fix[0] if isinstance(hw, int) and fix[0] == fix[1] else fix}")
+
+
+def probe_autoencoder(ae_cfg: Optional[Mapping[str, Any]], key_path: str = "auto_encoder"):
+    """The autoencoder of ``ae_cfg`` built on the meta device without its weights, for checks before a
+    run starts (its factors and channels; ``--dry-run``). A bad setting raises the registry's
+    BuildError naming it. None when the autoencoder needs files to know its shape (a required
+    argument such as AutoencoderKL's ``path``): the engine checks it once it is built."""
+    import inspect
+
+    from utils.registry import AUTO_ENCODER
+
+    if not ae_cfg or ae_cfg.get("type") not in AUTO_ENCODER:
+        return None
+    cls = AUTO_ENCODER.get(ae_cfg["type"])
+    params = inspect.signature(cls).parameters.values()
+    if any(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+           for p in params):
+        return None
+    with torch.device("meta"):
+        return AUTO_ENCODER.build({k: v for k, v in ae_cfg.items() if k != "weights"}, key_path)
 
 
 def encode(ae, x: torch.Tensor, generator: Optional[torch.Generator] = None,

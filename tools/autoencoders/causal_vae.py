@@ -216,6 +216,22 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm(self.up(self.mid(h)))))
 
 
+def _check_sizes(latent_channels, base_channels, channel_mult, num_res_blocks) -> None:
+    """ValueError naming the first size setting that could never build a network."""
+    def is_int(v, lo):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+    if not is_int(latent_channels, 1):
+        raise ValueError(f"latent_channels={latent_channels!r} must be an integer >= 1 (e.g. 4 or 8)")
+    if not is_int(base_channels, 1):
+        raise ValueError(f"base_channels={base_channels!r} must be an integer >= 1 (e.g. 32)")
+    if not (isinstance(channel_mult, (list, tuple)) and channel_mult and all(is_int(m, 1) for m in channel_mult)):
+        raise ValueError(f"channel_mult={channel_mult!r} must list one integer >= 1 per resolution level (its "
+                         f"length - 1 is the number of 2x downsamples), e.g. [1, 2, 4, 4]")
+    if not is_int(num_res_blocks, 0):
+        raise ValueError(f"num_res_blocks={num_res_blocks!r} must be an integer >= 0 (e.g. 1)")
+
+
 @AUTO_ENCODER.register_class()
 class CausalVAE(VideoAutoencoder):
     """Causal video VAE: temporal 4 over 1+4k frames, spatial 8, chunked / tiled without seams; trainable."""
@@ -230,6 +246,7 @@ class CausalVAE(VideoAutoencoder):
                  chunk_size: Optional[int] = None, tile_size: Optional[int] = None, sample_posterior: bool = False,
                  init_logvar: Optional[float] = -6.0, shortcut: bool = True):
         super().__init__(chunk_size=chunk_size, sample_posterior=sample_posterior)
+        _check_sizes(latent_channels, base_channels, channel_mult, num_res_blocks)
         mult, temporal = list(channel_mult), [bool(t) for t in temporal_downsample]
         if len(temporal) != len(mult) - 1:
             raise ValueError(f"temporal_downsample={list(temporal_downsample)} needs one flag per downsample "

@@ -8,6 +8,10 @@ Weights are read from disk only, never downloaded (``path``):
   single-file VAEs (converted with diffusers' converter). The architecture comes from a
   ``<name>.json`` / ``config.json`` beside the file, else it is read off the tensor shapes
   (norm groups are then 32, as in every released SD-family VAE);
+* a pickled LDM checkpoint (``.pth`` / ``.pt`` / ``.ckpt``), read with ``torch.load(weights_only=True)``
+  (a pickle that would run code is refused with one line): ModelScope's ``VQGAN_autoencoder.pth`` is
+  ``{'state_dict': ...}`` whose autoencoder keys carry the ``first_stage_model.`` prefix (other keys
+  are ignored); a ModelScope model folder (``damo/text-to-video-synthesis``) stands for that file;
 * a hub repo id (``stabilityai/sdxl-vae``) resolved in the local Hugging Face cache
   (``HF_HUB_CACHE`` / ``HF_HOME``, ``local_files_only``) or the ModelScope cache
   (``MODELSCOPE_CACHE``, default ``~/.cache/modelscope/hub``). Not cached: FileNotFoundError
@@ -42,6 +46,8 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 LDM_PREFIXES = ("first_stage_model.", "vae.")  # a VAE inside a whole SD checkpoint
+PICKLES = (".pth", ".pt", ".ckpt")  # read with weights_only=True
+FOLDER_FILES = ("VQGAN_autoencoder.pth", "v2-1_512-ema-pruned.ckpt")  # a ModelScope / VGen folder's VAE
 
 
 @AUTO_ENCODER.register_class()
@@ -125,12 +131,15 @@ def resolve_path(path: str) -> Path:
         for d in (p, p / "vae"):
             if (d / "config.json").is_file():
                 return d
+        for name in FOLDER_FILES:
+            if (p / name).is_file():
+                return p / name
         raise FileNotFoundError(f"auto_encoder.path={path!r} is a directory without config.json (nor vae/config.json); "
                                 f"give a diffusers VAE directory (config.json + {WEIGHTS}) or a .safetensors file.")
     if p.is_file():
-        if p.suffix != ".safetensors":
-            raise ValueError(f"auto_encoder.path={path!r}: only .safetensors weights are read (pickled checkpoints "
-                             f"can run code when loaded); convert it to safetensors first.")
+        if p.suffix != ".safetensors" and p.suffix not in PICKLES:
+            raise ValueError(f"auto_encoder.path={path!r}: read are .safetensors files and {', '.join(PICKLES)} "
+                             f"tensor pickles (weights_only); convert it to safetensors first.")
         return p
     if is_repo_id(path):
         return _from_caches(path)
@@ -151,14 +160,15 @@ def _from_caches(repo_id: str) -> Path:
 
 def _load_single_file(path: Path, dtype: torch.dtype):
     from diffusers import AutoencoderKL as DiffusersKL
-    from safetensors.torch import load_file
 
-    sd = load_file(str(path))
+    from utils.checkpoint import read_state_dict
+
+    sd = read_state_dict(path)  # safetensors, or a tensor pickle with weights_only=True (one-line refusal)
     for prefix in LDM_PREFIXES:
         if any(k.startswith(prefix + "encoder.") for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     ldm = "encoder.down.0.block.0.conv1.weight" in sd
-    raw = _sidecar_config(path)
+    raw = _sidecar_config(path) if path.suffix == ".safetensors" else {}
     config = dict(raw) if raw else infer_config(sd, ldm)
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     if ldm:
@@ -171,7 +181,7 @@ def _load_single_file(path: Path, dtype: torch.dtype):
         raise ValueError(f"{path}: the weights do not fit an AutoencoderKL of config {config} ({len(missing)} missing "
                          f"keys, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}); put the "
                          f"VAE's config.json beside the file as {path.stem}.json.")
-    return vae.to(dtype), raw
+    return (vae if dtype == torch.float32 else vae.to(dtype)), raw  # .to(float32) only warns
 
 
 def _sidecar_config(path: Path) -> Dict[str, Any]:

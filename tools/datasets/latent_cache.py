@@ -12,16 +12,17 @@ metadata) and the embedder config is part of the fingerprint: training with that
 instead of encoding."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import torch
 from torch.utils.data import Dataset
 
-from utils.io import atomic_path
+from utils.io import as_os_error, atomic_path
 from utils.registry import DATASETS
 
 MANIFEST = "manifest.json"
@@ -147,6 +148,19 @@ def _jsonable(v):
     return v
 
 
+@contextlib.contextmanager
+def _named_write_error(path: str) -> Iterator[str]:
+    """Yield ``path``; a failed write (the safetensors writer's own error type too) becomes one OSError
+    naming it, so a full disk is reported as such."""
+    try:
+        yield path
+    except Exception as e:
+        err = as_os_error(e)
+        if err is None or (isinstance(e, OSError) and e.filename):
+            raise
+        raise OSError(err.errno, err.strerror, path) from e
+
+
 @torch.no_grad()
 def encode_dataset(dataset, autoencoder, out_dir: str, shard_size: int = 256,
                    fingerprint: Optional[Mapping] = None, device="cpu", progress: bool = True,
@@ -176,7 +190,7 @@ def encode_dataset(dataset, autoencoder, out_dir: str, shard_size: int = 256,
         if not tensors:
             return
         name = f"shard_{len(shards):05d}.safetensors"
-        with atomic_path(os.path.join(out_dir, name)) as tmp:
+        with _named_write_error(os.path.join(out_dir, name)) as path, atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata={"items": json.dumps(metas, ensure_ascii=False)})
         shards.append({"file": name, "keys": list(tensors)})
         tensors.clear()
@@ -219,7 +233,7 @@ def save_text_features(embedder, captions: list, out_dir: str, chunk: int = 64) 
         t, m = embedder(captions[i:i + chunk])
         toks.append(t.float().cpu())
         masks.append(m.bool().cpu())
-    with atomic_path(os.path.join(out_dir, TEXT_FEATURES)) as tmp:
+    with _named_write_error(os.path.join(out_dir, TEXT_FEATURES)) as path, atomic_path(path) as tmp:
         save_file({"tokens": torch.cat(toks).contiguous(), "mask": torch.cat(masks).contiguous()}, tmp,
                   metadata={"captions": json.dumps(captions, ensure_ascii=False)})
     return {"file": TEXT_FEATURES, "num_captions": len(captions)}

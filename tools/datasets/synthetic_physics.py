@@ -45,6 +45,15 @@ With any of them on, ``meta["physics"]`` records the draws (gravity vector, rest
 friction, per-ball layer / radius / mass / colour, obstacle rectangles in pixels). Any
 ``resolution`` works (64x64 and up); ``num_balls: [1, 6]`` with ``radius: [0.05, 0.1]`` fits
 64x64. Example: configs/experiments/demo_pixel/train.yaml.
+
+Second takes (the physical-variance bound of the Physics-IQ-style scores, docs/guide/metrics.md).
+``perturbation=s`` (pixels, default 0: off) adds Gaussian noise to each ball's initial state:
+position offsets of standard deviation ``s`` pixels and velocity offsets of ``s / 10`` pixels per
+frame (positions then kept inside the walls), drawn from the item's own stream
+``(seed, index, 4, take)``. Everything else (layout, colours, physics draws, caption) is the
+item's, so ``perturbation=0`` and ``perturbation=s, take=k`` are two takes of one scene that
+differ only as much as a tiny change of the initial conditions makes them; ``take`` picks
+another perturbation of the same size.
 """
 from __future__ import annotations
 
@@ -147,7 +156,14 @@ class SyntheticPhysics(Dataset):
                  restitution: Union[float, Sequence[float]] = 1.0, friction: Union[float, Sequence[float]] = 0.0,
                  density: Optional[Union[float, Sequence[float]]] = None, depth_layers: int = 1,
                  obstacles: Union[int, Sequence[int]] = 0, obstacle_size: Sequence[float] = (0.1, 0.25),
-                 obstacle_color: Sequence[int] = OBSTACLE_COLOR, caption_drop: Optional[dict] = None):
+                 obstacle_color: Sequence[int] = OBSTACLE_COLOR, caption_drop: Optional[dict] = None,
+                 perturbation: float = 0.0, take: int = 0):
+        if isinstance(perturbation, bool) or not isinstance(perturbation, (int, float)) or not 0 <= perturbation < 10:
+            raise ValueError(f"perturbation={perturbation!r} must be a number of pixels in [0, 10) (0: off; a second "
+                             f"take uses e.g. 0.5)")
+        if isinstance(take, bool) or not isinstance(take, int) or take < 0:
+            raise ValueError(f"take={take!r} must be an int >= 0 (which perturbation of the scene)")
+        self.perturbation, self.take = float(perturbation), int(take)
         self.caption_drop = dict(caption_drop or {})
         for k, p in self.caption_drop.items():
             if k not in CAPTION_PARTS or isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
@@ -362,6 +378,11 @@ class SyntheticPhysics(Dataset):
         phys = self.physics(index) if self.v2 else None
         pos, vel, r, m = self._init_state(rng, self.speeds[sc["speed"]] if sc["speed"] else None, phys)
         H, W = self.height, self.width
+        if self.perturbation > 0:  # a second take: tiny changes of the initial state, from their own stream
+            prng = np.random.default_rng([self.seed, int(index), 4, self.take])
+            pos = pos + prng.normal(0.0, self.perturbation, pos.shape)
+            vel = vel + prng.normal(0.0, self.perturbation / 10, vel.shape)
+            pos = np.clip(pos, r[:, None], np.array([W, H]) - r[:, None])
         dt = 1.0 / self.substeps
         if phys is None:
             g = np.array(_GRAVITY_VEC[sc["gravity"]]) * abs(self.gravity) * min(H, W)

@@ -33,8 +33,8 @@ LINE_FORMAT = ("'path/to/video.mp4|||a caption' (the caption is optional; paths 
 MIN_SEEN_FOR_RUNNING_FRACTION = 50
 
 
-class BadDataError(RuntimeError):
-    """Too many unreadable items in a dataset."""
+class BadDataError(InputError, RuntimeError):
+    """Too many unreadable items in a dataset: an input error (one line, exit 2), not a bug."""
 
 
 def read_list_file(list_file: str, data_dir: Optional[str] = None) -> List[Tuple[str, str, int]]:

@@ -1,4 +1,4 @@
-"""Discrete Gaussian diffusion (DDPM training, DDIM sampling) for next-clip models."""
+"""Discrete Gaussian diffusion (DDPM training, DDIM sampling) for next-clip and whole-video models."""
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
@@ -10,25 +10,56 @@ from tools.diffusions.rectified_flow import (Randomness, bcast, check_history_no
                                              make_clean_input, masked_frame_mse, per_frame)
 from utils.registry import DIFFUSION
 
+#: what a model takes as its time input: the project's unit time ``1 - k / T`` or the integer timestep k
+TIMESTEP_INPUTS = ("unit", "index")
+#: where the last DDIM step goes: alpha_bar = 1 (returns x0_hat) or alpha_bar at timestep 0 (the reference DDIM)
+FINAL_ALPHAS = ("one", "first")
+
+
+def timestep_input(model) -> str:
+    """How ``model`` takes time: its class attribute ``timestep_input`` = ``"unit"`` (the default when absent:
+    ``t = 1 - k / T``, 1 = clean) or ``"index"`` (the integer timestep k, as ModelScope / VGen UNets).
+    The one place this is read; a DDP / FSDP / compile wrapper is looked through."""
+    inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or model
+    kind = getattr(inner, "timestep_input", "unit")
+    if kind not in TIMESTEP_INPUTS:
+        raise ValueError(f"{type(inner).__name__}.timestep_input={kind!r}; use one of {list(TIMESTEP_INPUTS)}.")
+    return kind
+
 
 @DIFFUSION.register_class()
 class GaussianDiffusion:
-    """DDPM/DDIM Gaussian diffusion (linear/cosine betas, eps/v prediction, optional zero terminal SNR).
+    """DDPM/DDIM Gaussian diffusion (linear/linear_sd/cosine betas, eps/v prediction, optional zero terminal SNR).
 
     Discrete timestep k in [0, T) (k = 0 least noisy); ``x_k = sqrt(ab_k) x0 + sqrt(1-ab_k) eps``.
-    The model receives ``t_model = 1 - k / T`` so that, as with the flow, larger = cleaner.
+    The model receives ``t_model = 1 - k / T`` so that, as with the flow, larger = cleaner, or k itself
+    when it declares ``timestep_input = "index"`` (:func:`timestep_input`).
+
+    DDIM settings: ``timestep_spacing`` (``trailing``: 999, 749, ...; ``leading``: the reference's
+    ``offset + arange(0, T, T // steps)``, see :func:`schedules.ddim_timesteps`), ``steps_offset`` and
+    ``final_alpha_cumprod`` (``one``: the last step returns x0_hat; ``first``: it goes to alpha_bar at k = 0).
+    VGen / ModelScope's reference sampler is ``leading``, offset 1, ``first``.
     """
 
     def __init__(self, num_timesteps: int = 1000, schedule: str = "linear", prediction: str = "eps",
                  zero_terminal_snr: bool = False, beta_start: float = 1e-4, beta_end: float = 0.02,
-                 history_noise: Optional[Sequence[float]] = (0.9, 1.0)):
+                 history_noise: Optional[Sequence[float]] = (0.9, 1.0), timestep_spacing: str = "trailing",
+                 steps_offset: int = 0, final_alpha_cumprod: str = "one"):
         if prediction not in ("eps", "v"):
             raise ValueError(f"prediction={prediction!r} is not supported; use 'eps' or 'v'.")
         if zero_terminal_snr and prediction == "eps":
             raise ValueError("zero_terminal_snr=True needs prediction='v': at zero SNR the eps "
                              "prediction carries no information about x0.")
-        if schedule == "linear":
-            betas = schedules.linear_betas(num_timesteps, beta_start, beta_end)
+        if timestep_spacing not in schedules.SPACINGS:
+            raise ValueError(f"timestep_spacing={timestep_spacing!r} is not supported; use one of "
+                             f"{list(schedules.SPACINGS)} (leading + steps_offset 1 = the VGen / ModelScope DDIM).")
+        if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or not 0 <= steps_offset < num_timesteps:
+            raise ValueError(f"steps_offset={steps_offset!r} must be an int in [0, {num_timesteps}).")
+        if final_alpha_cumprod not in FINAL_ALPHAS:
+            raise ValueError(f"final_alpha_cumprod={final_alpha_cumprod!r}; use 'one' (the last DDIM step returns "
+                             f"x0) or 'first' (it goes to alpha_bar at timestep 0, the reference DDIM).")
+        if schedule in ("linear", "linear_sd"):
+            betas = schedules.make_betas(schedule, num_timesteps, beta_start=beta_start, beta_end=beta_end)
         else:
             betas = schedules.make_betas(schedule, num_timesteps)
         if zero_terminal_snr:
@@ -38,15 +69,23 @@ class GaussianDiffusion:
         self.betas = betas
         self.alphas_cumprod = schedules.alphas_cumprod_from_betas(betas)  # float64 (T,)
         self.history_noise = check_history_noise(history_noise)
+        self.timestep_spacing, self.steps_offset = timestep_spacing, steps_offset
+        self.final_alpha_cumprod = final_alpha_cumprod
 
     def __repr__(self):
         return (f"GaussianDiffusion(T={self.num_timesteps}, schedule={self.schedule!r}, "
-                f"prediction={self.prediction!r}, zero_terminal_snr={self.zero_terminal_snr})")
+                f"prediction={self.prediction!r}, zero_terminal_snr={self.zero_terminal_snr}, "
+                f"timestep_spacing={self.timestep_spacing!r}, steps_offset={self.steps_offset}, "
+                f"final_alpha_cumprod={self.final_alpha_cumprod!r})")
 
     # ---------------------------------------------------------------- conversions
     def t_model(self, k: torch.Tensor) -> torch.Tensor:
         """Discrete timestep -> model time (1 = clean)."""
         return 1.0 - k.float() / self.num_timesteps
+
+    def model_time(self, k: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
+        """What a model of :func:`timestep_input` ``kind`` receives for timesteps k (B,)."""
+        return k.long() if kind == "index" else self.t_model(k).to(dtype)
 
     def _ab(self, k: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.alphas_cumprod.to(x.device)[k].to(x.dtype)
@@ -82,17 +121,44 @@ class GaussianDiffusion:
         x_noisy = (ab.sqrt() * x1 + (1 - ab).sqrt() * eps) * vmask
         x_clean = make_clean_input(x1, valid, last, self.history_noise, rng)
         t = self.t_model(k).to(x1.dtype)
-        pred = model(x_noisy, x_clean, clip_lens, t, cond=cond, cond_mask=cond_mask)
+        t_in = self.model_time(k, timestep_input(model), x1.dtype)
+        pred = model(x_noisy, x_clean, clip_lens, t_in, cond=cond, cond_mask=cond_mask)
         if pred.shape != x_noisy.shape:
             raise ValueError(f"model returned shape {tuple(pred.shape)}, expected {tuple(x_noisy.shape)}.")
         loss, lpf = masked_frame_mse(pred, self.target(x1, eps, ab), valid)
         return {"loss": loss, "loss_per_frame": lpf, "t": t, "k": k}
 
+    def video_losses(self, model: Callable, x0: torch.Tensor, generator: torch.Generator | None = None,
+                     rank_slice=None, **model_kwargs) -> dict:
+        """Whole-video DDPM loss: one timestep per sample, every frame noised alike.
+
+        ``model(x_k, t_in, **model_kwargs)`` (t_in as :func:`timestep_input` says) predicts eps or v for the
+        whole video x0 (B, C, F, H, W). Draws (timesteps, noise) are made for the global batch from
+        ``generator`` and sliced by ``rank_slice`` (see :class:`Randomness`).
+        Returns ``dict(loss, k (B,))``."""
+        if x0.dim() != 5:
+            raise ValueError(f"x0 must be (B, C, F, H, W), got shape {tuple(x0.shape)}.")
+        rng = Randomness(x0, generator, rank_slice)
+        k = rng.randint(self.num_timesteps, (x0.shape[0],))
+        eps = rng.randn(x0.shape).to(x0.dtype)
+        ab = bcast(self._ab(k, x0), x0)
+        x_k = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        pred = model(x_k, self.model_time(k, timestep_input(model), x0.dtype), **model_kwargs)
+        if pred.shape != x0.shape:
+            raise ValueError(f"model returned shape {tuple(pred.shape)}, expected {tuple(x0.shape)}.")
+        return {"loss": (pred.float() - self.target(x0, eps, ab).float()).pow(2).mean(), "k": k}
+
     # ---------------------------------------------------------------- sampling
+    def timesteps(self, steps: int) -> torch.Tensor:
+        """The descending DDIM timesteps of a ``steps``-step run (this diffusion's spacing and offset)."""
+        return schedules.ddim_timesteps(self.num_timesteps, steps, self.timestep_spacing, self.steps_offset)
+
     def sample(self, pred_fn: Callable, z: torch.Tensor, steps: int = 50, sampler: str = "ddim",
-               eta: float = 0.0, shift: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+               eta: float = 0.0, shift: float = 1.0, generator: Optional[torch.Generator] = None,
+               timestep_input: str = "unit") -> torch.Tensor:
         """DDIM (``sampler='ddim'``, any eta) or DDPM-like ancestral (``'ddpm'`` = DDIM with eta=1)
-        from noise ``z``; ``pred_fn(z, t_model (B,))`` returns the raw prediction."""
+        from noise ``z``; ``pred_fn(z, t (B,))`` returns the raw prediction, t the model time of
+        ``timestep_input`` (``unit``: 1 - k / T; ``index``: k; engines pass :func:`timestep_input` of the model)."""
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler={sampler!r} is not supported by GaussianDiffusion; use 'ddim' or 'ddpm'.")
         if shift != 1.0:
@@ -100,9 +166,13 @@ class GaussianDiffusion:
         if sampler == "ddpm":
             eta = 1.0
 
+        if timestep_input not in TIMESTEP_INPUTS:
+            raise ValueError(f"timestep_input={timestep_input!r}; use one of {list(TIMESTEP_INPUTS)}.")
+
         def eps_x0_fn(x, k):
             ab = bcast(self._ab(k, x), x)
-            return self.to_eps_x0(pred_fn(x, self.t_model(k).to(x.dtype)), x, ab)
+            return self.to_eps_x0(pred_fn(x, self.model_time(k, timestep_input, x.dtype)), x, ab)
 
-        ks = schedules.ddim_timesteps(self.num_timesteps, steps)
-        return samplers.ddim(eps_x0_fn, z, self.alphas_cumprod, ks, eta=eta, generator=generator)
+        final = 1.0 if self.final_alpha_cumprod == "one" else float(self.alphas_cumprod[0])
+        return samplers.ddim(eps_x0_fn, z, self.alphas_cumprod, self.timesteps(steps), eta=eta, generator=generator,
+                             final_alpha_cumprod=final)

@@ -52,11 +52,13 @@ def heun(velocity_fn: VelocityFn, z: torch.Tensor, ts: torch.Tensor, final_euler
 
 def ddim(eps_x0_fn: Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]],
          z: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor,
-         eta: float = 0.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+         eta: float = 0.0, generator: Optional[torch.Generator] = None,
+         final_alpha_cumprod: float = 1.0) -> torch.Tensor:
     """DDIM (Song et al. 2021) over descending discrete ``timesteps``.
 
     ``eps_x0_fn(x, k) -> (eps_hat, x0_hat)`` with k a (B,) long tensor of timestep indices.
-    After the last listed timestep the sampler steps to alpha_bar = 1, i.e. returns x0_hat.
+    After the last listed timestep the sampler steps to alpha_bar = ``final_alpha_cumprod``: 1 returns
+    x0_hat; the reference DDIM of VGen / ModelScope steps to alpha_bar at timestep 0 instead.
     ``eta = 0`` is deterministic; ``eta = 1`` matches DDPM's posterior variance.
     """
     if eta < 0:
@@ -67,10 +69,11 @@ def ddim(eps_x0_fn: Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, t
     for i, k in enumerate(ks):
         k_prev = ks[i + 1] if i + 1 < len(ks) else -1
         a_t = ac[k]
-        a_prev = ac[k_prev] if k_prev >= 0 else torch.ones((), dtype=torch.float64, device=z.device)
+        a_prev = ac[k_prev] if k_prev >= 0 else torch.tensor(float(final_alpha_cumprod), dtype=torch.float64,
+                                                             device=z.device)
         eps, x0 = eps_x0_fn(x, torch.full((x.shape[0],), k, device=x.device, dtype=torch.long))
         sigma = 0.0
-        if eta > 0 and k_prev >= 0:
+        if eta > 0 and float(a_prev) < 1:
             sigma = float(eta * ((1 - a_prev) / (1 - a_t)).clamp(min=0).sqrt() * (1 - a_t / a_prev).clamp(min=0).sqrt())
         dir_coef = float((1 - a_prev - sigma ** 2).clamp(min=0).sqrt())  # direction pointing to x_t
         x = float(a_prev.sqrt()) * x0 + dir_coef * eps

@@ -22,6 +22,13 @@ def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float =
     return torch.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=torch.float64)
 
 
+def sqrt_linear_betas(num_timesteps: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """Stable Diffusion's "scaled linear" betas (VGen / ModelScope ``linear_sd``): linear in sqrt(beta),
+    ``beta_i = linspace(sqrt(beta_start), sqrt(beta_end))_i ** 2``, no rescaling by the length."""
+    _check_steps(num_timesteps)
+    return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps, dtype=torch.float64) ** 2
+
+
 def cosine_alpha_bar(u: torch.Tensor, s: float = 0.008) -> torch.Tensor:
     """Nichol & Dhariwal's ``alpha_bar(u) = cos^2(((u + s) / (1 + s)) * pi / 2)`` for u in [0, 1]."""
     return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
@@ -36,8 +43,8 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
 
 
 def make_betas(schedule: str, num_timesteps: int, **kwargs) -> torch.Tensor:
-    """Dispatch ``'linear'`` / ``'cosine'`` to the functions above."""
-    table = {"linear": linear_betas, "cosine": cosine_betas}
+    """Dispatch ``'linear'`` / ``'linear_sd'`` / ``'cosine'`` to the functions above."""
+    table = {"linear": linear_betas, "linear_sd": sqrt_linear_betas, "cosine": cosine_betas}
     if schedule not in table:
         raise ValueError(f"schedule={schedule!r} is not supported; use one of {sorted(table)}.")
     return table[schedule](num_timesteps, **kwargs)
@@ -83,14 +90,29 @@ def flow_timesteps(steps: int, shift: float = 1.0, dtype=torch.float64) -> torch
     return shift_time(torch.linspace(0, 1, steps + 1, dtype=dtype), float(shift))
 
 
-def ddim_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
-    """Descending discrete timesteps with "trailing" spacing (always starts at ``T - 1``,
-    so a zero-terminal-SNR schedule starts from pure noise). Long tensor of length ``steps``."""
+#: DDIM timestep spacings (:func:`ddim_timesteps`)
+SPACINGS = ("trailing", "leading")
+
+
+def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing", offset: int = 0) -> torch.Tensor:
+    """Descending discrete timesteps of a DDIM run, a long tensor.
+
+    * ``trailing`` (the default): ``steps`` timesteps ending at ``T - 1``, so a zero-terminal-SNR schedule
+      starts from pure noise (999, 749, 499, 249 for 4 of 1000); ``offset`` shifts them down.
+    * ``leading``: the reference DDIM of VGen / ModelScope (diffusers' "leading" with ``steps_offset``):
+      ``(offset + arange(0, T, T // steps)).clamp(0, T - 1)`` reversed: 801, 601, 401, 201, 1 for 5 of 1000
+      with offset 1. When ``steps`` does not divide T the grid has ``ceil(T / (T // steps))`` entries, as the
+      reference's has.
+    """
     _check_steps(steps)
     if steps > num_timesteps:
         raise ValueError(f"steps={steps} exceeds num_timesteps={num_timesteps}; use steps <= {num_timesteps}.")
+    if spacing not in SPACINGS:
+        raise ValueError(f"timestep_spacing={spacing!r} is not supported; use one of {list(SPACINGS)}.")
+    if spacing == "leading":
+        return (offset + torch.arange(0, num_timesteps, num_timesteps // steps)).clamp(0, num_timesteps - 1).flip(0)
     ts = torch.round(torch.arange(num_timesteps, 0, -num_timesteps / steps, dtype=torch.float64)).long() - 1
-    return ts[:steps]
+    return (ts[:steps] - offset).clamp(min=0)
 
 
 def _check_steps(n) -> None:

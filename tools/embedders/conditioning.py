@@ -8,6 +8,20 @@ import torch
 
 from utils.config import ConfigError
 
+#: what a whole-video model may take besides x and t (tools/inferences/generate_video.py gives them)
+VIDEO_CONDITIONS = ("y", "image", "local_image", "fps")
+
+
+def video_conditions(model) -> tuple:
+    """The inputs a whole-video model takes besides x and t: its class attribute ``conditions`` (absent: text
+    tokens ``("y",)``; an unconditional model declares ``()``). ValueError for a name no engine gives."""
+    inner = getattr(model, "module", None) or model
+    conds = tuple(getattr(inner, "conditions", ("y",)))
+    unknown = [c for c in conds if c not in VIDEO_CONDITIONS]
+    if unknown:
+        raise ValueError(f"{type(inner).__name__}.conditions has {unknown}; the engines give {list(VIDEO_CONDITIONS)}")
+    return conds
+
 
 def is_conditional(embedder) -> bool:
     """True when the embedder makes condition tokens (NoCondition: num_tokens 0 -> False)."""

@@ -6,6 +6,7 @@ non-persistent probe buffer moves with ``.to()``, the encoder is moved on first 
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -15,6 +16,7 @@ from torch import nn
 
 from utils.registry import EMBEDDER
 
+_log = logging.getLogger("nextclip")
 Features = Tuple[torch.Tensor, torch.Tensor]  # tokens (M, dim) float32, mask (M,) bool, on the CPU
 
 
@@ -39,6 +41,7 @@ class _FrozenText(nn.Module):
         self._cache: "OrderedDict[str, Features]" = OrderedDict()
         self._pinned: Dict[str, Features] = {}
         self.num_encoded = 0  # captions run through the frozen encoder so far
+        self._warned_long = False  # a caption longer than max_tokens was reported (once per embedder)
 
     def _encoder(self, name):
         m = self._frozen[name]
@@ -49,6 +52,22 @@ class _FrozenText(nn.Module):
 
     def _encode(self, texts: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:  # (B, M, dim) f32, (B, M) bool
         raise NotImplementedError
+
+    def _token_count(self, text: str) -> Optional[int]:
+        """Tokens of ``text`` before truncation, special tokens included; any count above ``max_tokens`` may
+        stand for more (None: cannot tell)."""
+        return None
+
+    def _warn_if_truncated(self, texts: Sequence[str]) -> None:
+        """Warn once (per embedder) when a caption is longer than ``max_tokens``: only its start is used."""
+        for text in texts:
+            n = self._token_count(text)
+            if n is not None and n > self.max_tokens:
+                _log.warning("a caption of %d characters is longer than %s's max_tokens=%d: only its first %d "
+                             "tokens are used (%r...); shorten the captions or raise max_tokens (warned once)",
+                             len(text), type(self).__name__, self.max_tokens, self.max_tokens, text[:40])
+                self._warned_long = True
+                return
 
     @property
     def cache_capacity(self) -> int:
@@ -85,6 +104,8 @@ class _FrozenText(nn.Module):
         """caption -> CPU features for every caption, encoding only those not cached (once each)."""
         found = {t: self._lookup(t) for t in dict.fromkeys(texts)}
         todo = [t for t, f in found.items() if f is None]
+        if todo and not self._warned_long:
+            self._warn_if_truncated(todo)
         if todo:
             with torch.no_grad():
                 tokens, mask = self._encode(todo)
@@ -150,6 +171,10 @@ class MiniLMText(_FrozenText):
         self._frozen["text"] = model
         self.dim, self.num_tokens, self.max_tokens, self.model_path = model.config.hidden_size, max_tokens, max_tokens, path
 
+    def _token_count(self, text: str) -> int:
+        # counted up to max_tokens + 1 (enough to tell), so the tokenizer does not warn about long inputs
+        return len(self.tokenizer(text, truncation=True, max_length=self.max_tokens + 1)["input_ids"])
+
     def _encode(self, texts):
         model = self._encoder("text")
         tok = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_tokens,
@@ -208,6 +233,10 @@ class OpenCLIPText(_FrozenText):
         self.arch, self.layer, self.pretrained = arch, layer, str(pretrained)
         self.dim, self.num_tokens = model.token_embedding.weight.shape[1], self.max_tokens
 
+    def _token_count(self, text: str) -> Optional[int]:
+        encode = getattr(self.tokenizer, "encode", None)  # open_clip's SimpleTokenizer: ids without start / end
+        return len(encode(text)) + 2 if callable(encode) else None
+
     def _encode(self, texts):
         m = self._encoder("text")
         dev = self._probe.device
@@ -226,8 +255,9 @@ class OpenCLIPText(_FrozenText):
         return x[:, : self.max_tokens].float(), mask[:, : self.max_tokens]
 
 
-def _load_text_weights(model: nn.Module, path: str) -> dict:
-    """Load the text-tower keys of a CLIP checkpoint strictly; report what was ignored."""
+def _load_text_weights(model: nn.Module, path: str, tower: str = "text tower") -> dict:
+    """Load every key of ``model`` (the text tower, or the whole CLIP for the scorers in
+    tools/scorers/clip.py) from a CLIP checkpoint strictly; report what was ignored."""
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         sd = load_file(path)
@@ -240,7 +270,7 @@ def _load_text_weights(model: nn.Module, path: str) -> dict:
     missing = sorted(set(own) - set(used))
     shape = sorted(k for k, v in used.items() if v.shape != own[k].shape)
     if missing or shape:
-        raise ValueError(f"OpenCLIPText: weights {path} do not match the text tower: missing "
+        raise ValueError(f"OpenCLIP: weights {path} do not match the {tower}: missing "
                          f"{missing[:8]}{'...' if len(missing) > 8 else ''}, mis-shaped {shape[:8]}; "
                          f"check arch= against the file.")
     model.load_state_dict(used, strict=True)

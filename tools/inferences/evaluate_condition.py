@@ -8,6 +8,12 @@ reads ball count, colours, gravity direction and speed class from every video, i
 item's ground truth (a sanity check of the analyser). Accuracy per attribute and method goes
 to metrics.json; accuracy_vs_guide.png plots it; the first ``save_videos`` items get a grid
 (one row per guide scale) as mp4 and png. Bad items are recorded and the run goes on.
+
+Generation metrics (tools/inferences/scoring.py, as evaluate_generation): every video's temporal
+``flicker`` and, with ``clip_weights`` (a local OpenCLIP weights file), ``clip_t``: the CLIP
+similarity of its frames to the item's caption (also for the unconditional video, whose
+``clip_t`` against the caption it was not given is the chance level) -> ``generation``
+{method: {metric: {mean, std, min, max, n}}} in metrics.json.
 """
 from __future__ import annotations
 
@@ -21,17 +27,21 @@ import torch
 
 from tools.inferences.predictor import (ROLLOUT_DEFAULTS, Predictor, check_eval_range, check_save_videos,
                                         validate_rollout)
+from tools.inferences.scoring import SCORER_DEFAULTS, build_clip, check_scorer_settings, video_scores
+from tools.inferences.scoring import summarize as summarize_values
 from tools.inferences.scene import ATTRIBUTES, analyse_video, compare, settings_from_dataset
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import setup_logger
 from utils.registry import DATASETS, INFER_ENGINE
+from utils.run_lock import run_lock
 from utils.video_io import to_uint8, write_grid, write_video
 
 COND_KEYS = ("label", "caption")
 
 DEFAULTS = dict(
     ROLLOUT_DEFAULTS,
+    **{k: SCORER_DEFAULTS[k] for k in ("clip_weights", "clip_arch", "clip_config_file")},
     log_dir="workspace/eval",
     dataset=None,              # a SyntheticPhysics config (held-out seed)
     eval_range=[0, 64],        # dataset item indices [start, stop)
@@ -140,6 +150,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"context_frames={C!r} must be 0: the evaluation generates videos from the condition "
                           f"alone (given frames would show the answer); set 'context_frames=0'")
     check_save_videos(cfg.get("save_videos"))
+    check_scorer_settings(cfg)
     validate_rollout(cfg)
 
 
@@ -162,8 +173,9 @@ def _write_grid_video(out_dir: Path, n: int, rows: List, fps: float) -> None:
     write_grid(out_dir / "videos" / f"{n:04d}.png", rows)
 
 
-def _score_item(predictor, ds, settings, index: int, seed: int, cfg, names) -> tuple:
-    """Generate and analyse one item at every scale + unconditionally -> (record, grid rows)."""
+def _score_item(predictor, ds, settings, index: int, seed: int, cfg, names, clip=None) -> tuple:
+    """Generate and analyse one item at every scale + unconditionally -> (record, grid rows); the
+    generation metrics of every video in ``record["generation"]``."""
     item = ds[index]
     truth = item["meta"]["attributes"]
     cond_value = item[cfg.cond_key]
@@ -172,13 +184,16 @@ def _score_item(predictor, ds, settings, index: int, seed: int, cfg, names) -> t
     T = int(cfg.max_frames)
     gt = _frames(item["video"][:, :T])
     rec = {"index": index, "seed": seed, "condition": cond_value, "truth": truth,
-           "found": {}, "correct": {}, "seconds": {}}
+           "found": {}, "correct": {}, "seconds": {}, "generation": {}}
+    prompt = item.get("caption") if clip is not None else None
     rows = [("ground truth", gt)]
     videos = [("ground_truth", None, None)] + [(n, cond_value, float(s)) for n, s in zip(names, cfg.guide_scales)]
     videos.append(("unconditional", None, 1.0))
     for name, value, scale in videos:
         t0 = time.time()
-        frames = gt if scale is None else _frames(predictor.predict(None, seed, value, T, guide_scale=scale))
+        video = item["video"][:, :T] if scale is None else predictor.predict(None, seed, value, T, guide_scale=scale)
+        frames = gt if scale is None else _frames(video)
+        rec["generation"][name] = video_scores(video, clip=clip, prompt=prompt)
         found = analyse_video(frames, settings).attributes()
         rec["found"][name], rec["correct"][name] = found, compare(found, truth)
         rec["seconds"][name] = round(time.time() - t0, 3)
@@ -205,43 +220,48 @@ def evaluate_condition(cfg) -> int:
     conditioned = conditioned_attributes(cfg.cond_key, cfg.dataset.get("label_mode"), bool(cfg.dataset.get("speeds")))
     names = method_names(cfg.guide_scales)
     out_dir = run_dir(cfg)
-    log = setup_logger(out_dir)
-    atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
-    predictor = Predictor(cfg)
+    with run_lock(out_dir, "evaluation"):  # the run owns its directory until it ends
+        log = setup_logger(out_dir)
+        atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
+        predictor = Predictor(cfg)
+        clip = build_clip(cfg, predictor.device)
 
-    records, failures = [], []
-    for n, i in enumerate(range(int(lo), int(hi))):
-        try:
-            rec, rows = _score_item(predictor, ds, settings, i, int(cfg.seed) + i, cfg, names)
-            if n < cfg.save_videos:
-                _write_grid_video(out_dir, n, rows, cfg.fps)
-        except Exception as e:  # a bad item is reported and the evaluation goes on
-            failures.append({"index": i, "error": f"{type(e).__name__}: {e}"})
-            log.warning("skipped item %d: %s", i, e)
-            continue
-        records.append(rec)
-        log.info("item %d (%s): %s", i, rec["condition"],
-                 ", ".join(f"{m} {sum(c.values())}/{len(c)}" for m, c in rec["correct"].items()))
+        records, failures = [], []
+        for n, i in enumerate(range(int(lo), int(hi))):
+            try:
+                rec, rows = _score_item(predictor, ds, settings, i, int(cfg.seed) + i, cfg, names, clip)
+                if n < cfg.save_videos:
+                    _write_grid_video(out_dir, n, rows, cfg.fps)
+            except Exception as e:  # a bad item is reported and the evaluation goes on
+                failures.append({"index": i, "error": f"{type(e).__name__}: {e}"})
+                log.warning("skipped item %d: %s", i, e)
+                continue
+            records.append(rec)
+            log.info("item %d (%s): %s", i, rec["condition"],
+                     ", ".join(f"{m} {sum(c.values())}/{len(c)}" for m, c in rec["correct"].items()))
 
-    methods = {m: summarize(records, m, conditioned) for m in names + ["ground_truth"]}
-    result = {"methods": methods,
-              "settings": {"cond_key": cfg.cond_key, "conditioned_attributes": conditioned,
-                           "guide_scales": [float(s) for s in cfg.guide_scales],
-                           "guide_interval": [float(v) for v in cfg.guide_interval], "eval_range": list(cfg.eval_range),
-                           "dataset": dict(cfg.dataset), "test_model": cfg.test_model,
-                           "num_sample_steps": cfg.num_sample_steps, "max_frames": cfg.max_frames,
-                           "seed": cfg.seed},
-              "num_items": len(records), "failures": failures, "seconds": round(time.time() - start, 2),
-              "per_item": records}
-    if records:
-        plot(methods, cfg.guide_scales, conditioned, out_dir / "accuracy_vs_guide.png",
-             f"{cfg.name}: {len(records)} items, condition = {cfg.cond_key}")
-        for m in names + ["ground_truth"]:
-            log.info("%-13s %s", m, "  ".join(f"{a} {v:.3f}" for a, v in methods[m]["accuracy"].items()))
-    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1, default=str))
-    log.info("wrote %s (%d items, %d failed, %.1f s)", out_dir / "metrics.json", len(records), len(failures),
-             result["seconds"])
-    return 0 if records and not failures else 1
+        methods = {m: summarize(records, m, conditioned) for m in names + ["ground_truth"]}
+        generation = {m: summarize_values([r["generation"][m] for r in records])
+                      for m in ["ground_truth"] + names} if records else {}
+        result = {"methods": methods, "generation": generation,
+                  "settings": {"cond_key": cfg.cond_key, "conditioned_attributes": conditioned,
+                               "guide_scales": [float(s) for s in cfg.guide_scales],
+                               "guide_interval": [float(v) for v in cfg.guide_interval], "eval_range": list(cfg.eval_range),
+                               "dataset": dict(cfg.dataset), "test_model": cfg.test_model,
+                               "num_sample_steps": cfg.num_sample_steps, "max_frames": cfg.max_frames,
+                               "seed": cfg.seed},
+                  "num_items": len(records), "failures": failures, "seconds": round(time.time() - start, 2),
+                  "per_item": records}
+        if records:
+            plot(methods, cfg.guide_scales, conditioned, out_dir / "accuracy_vs_guide.png",
+                 f"{cfg.name}: {len(records)} items, condition = {cfg.cond_key}")
+            for m in names + ["ground_truth"]:
+                log.info("%-13s %s  %s", m, "  ".join(f"{a} {v:.3f}" for a, v in methods[m]["accuracy"].items()),
+                         "  ".join(f"{k} {v['mean']:.4f}" for k, v in generation[m].items()))
+        atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1, default=str))
+        log.info("wrote %s (%d items, %d failed, %.1f s)", out_dir / "metrics.json", len(records), len(failures),
+                 result["seconds"])
+        return 0 if records and not failures else 1
 
 
 evaluate_condition.defaults = DEFAULTS

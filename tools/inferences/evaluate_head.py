@@ -32,6 +32,7 @@ from utils.config import DEFAULT_COMPONENTS, ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import setup_logger
 from utils.registry import BACKEND, DATASETS, INFER_ENGINE, MODEL, PRETRAIN
+from utils.run_lock import run_lock
 
 DEFAULTS: Dict[str, Any] = {
     **copy.deepcopy(DEFAULT_COMPONENTS),  # the engines' own copy: merged configs never share these dicts
@@ -150,32 +151,33 @@ def evaluate_head(cfg) -> int:
     validate(cfg)
     cfg.model = head_config(cfg)
     out_dir = run_dir(cfg)
-    log = setup_logger(out_dir)
-    atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
-    backend = BACKEND.build(cfg.backend, "backend")
-    model = load_head(cfg, backend, log)
-    ds = DATASETS.build(cfg.dataset, "dataset")
-    lo, hi = cfg.eval_range
-    records: List[Dict[str, Any]] = []
-    failures: List[Dict[str, str]] = []
-    t0 = time.time()
-    for chunk in _batches(ds, int(lo), min(int(hi), len(ds)), int(cfg.batch_size), failures):
-        try:
-            _score_batch(model, chunk, cfg, backend.device, records)
-        except Exception as e:  # e.g. an item without the head's target: reported, the rest goes on
-            failures += [{"input": _name(i, it), "error": f"{type(e).__name__}: {e}"} for i, it in chunk]
-            log.warning("skipped items %s: %s", [i for i, _ in chunk], e)
-    result: Dict[str, Any] = {"task": model.task, "head": cfg.model.get("type"),
-                              "backbone": cfg.model["backbone"].get("type"), "test_model": cfg.test_model,
-                              "num_items": len(records), "failures": failures,
-                              "seconds": round(time.time() - t0, 2)}
-    if records:
-        result["mean"] = summarize(model.task, records)
-        log.info("%s: %s", cfg.name, json.dumps(result["mean"]))
-    result["per_video" if model.task == "segmentation" else "per_item"] = records
-    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1))
-    log.info("wrote %s (%d items, %d failed)", out_dir / "metrics.json", len(records), len(failures))
-    return 0 if records and not failures else 1
+    with run_lock(out_dir, "evaluation"):  # the run owns its directory until it ends
+        log = setup_logger(out_dir)
+        atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
+        backend = BACKEND.build(cfg.backend, "backend")
+        model = load_head(cfg, backend, log)
+        ds = DATASETS.build(cfg.dataset, "dataset")
+        lo, hi = cfg.eval_range
+        records: List[Dict[str, Any]] = []
+        failures: List[Dict[str, str]] = []
+        t0 = time.time()
+        for chunk in _batches(ds, int(lo), min(int(hi), len(ds)), int(cfg.batch_size), failures):
+            try:
+                _score_batch(model, chunk, cfg, backend.device, records)
+            except Exception as e:  # e.g. an item without the head's target: reported, the rest goes on
+                failures += [{"input": _name(i, it), "error": f"{type(e).__name__}: {e}"} for i, it in chunk]
+                log.warning("skipped items %s: %s", [i for i, _ in chunk], e)
+        result: Dict[str, Any] = {"task": model.task, "head": cfg.model.get("type"),
+                                  "backbone": cfg.model["backbone"].get("type"), "test_model": cfg.test_model,
+                                  "num_items": len(records), "failures": failures,
+                                  "seconds": round(time.time() - t0, 2)}
+        if records:
+            result["mean"] = summarize(model.task, records)
+            log.info("%s: %s", cfg.name, json.dumps(result["mean"]))
+        result["per_video" if model.task == "segmentation" else "per_item"] = records
+        atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1))
+        log.info("wrote %s (%d items, %d failed)", out_dir / "metrics.json", len(records), len(failures))
+        return 0 if records and not failures else 1
 
 
 evaluate_head.defaults = DEFAULTS

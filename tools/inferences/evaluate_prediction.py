@@ -25,6 +25,16 @@ true one) and ``color_consistency`` (Jaccard index of the colour sets). metrics.
 ``eval_horizons`` (default: all predicted frames) lists the horizons of ``horizons``; one rollout
 of ``max_frames`` serves them all (a shorter rollout gives the same first frames). Plot:
 metrics.png (all metrics) and psnr_ssim.png. Every output is written atomically.
+
+Generation metrics (the functions evaluate_generation uses, tools/inferences/scoring.py): per method
+and video the temporal ``flicker`` of the predicted frames and the Physics-IQ-style motion scores
+(``spatial_iou``, ``spatiotemporal_iou``, ``weighted_spatial_iou``, ``mse``; masks with the
+``motion`` settings over context + prediction, scored on the predicted frames) ->
+``generation: {methods: {method: {metric: {mean, std, min, max, n}}}, per_video: [...]}``, plot
+generation.png. ``variance_perturbation=s`` (SyntheticPhysics only) adds the physical-variance bound:
+a second take of every video (``perturbation=s``, ``take=1``) scored like a method (``variance``),
+and ``generation.physics_iq`` = each method's Physics-IQ aggregate against it (100 = as close to the
+truth as a physically possible second take).
 """
 from __future__ import annotations
 
@@ -42,12 +52,16 @@ from tools.embedders.conditioning import is_conditional
 from tools.inferences.predictor import (ROLLOUT_DEFAULTS, Predictor, check_eval_range, check_list_file,
                                         check_save_videos, validate_rollout)
 from tools.inferences.scene import detect_objects, match_objects, settings_from_dataset
+from tools.inferences.scoring import MOTION_DEFAULTS, check_scorer_settings, physics_iq, plot_distributions
+from tools.inferences.scoring import summarize as summarize_values
+from tools.inferences.scoring import video_scores as generation_scores
 from tools.inferences.tracker import empty_frames, physics_from_dataset, track_and_predict
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_path, atomic_write_text
 from utils.logging import setup_logger
 from utils.metrics import copy_last_baseline, linear_baseline, psnr_per_frame, ssim_per_frame
 from utils.registry import DATASETS, INFER_ENGINE
+from utils.run_lock import run_lock
 from utils.test_list import parse_test_list
 from utils.video_io import side_by_side, to_uint8, write_video
 
@@ -64,6 +78,8 @@ DEFAULTS = dict(
     eval_horizons=None,    # predicted-frame horizons summarised in metrics.json (null = all predicted frames)
     position_miss=0.5,     # position error of a missing ball (and the cap), fraction of the shorter side
     cond_key=None,         # dataset item key a conditional model predicts with (caption | label); null: the null condition
+    motion=dict(MOTION_DEFAULTS),  # motion-mask settings of the Physics-IQ-style scores (utils.metrics.motion_masks)
+    variance_perturbation=None,  # pixels: a second take of each SyntheticPhysics video, the physical-variance bound
 )
 
 
@@ -203,6 +219,16 @@ def validate(cfg) -> None:
     if key is not None and path:
         raise ConfigError(f"cond_key={key!r} reads the condition from dataset items, but the videos come from "
                           f"test_list_path (video lines carry no condition); use a dataset or set cond_key=null")
+    check_scorer_settings(cfg)
+    vp = cfg.get("variance_perturbation")
+    if vp is not None:
+        ds = cfg.get("dataset") or {}
+        if path or ds.get("type") != "SyntheticPhysics":
+            raise ConfigError(f"variance_perturbation={vp!r} makes second takes of SyntheticPhysics scenes, but the "
+                              f"videos come from {'test_list_path' if path else ds.get('type')}; use a SyntheticPhysics "
+                              f"dataset or set variance_perturbation=null")
+        if isinstance(vp, bool) or not isinstance(vp, (int, float)) or not 0 < vp < 10:
+            raise ConfigError(f"variance_perturbation={vp!r} must be a number of pixels in (0, 10) (e.g. 0.5) or null")
     pm = cfg.get("position_miss")
     if isinstance(pm, bool) or not isinstance(pm, (int, float)) or not 0 < pm <= 2:
         raise ConfigError(f"position_miss={pm!r} must be a number in (0, 2] (fraction of the shorter side); "
@@ -269,64 +295,91 @@ def evaluate_prediction(cfg) -> int:
         raise ConfigError(f"evaluate_prediction needs 1 <= context_frames < max_frames, got {C} and {T}.")
     sources = _sources(cfg)  # the list is read before anything is created
     out_dir = run_dir(cfg)
-    log = setup_logger(out_dir)  # before the Predictor, so its start-up lines are kept
-    atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
-    predictor = Predictor(cfg)
-    if cfg.cond_key is not None and not is_conditional(predictor.embedder):
-        raise ConfigError(f"cond_key={cfg.cond_key!r} but the model is unconditional (embedder "
-                          f"{cfg.embedder.get('type')}); set cond_key=null or use the embedder it was trained with")
-    if cfg.cond_key is None and is_conditional(predictor.embedder):
-        log.warning("a conditional model (embedder %s) predicts with the null condition: set cond_key=caption|label "
-                    "to give it each item's condition", cfg.embedder.get("type"))
+    with run_lock(out_dir, "evaluation"):  # the run owns its directory until it ends
+        log = setup_logger(out_dir)  # before the Predictor, so its start-up lines are kept
+        atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
+        predictor = Predictor(cfg)
+        if cfg.cond_key is not None and not is_conditional(predictor.embedder):
+            raise ConfigError(f"cond_key={cfg.cond_key!r} but the model is unconditional (embedder "
+                              f"{cfg.embedder.get('type')}); set cond_key=null or use the embedder it was trained with")
+        if cfg.cond_key is None and is_conditional(predictor.embedder):
+            log.warning("a conditional model (embedder %s) predicts with the null condition: set "
+                        "cond_key=caption|label "
+                        "to give it each item's condition", cfg.embedder.get("type"))
 
-    settings, physics = scene_settings(cfg)
-    miss = float(cfg.position_miss) * min(predictor.hw)
-    per_video, failures = [], []
-    for n, (name, seed, load) in enumerate(sources):
-        t0 = time.time()
-        try:
-            truth, cond_value = load(predictor)
-            if truth.shape[1] < T:
-                raise ValueError(f"has {truth.shape[1]} frames, needs max_frames={T}")
-            truth = truth[:, :T]
-            pred = predictor.predict(truth[:, :C], seed, cond_value, T)
-        except Exception as e:  # a bad video is reported and the evaluation goes on
-            failures.append({"input": name, "error": f"{type(e).__name__}: {e}"})
-            log.warning("skipped %s: %s", name, e)
-            continue
-        future = truth[:, C:]
-        preds = {"model": pred[:, C:T], **object_baselines(truth[:, :C], T - C, settings, physics),
-                 **baselines(truth[:, :C], T - C)}
-        truth_objects = detect_objects(to_uint8(future), settings)
-        rec = {"input": name, "seed": seed}
-        for m, p in preds.items():
-            rec[m] = {**score(p, future), **object_scores(to_uint8(p), truth_objects, settings, miss)}
-        rec["seconds"] = round(time.time() - t0, 3)
-        per_video.append(rec)
-        if n < cfg.save_videos:
-            panel = side_by_side(truth, pred, *(torch.cat([truth[:, :C], preds[m]], 1)
-                                                for m in ("tracker", "copy_last", "linear")))
-            write_video(out_dir / "videos" / f"{n:04d}.mp4", panel, fps=cfg.fps)
-        log.info("%s: PSNR model %.2f dB, tracker %.2f, empty %.2f; position error model %.2f px, tracker %.2f",
-                 name, _mean(rec["model"]["psnr"]), _mean(rec["tracker"]["psnr"]), _mean(rec["empty"]["psnr"]),
-                 _mean(rec["model"]["position_error"]), _mean(rec["tracker"]["position_error"]))
+        settings, physics = scene_settings(cfg)
+        miss = float(cfg.position_miss) * min(predictor.hw)
+        per_video, failures, generation = [], [], []
+        takes = None
+        if cfg.get("variance_perturbation") is not None:  # second takes of the same scenes (physical variance)
+            takes = DATASETS.build({**cfg.dataset, "perturbation": float(cfg.variance_perturbation), "take": 1}, "dataset")
+        motion = {**MOTION_DEFAULTS, **dict(cfg.motion)}
+        for n, (name, seed, load) in enumerate(sources):
+            t0 = time.time()
+            try:
+                truth, cond_value = load(predictor)
+                if truth.shape[1] < T:
+                    raise ValueError(f"has {truth.shape[1]} frames, needs max_frames={T}")
+                truth = truth[:, :T]
+                pred = predictor.predict(truth[:, :C], seed, cond_value, T)
+            except Exception as e:  # a bad video is reported and the evaluation goes on
+                failures.append({"input": name, "error": f"{type(e).__name__}: {e}"})
+                log.warning("skipped %s: %s", name, e)
+                continue
+            future = truth[:, C:]
+            preds = {"model": pred[:, C:T], **object_baselines(truth[:, :C], T - C, settings, physics),
+                     **baselines(truth[:, :C], T - C)}
+            truth_objects = detect_objects(to_uint8(future), settings)
+            rec = {"input": name, "seed": seed}
+            for m, p in preds.items():
+                rec[m] = {**score(p, future), **object_scores(to_uint8(p), truth_objects, settings, miss)}
+            gen = {m: generation_scores(torch.cat([truth[:, :C], p], 1), truth, C, motion) for m, p in preds.items()}
+            if takes is not None:
+                gen["variance"] = generation_scores(takes[int(cfg.eval_range[0]) + n]["video"][:, :T], truth, C, motion)
+            generation.append({"input": name, **gen})
+            rec["seconds"] = round(time.time() - t0, 3)
+            per_video.append(rec)
+            if n < cfg.save_videos:
+                panel = side_by_side(truth, pred, *(torch.cat([truth[:, :C], preds[m]], 1)
+                                                    for m in ("tracker", "copy_last", "linear")))
+                write_video(out_dir / "videos" / f"{n:04d}.mp4", panel, fps=cfg.fps)
+            log.info("%s: PSNR model %.2f dB, tracker %.2f, empty %.2f; position error model %.2f px, tracker %.2f",
+                     name, _mean(rec["model"]["psnr"]), _mean(rec["tracker"]["psnr"]), _mean(rec["empty"]["psnr"]),
+                     _mean(rec["model"]["position_error"]), _mean(rec["tracker"]["position_error"]))
 
-    result = {"context_frames": C, "predicted_frames": T - C, "num_videos": len(per_video),
-              "window": predictor.window, "failures": failures, "per_video": _finite(per_video)}
-    if per_video:
-        result.update(summarize_methods(per_video, horizons(cfg)))
-        result["mean"] = summarize(per_video)
-        title = f"{cfg.name}: {len(per_video)} videos, C={C}"
-        plot(result["mean"], out_dir / "psnr_ssim.png", title)
-        plot_methods(result["methods"], out_dir / "metrics.png", title)
-        for h, per in result["horizons"].items():
-            for m in METHODS:
-                log.info("first %3s frames %-9s PSNR %.2f dB  SSIM %.4f  position error %s px  count accuracy %.3f",
-                         h, m, per[m]["psnr"], per[m]["ssim"], _fmt(per[m]["position_error"]),
-                         per[m]["count_accuracy"])
-    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1, allow_nan=False))
-    log.info("wrote %s (%d videos, %d failed)", out_dir / "metrics.json", len(per_video), len(failures))
-    return 0 if per_video and not failures else 1
+        result = {"context_frames": C, "predicted_frames": T - C, "num_videos": len(per_video),
+                  "window": predictor.window, "failures": failures, "per_video": _finite(per_video)}
+        if per_video:
+            result.update(summarize_methods(per_video, horizons(cfg)))
+            result["mean"] = summarize(per_video)
+            title = f"{cfg.name}: {len(per_video)} videos, C={C}"
+            plot(result["mean"], out_dir / "psnr_ssim.png", title)
+            plot_methods(result["methods"], out_dir / "metrics.png", title)
+            result["generation"] = summarize_generation(generation)
+            per_method = {m: [g[m] for g in generation] for m in generation[0] if m != "input"}
+            plot_distributions(per_method, out_dir / "generation.png", title)
+            for m, ms in result["generation"]["methods"].items():
+                log.info("%-9s %s  Physics-IQ %s", m, "  ".join(f"{k} {v['mean']:.4f}" for k, v in ms.items()),
+                         _fmt(result["generation"].get("physics_iq", {}).get(m)))
+            for h, per in result["horizons"].items():
+                for m in METHODS:
+                    log.info("first %3s frames %-9s PSNR %.2f dB  SSIM %.4f  position error %s px  count accuracy %.3f",
+                             h, m, per[m]["psnr"], per[m]["ssim"], _fmt(per[m]["position_error"]),
+                             per[m]["count_accuracy"])
+        atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1, allow_nan=False))
+        log.info("wrote %s (%d videos, %d failed)", out_dir / "metrics.json", len(per_video), len(failures))
+        return 0 if per_video and not failures else 1
+
+
+def summarize_generation(generation: List[Dict]) -> Dict:
+    """Per method the summary of its generation metrics over the videos, and with a ``variance``
+    method each method's Physics-IQ aggregate against it."""
+    methods = [m for m in generation[0] if m != "input"]
+    out = {"methods": {m: summarize_values([g[m] for g in generation]) for m in methods}, "per_video": generation}
+    if "variance" in out["methods"]:
+        var = out["methods"]["variance"]
+        out["physics_iq"] = {m: physics_iq(out["methods"][m], var) for m in methods}
+    return out
 
 
 def _finite(obj):

@@ -14,6 +14,7 @@ from utils.config import ConfigError, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import get_logger, setup_logger
 from utils.registry import INFER_ENGINE
+from utils.run_lock import run_lock
 from utils.test_list import (KINDS, TestItem, failure_reasons, fingerprint, merge_results, parse_test_list,
                              run_test_list)
 from utils.video_io import side_by_side, to_uint8
@@ -23,17 +24,19 @@ DEFAULTS = dict(
     test_list_path=None,
     test_list_kind="video",  # video | image | class | text
     round=1,
-    side_by_side=True,       # video inputs: ground truth | prediction
+    side_by_side=True,       # video inputs: ground truth | prediction (false: the prediction alone)
+    save_prediction=False,   # video inputs: also write the prediction alone (context included) as <name>.prediction.mp4
     save_gif=False,
     save_grid=False,
     overwrite=False,
     progress=True,
+    dist_timeout=600.0,      # seconds a collective waits for a silent rank (torchrun) before the run stops
 )
 
 #: settings that do not change an item's output (left out of the skip fingerprint);
 #: which files are written is checked separately, and item identity (line, seed, round) too
 NOT_IN_FINGERPRINT = ("log_dir", "name", "overwrite", "progress", "save_gif", "save_grid", "test_list_path",
-                      "round")
+                      "round", "dist_timeout")
 
 
 def validate(cfg) -> None:
@@ -50,7 +53,20 @@ def validate(cfg) -> None:
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ConfigError(f"round={r!r} must be an integer >= 1 (how often each line is run, with seed + r); "
                           f"set e.g. 'round=1'")
+    if not isinstance(cfg.get("save_prediction", False), bool):
+        raise ConfigError(f"save_prediction={cfg.get('save_prediction')!r} must be true or false (video inputs: also "
+                          f"write the prediction alone as <name>.prediction.mp4)")
+    t = cfg.get("dist_timeout")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0 or t == float("inf"):
+        raise ConfigError(f"dist_timeout={t!r} is not allowed: it must be a number of seconds > 0 (how long a "
+                          f"collective waits for a silent rank under torchrun); set e.g. 'dist_timeout=600'")
     validate_rollout(cfg)
+
+
+def extra_videos(cfg) -> tuple:
+    """Keys of the extra mp4s of every item: ``prediction`` (the prediction alone, context frames
+    included, for scoring by evaluate_generation) when ``save_prediction`` is on for video inputs."""
+    return ("prediction",) if cfg.get("save_prediction") and cfg.test_list_kind == "video" else ()
 
 
 @INFER_ENGINE.register_class()
@@ -63,15 +79,18 @@ def predict_next_clip(cfg) -> int:
     # the list is read before anything is created: a bad list leaves no run directory behind
     items = parse_test_list(list_path, kind=cfg.test_list_kind, rounds=cfg.round, base_seed=cfg.seed)
     out_dir = Path(cfg.log_dir) / list_path.stem
-    setup_logger(out_dir, rank)  # before the Predictor, so its start-up lines are kept
-    if rank == 0:
-        atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
-    predictor = Predictor(cfg, local_rank)
-    rank, world = du.init_distributed(predictor.backend.dist_backend)
-    try:
-        return _predict(cfg, predictor, items, out_dir, rank, world)
-    finally:
-        du.cleanup()
+    with run_lock(out_dir, "inference", rank=rank):  # the run owns its directory until it ends
+        setup_logger(out_dir, rank)  # before the Predictor, so its start-up lines are kept
+        if rank == 0:
+            atomic_write_text(out_dir / "config.yaml", to_yaml({k: v for k, v in cfg.items() if not k.startswith("_")}))
+        predictor = Predictor(cfg, local_rank)
+        timeout = float(cfg.dist_timeout)
+        rank, world = du.init_distributed(predictor.backend.dist_backend, timeout)
+        try:  # a rank that dies or stops makes the others stop after dist_timeout, naming it
+            with du.collective_guard(timeout, probe_timeout_s=min(10.0, max(2.0, timeout))):
+                return _predict(cfg, predictor, items, out_dir, rank, world)
+        finally:
+            du.cleanup()
 
 
 def output_fingerprint(cfg) -> str:
@@ -98,9 +117,11 @@ def _warn_ignored_conditions(predictor: Predictor, items: List[TestItem], log) -
 def _producer(cfg, predictor: Predictor):
     total = int(cfg.max_frames)
 
+    keys = extra_videos(cfg)
+
     def produce(item: TestItem) -> dict:
         t0 = time.time()
-        cond = item.caption or None
+        cond, extra = item.caption or None, {}
         if item.kind == "video":
             video = predictor.load_video(item.path, total)
             context = video[:, : cfg.context_frames]
@@ -109,6 +130,7 @@ def _producer(cfg, predictor: Predictor):
                 else to_uint8(pred)
             rows = [("truth", to_uint8(video)), ("prediction", to_uint8(pred))]
             n_ctx = context.shape[1]
+            extra = {"prediction": rows[1][1]} if "prediction" in keys else {}
         elif item.kind == "image":
             context = predictor.load_image(item.path)
             frames = to_uint8(predictor.predict(context, item.seed, cond, total))
@@ -117,19 +139,25 @@ def _producer(cfg, predictor: Predictor):
             cond = item.label if item.kind == "class" else item.caption
             frames = to_uint8(predictor.predict(None, item.seed, cond, total))
             rows, n_ctx = [("generated", frames)], 0
-        return {"frames": frames, "grid": {"rows": rows, "context_frames": n_ctx},
+        return {"frames": frames, "grid": {"rows": rows, "context_frames": n_ctx}, "extra_videos": extra,
                 "rollout_seconds": round(time.time() - t0, 3)}
 
     return produce
 
 
-def _predict(cfg, predictor: Predictor, items: List[TestItem], out_dir: Path, rank: int, world: int) -> int:
+def _predict(cfg, predictor: Predictor, items: List[TestItem], out_dir: Path, rank: int, world: int,
+             produce=None) -> int:
+    """Run the list (this rank's share), merge the ranks' results.jsonl, log the totals; the exit code.
+    ``produce(item)``: the engine's per-item function (default: the next-clip rollout); the whole-video
+    engine passes its own."""
     log = get_logger()
     if rank == 0:
         _warn_ignored_conditions(predictor, items, log)
-    summary = run_test_list(items, str(out_dir), _producer(cfg, predictor), fps=cfg.fps, overwrite=cfg.overwrite,
+    produce = produce or _producer(cfg, predictor)
+    summary = run_test_list(items, str(out_dir), produce, fps=cfg.fps, overwrite=cfg.overwrite,
                             save_gif=cfg.save_gif, save_grid=cfg.save_grid, rank=rank, world_size=world,
-                            progress=cfg.progress and rank == 0, fingerprint=output_fingerprint(cfg))
+                            progress=cfg.progress and rank == 0, fingerprint=output_fingerprint(cfg),
+                            extra_videos=extra_videos(cfg))
     counts = torch.tensor([float(summary[k]) for k in ("ok", "skipped", "failed")], device=predictor.device)
     if world > 1:  # every rank wrote results.rank{r}.jsonl; rank 0 merges them, then totals for all ranks
         du.barrier()

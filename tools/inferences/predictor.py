@@ -11,11 +11,13 @@ import torch
 import yaml
 
 from tools.autoencoders.base import frames_rule, latent_frames, nearest_frames, valid_frames
+from tools.backends.parallel import PARALLEL_CHOICES
 from tools.embedders.conditioning import embed, is_conditional, null_condition
 from tools.inferences.guidance import Condition
 from tools.inferences.rollout import RolloutSettings, rollout
 from tools import lora
-from utils.checkpoint import CheckpointError, checkpoint_config, embedder_weights_for, format_report, load_weights
+from utils.checkpoint import (CheckpointError, checkpoint_config, embedder_weights_for, format_report, load_weights,
+                              sharded_checkpoint_of)
 from utils.config import DEFAULT_COMPONENTS, ConfigError
 from utils.logging import get_logger
 from tools.stack import build_stack
@@ -312,7 +314,17 @@ def validate_rollout(cfg) -> None:
                               f"checkpoints/step_N.ema.safetensors")
     if not isinstance(cfg.get("lora_merge", False), bool):
         raise _setting_error("lora_merge", cfg.get("lora_merge"), "true or false", "set 'lora_merge=true'")
+    par = (cfg.get("backend") or {}).get("parallel", "auto")
+    if par not in PARALLEL_CHOICES:
+        raise _setting_error("backend.parallel", par, f"choose one of {', '.join(PARALLEL_CHOICES)}",
+                             "inference shards the test list over torchrun's processes with parallel auto")
     tm = cfg.get("test_model")
+    sharded = sharded_checkpoint_of(tm) if tm else None
+    if sharded is not None:
+        raise ConfigError(f"test_model={tm!r} is a sharded (FSDP) checkpoint: its weights are split over the "
+                          f"ranks' files in {sharded.name}.dcp. Consolidate it into one file first: python -m "
+                          f"scripts.consolidate_checkpoint {sharded} {sharded}.consolidated.safetensors, then "
+                          f"test_model={sharded}.consolidated.safetensors")
     if tm and Path(tm).is_dir() and not cfg.get("pretrain"):
         raise ConfigError(f"test_model={tm!r} is a folder, which needs a pretrain loader that reads its layout "
                           f"(e.g. pretrain: {{type: VideoGPTCheckpoint}} for official Video-GPT weights); set "

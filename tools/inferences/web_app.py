@@ -10,8 +10,9 @@ path of the batch engine; nothing here samples on its own). Three tabs:
 :class:`WebApp` holds the handlers as plain methods (tested without gradio or a browser);
 :func:`build_page` wires them into gradio Blocks. A bad upload (broken, too short, too large)
 becomes one line on the page and the server keeps running. Every file the page writes (its
-outputs, gradio's upload cache, the log) lands in ``<log_dir>/app``; gradio's telemetry and
+outputs in ``outputs/``, gradio's upload cache, the log) lands in ``<log_dir>/app``; gradio's telemetry and
 run history are off, and it binds to 127.0.0.1 unless ``--host`` / ``--share`` say otherwise.
+It serves its outputs, its uploads and the bundled demo videos, nothing else (:func:`served_paths`).
 """
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ class WebApp:
                  max_side: int = 4096):
         self.predictor = predictor
         self.out_dir = Path(out_dir)
+        self.outputs = self.out_dir / "outputs"  # the only folder of the page's own files that it serves
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_side = int(max_side)
         self._lock = threading.Lock()
@@ -260,11 +262,11 @@ class WebApp:
         self._check_size(Path(path).name, h, w)
 
     def _save(self, kind: str, seed: int, frames: np.ndarray):
-        """The native-size mp4 (download) and an enlarged copy for the page, both in out_dir."""
+        """The native-size mp4 (download) and an enlarged copy for the page, both in out_dir/outputs."""
         stem = f"{kind}_{time.strftime('%Y%m%d-%H%M%S')}_{next(self._count):04d}_seed{seed}"
         fps = float(self.predictor.cfg.fps)
-        native = write_video(self.out_dir / f"{stem}.mp4", frames, fps)
-        view = write_video(self.out_dir / "view" / f"{stem}.mp4", upscale(frames), fps)
+        native = write_video(self.outputs / f"{stem}.mp4", frames, fps)
+        view = write_video(self.outputs / "view" / f"{stem}.mp4", upscale(frames), fps)
         return Path(native), Path(view)
 
 
@@ -320,6 +322,34 @@ def _fields(res: Result):
     return res.video, res.download, res.message
 
 
+def _upload_path(payload) -> Optional[str]:
+    """The file path of a raw (not preprocessed) gradio upload: an image's FileData, or a video's
+    ``{"video": FileData}``. The handlers read uploads themselves, so a file that is not what the
+    input expects (a text file sent as the image through the API) gets the page's one-line error,
+    not gradio's generic one. gradio has checked before that the file is one of its uploads."""
+    if payload is None:
+        return None
+    if hasattr(payload, "model_dump"):
+        payload = payload.model_dump()
+    if isinstance(payload, dict):
+        inner = payload.get("video", payload)
+        return inner.get("path") if isinstance(inner, dict) else None
+    return str(payload)
+
+
+def served_paths(app: WebApp) -> Tuple[List[str], List[str]]:
+    """(allowed, blocked) paths for gradio: the page serves its own outputs, its uploads (gradio's cache,
+    always allowed) and the bundled demo videos (file by file), nothing else: not the weights beside
+    them, not the run's config.yaml or log.txt."""
+    app.outputs.mkdir(parents=True, exist_ok=True)
+    allowed = [str(app.outputs.resolve())] + [str(Path(p).resolve()) for _, p in demo_videos()]
+    blocked = [str((app.out_dir / name).resolve()) for name in ("config.yaml", "log.txt")]
+    tm = app.predictor.cfg.get("test_model")
+    if tm:
+        blocked.append(str(Path(tm).resolve()))
+    return allowed, blocked
+
+
 def build_page(app: WebApp):
     """gradio Blocks wiring WebApp's handlers to the three tabs (one model call at a time)."""
     import gradio as gr
@@ -331,10 +361,10 @@ def build_page(app: WebApp):
     run = dict(concurrency_id="model", concurrency_limit=1)
 
     def on_predict(video, ctx, new, steps, g, hg, seed, c, progress=gr.Progress()):
-        return _fields(app.predict(video, ctx, new, steps, g, hg, seed, c, progress=progress))
+        return _fields(app.predict(_upload_path(video), ctx, new, steps, g, hg, seed, c, progress=progress))
 
     def on_animate(image, new, steps, g, hg, seed, c, progress=gr.Progress()):
-        return _fields(app.animate(image, new, steps, g, hg, seed, c, progress=progress))
+        return _fields(app.animate(_upload_path(image), new, steps, g, hg, seed, c, progress=progress))
 
     def on_generate(c, n, steps, g, _hg, seed, progress=gr.Progress()):
         return _fields(app.generate(c, n, steps, g, seed, progress=progress))
@@ -355,7 +385,7 @@ def build_page(app: WebApp):
                 with gr.Column():
                     out = _outputs(gr, "predict")
             demo.change(lambda p: p, demo, video)
-            button.click(on_predict, [video, ctx, *sliders, c], out, **run)
+            button.click(on_predict, [video, ctx, *sliders, c], out, preprocess=False, **run)
         with gr.Tab("Animate", id="animate"):
             with gr.Row():
                 with gr.Column():
@@ -366,7 +396,7 @@ def build_page(app: WebApp):
                     button = gr.Button("Animate", variant="primary", elem_id="animate_button")
                 with gr.Column():
                     out = _outputs(gr, "animate")
-            button.click(on_animate, [image, *sliders, c], out, **run)
+            button.click(on_animate, [image, *sliders, c], out, preprocess=False, **run)
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
                 with gr.Column():
@@ -449,8 +479,9 @@ def serve(app: WebApp, host: str, port: int, share: bool, max_upload_mb: float) 
     page = build_page(app)
     page.queue(default_concurrency_limit=1)
     font = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page needs no network
+    allowed, blocked = served_paths(app)
     page.launch(server_name=host, server_port=port or None, share=share, max_file_size=f"{int(max_upload_mb)}mb",
-                allowed_paths=[str(DEMO_DIR), str(app.out_dir.resolve())], show_error=False, quiet=False,
+                allowed_paths=allowed, blocked_paths=blocked, show_error=False, quiet=False,
                 run_history=False, enable_monitoring=False, mcp_server=False, ssr_mode=False, pwa=False,
                 theme=gr.themes.Default(font=font, font_mono=["ui-monospace", "monospace"]))
     return 0

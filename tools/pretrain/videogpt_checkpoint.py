@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -125,8 +126,11 @@ class _Shard:
             self._keys = {_strip(k): k for k in self._f.keys()}
             self.shapes = {k: tuple(self._f.get_slice(raw).get_shape()) for k, raw in self._keys.items()}
         else:
-            try:  # mmap: the pickled tensors stay on disk until read
-                sd = unwrap_state_dict(torch.load(str(path), map_location="cpu", weights_only=True, mmap=True), path,
+            # mmap: the pickled tensors stay on disk until read; torch's legacy (non-zip) format cannot be
+            # mapped, and is read whole, as safely (weights_only)
+            mmap = zipfile.is_zipfile(path)
+            try:
+                sd = unwrap_state_dict(torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap), path,
                                        keys=("state_dict", "module", "model"))
             except CheckpointError:
                 raise

@@ -22,15 +22,17 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 import yaml
 
+from tools.backends.parallel import PARALLEL_CHOICES
 from tools.datasets.latent_cache import flatten
 from utils import distributed as du
 from utils.checkpoint import (CheckpointError, clean_checkpoint_dir, compare_state_dict, format_report,
-                              load_resume, load_sharded_checkpoint, save_checkpoint, save_sharded_checkpoint,
-                              set_rng_state)
+                              load_full_into_sharded, load_resume, load_sharded_checkpoint, save_checkpoint,
+                              save_sharded_checkpoint, set_rng_state)
 from utils.config import ConfigError, run_dir, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import ScalarLog, setup_logger
 from utils.registry import BACKEND
+from utils.run_lock import run_lock
 
 
 #: loop settings every training engine has, with their defaults (an engine may override them)
@@ -50,16 +52,18 @@ LOOP_DEFAULTS: Dict[str, Any] = {
 
 # ---------------------------------------------------------------------------- launch
 def launch(cfg, body: Callable[..., int]) -> int:
-    """Backend, process group, run dir and logger, then ``body(cfg, backend, rank, world, out_dir, log)``
+    """Backend, process group, the run dir's lock (utils/run_lock.py) and logger, then
+    ``body(cfg, backend, rank, world, out_dir, log)``
     under the collective guard (a silent rank stops the run after ``dist_timeout`` s)."""
     _, _, local_rank = du.env_rank()
     backend = BACKEND.build(cfg.backend, "backend", local_rank=local_rank)
     rank, world = du.init_distributed(backend.dist_backend, cfg.dist_timeout)
     out_dir = run_dir(cfg)
-    log = setup_logger(out_dir, rank)
     try:
-        with du.collective_guard(cfg.dist_timeout, probe_timeout_s=min(10.0, max(2.0, cfg.dist_timeout))):
-            return body(cfg, backend, rank, world, out_dir, log)
+        with run_lock(out_dir, "training", rank=rank):  # before anything is written: the run owns its dir
+            log = setup_logger(out_dir, rank)
+            with du.collective_guard(cfg.dist_timeout, probe_timeout_s=min(10.0, max(2.0, cfg.dist_timeout))):
+                return body(cfg, backend, rank, world, out_dir, log)
     finally:
         du.cleanup()
 
@@ -283,6 +287,36 @@ def validate_loop(cfg, defaults: Mapping[str, Any], positive: Sequence[str] = ()
     v = g("resume", "auto")
     require(v is None or v is False or isinstance(v, str), "resume", v, "auto, none or a checkpoint path",
             "e.g. resume=auto")
+    v = (g("backend") or {}).get("parallel", "auto")
+    require(v in PARALLEL_CHOICES, "backend.parallel", v, f"choose one of {', '.join(PARALLEL_CHOICES)}",
+            "auto is ddp under torchrun with more than one process, else none")
+
+
+def check_data_shape(cfg, autoencoder, patch: int = 1) -> None:
+    """ConfigError unless ``max_frames`` pixel frames can be encoded by ``autoencoder`` and the dataset's
+    ``resolution`` (when it has one; not for a latent cache) is a multiple of its spatial factor x
+    ``patch``. Called by ``validate`` on the autoencoder of :func:`probe_autoencoder` (``--dry-run``) and
+    again on the built one."""
+    from tools.autoencoders.base import check_frames, check_resolution
+
+    try:
+        check_frames(autoencoder, int(cfg.max_frames), "max_frames")
+        res = (cfg.get("dataset") or {}).get("resolution")
+        sized = is_int(res) or (isinstance(res, (list, tuple)) and len(res) == 2 and all(is_int(x) for x in res))
+        if sized and not cfg.get("latent_cache"):
+            check_resolution(autoencoder, res, "dataset.resolution", patch)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def validate_data_shape(cfg, patch: int = 1) -> None:
+    """:func:`check_data_shape` before the run (``--dry-run`` too), on the autoencoder built without its
+    weights on the meta device; a bad autoencoder size setting is a one-line BuildError."""
+    from tools.autoencoders.base import probe_autoencoder
+
+    ae = probe_autoencoder(cfg.get("auto_encoder"))
+    if ae is not None:
+        check_data_shape(cfg, ae, patch)
 
 
 # ---------------------------------------------------------------------------- resume
@@ -340,6 +374,32 @@ def check_resume(ckpt: Dict[str, Any], model: torch.nn.Module, config_yaml: str,
             f"run (another name or log_dir).")
     for k, a, b in changes:
         log.info("resume: %s changed since the checkpoint: %r -> %r, %s", k, a, b, effect(k))
+    _log_world_change(ckpt, config_yaml, log)
+
+
+def global_batch(cfg: Mapping[str, Any], world: int) -> int:
+    """Items per optimizer step over every process: batch_size x processes x grad_accum."""
+    return int(cfg.get("batch_size", 1)) * int(world) * int(cfg.get("grad_accum", 1) or 1)
+
+
+def _log_world_change(ckpt: Dict[str, Any], config_yaml: str, log) -> None:
+    """A checkpoint written by another number of processes: the global batch (batch_size is per process)
+    may have changed, and with it the data / noise stream, although no setting did."""
+    old_world, world = ckpt["state"].get("world_size"), du.get_world_size()
+    if old_world is None or int(old_world) == world:
+        return
+    try:
+        old_cfg, new_cfg = yaml.safe_load(ckpt["state"].get("config") or "") or {}, yaml.safe_load(config_yaml) or {}
+    except yaml.YAMLError:
+        old_cfg, new_cfg = {}, {}
+    old, new = global_batch(old_cfg, old_world), global_batch(new_cfg, world)
+    if old != new:
+        log.info("resume: world_size changed since the checkpoint: %d -> %d processes, global batch %d -> %d "
+                 "(batch_size x processes x grad_accum), takes effect (changes the data/noise stream: not an exact "
+                 "continuation)", int(old_world), world, old, new)
+    else:
+        log.info("resume: world_size changed since the checkpoint: %d -> %d processes with the same global batch "
+                 "%d: the data/noise stream continues exactly", int(old_world), world, new)
 
 
 def open_run(cfg, out_dir: Path, rank: int, log, config_yaml: str,
@@ -402,24 +462,22 @@ def apply_resume(ckpt, cfg, model, ema, optimizer, embedder=None) -> Tuple[int, 
 
 
 def _load_full(ckpt, model, ema, embedder, optimizer, groups: int) -> None:
-    """Weights and optimizer state of a safetensors checkpoint into unsharded modules."""
+    """Weights and optimizer state of a safetensors checkpoint (into FSDP-sharded modules too)."""
     from tools.backends.parallel import is_sharded
 
-    if is_sharded(model):
-        raise CheckpointError(f"{ckpt['stem'].name} was written without sharding (safetensors weights) and this "
-                              f"run uses backend.parallel=fsdp; resume it with backend.parallel=ddp (or none), or "
-                              f"start the fsdp run from its weights with pretrain: {{type: LoadCheckpoint, path: "
-                              f"{ckpt['stem']}.safetensors}} and resume=none")
-    model.load_state_dict(ckpt["model"])
-    if ema is not None:
-        ema.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else model.state_dict())
-    if embedder is not None and ckpt["embedder"] is not None:
-        embedder.load_state_dict(ckpt["embedder"])
     saved = len(ckpt["state"]["optimizer"]["param_groups"])
     if saved != groups:
         raise CheckpointError(f"the checkpoint's optimizer has {saved} parameter groups, this run builds "
                               f"{groups} (a learning-rate multiplier such as cond_lr_mult != 1 adds groups); resume "
                               f"with the checkpoint's settings, or start a new run (pretrain from its weights)")
+    if is_sharded(model):  # written without sharding (e.g. one process), resumed by fsdp ranks
+        load_full_into_sharded(ckpt, model, ema, embedder, optimizer)
+        return
+    model.load_state_dict(ckpt["model"])
+    if ema is not None:
+        ema.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else model.state_dict())
+    if embedder is not None and ckpt["embedder"] is not None:
+        embedder.load_state_dict(ckpt["embedder"])
     optimizer.load_state_dict(ckpt["state"]["optimizer"])
 
 
@@ -477,13 +535,14 @@ def save_step(cfg, ckpt_dir: Path, done: int, rank: int, model, ema, state: Call
         if optimizer is None:
             raise ValueError("save_step: a sharded model needs optimizer= (its state is saved sharded)")
         extra = {k: v for k, v in state().items() if k != "optimizer"}
+        extra["world_size"] = du.get_world_size()
         save_sharded_checkpoint(ckpt_dir, done, model, ema, embedder, optimizer, extra, config_yaml)
         if rank == 0:
             prune(ckpt_dir, cfg.keep_last)
         du.barrier()
         return
     if rank == 0:
-        train_state = state()
+        train_state = dict(state(), world_size=du.get_world_size())  # the global batch of a resume depends on it
         if optimizer is not None:
             train_state.setdefault("optimizer", optimizer.state_dict())
         if embedder_sd is None and embedder is not None:

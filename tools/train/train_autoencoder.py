@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tools.autoencoders.base import check_frames
 from tools.train import loop
 from utils import distributed as du
 from utils.config import DEFAULT_COMPONENTS, ConfigError
@@ -134,6 +133,7 @@ def validate(cfg) -> None:
     fr = cfg.get("freeze", [])
     loop.require(isinstance(fr, (list, tuple)) and all(isinstance(n, str) for n in fr), "freeze", fr,
                  "must be a list of the VAE's submodule names", "e.g. freeze: [encoder] (train the decoder only)")
+    loop.validate_data_shape(cfg)
 
 
 def freeze_parts(vae: nn.Module, names) -> None:
@@ -177,10 +177,7 @@ def _build(cfg, device):
         raise ConfigError(f"auto_encoder {cfg.auto_encoder.get('type')} cannot be trained by train_autoencoder (it "
                           f"needs trainable = True and forward(x, generator, rank_slice) -> (recon, mean, logvar)); "
                           f"use e.g. type: CausalVAE.")
-    try:
-        check_frames(vae, cfg.max_frames, "max_frames")
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    loop.check_data_shape(cfg, vae)
     freeze_parts(vae, cfg.get("freeze", []))
     return dataset, vae.to(device)
 

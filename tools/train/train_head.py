@@ -86,12 +86,32 @@ def build_head(cfg, backend):
     return model.to(backend.device)
 
 
+def check_targets(cfg, dataset, model) -> None:
+    """ConfigError before the first step when the data cannot give the head its targets: a label list
+    with more labels than ``model.num_classes``, or a ``model.target`` the items do not have (the
+    head's own ``prepare`` tried on the first item)."""
+    n, k = getattr(dataset, "num_classes", None), getattr(model, "num_classes", None)
+    if getattr(model, "classes", None) is None and loop.is_int(n) and loop.is_int(k) and n > k:
+        names = list(getattr(dataset, "classes", []))
+        raise ConfigError(f"model.num_classes={k} but the dataset {cfg.dataset.get('type')} has {n} labels "
+                          f"({', '.join(map(str, names[:8]))}{', ...' if n > 8 else ''}): labels {k}..{n - 1} have "
+                          f"no class; set model.num_classes={n}")
+    if isinstance(dataset, torch.utils.data.IterableDataset) or len(dataset) == 0:
+        return
+    try:
+        model.prepare(loop.collate([dataset[0]]), cfg.max_frames, "cpu")
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"model {cfg.model.get('type')} (target {getattr(model, 'target', '?')!r}) cannot use "
+                          f"the items of dataset {cfg.dataset.get('type')}: {e}") from None
+
+
 def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
     config_yaml = loop.config_yaml_of(cfg)
     loop.require_parallel(backend, world, "train_head", "heads and their backbones fit one device")
     backend.seed_everything(cfg.seed + rank)
     dataset = DATASETS.build(cfg.dataset, "dataset")
     model = build_head(cfg, backend)
+    check_targets(cfg, dataset, model)
     ema = copy.deepcopy(model).float().eval().requires_grad_(False) if cfg.use_ema else None
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("head %s on %s: %.3fM trainable of %.2fM parameters", cfg.model.get("type"),

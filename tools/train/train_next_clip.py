@@ -66,7 +66,7 @@ from tools.autoencoders.base import check_frames, latent_frames, pixel_frames, v
 from tools.autoencoders.base import encode as ae_encode
 from tools.embedders.conditioning import condition_values, embed, is_conditional
 from tools import lora
-from tools.stack import build_stack
+from tools.stack import build_stack, model_config
 from tools.train import loop
 from tools.train.clip_sampling import CLIP_MODES, sample_clip_lens
 from tools.train.loop import (GlobalBatchSampler, OPTIM_KEYS, collate, ema_update, lr_lambda,  # noqa: F401 (API)
@@ -199,6 +199,13 @@ def validate(cfg) -> None:
              "e.g. window_start=random (train on windows that start anywhere in longer items)")
     _validate_clip_sampling(g("clip_sampling", DEFAULTS["clip_sampling"]))
     lora.check_lora(g("lora"), g("trainable", []))
+    loop.validate_data_shape(cfg, _patch_size(cfg))
+
+
+def _patch_size(cfg) -> int:
+    """The model's patch size on the latents, when the config sets it (1 otherwise: not checked)."""
+    p = (cfg.get("model") or {}).get("patch_size", 1)
+    return p if _is_int(p) and p >= 1 else 1
 
 
 def _validate_clip_sampling(cs: Any) -> None:
@@ -250,6 +257,10 @@ def check_resume(ckpt: Dict[str, Any], model: torch.nn.Module, config_yaml: str,
 def train_next_clip(cfg) -> int:
     """Generic next-clip diffusion training: AdamW, EMA, bf16 autocast, DDP, exact resume."""
     validate(cfg)
+    if (cfg.backend or {}).get("parallel") == "fsdp" and du.env_rank()[1] < 2:  # before anything is written
+        raise ConfigError("backend.parallel=fsdp shards the model over several processes, and this is one: start "
+                          "it with torchrun --nproc_per_node N (N >= 2), or set backend.parallel=none (or auto) "
+                          "for one process")
     return loop.launch(cfg, _train)
 
 
@@ -291,6 +302,17 @@ def _check_cond_key(cfg, embedder, log) -> None:
     if cfg.cond_key and not is_conditional(embedder):
         log.warning("cond_key=%r is ignored: the embedder %s takes no condition (the model is unconditional)",
                     cfg.cond_key, cfg.embedder.get("type"))
+
+
+def _check_label_count(cfg, dataset, embedder) -> None:
+    """ConfigError at start (not on the first batch that meets it) when a labelled dataset has more
+    labels than the class embedder has classes."""
+    n, k = getattr(dataset, "num_classes", None), getattr(embedder, "num_classes", None)
+    if cfg.cond_key == "label" and _is_int(n) and _is_int(k) and n > k:
+        names = list(getattr(dataset, "classes", []))
+        raise ConfigError(f"embedder.num_classes={k} but the dataset {cfg.dataset.get('type')} has {n} labels "
+                          f"({', '.join(map(str, names[:8]))}{', ...' if n > 8 else ''}): labels {k}..{n - 1} have "
+                          f"no class; set embedder.num_classes={n}")
 
 
 def _use_cached_text_features(dataset, embedder, log) -> None:
@@ -345,20 +367,24 @@ class Run:
         return self.adapters.view(self.ema)
 
 
-def _build(run: Run) -> None:
+def _build(run: Run, model_config=model_config) -> None:
     """Stage 1: components, the model wrapped for the chosen parallelism (none | ddp | fsdp), its
-    EMA (sharded like it under fsdp), optimizer, LR schedule and loss scaler."""
+    EMA (sharded like it under fsdp), optimizer, LR schedule and loss scaler. ``model_config(cfg,
+    autoencoder, embedder)`` gives the model's config (the whole-video engine passes its own)."""
     cfg, backend, log, device = run.cfg, run.backend, run.log, run.backend.device
     log.info("run %s on %s, %d process(es), parallel %s", run.out_dir, backend.describe(), run.world, run.parallel)
     backend.seed_everything(cfg.seed + run.rank)
     run.dataset = _build_dataset(cfg)
     run.embedder = embedder = EMBEDDER.build(cfg.embedder, "embedder").to(device)
     _check_cond_key(cfg, embedder, log)
+    _check_label_count(cfg, run.dataset, embedder)
     _use_cached_text_features(run.dataset, embedder, log)
     # fsdp + meta_init: the model's parameters on the meta device
-    stack = build_stack(cfg, embedder=embedder, model_context=backend.init_context(run.world))
+    stack = build_stack(cfg, embedder=embedder, model_context=backend.init_context(run.world),
+                        model_config=model_config)
     run.autoencoder, model, run.diffusion = stack.autoencoder.to(device).eval(), stack.model, stack.diffusion
     check_autoencoder_frames(run.autoencoder, cfg.max_frames, run.dataset)
+    loop.check_data_shape(cfg, run.autoencoder, _patch_size(cfg))
     model.set_attention(*backend.attention_kernel(training=True))
     if cfg.pretrain:
         PRETRAIN.build(cfg.pretrain, "pretrain", model=model)
@@ -447,28 +473,36 @@ def _check_resume(run: Run, ckpt) -> None:
                         run.base)
 
 
-def _step(run: Run, batches, step: int) -> Dict[str, Any]:
+def next_clip_loss(run: Run, batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
+    """One micro-batch's loss dict: latents, clip cuts and conditions outside autocast, the loss inside."""
+    cfg, rank, world, device = run.cfg, run.rank, run.world, run.backend.device
+    cs = cfg.clip_sampling
+    x1 = latents_of(batch, run.autoencoder, cfg.max_frames, device, gen, (rank, world), cfg.window_start)
+    B = x1.shape[0]
+    # global-batch randomness, sliced for this rank
+    clip_lens = sample_clip_lens(x1.shape[2], B * world, cs.mode, cs.clip_len, cs.min_clips,
+                                 cs.max_clips, generator=gen)[rank * B:(rank + 1) * B]
+    cond, cond_mask = build_conditioning(run.embedder, batch, cfg.cond_key, device, cfg.cond_dropout, gen,
+                                         rank, world)
+    with run.backend.autocast():
+        return run.diffusion.training_losses(run.net, x1, clip_lens.to(device), cond=cond,
+                                             cond_mask=cond_mask, generator=gen, rank_slice=(rank, world))
+
+
+def _step(run: Run, batches, step: int, loss_fn=next_clip_loss) -> dict[str, Any]:
     """Stage 3: one optimizer step over ``grad_accum`` micro-batches (gradients reduced across ranks
-    on the last one only), clipping, EMA update. Returns the step's figures and last batch."""
-    cfg, backend, rank, world, device = run.cfg, run.backend, run.rank, run.world, run.backend.device
-    accum, cs = int(cfg.grad_accum), cfg.clip_sampling
+    on the last one only), clipping, EMA update. Returns the step's figures and last batch.
+    ``loss_fn(run, batch, generator)`` computes one micro-batch's loss (the whole-video engine passes its own)."""
+    cfg, backend = run.cfg, run.backend
+    accum = int(cfg.grad_accum)
     run.net.train()
     loss_sum, images, batch = 0.0, 0, None
     for micro in range(accum):
         batch = next(batches)
         images += batch.get("kind") == "image"
         gen = step_generator(cfg.seed, step, micro)
-        x1 = latents_of(batch, run.autoencoder, cfg.max_frames, device, gen, (rank, world), cfg.window_start)
-        B = x1.shape[0]
-        # global-batch randomness, sliced for this rank
-        clip_lens = sample_clip_lens(x1.shape[2], B * world, cs.mode, cs.clip_len, cs.min_clips,
-                                     cs.max_clips, generator=gen)[rank * B:(rank + 1) * B]
-        cond, cond_mask = build_conditioning(run.embedder, batch, cfg.cond_key, device, cfg.cond_dropout, gen,
-                                             rank, world)
         with backend.grad_sync(run.net, micro == accum - 1):
-            with backend.autocast():
-                out = run.diffusion.training_losses(run.net, x1, clip_lens.to(device), cond=cond,
-                                                    cond_mask=cond_mask, generator=gen, rank_slice=(rank, world))
+            out = loss_fn(run, batch, gen)
             run.scaler.scale(out["loss"] / accum).backward()
         loss_sum += float(out["loss"].detach()) / accum
     du.all_reduce_grads(run.embedder)  # DDP / FSDP only reduce the model's gradients
@@ -504,16 +538,18 @@ def _visualise(run: Run, done: int, batch) -> None:
             run.log.info("step %d: wrote %s", done, path)
 
 
-def _train(cfg, backend, rank, world, out_dir: Path, log) -> int:
+def _train(cfg, backend, rank, world, out_dir: Path, log, loss_fn=next_clip_loss, model_config=model_config) -> int:
+    """Build, resume, then the step loop with its log, checkpoints and visuals; the engines' shared body
+    (the whole-video engine, tools/train/train_video.py, passes its ``loss_fn`` and ``model_config``)."""
     run = Run(cfg, backend, rank, world, out_dir, log, loop.config_yaml_of(cfg))
-    _build(run)
+    _build(run, model_config)
     _resume(run)
     mixed = isinstance(run.dataset, torch.utils.data.IterableDataset)
     batches = iter(loop.make_loader(cfg, run.dataset, rank, world, run.start))
     steplog = loop.StepLog(cfg, out_dir, rank, run.start)
     accum = int(cfg.grad_accum)
     for step in range(run.start, cfg.num_steps):
-        res = _step(run, batches, step)
+        res = _step(run, batches, step, loss_fn)
         done = step + 1
         lr_now = run.scheduler.get_last_lr()[0]
         record = lambda: {"loss": res["loss"], "lr": lr_now, "grad_norm": res["grad_norm"],  # noqa: E731

@@ -1,0 +1,160 @@
+"""FSDP resumes that could not pass by restarting from step 0: every resume asserts the step it resumed
+at, and the optimizer state of its next checkpoint against a reference (AdamW's per-parameter step count
+and moments: a run that ignored the checkpoint, or dropped its optimizer state, counts 2 steps, not 4).
+World sizes 2 -> 1, 1 -> 2 (a whole-file checkpoint into FSDP shards) and 2 -> 3 (uneven shards, the
+sharded load into FSDP ranks); 2 -> 2 with the same global batch is tests/test_fsdp.py's exact-resume test."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tools.train import loop
+from utils.checkpoint import read_checkpoint
+from utils.cli import main
+from utils.config import load_config
+from utils.registry import EMBEDDER, ENGINE, MODEL
+from ports import free_port
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = """
+TASK_TYPE: train_next_clip
+name: tiny
+backend: {type: cpu, precision: fp32, attention: sdpa, parallel: auto, meta_init: false}
+model: {type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}
+diffusion: {type: RectifiedFlow, prediction: x1}
+auto_encoder: {type: Identity}
+dataset: {type: SyntheticPhysics, resolution: 16, num_frames: 8, length: 32, seed: 0}
+max_frames: 8
+clip_sampling: {mode: random, min_clips: 2}
+batch_size: 2
+grad_accum: 2
+num_steps: 4
+lr: 1.0e-3
+warmup_steps: 2
+grad_clip: 1.0
+save_ckp_interval: 2
+keep_last: 5
+viz_interval: 1000
+log_interval: 1
+use_ema: true
+ema_decay: 0.9
+progress: false
+"""
+REL = 1e-4  # gloo reduction order vs one process summing the same gradients
+STEP4 = pathlib.Path("tiny") / "checkpoints" / "step_00000004"
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(cfg, log_dir, nproc: int, *extra) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                        "--master_port", str(free_port()), str(ROOT / "train_net.py"), "--cfg", str(cfg),
+                        "log_dir", str(log_dir), "backend.parallel=fsdp", "batch_size=1", *extra],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def train(cfg, log_dir, *extra) -> None:
+    assert main("train", ["--cfg", str(cfg), "log_dir", str(log_dir), *extra]) == 0
+
+
+def losses(log_dir):
+    path = pathlib.Path(log_dir) / "tiny" / "scalars.jsonl"
+    return {r["step"]: r["loss"] for r in map(json.loads, path.read_text().splitlines())}
+
+
+def optimizer_state(cfg_path, stem):
+    """(step, optimizer.state_dict()) of checkpoint ``stem`` as a one-process run resumes it (sharded or not)."""
+    cfg = load_config(str(cfg_path), [], registry=ENGINE)
+    model = MODEL.build(dict(cfg.model))
+    embedder = EMBEDDER.build(dict(cfg.embedder))
+    optimizer = loop.make_optimizer(torch.nn.ModuleList([model, embedder]), cfg)
+    step, _ = loop.apply_resume(read_checkpoint(stem), cfg, model, None, optimizer, embedder)
+    return step, optimizer.state_dict()
+
+
+def assert_same_optimizer(got, ref) -> None:
+    """AdamW's state per parameter: the step count exactly, the moments to the reduction tolerance."""
+    assert sorted(got["state"]) == sorted(ref["state"]) and got["state"]
+    for i, r in ref["state"].items():
+        g = got["state"][i]
+        assert float(g["step"]) == float(r["step"]), (i, g["step"], r["step"])
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(g[key], r[key], rtol=REL, atol=1e-9, msg=f"{i}.{key}")
+
+
+def assert_resumed_at_2(log_dir) -> None:
+    log = (pathlib.Path(log_dir) / "tiny" / "log.txt").read_text()
+    assert "step_00000002 at step 2" in log, log[-2000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted one-process run (4 steps), one stopped at step 2 (whole files), and 2 FSDP ranks
+    stopped at step 2 (sharded); the same global batch of 4 (2 x accum 2; 2 ranks x 1 x accum 2)."""
+    tmp = tmp_path_factory.mktemp("fsdp_resume")
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text(TINY)
+    train(cfg, tmp / "single")
+    train(cfg, tmp / "single_part", "num_steps=2")
+    torchrun(cfg, tmp / "fsdp_part", 2, "num_steps=2")
+    ref_step, ref = optimizer_state(cfg, tmp / "single" / STEP4)
+    assert ref_step == 4 and all(float(s["step"]) == 4 for s in ref["state"].values())
+    return tmp, cfg, losses(tmp / "single"), ref
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_2_to_1(runs, tmp_path):
+    tmp, cfg, single, ref = runs
+    run = _copy(tmp / "fsdp_part", tmp_path / "run")
+    train(cfg, run)  # one process, batch 2 x accum 2: the same global batch
+    assert_resumed_at_2(run)
+    step, state = optimizer_state(cfg, run / STEP4)
+    assert step == 4
+    assert_same_optimizer(state, ref)
+
+
+def test_1_to_2(runs, tmp_path):
+    tmp, cfg, single, ref = runs
+    run = _copy(tmp / "single_part", tmp_path / "run")
+    torchrun(cfg, run, 2)  # whole-file checkpoint -> FSDP shards on 2 ranks
+    assert_resumed_at_2(run)
+    got = losses(run)
+    for s in (3, 4):
+        assert got[s] == pytest.approx(single[s], rel=REL), (s, got[s], single[s])
+    step, state = optimizer_state(cfg, run / STEP4)
+    assert step == 4
+    assert_same_optimizer(state, ref)
+
+
+def test_2_to_3_uneven_shards(runs, tmp_path):
+    tmp, cfg, _, _ = runs
+    run = _copy(tmp / "fsdp_part", tmp_path / "run")
+    torchrun(cfg, run, 3)  # 3 ranks: parameters of 64 / 128 rows shard unevenly; global batch 4 -> 6
+    assert_resumed_at_2(run)
+    log = (run / "tiny" / "log.txt").read_text()
+    assert "2 -> 3 processes, global batch 4 -> 6" in log and "not an exact continuation" in log
+    # the reference: one process with the same global batch of 6 (3 x accum 2), from the same checkpoint
+    ref_run = _copy(tmp / "fsdp_part", tmp_path / "ref")
+    train(cfg, ref_run, "batch_size=3")
+    assert_resumed_at_2(ref_run)
+    got, want = losses(run), losses(ref_run)
+    for s in (3, 4):
+        assert got[s] == pytest.approx(want[s], rel=REL), (s, got[s], want[s])
+    step, state = optimizer_state(cfg, run / STEP4)
+    ref_step, ref = optimizer_state(cfg, ref_run / STEP4)
+    assert step == ref_step == 4
+    assert all(float(s["step"]) == 4 for s in state["state"].values())  # AdamW counted the resumed steps on
+    assert_same_optimizer(state, ref)
