@@ -82,3 +82,18 @@ def ddim(eps_x0_fn: Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, t
                                 device=generator.device if generator is not None else x.device).to(x)
             x = x + sigma * noise
     return x
+
+
+def ancestral(mean_log_var_fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]], z: torch.Tensor,
+              steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDPM ancestral sampling over chain indices ``steps - 1 .. 0``: ``x <- mean + exp(log_var / 2) * noise``,
+    without noise at index 0 (which returns the last mean). ``mean_log_var_fn(x, j) -> (mean, log_var)``."""
+    x = z
+    for j in reversed(range(steps)):
+        mean, log_var = mean_log_var_fn(x, j)
+        if j == 0:
+            return mean
+        noise = torch.randn(x.shape, generator=generator,
+                            device=generator.device if generator is not None else x.device).to(x)
+        x = mean + torch.exp(0.5 * log_var) * noise
+    return x

@@ -91,7 +91,7 @@ def flow_timesteps(steps: int, shift: float = 1.0, dtype=torch.float64) -> torch
 
 
 #: DDIM timestep spacings (:func:`ddim_timesteps`)
-SPACINGS = ("trailing", "leading")
+SPACINGS = ("trailing", "leading", "linspace")
 
 
 def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing", offset: int = 0) -> torch.Tensor:
@@ -103,16 +103,31 @@ def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing", of
       ``(offset + arange(0, T, T // steps)).clamp(0, T - 1)`` reversed: 801, 601, 401, 201, 1 for 5 of 1000
       with offset 1. When ``steps`` does not divide T the grid has ``ceil(T / (T // steps))`` entries, as the
       reference's has.
+    * ``linspace``: improved DDPM's respacing (Latte, DiT): ``round(i * (T - 1) / (steps - 1))``, i = 0 .. steps - 1,
+      accumulated and rounded half to even as its ``space_timesteps``: 999, 749, 500, 250, 0 for 5 of 1000.
+      ``offset`` is not used.
     """
     _check_steps(steps)
     if steps > num_timesteps:
         raise ValueError(f"steps={steps} exceeds num_timesteps={num_timesteps}; use steps <= {num_timesteps}.")
     if spacing not in SPACINGS:
         raise ValueError(f"timestep_spacing={spacing!r} is not supported; use one of {list(SPACINGS)}.")
+    if spacing == "linspace":
+        return linspace_timesteps(num_timesteps, steps).flip(0)
     if spacing == "leading":
         return (offset + torch.arange(0, num_timesteps, num_timesteps // steps)).clamp(0, num_timesteps - 1).flip(0)
     ts = torch.round(torch.arange(num_timesteps, 0, -num_timesteps / steps, dtype=torch.float64)).long() - 1
     return (ts[:steps] - offset).clamp(min=0)
+
+
+def linspace_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
+    """Ascending timesteps kept by improved DDPM's ``space_timesteps(T, [steps])`` (one section)."""
+    stride = (num_timesteps - 1) / (steps - 1) if steps > 1 else 1
+    kept, idx = [], 0.0
+    for _ in range(steps):
+        kept.append(round(idx))  # Python's round: half to even, as the reference
+        idx += stride
+    return torch.tensor(kept, dtype=torch.long)
 
 
 def _check_steps(n) -> None:

@@ -7,6 +7,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 
 from utils.config import ConfigError
+from utils.registry import MODEL, accepted_kwargs
 
 #: what a whole-video model may take besides x and t (tools/inferences/generate_video.py gives them)
 VIDEO_CONDITIONS = ("y", "image", "local_image", "fps")
@@ -44,6 +45,14 @@ def model_cfg_for(model_cfg: Mapping[str, Any], embedder, embedder_type: str = "
         raise ConfigError(f"model.cond_dim={have!r} but the embedder {name} makes tokens of width {dim}; "
                           f"remove model.cond_dim (it follows the embedder) or set it to {dim}")
     return cfg
+
+
+def model_cfg_with_cond_dim(model_cfg: Mapping[str, Any], embedder, embedder_type: str = "") -> dict[str, Any]:
+    """:func:`model_cfg_for` for a whole-video model that takes ``cond_dim`` (Latte's class token); a model
+    without that argument (a UNet whose text width is its ``context_dim``) is left as configured."""
+    if "cond_dim" not in accepted_kwargs(MODEL.get(model_cfg["type"])):
+        return dict(model_cfg)
+    return model_cfg_for(model_cfg, embedder, embedder_type)
 
 
 def condition_values(batch: Mapping[str, Any], cond_key: Optional[str]) -> list:

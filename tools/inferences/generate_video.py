@@ -5,19 +5,24 @@ next-clip rollout of ``predict_next_clip``. Contract of such a MODEL: ``forward(
 with x (B, C, F, H, W) and t as the model's ``timestep_input`` says (tools/diffusions/gaussian.py); its class
 attribute ``conditions`` lists the inputs it takes besides x and t:
 
-* ``y``: text tokens (B, L, D) of the ``embedder`` (the full token sequence, no mask: VGen's context);
+* ``y``: text tokens (B, L, D) of the ``embedder`` (the full token sequence, no mask: VGen's context), or the
+  class token (B, 1, D) of a class embedder for a ``class`` list (Latte);
 * ``image``: an image embedding (B, D') of the ``image_embedder``;
 * ``local_image``: the first frame's latent (B, C, 1, h, w) from the ``auto_encoder``;
 * ``fps``: (B,) integers, the ``fps`` setting.
 
-Classifier-free guidance acts on the model output: ``u + guide_scale * (c - u)``, where the unconditional call
-gets the embedder's tokens of ``negative_prompt`` ("" by default, VGen's null context), the image embedder's
-``null`` (zeros, VGen's unconditional image feature) and the same first-frame latent and fps. Sampling is the
-configured DIFFUSION's ``sample`` (GaussianDiffusion: DDIM with ``ddim_timesteps`` steps and ``ddim_eta``).
+Classifier-free guidance acts on the model output: the DIFFUSION's ``guide`` (``u + guide_scale * (c - u)``, on the
+prediction channels only for a learned variance), where the unconditional call gets the embedder's tokens of
+``negative_prompt`` ("" by default, VGen's null context) or, for a class list, the embedder's null class, the image
+embedder's ``null`` (zeros, VGen's unconditional image feature) and the same first-frame latent and fps. A model
+without conditions (``conditions = ()``, an unconditional Latte) is sampled without guidance; a list's lines then
+only name the samples and set their seeds. Sampling is the configured DIFFUSION's ``sample`` (GaussianDiffusion:
+DDIM with ``ddim_timesteps`` steps and ``ddim_eta``, or ``sampler: ddpm``).
 
-Weights: ``test_model`` is a model folder read by the ``pretrain`` loader (e.g. ModelScopeCheckpoint on
-``damo/text-to-video-synthesis``), or a NextClip ``.safetensors`` checkpoint of a ``train_video`` run. The folder's
-config fixes the model's shape (tools/pretrain/model_config.py). File settings left null are taken from the
+Weights: ``test_model`` is a model folder or released file read by the ``pretrain`` loader (e.g. ModelScopeCheckpoint
+on ``damo/text-to-video-synthesis``, LatteCheckpoint on a Latte ``.pt``; loaders that take ``embedder`` get it, for
+a class table), or a NextClip ``.safetensors`` checkpoint of a training run (with its trained embedder beside it).
+The folder's config fixes the model's shape (tools/pretrain/model_config.py). File settings left null are taken from the
 folder: ``auto_encoder.path`` (the folder itself: AutoencoderKL finds ``VQGAN_autoencoder.pth``) and the
 embedders' ``pretrained`` (``open_clip_pytorch_model.bin``).
 
@@ -36,15 +41,15 @@ import torch
 
 from tools.autoencoders.base import latent_frames, valid_frames
 from tools.diffusions.gaussian import timestep_input
-from tools.embedders.conditioning import video_conditions
+from tools.embedders.conditioning import model_cfg_with_cond_dim, video_conditions
 from tools.inferences.predict_next_clip import _predict
-from tools.pretrain.model_config import merged_model_config, model_folder, with_folder_files
+from tools.pretrain.model_config import merged_model_config, model_folder, run_pretrain, with_folder_files
 from utils import distributed as du
-from utils.checkpoint import load_weights
+from utils.checkpoint import checkpoint_config, embedder_weights_for, load_weights
 from utils.config import DEFAULT_COMPONENTS, ConfigError, to_yaml
 from utils.io import atomic_write_text
 from utils.logging import get_logger, setup_logger
-from utils.registry import AUTO_ENCODER, BACKEND, DIFFUSION, EMBEDDER, INFER_ENGINE, MODEL, PRETRAIN
+from utils.registry import AUTO_ENCODER, BACKEND, DIFFUSION, EMBEDDER, INFER_ENGINE, MODEL
 from utils.test_list import parse_test_list
 from utils.video_io import read_image, resize_crop, to_tensor, to_uint8
 
@@ -56,7 +61,7 @@ DEFAULTS: dict[str, Any] = dict(
     test_model=None,           # model folder (pretrain loader) or a .safetensors checkpoint of train_video
     strict=True,
     test_list_path=None,
-    test_list_kind="text",     # text: 'prompt|seed' lines; image: 'path|||caption' lines
+    test_list_kind="text",     # text: 'prompt|seed' lines; image: 'path|||caption' lines; class: 'label|seed'
     log_dir="workspace/inference",
     seed=8888,
     round=1,
@@ -64,6 +69,7 @@ DEFAULTS: dict[str, Any] = dict(
     max_frames=16,             # pixel frames of every video
     ddim_timesteps=50,         # sampling steps
     ddim_eta=0.0,
+    sampler="ddim",            # ddim | ddpm (ancestral; with the diffusion's learned variance if it has one)
     guide_scale=9.0,           # classifier-free guidance on the model output (1 = off)
     negative_prompt="",        # the unconditional text ("" = VGen's null context)
     fps=8,                     # of the written mp4, and the fps condition of models that take one
@@ -79,9 +85,11 @@ def validate(cfg) -> None:
     if not cfg.get("test_list_path") or not Path(str(cfg.test_list_path)).is_file():
         raise ConfigError(f"test_list_path={cfg.get('test_list_path')!r} is not a list file; give a text file with one "
                           f"prompt per line (test_list_kind text) or 'image|||caption' (image)")
-    if cfg.get("test_list_kind") not in ("text", "image"):
+    if cfg.get("test_list_kind") not in ("text", "image", "class"):
         raise ConfigError(f"test_list_kind={cfg.get('test_list_kind')!r}: whole-video generation reads text or image "
-                          f"lists; set test_list_kind=text or image")
+                          f"lists, or class lists for class-conditional models; set test_list_kind=text, image, class")
+    if cfg.get("sampler") not in ("ddim", "ddpm"):
+        raise ConfigError(f"sampler={cfg.get('sampler')!r}; use ddim or ddpm")
     for key, lo in (("ddim_timesteps", 1), ("max_frames", 1), ("round", 1)):
         v = cfg.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -98,15 +106,16 @@ def validate(cfg) -> None:
         raise ConfigError(f"test_model={tm!r} does not exist; give a model folder or a .safetensors checkpoint")
 
 
-def guided(model: Callable, cond: dict, uncond: dict, scale: float) -> Callable:
-    """``pred_fn(x, t)`` of classifier-free guidance on the model output, both branches in one batch."""
-    if scale == 1.0:
+def guided(model: Callable, cond: dict, uncond: dict, scale: float, combine: Callable | None = None) -> Callable:
+    """``pred_fn(x, t)`` of classifier-free guidance on the model output, both branches in one batch;
+    ``combine(c, u, scale)`` (the diffusion's ``guide``) defaults to ``u + scale * (c - u)``."""
+    if scale == 1.0 or not cond:
         return lambda x, t: model(x, t, **cond)
     both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
 
     def pred(x, t):
         c, u = model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
-        return u + scale * (c - u)
+        return combine(c, u, scale) if combine is not None else u + scale * (c - u)
 
     return pred
 
@@ -123,7 +132,7 @@ class VideoGenerator:
         self.image_embedder = self._frozen(EMBEDDER, "image_embedder", cfg.image_embedder, folder) \
             if cfg.image_embedder else None
         self.autoencoder = self._frozen(AUTO_ENCODER, "auto_encoder", cfg.auto_encoder, folder)
-        self.model = build_video_model(cfg, folder)
+        self.model = build_video_model(cfg, folder, self.embedder)
         self.model.set_attention(*self.backend.attention_kernel())
         self.model.to(self.device).eval().requires_grad_(False)
         self.diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")
@@ -161,10 +170,13 @@ class VideoGenerator:
         tokens, _ = self.embedder([text])  # the whole token sequence, no mask (VGen's context)
         return tokens.to(self.device)
 
-    def conditions_of(self, prompt: str, image=None) -> tuple[dict, dict]:
-        """(conditional, unconditional) model inputs of one item."""
+    def conditions_of(self, prompt: str, image=None, label=None) -> tuple[dict, dict]:
+        """(conditional, unconditional) model inputs of one item (``label``: a class list's item)."""
         cond, uncond = {}, {}
-        if "y" in self.conditions:
+        if "y" in self.conditions and label is not None:  # a class token, guided against the null class
+            cond["y"] = self.embedder([label])[0].to(self.device)
+            uncond["y"] = self.embedder.null(1)[0].to(self.device)
+        elif "y" in self.conditions:
             cond["y"], uncond["y"] = self.text_tokens(prompt), self.text_tokens(self.cfg.negative_prompt or "")
         if "image" in self.conditions:
             emb, _ = self.image_embedder([image])
@@ -179,29 +191,45 @@ class VideoGenerator:
 
     # -- generation ----------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompt: str, seed: int, image=None) -> torch.Tensor:
-        """One video (C, F, H, W) in [-1, 1] for ``prompt`` (and the first frame ``image``, uint8 (H, W, 3))."""
+    def generate(self, prompt: str, seed: int, image=None, label=None) -> torch.Tensor:
+        """One video (C, F, H, W) in [-1, 1] for ``prompt`` (and the first frame ``image``, uint8 (H, W, 3);
+        or the class ``label``)."""
         cfg, ae = self.cfg, self.autoencoder
-        cond, uncond = self.conditions_of(prompt, image)
+        cond, uncond = self.conditions_of(prompt, image, label)
         H, W = cfg.resolution
         shape = (1, ae.latent_channels, latent_frames(ae, int(cfg.max_frames)), H // ae.spatial_factor,
                  W // ae.spatial_factor)
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(int(seed))).to(self.device)
+        gen = torch.Generator().manual_seed(int(seed))  # the start noise, then every sampling step's (ddpm, eta > 0)
+        noise = torch.randn(shape, generator=gen).to(self.device)
         with self.backend.autocast():
-            z = self.diffusion.sample(guided(self.model, cond, uncond, float(cfg.guide_scale)), noise,
-                                      steps=int(cfg.ddim_timesteps), eta=float(cfg.ddim_eta),
-                                      timestep_input=timestep_input(self.model))
+            pred_fn = guided(self.model, cond, uncond, float(cfg.guide_scale), getattr(self.diffusion, "guide", None))
+            z = self.diffusion.sample(pred_fn, noise, steps=int(cfg.ddim_timesteps), sampler=cfg.sampler,
+                                      eta=float(cfg.ddim_eta), generator=gen, timestep_input=timestep_input(self.model))
         return ae.decode(z.float())[0].clamp(-1, 1).cpu()
 
 
-def build_video_model(cfg, folder: str | None):
-    """The MODEL of ``cfg.model`` with the shape the checkpoint fixes, and its weights (strict)."""
-    model = MODEL.build(merged_model_config(cfg.model, cfg.pretrain, folder), "model")
+def is_nextclip_checkpoint(path) -> bool:
+    """A ``.safetensors`` file written by a NextClip training run (it stores the run's config)."""
+    p = Path(str(path))
+    return p.suffix == ".safetensors" and p.is_file() and checkpoint_config(p) is not None
+
+
+def build_video_model(cfg, folder: str | None, embedder=None):
+    """The MODEL of ``cfg.model`` with the shape the checkpoint fixes, and its weights (strict). A model that
+    takes ``cond_dim`` gets the embedder's token width (model_cfg_for); a NextClip checkpoint's trained embedder
+    weights (beside it) go into ``embedder``, and a ``pretrain`` loader that takes ``embedder`` gets it."""
+    model_cfg = merged_model_config(cfg.model, cfg.pretrain, folder)
+    if embedder is not None:
+        model_cfg = model_cfg_with_cond_dim(model_cfg, embedder, cfg.embedder.get("type", ""))
+    model = MODEL.build(model_cfg, "model")
     tm = cfg.get("test_model")
-    if tm and Path(str(tm)).is_file() and str(tm).endswith(".safetensors"):
+    if tm and (is_nextclip_checkpoint(tm) or (str(tm).endswith(".safetensors") and not cfg.pretrain)):
         load_weights(model, Path(str(tm)), strict=cfg.strict)
+        emb_path = embedder_weights_for(Path(str(tm)))
+        if embedder is not None and embedder.state_dict() and emb_path.is_file():
+            load_weights(embedder, emb_path, strict=cfg.strict)
     elif folder and cfg.pretrain:
-        PRETRAIN.build({**cfg.pretrain, "path": str(folder)}, "pretrain", model=model)
+        run_pretrain(cfg.pretrain, model, embedder, path=folder)
     else:
         logger.warning("no test_model and no pretrain: the model has random weights")
     return model
@@ -211,7 +239,8 @@ def _producer(cfg, gen: VideoGenerator):
     def produce(item) -> dict:
         t0 = time.time()
         image = read_image(item.path) if item.kind == "image" else None
-        frames = to_uint8(gen.generate(item.caption, item.seed, image))
+        label = item.label if item.kind == "class" else None
+        frames = to_uint8(gen.generate(item.caption, item.seed, image, label))
         return {"frames": frames, "grid": {"rows": [("generated", frames)], "context_frames": 0},
                 "rollout_seconds": round(time.time() - t0, 3)}
 

@@ -16,11 +16,20 @@ import yaml
 from utils.checkpoint import checkpoint_config
 from utils.config import ConfigError
 from utils.hub import cached_snapshot, is_repo_id
-from utils.registry import PRETRAIN
+from utils.registry import PRETRAIN, accepted_kwargs
 
 #: file settings a model folder fills when they are null: (config key, kwarg) -> file name in the folder
 FOLDER_FILES = {("auto_encoder", "path"): "", ("embedder", "pretrained"): "open_clip_pytorch_model.bin",
                 ("image_embedder", "pretrained"): "open_clip_pytorch_model.bin"}
+
+
+def run_pretrain(pretrain_cfg: dict, model, embedder=None, path: str | None = None) -> dict:
+    """Build the PRETRAIN loader of ``pretrain_cfg`` on ``model`` (``path`` replaces its path); a loader that takes
+    ``embedder`` gets it (a checkpoint whose class table belongs to the embedder: LatteCheckpoint)."""
+    extra = {"embedder": embedder} if embedder is not None and "embedder" in accepted_kwargs(
+        PRETRAIN.get(pretrain_cfg["type"])) else {}
+    cfg = {**pretrain_cfg, "path": str(path)} if path is not None else pretrain_cfg
+    return PRETRAIN.build(cfg, "pretrain", model=model, **extra)
 
 
 def model_folder(cfg) -> str | None:

@@ -67,6 +67,7 @@ from tools.autoencoders.base import encode as ae_encode
 from tools.embedders.conditioning import condition_values, embed, is_conditional
 from tools import lora
 from tools.stack import build_stack, model_config
+from tools.pretrain.model_config import run_pretrain
 from tools.train import loop
 from tools.train.clip_sampling import CLIP_MODES, sample_clip_lens
 from tools.train.loop import (GlobalBatchSampler, OPTIM_KEYS, collate, ema_update, lr_lambda,  # noqa: F401 (API)
@@ -74,7 +75,7 @@ from tools.train.loop import (GlobalBatchSampler, OPTIM_KEYS, collate, ema_updat
 from tools.train.loop import is_int as _is_int, is_num as _is_num, require as _require
 from utils import distributed as du
 from utils.config import DEFAULT_COMPONENTS, ConfigError
-from utils.registry import DATASETS, EMBEDDER, ENGINE, PRETRAIN, VISUAL
+from utils.registry import DATASETS, EMBEDDER, ENGINE, VISUAL
 
 WINDOW_STARTS = ("first", "random")
 
@@ -387,7 +388,7 @@ def _build(run: Run, model_config=model_config) -> None:
     loop.check_data_shape(cfg, run.autoencoder, _patch_size(cfg))
     model.set_attention(*backend.attention_kernel(training=True))
     if cfg.pretrain:
-        PRETRAIN.build(cfg.pretrain, "pretrain", model=model)
+        run_pretrain(cfg.pretrain, model, embedder)  # a loader that takes the embedder gets it (a class table)
         if has_meta(model):  # a loader that copies into a meta model leaves it empty: never train fresh weights
             raise ConfigError(f"pretrain {cfg.pretrain.get('type')} did not fill the meta-device model (backend."
                               f"meta_init / model empty_weights); set backend.meta_init=false, or use a loader that "

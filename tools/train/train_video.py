@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from easydict import EasyDict
 
-from tools.embedders.conditioning import condition_values, embed, video_conditions
+from tools.embedders.conditioning import condition_values, embed, model_cfg_with_cond_dim, video_conditions
 from tools.pretrain.model_config import merged_model_config, model_folder, with_folder_files
 from tools.train import loop, train_next_clip
 from tools.train.train_next_clip import drop_conditions, latents_of
@@ -57,8 +57,9 @@ def resolved(cfg) -> EasyDict:
 
 
 def video_model_config(cfg, autoencoder, embedder) -> dict[str, Any]:
-    """The model config as resolved; its latent channels and text width checked against the components."""
-    model_cfg = dict(cfg.model)
+    """The model config as resolved (``cond_dim`` from the embedder for a model that takes it: Latte's class
+    token); its latent channels and text width checked against the components."""
+    model_cfg = model_cfg_with_cond_dim(cfg.model, embedder, cfg.embedder.get("type", ""))
     channels = model_cfg.get("in_dim", model_cfg.get("in_channels"))
     if channels is not None and int(channels) != int(autoencoder.latent_channels):
         raise ConfigError(f"the model takes {channels}-channel latents but the auto_encoder makes "
