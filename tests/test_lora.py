@@ -75,6 +75,50 @@ def test_adapters_start_as_the_base_and_merge_exactly(family):
     assert torch.allclose(_out(fresh, C, S), unmerged, atol=1e-5, rtol=0)
 
 
+#: the whole-video families: (model config, inputs of a forward call)
+def _video_inputs(in_ch, F, S, ctx=None, extra=()):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, in_ch, F, S, S, generator=g)
+    out = [x, torch.tensor([500])]
+    if ctx is not None:
+        out.append(torch.randn(1, 3, ctx, generator=g))
+    return out
+
+
+UNET = dict(in_dim=4, dim=32, y_dim=32, context_dim=32, out_dim=4, dim_mult=[1, 2], head_dim=8, num_res_blocks=1,
+            attn_scales=[1.0, 0.5], dropout=0.0)
+VIDEO_FAMILIES = {
+    "UNetSD_T2VBase": ({"type": "UNetSD_T2VBase", **UNET}, lambda: _video_inputs(4, 2, 8, 32)),
+    "UNetSD_I2VGen": ({"type": "UNetSD_I2VGen", **UNET}, lambda: [
+        *_video_inputs(4, 2, 8, 32), torch.randn(1, 32, generator=torch.Generator().manual_seed(1)),
+        torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([8])]),
+    "Latte": ({"type": "Latte", "input_size": 8, "patch_size": 2, "hidden": 32, "depth": 2, "heads": 2,
+               "num_frames": 2}, lambda: _video_inputs(4, 2, 8)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(VIDEO_FAMILIES))
+def test_lora_applies_to_the_whole_video_families(family):
+    cfg, inputs = VIDEO_FAMILIES[family]
+    torch.manual_seed(0)
+    base = _randomize(MODEL.build(cfg, "model").eval())
+    model = copy.deepcopy(base)
+    ad = lora.apply_lora(model, lora.check_lora({"rank": 4, "target": "default"}), [])
+    assert len(ad.lora["targets"]) >= 4
+    with torch.no_grad():
+        y0, y = base(*inputs()), model(*inputs())
+        assert torch.allclose(y, y0, atol=1e-5, rtol=0)  # B = 0 at init (diffusers' UNets: fp32 roundoff)
+        _perturb(model)
+        unmerged = model(*inputs())
+        assert (unmerged - y0).abs().max() > 1e-3
+        merged = lora.merge_adapters(copy.deepcopy(model))
+        assert not lora._lora_layers(merged)
+        assert torch.allclose(merged(*inputs()), unmerged, atol=1e-5, rtol=0)
+    sd = merged.state_dict()
+    fresh = MODEL.build(cfg, "model")
+    assert fresh.load_state_dict(sd) is not None and set(sd) == set(fresh.state_dict())
+
+
 def test_frozen_weights_get_no_gradient_and_no_optimizer_state():
     torch.manual_seed(0)
     model = MODEL.build(TINY, "model")
@@ -310,3 +354,16 @@ def test_memory_plan_prints_lora_rows_and_what_fits(capsys):
     fits = [line.split() for line in table.splitlines() if line.startswith(("#   full", "#   LoRA"))]
     assert [f[1:3] for f in fits] == [["full", "off"], ["full", "on"], ["LoRA", "off"], ["LoRA", "on"]]
     assert fits[1][-3:] == ["no", "no", "no"] and fits[3][-3:] == ["yes", "yes", "yes"]
+
+
+@pytest.mark.slow
+def test_memory_plan_of_the_modelscope_unet_with_and_without_lora(capsys):
+    import train_net
+
+    cfg = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "modelscope" / "t2v_train.yaml")
+    assert train_net.run(["--cfg", cfg, "--dry-run", "lora={rank: 16}"]) == 0
+    out = capsys.readouterr().out
+    assert "LoRA: 6.6M trained parameters" in out and "frozen weights (bf16)" in out
+    full = next(line for line in out.splitlines() if "full fine-tune:" in line)
+    low = next(line for line in out.splitlines() if "LoRA fine-tune:" in line)
+    assert "24 GB no" in full and "24 GB yes" in low

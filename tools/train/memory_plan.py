@@ -319,7 +319,7 @@ def video_dry_run(cfg, parallel: str, world: int, precision: str) -> str:
             rows, _ = state_rows(cfg, model, parallel, world, precision, use_lora)
             total = sum(rows.values()) + p.rows["activations"]
             lines.append(f"#   {'LoRA' if use_lora else 'full'} fine-tune: {total / GiB:.2f} GiB per rank; fits "
-                         + ", ".join(f"{gb} GB {f}" for gb, f in zip(FIT_GB, _fits(total))))
+                         + ", ".join(f"{gb} GB {f}" for gb, f in zip(FIT_GB, _fits(total), strict=True)))
     res = (cfg.get("dataset") or {}).get("resolution", 256)
     H, W = (res, res) if isinstance(res, int) else tuple(res)
     sf, tf, causal = _factors(cfg.get("auto_encoder") or {})
