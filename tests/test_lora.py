@@ -367,3 +367,48 @@ def test_memory_plan_of_the_modelscope_unet_with_and_without_lora(capsys):
     full = next(line for line in out.splitlines() if "full fine-tune:" in line)
     low = next(line for line in out.splitlines() if "LoRA fine-tune:" in line)
     assert "24 GB no" in full and "24 GB yes" in low
+
+
+@pytest.mark.slow
+def test_latte_lora_fine_tune_with_train_video_and_generation(tmp_path):
+    """configs/latte/train.yaml (the whole-video engine) with lora on the tiny golden fixture: adapter-only
+    checkpoints; the generation engine takes the adapter unmerged and merged, with the same videos."""
+    diffusers = pytest.importorskip("diffusers")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    fixture, videos = root.parent / "shared" / "fixtures" / "latte_tiny", root.parent / "shared" / "data" / "videos"
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                                  up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8],
+                                  layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=16,
+                                  scaling_factor=0.18215)
+    vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"{videos / 'cat_walking.mp4'}|||ApplyEyeMakeup\n{videos / '1066674877.mp4'}|||5\n")
+    tiny = ["model={_delete_: true, type: Latte, input_size: 8, patch_size: 2, hidden: 64, depth: 4, heads: 4, "
+            "num_frames: 4, learn_sigma: true}", "backend.type=cpu", "backend.precision=fp32", "progress=false",
+            "embedder.dim=64", f"auto_encoder.path={tmp_path / 'vae'}"]
+    train_cfg = str(root / "configs" / "latte" / "train.yaml")
+    assert main("train", ["--cfg", train_cfg, f"pretrain.path={fixture / 'latte.pt'}", *tiny,
+                          f"log_dir={tmp_path / 'run'}", f"dataset.list_file={listing}", "dataset.num_frames=4",
+                          "dataset.stride=1", "dataset.resolution=16", "max_frames=4", "batch_size=2", "num_steps=2",
+                          "save_ckp_interval=2", "lr=1e-2", "lora={rank: 4, target: default}"]) == 0
+    ck = next((tmp_path / "run").glob("*/checkpoints/step_00000002.ema.safetensors"))
+    sd = load_file(str(ck))
+    assert sd and all(".lora_" in k for k in sd)
+    assert not list(ck.parent.glob("*.embedder.safetensors"))  # the class table is frozen with the base
+
+    from tools.inferences.generate_video import VideoGenerator
+    from utils.config import load_config
+    from utils.registry import INFER_ENGINE
+
+    def model(*extra):
+        cfg = load_config(root / "configs" / "latte" / "ucf101_infer.yaml",
+                          [*tiny, f"test_model={fixture / 'latte.pt'}", *extra], registry=INFER_ENGINE)
+        return VideoGenerator(cfg).model
+
+    x, t, y = torch.randn(1, 4, 4, 8, 8), torch.tensor([400]), torch.randn(1, 1, 64)
+    with torch.no_grad():
+        base, unmerged = model()(x, t, y), model(f"lora={ck}")(x, t, y)
+        merged = model(f"lora={ck}", "lora_merge=true")(x, t, y)
+    assert (unmerged - base).abs().max() > 1e-5
+    assert torch.allclose(merged, unmerged, atol=1e-5, rtol=0)
