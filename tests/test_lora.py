@@ -97,7 +97,8 @@ VIDEO_FAMILIES = {
 }
 
 
-@pytest.mark.parametrize("family", sorted(VIDEO_FAMILIES))
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f == "UNetSD_I2VGen" else f
+                                    for f in sorted(VIDEO_FAMILIES)])
 def test_lora_applies_to_the_whole_video_families(family):
     cfg, inputs = VIDEO_FAMILIES[family]
     torch.manual_seed(0)
