@@ -319,6 +319,11 @@ def test_inference_unmerged_merged_and_exported_agree(trained):
     recs = [json.loads(line) for line in (tmp / "pred" / "test_list" / "results.jsonl").read_text().splitlines()]
     assert len(recs) == 4 and all(r["status"] == "ok" for r in recs)
     assert main("infer", ["--cfg", str(cfg_path), f"lora={tmp / 'nope.safetensors'}"]) == 2
+    # the web page takes it as an override too, and says so
+    from tools.inferences.web_app import load_app
+
+    page = load_app(str(cfg_path), [f"lora={ck}"], 1 << 20)
+    assert lora._lora_layers(page.predictor.model) and f"LoRA `{ck}` x1" in page.describe()
 
 
 def test_bf16_run_keeps_frozen_weights_in_bf16_and_adapters_in_fp32(trained, monkeypatch):
