@@ -212,10 +212,23 @@ def test_checkpoint_holds_only_adapters_with_the_base_identity(trained):
     assert (tmp / "base.safetensors").stat().st_size > 10 * ck.stat().st_size
 
 
-def test_resume_after_kill_is_exact(trained):
+def test_resume_after_kill_is_exact(trained, monkeypatch):
+    from tools.train import train_next_clip as engine
+
     tmp, cfg = trained
-    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp / "part"), "num_steps=2"]) == 0
-    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp / "part")]) == 0
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_step_3(run, done, batch):  # step 3 trained, its checkpoint (every 2) not written
+        if done == 3:
+            raise Killed()
+
+    monkeypatch.setattr(engine, "_visualise", kill_after_step_3)
+    with pytest.raises(Killed):
+        main("train", ["--cfg", str(cfg), "log_dir", str(tmp / "part")])
+    monkeypatch.undo()
+    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp / "part")]) == 0  # resume: auto from step 2
     full, part = _losses(tmp / "full" / "lora"), _losses(tmp / "part" / "lora")
     assert sorted(part) == [1, 2, 3, 4]
     for s in (3, 4):
