@@ -90,15 +90,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, model_sd, ema_sd, train_state: dict[str, Any], config_yaml: str,
-                    embedder_sd=None) -> Path:
+                    embedder_sd=None, metadata: dict[str, str] | None = None) -> Path:
     """Write weights (+EMA, +embedder) then the state file last: it marks a complete checkpoint.
+    ``metadata``: extra entries of the weights files' metadata (e.g. a LoRA adapter's base identity).
 
     If a write fails (disk full, ...) the files this step already wrote are removed, so no
     orphaned weights fill the disk, and one OSError names the file and the cause.
     """
     ckpt_dir = Path(ckpt_dir)
     stem = ckpt_dir / f"step_{step:08d}"
-    meta = {"step": str(step), "config": config_yaml, "format": "nextclip-1"}
+    meta = {**(metadata or {}), "step": str(step), "config": config_yaml, "format": "nextclip-1"}
     jobs = [(stem.with_suffix(".safetensors"), model_sd)]
     if ema_sd is not None:
         jobs.append((Path(str(stem) + ".ema.safetensors"), ema_sd))

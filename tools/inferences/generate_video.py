@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from tools import lora
 from tools.autoencoders.base import latent_frames, valid_frames
 from tools.diffusions.gaussian import timestep_input
 from tools.embedders.conditioning import video_conditions
@@ -78,6 +79,8 @@ DEFAULTS: dict[str, Any] = dict(
     save_grid=False,
     overwrite=False,
     progress=True,
+    lora=None,                 # LoRA adapters on the base model: [{path, scale}] or one path (tools/lora.py)
+    lora_merge=False,          # true: fold them into the base weights
 )
 
 
@@ -102,6 +105,10 @@ def validate(cfg) -> None:
         v = cfg.get(key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"{key}={v!r} must be a number >= 0; set e.g. '{key}={DEFAULTS[key]}'")
+    for entry in lora.check_entries(cfg.get("lora")):
+        if not Path(entry["path"]).is_file():
+            raise ConfigError(f"lora path {entry['path']!r}: no such adapter file; give a LoRA run's "
+                              f"checkpoints/step_N.ema.safetensors")
     tm = cfg.get("test_model")
     if tm and not Path(str(tm)).exists() and not cfg.get("pretrain"):
         raise ConfigError(f"test_model={tm!r} does not exist; give a model folder or a .safetensors checkpoint")
@@ -134,6 +141,11 @@ class VideoGenerator:
             if cfg.image_embedder else None
         self.autoencoder = self._frozen(AUTO_ENCODER, "auto_encoder", cfg.auto_encoder, folder)
         self.model = build_video_model(cfg, folder, self.embedder)
+        self.adapters = lora.check_entries(cfg.get("lora"))
+        if self.adapters:
+            base = cfg.test_model or (cfg.pretrain or {}).get("path")
+            lora.load_adapters(self.model, self.adapters, lora.base_identity(self.model, base),
+                               merge=bool(cfg.get("lora_merge")))
         self.model.set_attention(*self.backend.attention_kernel())
         self.model.to(self.device).eval().requires_grad_(False)
         self.diffusion = DIFFUSION.build(cfg.diffusion, "diffusion")

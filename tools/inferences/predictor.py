@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import yaml
 
+from tools import lora
 from tools.autoencoders.base import frames_rule, latent_frames, nearest_frames, valid_frames
 from tools.backends.parallel import PARALLEL_CHOICES
 from tools.embedders.conditioning import embed, is_conditional, null_condition
@@ -61,6 +62,8 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     "history_noise": None,      # t_in of the history at inference (null = clean history)
     "kv_cache": "recompute",    # recompute | rolling | off
     "fps": 8,
+    "lora": None,               # LoRA adapters on the base model: [{path, scale}] (or one path); tools/lora.py
+    "lora_merge": False,        # true: fold the adapters into the base weights (the same outputs, plain model)
 }
 
 
@@ -84,12 +87,23 @@ class Predictor:
             PRETRAIN.build(cfg.pretrain, "pretrain", model=self.model)
         else:
             logger.warning("no test_model and no pretrain: the model has random weights")
+        self.adapters = self._load_adapters(cfg)
         self.model.to(self.device).eval().requires_grad_(False)
         hw = cfg.resolution
         self.hw = (int(hw), int(hw)) if isinstance(hw, int) else (int(hw[0]), int(hw[1]))
         self.check_settings()
         self.window = self.fit_window()
         self.settings = RolloutSettings.from_config(cfg, window=self.window)  # validated (validate_rollout)
+
+    def _load_adapters(self, cfg) -> list:
+        """``lora`` adapters on the loaded base (checked against it), unmerged or merged (``lora_merge``)."""
+        entries = lora.check_entries(cfg.get("lora"))
+        if not entries:
+            return []
+        base_path = cfg.test_model or (cfg.pretrain or {}).get("path")
+        lora.load_adapters(self.model, entries, lora.base_identity(self.model, base_path),
+                           merge=bool(cfg.get("lora_merge")))
+        return entries
 
     def _build_embedder(self, cfg):
         """The embedder, with its trained weights (e.g. a class table) from beside test_model."""
@@ -301,6 +315,12 @@ def validate_rollout(cfg) -> None:
         RolloutSettings.from_config(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    for entry in lora.check_entries(cfg.get("lora")):
+        if not Path(entry["path"]).is_file():
+            raise ConfigError(f"lora path {entry['path']!r}: no such adapter file; give a LoRA run's "
+                              f"checkpoints/step_N.ema.safetensors")
+    if not isinstance(cfg.get("lora_merge", False), bool):
+        raise _setting_error("lora_merge", cfg.get("lora_merge"), "true or false", "set 'lora_merge=true'")
     par = (cfg.get("backend") or {}).get("parallel", "auto")
     if par not in PARALLEL_CHOICES:
         raise _setting_error("backend.parallel", par, f"choose one of {', '.join(PARALLEL_CHOICES)}",

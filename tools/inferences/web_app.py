@@ -126,6 +126,10 @@ class WebApp:
         kind = "unconditional" if not self.conditional else \
             ("class-conditional" if self.class_choices() else "caption-conditional")
         weights = cfg.test_model or "random weights (no test_model)"
+        adapters = getattr(self.predictor, "adapters", [])
+        if adapters:  # LoRA adapters on the base (lora=PATH or lora=[{path, scale}])
+            weights += " + LoRA " + ", ".join(f"`{a['path']}` x{a['scale']:g}" for a in adapters) + \
+                (" (merged)" if cfg.get("lora_merge") else "")
         return (f"`{weights}`: {cfg.model.get('type')} ({kind}), {cfg.embedder.get('type')} embedder, "
                 f"{self.predictor.hw[0]}x{self.predictor.hw[1]} frames, clips of {cfg.clip_len}, "
                 f"window {self.predictor.window}. Outputs in `{self.out_dir}`.")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tools.models.modelscope_unet import (
+    UNET_LORA_PRESETS,
     block_types,
     check_unet_args,
     checkpoint_blocks,
@@ -55,6 +56,7 @@ class UNetSD_I2VGen(nn.Module):
 
     #: the diffusion calls this model with the integer timestep k, not the unit time 1 - k/T
     timestep_input = "index"
+    lora_presets = UNET_LORA_PRESETS  # LoRA targets by name (tools/lora.py)
     #: the inputs it takes besides x and t (tools/inferences/generate_video.py gives them)
     conditions = ("y", "image", "local_image", "fps")
     reference_extra_keys = IMAGE_BRANCH_KEYS

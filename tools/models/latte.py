@@ -118,6 +118,10 @@ class Latte(nn.Module):
 
     #: the model takes the integer diffusion timestep k (see GaussianDiffusion.model_time)
     timestep_input = "index"
+    #: LoRA targets by name (tools/lora.py): the blocks' attention and MLP linears
+    lora_presets = {"default": ["blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp"],
+                    "attention": ["blocks.*.attn.qkv", "blocks.*.attn.proj"],
+                    "all": ["blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp", "blocks.*.adaLN_modulation"]}
 
     def __init__(self, preset: str | None = None, in_channels: int = 4, input_size: int = 32,
                  patch_size: int | None = None, hidden: int | None = None, depth: int | None = None,

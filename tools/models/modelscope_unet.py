@@ -108,12 +108,19 @@ def set_dense_attention(unet: nn.Module, dense_fn) -> None:
             m.set_processor(DenseAttnProcessor(dense_fn) if dense_fn is not None else AttnProcessor2_0())
 
 
+#: LoRA targets by name (tools/lora.py): diffusers' projections of every spatial, temporal and cross attention
+#: (the layers diffusers' own UNet LoRAs adapt), and their feed-forwards
+UNET_LORA_PRESETS = {"default": ["to_q", "to_k", "to_v", "to_out.0"], "attention": ["to_q", "to_k", "to_v", "to_out.0"],
+                     "all": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]}
+
+
 @MODEL.register_class()
 class UNetSD_T2VBase(nn.Module):
     """ModelScope / VGen text-to-video 3D UNet (integer timesteps, text context), diffusers' UNet3DConditionModel."""
 
     #: the diffusion calls this model with the integer timestep k, not the unit time 1 - k/T
     timestep_input = "index"
+    lora_presets = UNET_LORA_PRESETS
 
     def __init__(self, in_dim: int = 4, dim: int = 320, y_dim: int = 1024, context_dim: int = 1024,
                  out_dim: int = 4, dim_mult: list[int] = (1, 2, 4, 4), num_heads: int = 8, head_dim: int = 64,

@@ -112,6 +112,11 @@ class NextClipTransformer(CachedRollout, nn.Module):
     embeddings, time MLP and output layer keep theirs.
     """
 
+    #: LoRA targets by name (tools/lora.py): module-name patterns of the blocks' linear layers
+    lora_presets = {"default": ["blocks.*.qkv", "blocks.*.proj", "blocks.*.mlp"],
+                    "attention": ["blocks.*.qkv", "blocks.*.proj"],
+                    "all": ["blocks.*.qkv", "blocks.*.proj", "blocks.*.mlp", "blocks.*.ada"]}
+
     def __init__(self, in_channels=None, patch_size=None, hidden=None, depth=None, heads=None, ffn=None,
                  norm=None, mlp=None, time_cond=None, rope=None, cond_dim=None, pooled_cond=None,
                  frame_causal_clean=None, grad_checkpointing=None, attention=None, qk_norm=None,

@@ -178,6 +178,9 @@ class VideoGPT(nn.Module):
     the parameters on the meta device (no memory) for a loader to fill shard by shard.
     """
 
+    #: LoRA targets by name (tools/lora.py): the Phi-3 layers' attention and MLP projections
+    lora_presets = {"default": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], "attention": ["qkv_proj", "o_proj"],
+                    "all": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj", "adaLN_modulation"]}
     batches_branches = False  # denoise takes one branch per call (see tools/models/kv_rollout.py)
 
     def __init__(self, in_channels=None, patch_size=None, hidden=None, depth=None, heads=None, ffn=None,

@@ -204,7 +204,8 @@ def reset_optimizer_settings(optimizer, cfg, lr: float | None = None) -> None:
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().float(), 1 - decay)
+        if e is not p:  # a LoRA EMA shares the frozen base weights
+            e.lerp_(p.detach().float(), 1 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
 
@@ -535,12 +536,14 @@ def is_due(cfg, done: int, interval_key: str) -> bool:
 
 
 def save_step(cfg, ckpt_dir: Path, done: int, rank: int, model, ema, state: Callable[[], dict[str, Any]],
-              config_yaml: str, embedder_sd=None, optimizer=None, embedder=None) -> None:
+              config_yaml: str, embedder_sd=None, optimizer=None, embedder=None,
+              metadata: dict[str, str] | None = None) -> None:
     """Rank 0 writes checkpoint ``done`` (weights, EMA, ``state()`` = scheduler etc.) and prunes to
     ``keep_last``; every rank waits for it. Call when ``is_due(cfg, done, "save_ckp_interval")``.
     ``optimizer`` / ``embedder``: their state is saved too (the optimizer's under ``"optimizer"``, unless
     ``state()`` already holds it; the embedder's as ``embedder_sd``). A sharded model (FSDP) is saved by
-    every rank together as a DCP checkpoint (``optimizer`` must then be given: its state is sharded)."""
+    every rank together as a DCP checkpoint (``optimizer`` must then be given: its state is sharded).
+    ``metadata``: extra metadata of the safetensors files (a LoRA adapter's identity)."""
     from tools.backends.parallel import is_sharded
 
     if is_sharded(model):
@@ -560,7 +563,7 @@ def save_step(cfg, ckpt_dir: Path, done: int, rank: int, model, ema, state: Call
         if embedder_sd is None and embedder is not None:
             embedder_sd = embedder.state_dict()
         save_checkpoint(ckpt_dir, done, model.state_dict(), ema.state_dict() if ema is not None else None,
-                        train_state, config_yaml, embedder_sd=embedder_sd)
+                        train_state, config_yaml, embedder_sd=embedder_sd, metadata=metadata)
         prune(ckpt_dir, cfg.keep_last)
     du.barrier()
 

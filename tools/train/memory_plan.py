@@ -18,6 +18,13 @@ with P parameters, S = world size under fsdp (1 under none / ddp):
   ``grad_checkpointing``) every block keeps only its input (b s h * 4 bytes, the fp32 residual
   stream) and one block is recomputed at a time: d * b s h * 4 + a. Allocator slack, the
   autoencoder and the data loader are not included.
+
+With ``lora`` set (tools/lora.py) only the A adapters and ``trainable`` tensors (Pa parameters) train:
+the frozen weights are kept in the compute dtype (2 (P - Pa) / S bytes in bf16), and gradients,
+AdamW moments and the EMA exist for the Pa trained parameters only (fp32); the fsdp working set
+holds no gradient for frozen blocks. Activations are counted as in full training (the frozen layers
+still back-propagate to the adapters below them; the adapters' own rank-r activations are negligible).
+:func:`fit_table` prints what fits on 24 / 40 / 80 GB with and without LoRA.
 """
 from __future__ import annotations
 
@@ -42,6 +49,7 @@ class Plan:
     rows: dict[str, float]
     tokens: int
     checkpointing: bool
+    trained: int | None = None  # LoRA: parameters trained (adapters + trainable); None: all
 
     @property
     def total(self) -> float:
@@ -50,7 +58,8 @@ class Plan:
     def format(self, capacity_gib: float | None = None) -> str:
         lines = [f"# memory plan per rank: parallel={self.parallel}, world={self.world}, precision={self.precision}, "
                  f"{self.params / 1e9:.2f}B parameters, {self.tokens} tokens per sample, activation checkpointing "
-                 f"{'on' if self.checkpointing else 'off'}"]
+                 f"{'on' if self.checkpointing else 'off'}"
+                 + (f", LoRA: {self.trained / 1e6:.1f}M trained parameters, the rest frozen" if self.trained else "")]
         for name, b in self.rows.items():
             lines.append(f"#   {name:<22s} {b / GiB:8.2f} GiB")
         lines.append(f"#   {'total':<22s} {self.total / GiB:8.2f} GiB"
@@ -87,28 +96,48 @@ def _shape(model) -> tuple[int, int, int]:
     return hidden, int(cfg.get("ffn", 4 * hidden)), int(cfg.get("depth", 1))
 
 
-def plan(cfg, model, parallel: str, world: int, precision: str) -> Plan:
-    """The per-rank plan of ``model`` (built on the meta device) trained with ``cfg``."""
+def state_rows(cfg, model, parallel: str, world: int, precision: str,
+               use_lora: bool = True) -> tuple[dict[str, float], int | None]:
+    """(rows of weights, gradients, AdamW moments, EMA, ddp buckets and the fsdp working set; parameters
+    trained under the config's ``lora``, None without it or with ``use_lora`` False)."""
+    from tools import lora
     from tools.backends.parallel import block_modules
 
     P = sum(p.numel() for p in model.parameters())
     shard = world if parallel == "fsdp" else 1
     c = 2 if precision in ("bf16", "fp16") else 4
-    rows = {"weights (fp32)": 4 * P / shard, "gradients (fp32)": 4 * P / shard,
-            "AdamW moments (fp32)": 8 * P / shard}
+    settings = lora.check_lora(cfg.get("lora"), cfg.get("trainable")) if use_lora else None
+    if settings is not None:
+        A = lora.count_adapter_params(model, settings, cfg.get("trainable") or [])  # trained parameters
+        dtype = "bf16" if c == 2 else "fp32"
+        rows = {f"frozen weights ({dtype})": c * P / shard, "LoRA weights (fp32)": 4 * A / shard,
+                "gradients (fp32)": 4 * A / shard, "AdamW moments (fp32)": 8 * A / shard}
+    else:
+        A = P
+        rows = {"weights (fp32)": 4 * P / shard, "gradients (fp32)": 4 * P / shard,
+                "AdamW moments (fp32)": 8 * P / shard}
     if parallel == "ddp" and world > 1:
-        rows["ddp buckets"] = 4 * P
+        rows["ddp buckets"] = 4 * A
     if cfg.get("use_ema", True):
-        rows["EMA (fp32)"] = 4 * P / shard
+        rows["EMA (fp32)"] = 4 * A / shard
     if parallel == "fsdp":
         Pb = max((sum(p.numel() for p in b.parameters()) for b in block_modules(model)), default=0)
-        rows["fsdp gathered blocks"] = Pb * (2 * c + 4)
+        rows["fsdp gathered blocks"] = Pb * (2 * c + (4 if settings is None else 0))
+    return rows, (A if settings is not None else None)
+
+
+def plan(cfg, model, parallel: str, world: int, precision: str, use_lora: bool = True) -> Plan:
+    """The per-rank plan of ``model`` (built on the meta device) trained with ``cfg`` (its ``lora``
+    counted unless ``use_lora`` is False)."""
+    P = sum(p.numel() for p in model.parameters())
+    c = 2 if precision in ("bf16", "fp16") else 4
+    rows, trained = state_rows(cfg, model, parallel, world, precision, use_lora)
     h, f, d = _shape(model)
     s, b = tokens_per_sample(cfg, model), int(cfg.get("batch_size", 1))
     per_block = b * s * (18 * h + 6 * f) * c / 2
     ckpt = bool(getattr(model, "grad_checkpointing", False))
     rows["activations"] = d * b * s * h * 4 + per_block if ckpt else d * per_block
-    return Plan(parallel, world, precision, P, rows, s, ckpt)
+    return Plan(parallel, world, precision, P, rows, s, ckpt, trained)
 
 
 def meta_model_cfg(cfg) -> dict[str, Any]:
@@ -153,7 +182,37 @@ def dry_run_plan(cfg, world: int, parallel: str | None = None) -> str:
     precision = "bf16" if precision == "auto" else precision
     if cfg.get("TASK_TYPE") == "train_video":
         return video_dry_run(cfg, mode, world, precision)
-    return plan(cfg, build_meta_model(cfg), mode, world, precision).format()
+    model = build_meta_model(cfg)
+    text = plan(cfg, model, mode, world, precision).format()
+    if cfg.get("lora"):
+        text += "\n" + fit_table(cfg, model, mode, world, precision)
+    return text
+
+
+#: device memory sizes (GB) of the fit tables
+FIT_GB = (24, 40, 80)
+
+
+def _fits(total: float, sizes=FIT_GB) -> list[str]:
+    """yes / no per device size: ``total`` bytes within 92 % of it (the rest: allocator, autoencoder, data)."""
+    return ["yes" if total <= 0.92 * g * 1e9 else "no" for g in sizes]
+
+
+def fit_table(cfg, model, parallel: str, world: int, precision: str, sizes=FIT_GB) -> str:
+    """Per-rank totals with and without the config's ``lora``, activation checkpointing off and on,
+    and whether each fits in 92 % of a ``sizes`` GB device."""
+    keep = model.grad_checkpointing
+    lines = [f"# fits per rank ({parallel}, world {world}, {precision}; 92% of the device usable):",
+             "#   training        checkpointing   total GiB  " + "  ".join(f"{g:>5d} GB" for g in sizes)]
+    for use_lora in (False, True):
+        for ckpt in (False, True):
+            model.grad_checkpointing = ckpt
+            total = plan(cfg, model, parallel, world, precision, use_lora).total
+            fits = "  ".join(f"{f:>8s}" for f in _fits(total, sizes))
+            lines.append(f"#   {'LoRA' if use_lora else 'full':<15s} {'on' if ckpt else 'off':<15s} "
+                         f"{total / GiB:9.1f}  {fits}")
+    model.grad_checkpointing = keep
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- whole-video models (train_video)
@@ -237,23 +296,13 @@ def video_plan(cfg, model, parallel: str, world: int, precision: str) -> tuple[P
     F = int(cfg.get("max_frames", 16))
     F = 1 + (F - 1) // tf if causal else F // tf
     P = sum(p.numel() for p in model.parameters())
-    shard = world if parallel == "fsdp" else 1
     c = 2 if precision in ("bf16", "fp16") else 4
-    rows = {"weights (fp32)": 4 * P / shard, "gradients (fp32)": 4 * P / shard, "AdamW moments (fp32)": 8 * P / shard}
-    if parallel == "ddp" and world > 1:
-        rows["ddp buckets"] = 4 * P
-    if cfg.get("use_ema", True):
-        rows["EMA (fp32)"] = 4 * P / shard
-    if parallel == "fsdp":
-        from tools.backends.parallel import block_modules
-
-        Pb = max((sum(p.numel() for p in b.parameters()) for b in block_modules(model)), default=0)
-        rows["fsdp gathered blocks"] = Pb * (2 * c + 4)
+    rows, trained = state_rows(cfg, model, parallel, world, precision)
     b = int(cfg.get("batch_size", 1))
     kept, _, flops = video_activations(model, b, F, H // sf, W // sf, c)
     rows["activations"] = kept
     ckpt = bool(getattr(model, "grad_checkpointing", False))
-    return Plan(parallel, world, precision, P, rows, F * (H // sf) * (W // sf), ckpt), flops
+    return Plan(parallel, world, precision, P, rows, F * (H // sf) * (W // sf), ckpt, trained), flops
 
 
 def video_dry_run(cfg, parallel: str, world: int, precision: str) -> str:
@@ -265,6 +314,12 @@ def video_dry_run(cfg, parallel: str, world: int, precision: str) -> str:
     lines.append("#   fits per rank (92 % usable): " + ", ".join(
         f"{gb} GB {'yes' if p.total <= 0.92 * gb * 1e9 else 'no'}" for gb in (24, 40, 80))
         + f"; states alone {states / GiB:.2f} GiB")
+    if cfg.get("lora"):  # the same activations, the states of a full and of a LoRA fine-tune
+        for use_lora in (False, True):
+            rows, _ = state_rows(cfg, model, parallel, world, precision, use_lora)
+            total = sum(rows.values()) + p.rows["activations"]
+            lines.append(f"#   {'LoRA' if use_lora else 'full'} fine-tune: {total / GiB:.2f} GiB per rank; fits "
+                         + ", ".join(f"{gb} GB {f}" for gb, f in zip(FIT_GB, _fits(total), strict=True)))
     res = (cfg.get("dataset") or {}).get("resolution", 256)
     H, W = (res, res) if isinstance(res, int) else tuple(res)
     sf, tf, causal = _factors(cfg.get("auto_encoder") or {})

@@ -42,6 +42,13 @@ shard of the model, its gradients, the AdamW state and the EMA, checkpoints are 
 ``python -m scripts.consolidate_checkpoint`` makes one safetensors file of them for inference.
 Visual hooks are skipped under fsdp.
 
+LoRA (``lora: {rank, alpha, dropout, target}``, ``trainable: [patterns]``; tools/lora.py): after ``pretrain``
+loads the base, adapters are injected and everything else is frozen (the embedder too): only the
+adapters and the ``trainable`` tensors get gradients, optimizer state and an EMA (the EMA shares the
+frozen weights). Checkpoints then hold only those tensors (safetensors, with the base identity in the
+metadata; under fsdp the sharded checkpoint holds the whole model); resume loads the base from
+``pretrain`` again and refuses a checkpoint of another base.
+
 Distributed: every collective waits at most ``dist_timeout`` seconds; then the run stops with
 one error naming the rank(s) that stopped answering (utils.distributed.collective_guard).
 """
@@ -54,6 +61,7 @@ from typing import Any
 
 import torch
 
+from tools import lora
 from tools.autoencoders.base import check_frames, latent_frames, pixel_frames, valid_frames
 from tools.autoencoders.base import encode as ae_encode
 from tools.backends.parallel import has_meta
@@ -105,6 +113,8 @@ DEFAULTS: dict[str, Any] = {
     "betas": [0.9, 0.95],
     **loop.LOOP_DEFAULTS,
     "resume": "auto",           # auto | none | path to a checkpoint
+    "lora": None,               # {rank, alpha, dropout, target}: train LoRA adapters on the frozen pretrain model
+    "trainable": [],            # with lora: parameter-name patterns trained in full beside the adapters
     "progress": True,
     "dist_timeout": 600,        # seconds a collective waits for a silent rank before the run stops
 }
@@ -199,6 +209,7 @@ def validate(cfg) -> None:
     _require(v in WINDOW_STARTS, "window_start", v, f"choose one of {', '.join(WINDOW_STARTS)}",
              "e.g. window_start=random (train on windows that start anywhere in longer items)")
     _validate_clip_sampling(g("clip_sampling", DEFAULTS["clip_sampling"]))
+    lora.check_lora(g("lora"), g("trainable", []))
     loop.validate_data_shape(cfg, _patch_size(cfg))
 
 
@@ -228,7 +239,7 @@ def _validate_clip_sampling(cs: Any) -> None:
 
 # ---------------------------------------------------------------------------- resume checks
 #: settings that define what the weights mean: resuming with other values is an error
-MUST_MATCH = ("model", "diffusion", "auto_encoder", "embedder", "cond_key", "max_frames")
+MUST_MATCH = ("model", "diffusion", "auto_encoder", "embedder", "cond_key", "max_frames", "lora", "trainable")
 
 
 def _must_match(key: str) -> bool:
@@ -348,10 +359,23 @@ class Run:
     scaler: Any = None
     ckpt_dir: Path | None = None
     start: int = 0
+    adapters: Any = None       # lora: the trainable tensors (tools.lora.Adapters)
+    base: Any = None           # lora: the base model's identity
 
     @property
     def parallel(self) -> str:
         return self.backend.parallel_mode(self.world)
+
+    @property
+    def weights(self):
+        """What checkpoints save and resume loads: the model, or under LoRA (unsharded) its adapters."""
+        return self.adapters if self.adapters is not None and self.parallel != "fsdp" else self.model
+
+    @property
+    def ema_weights(self):
+        if self.ema is None or self.weights is self.model:
+            return self.ema
+        return self.adapters.view(self.ema)
 
 
 def _build(run: Run, model_config=model_config) -> None:
@@ -381,6 +405,8 @@ def _build(run: Run, model_config=model_config) -> None:
                               f"assigns every tensor (e.g. VideoGPTCheckpoint)")
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2fM parameters", cfg.model.get("type"), n_params / 1e6)
+    if cfg.lora:
+        _apply_lora(run, model)
     if run.parallel == "fsdp":
         ema = copy.deepcopy(model).requires_grad_(False) if cfg.use_ema else None
         run.net = run.model = backend.wrap(model, run.world)
@@ -392,13 +418,41 @@ def _build(run: Run, model_config=model_config) -> None:
     else:
         run.net = backend.wrap(model, run.world)
         run.model = model
-        run.ema = copy.deepcopy(model).float().eval().requires_grad_(False) if cfg.use_ema else None
+        if not cfg.use_ema:
+            run.ema = None
+        elif run.adapters is not None:  # only the trainable tensors are copied
+            run.ema = lora.shared_copy(model).eval().requires_grad_(False)
+        else:
+            run.ema = copy.deepcopy(model).float().eval().requires_grad_(False)
         run.visuals = [VISUAL.build(v, f"visual[{i}]") for i, v in enumerate(cfg.visual or [])]
     run.trainable = torch.nn.ModuleList([run.model, embedder])
     run.optimizer = loop.make_optimizer(run.trainable, cfg, fast=condition_parameters(run.model, embedder),
                                         fast_mult=float(cfg.cond_lr_mult))
     run.scheduler = loop.make_scheduler(run.optimizer, cfg)
     run.scaler = backend.grad_scaler()
+
+
+def _apply_lora(run: Run, model) -> None:
+    """Adapters on the (pretrained) model; the base and the embedder frozen."""
+    cfg = run.cfg
+    if has_meta(model):
+        raise ConfigError("lora is set but the model is on the meta device (backend.meta_init / empty_weights "
+                          "without a loader that fills it); LoRA needs the base weights: set backend.meta_init=false")
+    if not cfg.pretrain:
+        run.log.warning("lora is set but pretrain is null: the adapters train on a randomly initialised base")
+    run.base = lora.base_identity(model, (cfg.pretrain or {}).get("path"))
+    run.adapters = lora.apply_lora(model, lora.check_lora(cfg.lora, cfg.trainable), cfg.trainable)
+    run.embedder.requires_grad_(False)
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.backend.precision)
+    if low is not None and run.parallel != "fsdp":  # frozen weights in the compute dtype (fsdp: its own policy)
+        with torch.no_grad():
+            for p in model.parameters():
+                if not p.requires_grad and p.is_floating_point():
+                    p.data = p.data.to(low)
+    n = sum(p.numel() for p in run.adapters.parameters())
+    run.log.info("lora: rank %d on %d linear layers, %d trainable tensors (%.3fM parameters, %.2f%% of the model); "
+                 "base %s", cfg.lora["rank"], len(run.adapters.lora["targets"]), len(run.adapters.keys), n / 1e6,
+                 100 * n / sum(p.numel() for p in model.parameters()), run.base)
 
 
 @torch.no_grad()
@@ -413,12 +467,21 @@ def _resume(run: Run) -> None:
     it (a sharded checkpoint reshards to this world size; every rank takes part)."""
     cfg, log = run.cfg, run.log
     run.ckpt_dir, ckpt = loop.open_run(cfg, run.out_dir, run.rank, log, run.config_yaml,
-                                       lambda c: check_resume(c, run.model, run.config_yaml, log))
+                                       lambda c: _check_resume(run, c))
     if run.rank == 0 and callable(getattr(run.dataset, "write_label_map", None)):
         log.info("label map written to %s", run.dataset.write_label_map(run.out_dir / "label_map.json"))
     if ckpt is not None:
-        run.start, run.scheduler = loop.apply_resume(ckpt, cfg, run.model, run.ema, run.optimizer, run.embedder)
+        run.start, run.scheduler = loop.apply_resume(ckpt, cfg, run.weights, run.ema_weights, run.optimizer,
+                                                     run.embedder if run.weights is run.model else None)
         log.info("resumed from %s at step %d", ckpt["stem"], run.start)
+
+
+def _check_resume(run: Run, ckpt) -> None:
+    """check_resume, and under LoRA the adapter's base against this run's (one line if it differs)."""
+    check_resume(ckpt, run.weights, run.config_yaml, run.log)
+    if run.adapters is not None and "dcp" not in ckpt:
+        lora.check_base(f"{ckpt['stem'].name}.safetensors", lora.read_adapter(f"{ckpt['stem']}.safetensors")[1]["base"],
+                        run.base)
 
 
 def next_clip_loss(run: Run, batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
@@ -466,9 +529,11 @@ def _checkpoint(run: Run, done: int, loss: float) -> None:
     cfg = run.cfg
     if not loop.is_due(cfg, done, "save_ckp_interval"):
         return
-    loop.save_step(cfg, run.ckpt_dir, done, run.rank, run.model, run.ema,
+    adapters = run.weights is not run.model
+    loop.save_step(cfg, run.ckpt_dir, done, run.rank, run.weights, run.ema_weights,
                    lambda: {"scheduler": run.scheduler.state_dict()}, run.config_yaml,
-                   optimizer=run.optimizer, embedder=run.embedder)
+                   optimizer=run.optimizer, embedder=None if adapters else run.embedder,
+                   metadata=run.adapters.metadata(run.base) if adapters else None)
     if run.rank == 0:
         run.log.info("step %d: loss %.4f, checkpoint saved", done, loss)
 
