@@ -20,11 +20,10 @@ from torch import nn
 
 from tools.models.modelscope_unet import (
     UNET_LORA_PRESETS,
-    block_types,
     check_unet_args,
-    checkpoint_blocks,
+    diffusers_unet_kwargs,
+    finish_unet,
     set_dense_attention,
-    set_dropout,
     unet_blocks,
 )
 from utils.registry import MODEL
@@ -74,19 +73,11 @@ class UNetSD_I2VGen(nn.Module):
             raise ValueError(f"num_heads={num_heads}, y_dim={y_dim}, context_dim={context_dim}, in_dim={in_dim}, "
                              f"concat_dim={concat_dim}: I2VGen-XL has 8 first-layer temporal heads, y_dim = "
                              f"context_dim and 4-channel latents concatenated with 4 image channels")
-        down, up = block_types(has_attn)
-        self.unet = I2VGenXLUNet(
-            in_channels=in_dim, out_channels=out_dim, block_out_channels=[dim * int(m) for m in dim_mult],
-            down_block_types=down, up_block_types=up, layers_per_block=num_res_blocks,
-            cross_attention_dim=context_dim, attention_head_dim=head_dim, norm_num_groups=32)
-        set_dropout(self.unet, dropout)
-        self.grad_checkpointing = bool(grad_checkpointing)
-        if self.grad_checkpointing:
-            checkpoint_blocks(self.unet)
-        self.config = dict(in_dim=in_dim, dim=dim, context_dim=context_dim, out_dim=out_dim, dim_mult=list(dim_mult),
-                           head_dim=head_dim, num_res_blocks=num_res_blocks, attn_scales=list(attn_scales))
-        self.has_attn = has_attn
-        self.in_channels, self.context_dim = in_dim, context_dim
+        self.unet = I2VGenXLUNet(**diffusers_unet_kwargs(in_dim, out_dim, dim, dim_mult, num_res_blocks, context_dim,
+                                                         head_dim, has_attn))
+        finish_unet(self, dropout, grad_checkpointing, has_attn, in_dim=in_dim, dim=dim, context_dim=context_dim,
+                    out_dim=out_dim, dim_mult=dim_mult, head_dim=head_dim, num_res_blocks=num_res_blocks,
+                    attn_scales=attn_scales)
 
     def adapt_reference_weights(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Released weights (converted keys) -> this model: split the temporal encoder's fused qkv; double the

@@ -53,6 +53,28 @@ def block_types(has_attn: list[bool]) -> tuple[list[str], list[str]]:
     return down, up
 
 
+def diffusers_unet_kwargs(in_dim: int, out_dim: int, dim: int, dim_mult, num_res_blocks: int, context_dim: int,
+                          head_dim: int, has_attn: list[bool]) -> dict:
+    """Constructor kwargs of diffusers' 3D UNets (UNet3DConditionModel, I2VGenXLUNet) in the released layout;
+    their ``attention_head_dim`` is the head width (heads = channels / head_dim)."""
+    down, up = block_types(has_attn)
+    return dict(in_channels=in_dim, out_channels=out_dim, block_out_channels=[dim * int(m) for m in dim_mult],
+                down_block_types=down, up_block_types=up, layers_per_block=num_res_blocks,
+                cross_attention_dim=context_dim, attention_head_dim=head_dim, norm_num_groups=32)
+
+
+def finish_unet(model: nn.Module, dropout: float, grad_checkpointing: bool, has_attn: list[bool], **config) -> None:
+    """What both UNet wrappers set after building ``model.unet``: dropout, activation checkpointing, the plain
+    ``config`` dict and the attributes the engines read."""
+    set_dropout(model.unet, dropout)
+    model.grad_checkpointing = bool(grad_checkpointing)
+    if model.grad_checkpointing:
+        checkpoint_blocks(model.unet)
+    model.config = dict(config, dim_mult=list(config["dim_mult"]), attn_scales=list(config["attn_scales"]))
+    model.has_attn = has_attn
+    model.in_channels, model.context_dim = config["in_dim"], config["context_dim"]
+
+
 def set_dropout(module: nn.Module, p: float) -> None:
     """VGen's ``dropout`` on every dropout layer of the ResBlocks and temporal conv stacks."""
     for m in module.modules():
@@ -136,20 +158,11 @@ class UNetSD_T2VBase(nn.Module):
                              f"release); set num_heads: 8.")
         if y_dim != context_dim:
             raise ValueError(f"y_dim={y_dim} must equal context_dim={context_dim} (the text tokens are the context).")
-        down, up = block_types(has_attn)
-        # diffusers' `attention_head_dim` of this class is the head width (its heads = channels / head_dim)
-        self.unet = UNet3DConditionModel(
-            in_channels=in_dim, out_channels=out_dim, block_out_channels=[dim * int(m) for m in dim_mult],
-            down_block_types=down, up_block_types=up, layers_per_block=num_res_blocks,
-            cross_attention_dim=context_dim, attention_head_dim=head_dim, norm_num_groups=32)
-        set_dropout(self.unet, dropout)
-        self.grad_checkpointing = bool(grad_checkpointing)
-        if self.grad_checkpointing:
-            checkpoint_blocks(self.unet)
-        self.config = dict(in_dim=in_dim, dim=dim, context_dim=context_dim, out_dim=out_dim, dim_mult=list(dim_mult),
-                           head_dim=head_dim, num_res_blocks=num_res_blocks, attn_scales=list(attn_scales))
-        self.has_attn = has_attn
-        self.in_channels, self.context_dim = in_dim, context_dim
+        self.unet = UNet3DConditionModel(**diffusers_unet_kwargs(in_dim, out_dim, dim, dim_mult, num_res_blocks,
+                                                                 context_dim, head_dim, has_attn))
+        finish_unet(self, dropout, grad_checkpointing, has_attn, in_dim=in_dim, dim=dim, context_dim=context_dim,
+                    out_dim=out_dim, dim_mult=dim_mult, head_dim=head_dim, num_res_blocks=num_res_blocks,
+                    attn_scales=attn_scales)
 
     def checkpoint_units(self) -> list[nn.Module]:
         """What ``grad_checkpointing`` recomputes one at a time (read by the memory plan)."""
