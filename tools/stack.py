@@ -37,13 +37,17 @@ def model_config(cfg, autoencoder=None, embedder=None, model_cfg=None) -> dict:
     return model_cfg
 
 
-def build_stack(cfg, embedder=None, model_context=None, model_config=model_config) -> GeneratorStack:
-    """Build the config's components (``embedder``: one already built, e.g. with trained weights
-    loaded; ``model_context``: a context manager the model is built in, e.g. the backend's meta-device
-    init for FSDP; ``model_config(cfg, autoencoder, embedder) -> dict``: the model's constructor kwargs,
-    by default :func:`model_config`; a model family whose checkpoint fixes its shape passes its own, e.g.
-    tools/train/train_video.py). Nothing is moved to a device and no weights are loaded here."""
-    autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder")
+def build_stack(cfg, embedder=None, model_context=None, model_config=model_config,
+                autoencoder=None) -> GeneratorStack:
+    """Build the config's components.
+
+    ``embedder`` / ``autoencoder``: ones already built (e.g. with trained weights loaded, or checked against
+    the data before the model is built); ``model_context``: a context manager the model is built in (e.g. the
+    backend's meta-device init for FSDP); ``model_config(cfg, autoencoder, embedder) -> dict``: the model's
+    constructor kwargs, by default :func:`model_config` (a model family whose checkpoint fixes its shape
+    passes its own, e.g. tools/train/train_video.py). Nothing is moved to a device, no weights are loaded."""
+    if autoencoder is None:
+        autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder")
     if embedder is None:
         embedder = EMBEDDER.build(cfg.embedder, "embedder")
     with model_context if model_context is not None else contextlib.nullcontext():

@@ -85,7 +85,7 @@ from tools.train.loop import is_num as _is_num
 from tools.train.loop import require as _require
 from utils import distributed as du
 from utils.config import DEFAULT_COMPONENTS, ConfigError
-from utils.registry import DATASETS, EMBEDDER, ENGINE, VISUAL
+from utils.registry import AUTO_ENCODER, DATASETS, EMBEDDER, ENGINE, VISUAL
 
 WINDOW_STARTS = ("first", "random")
 
@@ -386,16 +386,17 @@ def _build(run: Run, model_config=model_config) -> None:
     log.info("run %s on %s, %d process(es), parallel %s", run.out_dir, backend.describe(), run.world, run.parallel)
     backend.seed_everything(cfg.seed + run.rank)
     run.dataset = _build_dataset(cfg)
+    run.autoencoder = AUTO_ENCODER.build(cfg.auto_encoder, "auto_encoder").to(device).eval()
+    check_autoencoder_frames(run.autoencoder, cfg.max_frames, run.dataset)  # before the (large) model is built
+    loop.check_data_shape(cfg, run.autoencoder, _patch_size(cfg))
     run.embedder = embedder = EMBEDDER.build(cfg.embedder, "embedder").to(device)
     _check_cond_key(cfg, embedder, log)
     _check_label_count(cfg, run.dataset, embedder)
     _use_cached_text_features(run.dataset, embedder, log)
     # fsdp + meta_init: the model's parameters on the meta device
-    stack = build_stack(cfg, embedder=embedder, model_context=backend.init_context(run.world),
-                        model_config=model_config)
-    run.autoencoder, model, run.diffusion = stack.autoencoder.to(device).eval(), stack.model, stack.diffusion
-    check_autoencoder_frames(run.autoencoder, cfg.max_frames, run.dataset)
-    loop.check_data_shape(cfg, run.autoencoder, _patch_size(cfg))
+    stack = build_stack(cfg, embedder=embedder, autoencoder=run.autoencoder,
+                        model_context=backend.init_context(run.world), model_config=model_config)
+    model, run.diffusion = stack.model, stack.diffusion
     model.set_attention(*backend.attention_kernel(training=True))
     if cfg.pretrain:
         run_pretrain(cfg.pretrain, model, embedder)  # a loader that takes the embedder gets it (a class table)
