@@ -1,15 +1,12 @@
 """backend.parallel=fsdp (FSDP2 on CPU / gloo): parity with one process, sharded checkpoints, exact
 resume on the same and on another world size, consolidation for inference."""
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from ports import free_port
+from ports import torchrun_train
 
 from utils.cli import main
 
@@ -47,16 +44,6 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "scalars.jsonl").read_text().splitlines())}
 
 
-def torchrun(cfg, log_dir, *extra, port=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(port or free_port()), str(ROOT / "train_net.py"), "--cfg", str(cfg),
-                        "log_dir", str(log_dir),
-                        "batch_size=1", "backend.parallel=fsdp", *extra],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One process with the global batch (2 x accum 2) for 4 steps, and 2 FSDP ranks stopped at step 2."""
@@ -64,7 +51,7 @@ def runs(tmp_path_factory):
     cfg = tmp / "tiny.yaml"
     cfg.write_text(TINY)
     assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp / "single")]) == 0
-    torchrun(cfg, tmp / "part", "num_steps=2")
+    torchrun_train(cfg, tmp / "part", "backend.parallel=fsdp", "num_steps=2")
     return tmp, cfg, losses(tmp / "single" / "tiny")
 
 
@@ -76,7 +63,7 @@ def test_fsdp_writes_sharded_checkpoints_and_resumes_exactly(runs, tmp_path):
     ck = run / "tiny" / "checkpoints"
     assert (ck / "step_00000002.dcp" / ".metadata").is_file() and (ck / "step_00000002.state.pt").is_file()
     assert not list(ck.glob("*.safetensors"))  # no rank-0 gather of the weights
-    torchrun(cfg, run)  # the same command again: resume: auto from the sharded step 2
+    torchrun_train(cfg, run, "backend.parallel=fsdp")  # the same command again: resume: auto from the sharded step 2
     assert "step_00000002 at step 2" in (run / "tiny" / "log.txt").read_text()  # resumed, not restarted
     got = losses(run / "tiny")
     assert sorted(got) == [1, 2, 3, 4]

@@ -6,15 +6,12 @@ sharded load into FSDP ranks); 2 -> 2 with the same global batch is tests/test_f
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from ports import free_port
+from ports import torchrun_train
 
 from tools.train import loop
 from utils.checkpoint import read_checkpoint
@@ -51,15 +48,6 @@ REL = 1e-4  # gloo reduction order vs one process summing the same gradients
 STEP4 = pathlib.Path("tiny") / "checkpoints" / "step_00000004"
 
 pytestmark = pytest.mark.slow
-
-
-def torchrun(cfg, log_dir, nproc: int, *extra) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                        "--master_port", str(free_port()), str(ROOT / "train_net.py"), "--cfg", str(cfg),
-                        "log_dir", str(log_dir), "backend.parallel=fsdp", "batch_size=1", *extra],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
 def train(cfg, log_dir, *extra) -> None:
@@ -105,7 +93,7 @@ def runs(tmp_path_factory):
     cfg.write_text(TINY)
     train(cfg, tmp / "single")
     train(cfg, tmp / "single_part", "num_steps=2")
-    torchrun(cfg, tmp / "fsdp_part", 2, "num_steps=2")
+    torchrun_train(cfg, tmp / "fsdp_part", "backend.parallel=fsdp", "num_steps=2")
     ref_step, ref = optimizer_state(cfg, tmp / "single" / STEP4)
     assert ref_step == 4 and all(float(s["step"]) == 4 for s in ref["state"].values())
     return tmp, cfg, losses(tmp / "single"), ref
@@ -129,7 +117,7 @@ def test_2_to_1(runs, tmp_path):
 def test_1_to_2(runs, tmp_path):
     tmp, cfg, single, ref = runs
     run = _copy(tmp / "single_part", tmp_path / "run")
-    torchrun(cfg, run, 2)  # whole-file checkpoint -> FSDP shards on 2 ranks
+    torchrun_train(cfg, run, "backend.parallel=fsdp")  # whole-file checkpoint -> FSDP shards on 2 ranks
     assert_resumed_at_2(run)
     got = losses(run)
     for s in (3, 4):
@@ -142,7 +130,8 @@ def test_1_to_2(runs, tmp_path):
 def test_2_to_3_uneven_shards(runs, tmp_path):
     tmp, cfg, _, _ = runs
     run = _copy(tmp / "fsdp_part", tmp_path / "run")
-    torchrun(cfg, run, 3)  # 3 ranks: parameters of 64 / 128 rows shard unevenly; global batch 4 -> 6
+    # 3 ranks: parameters of 64 / 128 rows shard unevenly; global batch 4 -> 6
+    torchrun_train(cfg, run, "backend.parallel=fsdp", nproc=3)
     assert_resumed_at_2(run)
     log = (run / "tiny" / "log.txt").read_text()
     assert "2 -> 3 processes, global batch 4 -> 6" in log and "not an exact continuation" in log

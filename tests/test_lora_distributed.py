@@ -3,15 +3,13 @@ resumes exactly."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 import torch
-from ports import free_port
+from ports import torchrun_train
 from safetensors.torch import load_file
+from test_lora import TRAIN
 
 from utils.checkpoint import save_weights
 from utils.cli import main
@@ -20,39 +18,11 @@ from utils.registry import MODEL
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-CFG = """
-TASK_TYPE: train_next_clip
-name: lora
-backend: {{type: cpu, precision: fp32, attention: sdpa, parallel: auto, meta_init: false}}
-model: {{type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}}
-diffusion: {{type: RectifiedFlow, prediction: x1}}
-dataset: {{type: SyntheticPhysics, resolution: 16, num_frames: 8, length: 32, seed: 0}}
-pretrain: {{type: LoadCheckpoint, path: {base}}}
-lora: {{rank: 4, alpha: 8, target: default}}
-trainable: [out]
-max_frames: 8
-clip_sampling: {{mode: random, min_clips: 2}}
-batch_size: 2
-num_steps: 4
-lr: 1.0e-2
-warmup_steps: 1
-save_ckp_interval: 2
-log_interval: 1
-ema_decay: 0.5
-progress: false
-"""
+CFG = TRAIN.replace("attention: sdpa}}", "attention: sdpa, parallel: auto, meta_init: false}}")
 
 
 def _losses(run):
     return {r["step"]: r["loss"] for r in map(json.loads, (run / "scalars.jsonl").read_text().splitlines())}
-
-
-def _torchrun(cfg, log_dir, *extra):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(free_port()), str(ROOT / "train_net.py"), "--cfg", str(cfg), "log_dir", str(log_dir),
-                        "batch_size=1", *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +43,7 @@ def single(tmp_path_factory):
 
 def test_ddp_lora_equals_one_process(single):
     tmp, cfg, ref = single
-    _torchrun(cfg, tmp / "ddp", "backend.parallel=ddp")
+    torchrun_train(cfg, tmp / "ddp", "backend.parallel=ddp")
     got = _losses(tmp / "ddp" / "lora")
     assert sorted(got) == sorted(ref)
     for s in ref:
@@ -86,9 +56,9 @@ def test_ddp_lora_equals_one_process(single):
 
 def test_fsdp_lora_trains_and_resumes(single):
     tmp, cfg, ref = single
-    _torchrun(cfg, tmp / "fsdp", "backend.parallel=fsdp", "num_steps=2")
+    torchrun_train(cfg, tmp / "fsdp", "backend.parallel=fsdp", "num_steps=2")
     assert (tmp / "fsdp" / "lora" / "checkpoints" / "step_00000002.dcp").is_dir()
-    _torchrun(cfg, tmp / "fsdp", "backend.parallel=fsdp")  # resume: auto from the sharded step 2
+    torchrun_train(cfg, tmp / "fsdp", "backend.parallel=fsdp")  # resume: auto from the sharded step 2
     got = _losses(tmp / "fsdp" / "lora")
     assert sorted(got) == [1, 2, 3, 4]
     for s in ref:

@@ -28,7 +28,7 @@ class DenoiseCall(NamedTuple):
     inside) and the clip's ``frame_offset``, or no cache and the condition tokens ``cond`` /
     ``cond_mask`` of the clip alone."""
     cache: KVCache | None = None
-    frame_offset: int | None = 0
+    frame_offset: int | None = None  # None: right after the cache, else 0
     cond: Tensor | None = None
     cond_mask: Tensor | None = None
 
