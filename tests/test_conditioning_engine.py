@@ -9,44 +9,26 @@ import sys
 
 import pytest
 import torch
+import yaml
 from ports import free_port
+from train_configs import physics, tiny_train_yaml
 
 from utils.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-TINY = """
-TASK_TYPE: train_next_clip
-name: cond
-backend: {{type: cpu, precision: fp32, attention: sdpa}}
-model: {{type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}}
-diffusion: {{type: RectifiedFlow, prediction: x1}}
-auto_encoder: {{type: Identity}}
-dataset: {{type: SyntheticPhysics, resolution: 16, num_frames: 8, length: 32, seed: 0, num_balls: [1, 2],
-          gravity: 0.01, gravity_dirs: [none, down, left], speeds: {{slow: [0.01, 0.02], fast: [0.05, 0.07]}},
-          label_mode: scene}}
-embedder: {embedder}
-cond_key: {cond_key}
-cond_dropout: 0.5
-max_frames: 8
-clip_sampling: {{mode: fixed, clip_len: 4}}
-batch_size: 2
-num_steps: 3
-lr: 1.0e-3
-warmup_steps: 1
-save_ckp_interval: 1000
-viz_interval: 1000
-log_interval: 1
-use_ema: false
-progress: false
-"""
 CLASS = "{type: ClassLabel, num_classes: 6, dim: 16}"
 TEXT = "{type: MiniLMText, max_tokens: 8}"
 
 
-def write_cfg(tmp_path, embedder=CLASS, cond_key="label"):
+def write_cfg(tmp_path, embedder=CLASS, cond_key="label", **overrides):
     p = tmp_path / "cond.yaml"
-    p.write_text(TINY.format(embedder=embedder, cond_key=cond_key))
+    scenes = physics(length=32, num_balls=[1, 2], gravity=0.01, gravity_dirs=["none", "down", "left"],
+                     speeds={"slow": [0.01, 0.02], "fast": [0.05, 0.07]}, label_mode="scene")
+    settings = dict(name="cond", dataset=scenes, embedder=yaml.safe_load(embedder), cond_key=cond_key, cond_dropout=0.5,
+                    clip_sampling={"mode": "fixed", "clip_len": 4}, num_steps=3, lr=1.0e-3, warmup_steps=1,
+                    save_ckp_interval=1000, use_ema=False)
+    p.write_text(tiny_train_yaml(**{**settings, **overrides}))
     return p
 
 
@@ -94,10 +76,8 @@ def test_conditional_training_builds_cond_dim_and_writes_the_label_map(tmp_path)
     demo = sorted((ROOT / "data" / "demo").glob("physics_*.mp4"))
     lst = tmp_path / "labels.txt"
     lst.write_text("".join(f"{p}|||{'bouncy' if i % 2 else 'calm'}\n" for i, p in enumerate(demo)))
-    cfg = write_cfg(tmp_path, embedder="{type: ClassLabel, num_classes: 2, dim: 12}")
-    text = cfg.read_text().split("\ndataset:")
-    cfg.write_text(text[0] + f"\ndataset: {{type: LabelList, list_file: {lst}, num_frames: 8, resolution: 16}}\n"
-                   + "embedder:" + text[1].split("\nembedder:")[1])
+    cfg = write_cfg(tmp_path, embedder="{type: ClassLabel, num_classes: 2, dim: 12}",
+                    dataset={"type": "LabelList", "list_file": str(lst), "num_frames": 8, "resolution": 16})
     assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path), "num_steps=1"]) == 0
     run = tmp_path / "cond"
     assert json.loads((run / "label_map.json").read_text()) == {"bouncy": 0, "calm": 1}
@@ -223,9 +203,7 @@ def test_cond_lr_mult_speeds_up_the_condition_path_and_resumes_exactly(tmp_path,
     assert by_lr[(1e-2, 0.1)] + by_lr[(1e-2, 0.0)] == len(fast)
     assert len(loop.make_optimizer(model, cfg).param_groups) == 2  # no multiplier: the old layout
 
-    cfg_path = write_cfg(tmp_path)
-    cfg_path.write_text(cfg_path.read_text().replace("num_steps: 3", "num_steps: 4\ncond_lr_mult: 10.0")
-                        .replace("save_ckp_interval: 1000", "save_ckp_interval: 2"))
+    cfg_path = write_cfg(tmp_path, num_steps=4, cond_lr_mult=10.0, save_ckp_interval=2)
     assert main("train", ["--cfg", str(cfg_path), "log_dir", str(tmp_path / "full")]) == 0
     assert main("train", ["--cfg", str(cfg_path), "log_dir", str(tmp_path / "part"), "num_steps=2"]) == 0
     assert main("train", ["--cfg", str(cfg_path), "log_dir", str(tmp_path / "part")]) == 0

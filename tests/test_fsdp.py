@@ -7,35 +7,15 @@ import shutil
 import pytest
 import torch
 from ports import torchrun_train
+from train_configs import cpu, physics, tiny_train_yaml
 
 from utils.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-TINY = """
-TASK_TYPE: train_next_clip
-name: tiny
-backend: {type: cpu, precision: fp32, attention: sdpa, parallel: auto, meta_init: false}
-model: {type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}
-diffusion: {type: RectifiedFlow, prediction: x1}
-auto_encoder: {type: Identity}
-dataset: {type: SyntheticPhysics, resolution: 16, num_frames: 8, length: 32, seed: 0}
-max_frames: 8
-clip_sampling: {mode: random, min_clips: 2}
-batch_size: 2
-grad_accum: 2
-num_steps: 4
-lr: 1.0e-3
-warmup_steps: 2
-grad_clip: 1.0
-save_ckp_interval: 2
-keep_last: 1
-viz_interval: 1000
-log_interval: 1
-use_ema: true
-ema_decay: 0.9
-progress: false
-"""
+TINY = tiny_train_yaml(backend=cpu(parallel="auto", meta_init=False), dataset=physics(length=32),
+                       clip_sampling={"mode": "random", "min_clips": 2}, grad_accum=2, num_steps=4, lr=1.0e-3,
+                       warmup_steps=2, grad_clip=1.0, keep_last=1, use_ema=True, ema_decay=0.9)
 #: gloo all-reduce / reduce-scatter order vs one process summing the same gradients
 REL = 1e-4
 

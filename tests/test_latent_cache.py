@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 from torch import nn
+from train_configs import physics, tiny_train_yaml
 
 from tools.datasets.latent_cache import CacheMismatchError, LatentCache, encode_dataset
 from tools.datasets.video_list import VideoList
@@ -59,24 +60,9 @@ def test_unfinished_cache_refused(tmp_path):
         LatentCache(str(tmp_path / "c"))
 
 
-TEXT_CFG = """
-TASK_TYPE: train_next_clip
-name: txt
-backend: {type: cpu, precision: fp32, attention: sdpa}
-model: {type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}
-diffusion: {type: RectifiedFlow, prediction: x1}
-auto_encoder: {type: Identity}
-dataset: {type: SyntheticPhysics, resolution: 16, num_frames: 8, length: 4, seed: 0, gravity: 0.01,
-          gravity_dirs: [none, left]}
-embedder: {type: MiniLMText, max_tokens: 8}
-cond_key: caption
-max_frames: 8
-batch_size: 2
-num_steps: 1
-save_ckp_interval: 1000
-viz_interval: 1000
-progress: false
-"""
+TEXT_CFG = tiny_train_yaml(name="txt", dataset=physics(length=4, gravity=0.01, gravity_dirs=["none", "left"]),
+                           embedder={"type": "MiniLMText", "max_tokens": 8}, cond_key="caption", num_steps=1,
+                           save_ckp_interval=1000)
 
 
 def test_text_features_stored_with_the_cache_and_used_by_training(tmp_path, capsys):

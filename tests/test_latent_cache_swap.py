@@ -14,27 +14,18 @@ import sys
 import time
 
 import pytest
+from train_configs import physics, tiny_train_yaml
 
 from scripts.encode_latents import main as encode
 from tools.datasets.latent_cache import LatentCache
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-CFG = """
-TASK_TYPE: train_next_clip
-name: tiny
-backend: {{type: cpu, precision: fp32, attention: sdpa}}
-model: {{type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}}
-diffusion: {{type: RectifiedFlow, prediction: x1}}
-auto_encoder: {{type: Identity}}
-dataset: {{type: SyntheticPhysics, resolution: 16, num_frames: 4, length: {length}, seed: 0}}
-max_frames: 4
-"""
 
 
 def write_cfg(tmp_path, length=4):
     p = tmp_path / f"enc{length}.yaml"
-    p.write_text(CFG.format(length=length))
+    p.write_text(tiny_train_yaml(dataset=physics(num_frames=4, length=length), max_frames=4))
     return p
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from train_configs import physics, tiny_train_yaml
 
 from tools import lora
 from tools.train import loop
@@ -154,27 +155,16 @@ def test_targets_presets_and_bad_settings():
 
 
 # ---------------------------------------------------------------------------- the engine
-TRAIN = """
-TASK_TYPE: train_next_clip
-name: lora
-backend: {{type: cpu, precision: fp32, attention: sdpa}}
-model: {{type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}}
-diffusion: {{type: RectifiedFlow, prediction: x1}}
-dataset: {{type: SyntheticPhysics, resolution: 16, num_frames: 8, length: 32, seed: 0}}
-pretrain: {{type: LoadCheckpoint, path: {base}}}
-lora: {{rank: 4, alpha: 8, target: default}}
-trainable: [out]
-max_frames: 8
-clip_sampling: {{mode: random, min_clips: 2}}
-batch_size: 2
-num_steps: 4
-lr: 1.0e-2
-warmup_steps: 1
-save_ckp_interval: 2
-log_interval: 1
-ema_decay: 0.5
-progress: false
-"""
+
+
+def train_yaml(base, **overrides) -> str:
+    """A LoRA training (rank 4, the default targets plus the output layer) on the tiny model saved at ``base``."""
+    return tiny_train_yaml(name="lora", auto_encoder=None, dataset=physics(length=32),
+                           pretrain={"type": "LoadCheckpoint", "path": str(base)},
+                           lora={"rank": 4, "alpha": 8, "target": "default"}, trainable=["out"],
+                           clip_sampling={"mode": "random", "min_clips": 2}, num_steps=4, lr=1.0e-2, warmup_steps=1,
+                           viz_interval=None, ema_decay=0.5, **overrides)
+
 
 
 def _base_file(path: pathlib.Path, seed: int) -> pathlib.Path:
@@ -191,7 +181,7 @@ def _losses(run):
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora")
     cfg = tmp / "lora.yaml"
-    cfg.write_text(TRAIN.format(base=_base_file(tmp / "base.safetensors", 0)))
+    cfg.write_text(train_yaml(_base_file(tmp / "base.safetensors", 0)))
     assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp / "full")]) == 0
     return tmp, cfg
 

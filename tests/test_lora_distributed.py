@@ -9,7 +9,8 @@ import pytest
 import torch
 from ports import torchrun_train
 from safetensors.torch import load_file
-from test_lora import TRAIN
+from test_lora import train_yaml
+from train_configs import cpu
 
 from utils.checkpoint import save_weights
 from utils.cli import main
@@ -17,9 +18,6 @@ from utils.registry import MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-CFG = TRAIN.replace("attention: sdpa}}", "attention: sdpa, parallel: auto, meta_init: false}}")
-
 
 def _losses(run):
     return {r["step"]: r["loss"] for r in map(json.loads, (run / "scalars.jsonl").read_text().splitlines())}
@@ -36,7 +34,7 @@ def single(tmp_path_factory):
             p.add_(torch.randn_like(p) * 0.05)
     save_weights(tmp / "base.safetensors", model.state_dict())
     cfg = tmp / "lora.yaml"
-    cfg.write_text(CFG.format(base=tmp / "base.safetensors"))
+    cfg.write_text(train_yaml(tmp / "base.safetensors", backend=cpu(parallel="auto", meta_init=False)))
     assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp / "single")]) == 0
     return tmp, cfg, _losses(tmp / "single" / "lora")
 

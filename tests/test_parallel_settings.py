@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import pathlib
 
+from train_configs import physics, tiny_train_yaml
+
 from utils.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-TINY = """
-TASK_TYPE: train_next_clip
-name: tiny
-backend: {type: cpu, precision: fp32, attention: sdpa}
-model: {type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}
-diffusion: {type: RectifiedFlow, prediction: x1}
-dataset: {type: SyntheticPhysics, resolution: 16, num_frames: 8, length: 8, seed: 0}
-max_frames: 8
-batch_size: 1
-num_steps: 1
-save_ckp_interval: 1000
-viz_interval: 1000
-progress: false
-"""
+TINY = tiny_train_yaml(dataset=physics(length=8), batch_size=1, num_steps=1, save_ckp_interval=1000)
 
 
 def write_cfg(tmp_path):

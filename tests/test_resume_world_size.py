@@ -4,23 +4,11 @@ With the same global batch it says the stream continues exactly."""
 from __future__ import annotations
 
 import torch
+from train_configs import tiny_train_yaml
 
 from utils.cli import main
 
-TINY = """
-TASK_TYPE: train_next_clip
-name: tiny
-backend: {type: cpu, precision: fp32, attention: sdpa}
-model: {type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}
-diffusion: {type: RectifiedFlow, prediction: x1}
-dataset: {type: SyntheticPhysics, resolution: 16, num_frames: 8, length: 16, seed: 0}
-max_frames: 8
-batch_size: 2
-num_steps: 2
-save_ckp_interval: 2
-viz_interval: 1000
-progress: false
-"""
+TINY = tiny_train_yaml()
 
 
 def as_if_written_by(state_path, world: int) -> None:

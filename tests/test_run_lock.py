@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from train_configs import physics, tiny_train_yaml
 
 from utils.run_lock import RunLockedError, run_lock
 
@@ -71,25 +72,8 @@ def test_a_separate_lock_file_guards_a_directory_that_is_replaced(tmp_path):
                 pass
 
 
-TRAIN = """
-TASK_TYPE: train_next_clip
-name: tiny
-backend: {type: cpu, precision: fp32, attention: sdpa}
-model: {type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}
-diffusion: {type: RectifiedFlow, prediction: x1}
-auto_encoder: {type: Identity}
-dataset: {type: SyntheticPhysics, resolution: 16, num_frames: 8, length: 64, seed: 0}
-max_frames: 8
-clip_sampling: {mode: random, min_clips: 2}
-batch_size: 2
-num_steps: 40
-warmup_steps: 2
-save_ckp_interval: 20
-viz_interval: 1000
-log_interval: 1
-use_ema: false
-progress: false
-"""
+TRAIN = tiny_train_yaml(dataset=physics(length=64), clip_sampling={"mode": "random", "min_clips": 2},
+                        num_steps=40, warmup_steps=2, save_ckp_interval=20, use_ema=False)
 
 PREDICT = """
 TASK_TYPE: predict_next_clip

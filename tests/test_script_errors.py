@@ -11,6 +11,7 @@ import pathlib
 
 import pytest
 import torch
+from train_configs import tiny_train_yaml
 
 from scripts.consolidate_checkpoint import main as consolidate
 from scripts.encode_latents import main as encode
@@ -21,22 +22,7 @@ from utils.registry import MODEL
 
 MODEL_CFG = {"type": "NextClipTransformer", "preset": "tiny", "in_channels": 3, "patch_size": 4, "rope": "3d"}
 
-TRAIN = """
-TASK_TYPE: train_next_clip
-name: tiny
-backend: {type: cpu, precision: fp32, attention: sdpa}
-model: {type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}
-diffusion: {type: RectifiedFlow, prediction: x1}
-dataset: {type: SyntheticPhysics, resolution: 16, num_frames: 8, length: 16, seed: 0}
-max_frames: 8
-batch_size: 1
-num_steps: 2
-save_ckp_interval: 2
-keep_last: 5
-viz_interval: 1000
-log_interval: 1
-progress: false
-"""
+TRAIN = tiny_train_yaml(batch_size=1, keep_last=5)
 
 
 def one_line(capsys) -> list:

@@ -8,38 +8,19 @@ import sys
 import pytest
 import torch
 from ports import free_port
+from train_configs import physics, tiny_train_yaml
 
 from utils.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-TINY = """
-TASK_TYPE: train_next_clip
-name: tiny
-backend: {{type: cpu, precision: fp32, attention: sdpa}}
-model: {{type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}}
-diffusion: {{type: RectifiedFlow, prediction: x1}}
-auto_encoder: {{type: Identity}}
-dataset: {{type: SyntheticPhysics, resolution: 16, num_frames: 8, length: {length}, seed: 0}}
-max_frames: 8
-clip_sampling: {{mode: random, min_clips: 2}}
-batch_size: {batch}
-num_steps: {steps}
-lr: {lr}
-warmup_steps: 2
-lr_schedule: constant
-save_ckp_interval: {save}
-viz_interval: 1000
-log_interval: 1
-use_ema: true
-ema_decay: 0.9
-progress: false
-"""
 
 
 def write_cfg(tmp_path, name="tiny.yaml", length=64, batch=2, steps=6, save=3, lr=1e-3):
     p = tmp_path / name
-    p.write_text(TINY.format(length=length, batch=batch, steps=steps, save=save, lr=lr))
+    p.write_text(tiny_train_yaml(dataset=physics(length=length), clip_sampling={"mode": "random", "min_clips": 2},
+                                 batch_size=batch, num_steps=steps, lr=lr, warmup_steps=2, lr_schedule="constant",
+                                 save_ckp_interval=save, use_ema=True, ema_decay=0.9))
     return p
 
 

@@ -12,7 +12,9 @@ import time
 import numpy as np
 import pytest
 import torch
+import yaml
 from ports import free_port
+from train_configs import tiny_train_yaml
 
 from tools.train import train_next_clip as engine
 from tools.train.train_next_clip import GlobalBatchSampler, latents_of
@@ -22,34 +24,14 @@ from utils.registry import DATASETS, ENGINE
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-TINY = """
-TASK_TYPE: train_next_clip
-name: tiny
-backend: {{type: cpu, precision: fp32, attention: sdpa}}
-model: {{type: NextClipTransformer, preset: tiny, in_channels: 3, patch_size: 4, rope: 3d}}
-diffusion: {{type: RectifiedFlow, prediction: x1}}
-auto_encoder: {{type: Identity}}
-dataset: {dataset}
-max_frames: 8
-clip_sampling: {{mode: random, min_clips: 2}}
-batch_size: {batch}
-num_steps: {steps}
-lr: 1.0e-3
-warmup_steps: 2
-lr_schedule: constant
-save_ckp_interval: {save}
-viz_interval: 1000
-log_interval: 1
-use_ema: true
-ema_decay: 0.9
-progress: false
-"""
 PHYSICS = "{type: SyntheticPhysics, resolution: 16, num_frames: 8, length: 16, seed: 0}"
 
 
 def write_cfg(tmp_path, dataset=PHYSICS, batch=2, steps=6, save=3, name="tiny.yaml"):
     p = tmp_path / name
-    p.write_text(TINY.format(dataset=dataset, batch=batch, steps=steps, save=save))
+    p.write_text(tiny_train_yaml(dataset=yaml.safe_load(dataset), clip_sampling={"mode": "random", "min_clips": 2},
+                                 batch_size=batch, num_steps=steps, lr=1.0e-3, warmup_steps=2, lr_schedule="constant",
+                                 save_ckp_interval=save, use_ema=True, ema_decay=0.9))
     return p
 
 
