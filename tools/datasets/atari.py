@@ -71,11 +71,15 @@ class GameSpec:
     paddle_color: tuple[int, int, int]
     paddle_axis: str                  # "row" or "col": the coordinate the paddle moves along
     paddle_band: tuple[int, int]      # output columns (axis row) or rows (axis col) of the paddle, end exclusive
-    paddle_range: tuple[float, float]  # output coordinate of the paddle centre at its two stops
+    paddle_range: tuple[float, float]  # the paddle centre's two stops, as paddle_positions reads them
     source_band: tuple[int, int]      # the same band in source pixels (the policy reads raw screens)
     ball_color: tuple[int, int, int]
     ball_region: tuple[int, int, int, int]  # source top, bottom, left, right where the ball is looked for
     serve: str | None = None          # action that serves a new ball (Breakout: FIRE), None: automatic
+
+    def reader(self) -> dict:
+        """The settings of ``utils.metrics.paddle_positions`` for this game."""
+        return {"color": self.paddle_color, "band": self.paddle_band, "axis": self.paddle_axis}
 
 
 GAMES: dict[str, GameSpec] = {
@@ -87,7 +91,7 @@ GAMES: dict[str, GameSpec] = {
         action_names=("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"),
         aliases={"UP": "RIGHT", "DOWN": "LEFT", "UPFIRE": "RIGHTFIRE", "DOWNFIRE": "LEFTFIRE"},
         moves={"RIGHT": -1, "RIGHTFIRE": -1, "LEFT": 1, "LEFTFIRE": 1},
-        paddle_color=(92, 186, 92), paddle_axis="row", paddle_band=(112, 115), paddle_range=(1.0, 63.0),
+        paddle_color=(92, 186, 92), paddle_axis="row", paddle_band=(112, 115), paddle_range=(0.5, 62.5),
         source_band=(140, 144), ball_color=(236, 236, 236), ball_region=(34, 194, 0, 160)),
     # Breakout: rows 33..192 (below the top wall down to the paddle's last row) x columns 8..151 (inside
     # the side walls) -> 120x72 (15x9 = 135 patches). Rows scale by 0.75 so the 4-row paddle (rows
@@ -96,7 +100,7 @@ GAMES: dict[str, GameSpec] = {
         rom="breakout", crop=(33, 193, 8, 152), size=(120, 72),
         action_names=("NOOP", "FIRE", "RIGHT", "LEFT"), aliases={},
         moves={"RIGHT": 1, "LEFT": -1},
-        paddle_color=(200, 72, 72), paddle_axis="col", paddle_band=(117, 120), paddle_range=(3.75, 69.75),
+        paddle_color=(200, 72, 72), paddle_axis="col", paddle_band=(117, 120), paddle_range=(3.5, 69.5),
         source_band=(189, 193), ball_color=(200, 72, 72), ball_region=(93, 188, 8, 152), serve="FIRE"),
 }
 
@@ -293,6 +297,43 @@ def emulator(spec: GameSpec):
     return ale
 
 
+def step(ale, action, frame_skip: int) -> np.ndarray:
+    """Apply ``action`` for ``frame_skip`` emulator frames (fewer at game over) -> the raw screen
+    (210, 160, 3): the pixel-wise max of the last two frames."""
+    last = prev = None
+    for k in range(frame_skip):
+        ale.act(action)
+        if k >= frame_skip - 2 or ale.game_over():  # only the last two frames are max-pooled
+            prev, last = last, ale.getScreenRGB()
+        if ale.game_over():
+            break
+    return last if prev is None else np.maximum(prev, last)
+
+
+def play_actions(game: str, actions: Sequence, frame_skip: int = 4, noops: int = 0, ale=None) -> dict:
+    """Drive the emulator with a scripted action sequence (indices or names, :func:`action_index`) from a
+    reset plus ``noops`` NOOP steps: ``{"frames": (1 + len(actions), H, W, 3) uint8, "screens": raw,
+    "ram": (1 + len(actions), 128) uint8, "actions": (1 + len(actions),) with -1 first}`` (frame 0 is
+    the start; frame t is what ``actions[t - 1]`` produced). Stops early at game over."""
+    spec = game_spec(game)
+    ale = ale or emulator(spec)
+    ale.reset_game()
+    acts = ale.getMinimalActionSet()
+    for _ in range(noops):
+        ale.act(acts[0])
+    ids = [action_index(game, a) for a in actions]
+    screens, rams, done = [ale.getScreenRGB()], [ale.getRAM().copy()], [-1]
+    for a in ids:
+        if ale.game_over():
+            break
+        screens.append(step(ale, acts[max(a, 0)], frame_skip))
+        rams.append(ale.getRAM().copy())
+        done.append(a)
+    raw = np.stack(screens)
+    return {"frames": FrameProcessor(spec)(raw), "screens": raw, "ram": np.stack(rams),
+            "actions": np.asarray(done, np.int16)}
+
+
 def generate_episode(game: str, seed: int, episode: int, frames: int, policy: str = "mix",
                      frame_skip: int = 4, noop_max: int = 30, sticky: float = 0.75, epsilon: float = 0.1,
                      track_error: float = 12.0, with_ram: bool = False, ale=None) -> dict:
@@ -314,20 +355,15 @@ def generate_episode(game: str, seed: int, episode: int, frames: int, policy: st
     out_a, rams, screens = [-1], [ale.getRAM().copy()], [screen]
     while len(screens) < frames and not ale.game_over():
         a = pol(screen)
-        last = prev = None
-        for k in range(frame_skip):
-            ale.act(acts[a])
-            if k >= frame_skip - 2 or ale.game_over():  # only the last two frames are max-pooled
-                prev, last = last, ale.getScreenRGB()
-            if ale.game_over():
-                break
-        screen = last if prev is None else np.maximum(prev, last)
+        screen = step(ale, acts[a], frame_skip)
         screens.append(screen)
         out_a.append(a)
         if with_ram:
             rams.append(ale.getRAM().copy())
     raw = np.stack(screens)                                              # (T, 210, 160, 3)
-    ep = {"frames": FrameProcessor(spec)(raw), "actions": np.asarray(out_a, np.int16), "noops": noops}
+    proc = FrameProcessor(spec)
+    frames = np.concatenate([proc(raw[i:i + 64]) for i in range(0, len(raw), 64)])  # 64 at a time: less memory
+    ep = {"frames": frames, "actions": np.asarray(out_a, np.int16), "noops": noops}
     if with_ram:
         ep["ram"], ep["screens"] = np.stack(rams), raw
     return ep
