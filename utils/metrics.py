@@ -239,3 +239,115 @@ def clip_similarity(frame_embeddings: torch.Tensor, target: torch.Tensor) -> flo
     ``mean_t <f_t, e> / (|f_t| |e|)``."""
     cos = F.cosine_similarity(frame_embeddings.double(), target.double()[None], dim=-1)
     return float(cos.mean())
+
+
+# ---------------------------------------------------------------------------- action metrics
+# World models of games (tools/datasets/atari.py): where the player's paddle is in a video, and how
+# well its motion follows the commanded actions. Plain functions of the video and the game table's
+# numbers (``GameSpec.reader()`` gives color / band / axis), so they score any video: the emulator's,
+# a model's, a baseline's.
+
+
+def paddle_positions(video: torch.Tensor, color: tuple, band: tuple, axis: str, threshold: float = 0.3,
+                     min_pixels: int = 2) -> torch.Tensor:
+    """The paddle's centre in each frame of a (C, F, H, W) video in [-1, 1] -> (F,) float, NaN where no
+    paddle is seen.
+
+    A pixel is paddle when its RGB distance to ``color`` (0..255 triple) is below ``threshold`` (on the
+    0..1 scale; ~0.3 is half of Pong's paddle-to-background distance). Only the paddle's band is read:
+    columns ``band = (lo, hi)`` (end exclusive) for a paddle moving along ``axis="row"`` (Pong), rows for
+    ``axis="col"`` (Breakout). The centre is the mean row (or column) of the paddle pixels, in pixels;
+    frames with fewer than ``min_pixels`` of them give NaN."""
+    if video.ndim != 4 or video.shape[0] != 3:
+        raise ValueError(f"paddle_positions needs an RGB (3, F, H, W) video, got {tuple(video.shape)}")
+    if axis not in ("row", "col"):
+        raise ValueError(f"axis={axis!r} must be 'row' (the paddle moves vertically) or 'col' (horizontally)")
+    lo, hi = int(band[0]), int(band[1])
+    x = _to01(video)
+    x = x[..., lo:hi] if axis == "row" else x[:, :, lo:hi, :]                 # (3, F, H, b) or (3, F, b, W)
+    c = torch.tensor([float(v) / 255 for v in color], dtype=x.dtype).view(3, 1, 1, 1)
+    mask = ((x - c) ** 2).sum(0).sqrt() < threshold                          # (F, H, b) or (F, b, W)
+    per_line = mask.sum(2 if axis == "row" else 1).double()                  # (F, H) or (F, W)
+    coord = torch.arange(per_line.shape[1], dtype=torch.float64)
+    count = per_line.sum(1)
+    pos = (per_line * coord).sum(1) / count.clamp(min=1)
+    return torch.where(count >= min_pixels, pos, torch.full_like(pos, float("nan"))).float()
+
+
+def _movable(pos: torch.Tensor, direction: torch.Tensor, limits: tuple | None, margin: float) -> torch.Tensor:
+    """Whether a paddle at ``pos`` can still move in ``direction`` (not at the stop it heads for)."""
+    if limits is None:
+        return torch.ones_like(pos, dtype=torch.bool)
+    lo, hi = float(limits[0]), float(limits[1])
+    return ~(((direction < 0) & (pos <= lo + margin)) | ((direction > 0) & (pos >= hi - margin)))
+
+
+def action_sensitivity(positions: torch.Tensor, directions, limits: tuple | None = None, margin: float = 1.5,
+                       min_step: float = 0.5) -> dict:
+    """How well a paddle's motion follows the commanded directions, for one video.
+
+    ``positions`` (F,): the paddle's centre per frame (:func:`paddle_positions`; NaN = not seen).
+    ``directions`` (F,): -1 / 0 / +1, how the action that PRODUCED frame f moves the paddle's coordinate
+    (0: no move or no action). The paddle's answer to the action of frame f is its step
+    ``v[f] = positions[f] - positions[f-1]`` (a step counts as a move when ``|v| >= min_step`` px).
+    Frames whose paddle sits at the stop it is told to move into (``limits`` = the centre's two stops,
+    within ``margin`` px) are left out: it cannot move there. Returns
+
+    - ``agreement``: over frames commanding a move, the share whose step has the commanded sign
+      (1: always; a frozen video 0; a paddle moving at random ~0.5);
+    - ``correlation``: Pearson correlation of the commanded direction and the step over every readable
+      frame (NaN when either is constant, e.g. a frozen video);
+    - ``frames``: how many frames the agreement counts; ``readable``: the share of frames with a paddle.
+    """
+    pos = torch.as_tensor(positions, dtype=torch.float64)
+    d = torch.as_tensor(directions, dtype=torch.float64)
+    if pos.ndim != 1 or pos.shape != d.shape or len(pos) < 2:
+        raise ValueError(f"action_sensitivity needs positions and directions of one equal length >= 2, got "
+                         f"{tuple(pos.shape)} and {tuple(d.shape)}")
+    v, dv = pos[1:] - pos[:-1], d[1:]
+    ok = torch.isfinite(v) & _movable(pos[:-1], dv, limits, margin)
+    moving = ok & (dv != 0)
+    step = torch.where(v.abs() >= min_step, torch.sign(v), torch.zeros_like(v))
+    n = int(moving.sum())
+    agreement = float((step[moving] == dv[moving]).double().mean()) if n else float("nan")
+    a, b = dv[ok], v[ok]
+    corr = float("nan")
+    if len(a) > 1 and a.std() > 0 and b.std() > 0:
+        corr = float(((a - a.mean()) * (b - b.mean())).mean() / (a.std(unbiased=False) * b.std(unbiased=False)))
+    return {"agreement": agreement, "correlation": corr, "frames": n,
+            "readable": float(torch.isfinite(pos).double().mean())}
+
+
+def response_times(positions: torch.Tensor, directions, limits: tuple | None = None, margin: float = 1.5,
+                   min_step: float = 0.5) -> dict:
+    """Frames until the paddle answers each change of command, for one video.
+
+    A change is a frame f whose commanded direction (see :func:`action_sensitivity`) is a move and differs
+    from frame f-1's. Its response time is the number of frames k >= 0 until the first step
+    ``v[f + k]`` with the commanded sign while the command holds: 0 = the very frame the new action
+    produced already moved the right way. Changes whose paddle sits at the stop it is told to move into,
+    or whose paddle is unreadable at the change, are skipped. Returns ``{"times": [k or None (never
+    answered while the command held) per change], "mean": mean k over answered changes (NaN if none),
+    "answered": share of changes answered (NaN if none)}``."""
+    pos = torch.as_tensor(positions, dtype=torch.float64)
+    d = torch.as_tensor(directions, dtype=torch.float64)
+    if pos.ndim != 1 or pos.shape != d.shape:
+        raise ValueError(f"response_times needs positions and directions of one equal length, got "
+                         f"{tuple(pos.shape)} and {tuple(d.shape)}")
+    times = []
+    for f in range(1, len(d)):
+        if d[f] == 0 or d[f] == d[f - 1] or not torch.isfinite(pos[f - 1]):
+            continue
+        if not bool(_movable(pos[f - 1:f], d[f:f + 1], limits, margin)[0]):
+            continue
+        k, answered = 0, None
+        while f + k < len(d) and d[f + k] == d[f]:
+            step = pos[f + k] - pos[f + k - 1]
+            if torch.isfinite(step) and abs(float(step)) >= min_step and float(torch.sign(step)) == float(d[f]):
+                answered = k
+                break
+            k += 1
+        times.append(answered)
+    got = [t for t in times if t is not None]
+    return {"times": times, "mean": float(sum(got) / len(got)) if got else float("nan"),
+            "answered": len(got) / len(times) if times else float("nan")}
