@@ -1,7 +1,8 @@
 """The generator stack of a config: autoencoder, embedder, model and diffusion, built in one place.
 
 The model's config follows the other components: ``in_channels`` from the autoencoder's latent
-channels, ``cond_dim`` from the embedder (:func:`model_config`). Training, the Predictor, the memory
+channels, ``cond_dim`` (``frame_cond_dim`` for a per-frame embedder) from the embedder
+(:func:`model_config`). Training, the Predictor, the memory
 plan and the benchmarks build through here, and new model families plug in here.
 """
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tools.autoencoders.base import model_cfg_with_channels
-from tools.embedders.conditioning import model_cfg_for
+from tools.embedders.conditioning import cond_dim_key, is_per_frame, model_cfg_for
+from utils.config import ConfigError
 from utils.registry import AUTO_ENCODER, DIFFUSION, EMBEDDER, MODEL, accepted_kwargs
 
 
@@ -32,7 +34,11 @@ def model_config(cfg, autoencoder=None, embedder=None, model_cfg=None) -> dict:
     takes = accepted_kwargs(MODEL.get(model_cfg["type"])) if "type" in model_cfg else []
     if autoencoder is not None and "in_channels" in takes:
         model_cfg = model_cfg_with_channels(model_cfg, autoencoder, (cfg.get("auto_encoder") or {}).get("type", ""))
-    if embedder is not None and "cond_dim" in takes:
+    if embedder is not None and is_per_frame(embedder) and "type" in model_cfg and "frame_cond_dim" not in takes:
+        raise ConfigError(f"the embedder {(cfg.get('embedder') or {}).get('type', type(embedder).__name__)} makes one "
+                          f"token per frame, but model {model_cfg['type']} takes no frame conditions "
+                          f"(frame_cond_dim); use model NextClipTransformer")
+    if embedder is not None and cond_dim_key(embedder) in takes:
         model_cfg = model_cfg_for(model_cfg, embedder, (cfg.get("embedder") or {}).get("type", ""))
     return model_cfg
 

@@ -12,6 +12,7 @@ from tools.diffusions.rectified_flow import (
     bcast,
     check_history_noise,
     frame_clip_index,
+    frame_conditions,
     make_clean_input,
     masked_frame_mse,
     per_frame,
@@ -126,7 +127,8 @@ class GaussianDiffusion:
 
     # ---------------------------------------------------------------- training
     def training_losses(self, model: Callable, x1: torch.Tensor, clip_lens: torch.Tensor, cond=None,
-                        cond_mask=None, generator: torch.Generator | None = None, rank_slice=None) -> dict:
+                        cond_mask=None, generator: torch.Generator | None = None, rank_slice=None,
+                        frame_cond=None) -> dict:
         """Same layout as :meth:`RectifiedFlow.training_losses`; per-clip discrete timesteps.
 
         Returns ``dict(loss, loss_per_frame (B, F), t (B, K) model times, k (B, K) timesteps)``.
@@ -148,7 +150,8 @@ class GaussianDiffusion:
         x_clean = make_clean_input(x1, valid, last, self.history_noise, rng)
         t = self.t_model(k).to(x1.dtype)
         t_in = self.model_time(k, timestep_input(model), x1.dtype)
-        pred = model(x_noisy, x_clean, clip_lens, t_in, cond=cond, cond_mask=cond_mask)
+        pred = model(x_noisy, x_clean, clip_lens, t_in, cond=cond, cond_mask=cond_mask,
+                     **frame_conditions(frame_cond))
         if pred.shape != x_noisy.shape:
             raise ValueError(f"model returned shape {tuple(pred.shape)}, expected {tuple(x_noisy.shape)}.")
         loss, lpf = masked_frame_mse(pred, self.target(x1, eps, ab), valid)

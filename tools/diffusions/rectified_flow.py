@@ -121,6 +121,12 @@ def noised(x1, t_frame, eps, valid):
     return (tf * x1 + (1 - tf) * eps) * bcast(valid.to(x1.dtype), x1)
 
 
+def frame_conditions(frame_cond) -> dict:
+    """The model's keyword for per-frame condition tokens (B, F, D): ``{"frame_cond": ...}``, or nothing
+    when there are none (models without frame conditions keep their signature)."""
+    return {} if frame_cond is None else {"frame_cond": frame_cond}
+
+
 def masked_frame_mse(pred, target, valid):
     """Mean over (C, H, W) per frame, then mean over valid frames. Returns (loss, per_frame)."""
     per_frame_loss = ((pred.float() - target.float()) ** 2).mean(dim=(1, 3, 4))  # (B, F)
@@ -200,13 +206,15 @@ class RectifiedFlow:
         return torch.sigmoid(self.logit_mean + self.logit_std * rng.randn(shape))
 
     def training_losses(self, model: Callable, x1: torch.Tensor, clip_lens: torch.Tensor, cond=None,
-                        cond_mask=None, generator: torch.Generator | None = None, rank_slice=None) -> dict:
+                        cond_mask=None, generator: torch.Generator | None = None, rank_slice=None,
+                        frame_cond=None) -> dict:
         """One next-clip training step's loss.
 
         x1 (B, C, F, H, W) clean data; clip_lens (B, K). Every clip gets its own t; every
         frame is noised at its clip's t (noisy input); the clean input is x1 with per-frame
         history noise, the last clip's frames and padding zeroed. ``cond`` (B, M, D) and
-        ``cond_mask`` (B, M) bool (True = real token) are passed to the model as they are
+        ``cond_mask`` (B, M) bool (True = real token), and ``frame_cond`` (B, F, D) (one token per
+        frame, frame-conditioned models) are passed to the model as they are
         (condition dropout is the engine's job). ``rank_slice=(rank, world)``
         draws the randomness of the global batch and keeps this rank's rows (see
         :class:`Randomness`). Returns ``dict(loss, loss_per_frame (B, F), t (B, K))``.
@@ -223,7 +231,8 @@ class RectifiedFlow:
         eps = rng.randn(x1.shape).to(x1.dtype)
         x_noisy = noised(x1, per_frame(t, idx), eps, valid)
         x_clean = make_clean_input(x1, valid, last, self.history_noise, rng)
-        pred = model(x_noisy, x_clean, clip_lens, t.to(x1.dtype), cond=cond, cond_mask=cond_mask)
+        pred = model(x_noisy, x_clean, clip_lens, t.to(x1.dtype), cond=cond, cond_mask=cond_mask,
+                     **frame_conditions(frame_cond))
         if pred.shape != x_noisy.shape:
             raise ValueError(f"model returned shape {tuple(pred.shape)}, expected {tuple(x_noisy.shape)}.")
         loss, lpf = masked_frame_mse(pred, self.target(x1, eps), valid)

@@ -9,7 +9,9 @@ the conversion to velocity is affine, so guiding raw predictions equals guiding 
 - ``NO_HISTORY``: the same clip with no history (condition kept): history guidance, ``s_h =
   history_guide_scale``;
 - ``NO_CONDITION``: history kept, the condition replaced by the embedder's null condition:
-  condition guidance, ``s_c = guide_scale``.
+  condition guidance, ``s_c = guide_scale``. Per-frame conditions (actions) are replaced by the null
+  token at every frame, the clip's and its history's (the history's KV cache of this branch is encoded
+  with null actions, as it is encoded with the null condition).
 
 A branch is computed only where its term acts: its scale != 1, and the model time t (0 noise,
 1 clean, as ``pred_fn`` sees it for both diffusions) inside its interval (``guide_interval`` /
@@ -32,11 +34,15 @@ FULL, NO_HISTORY, NO_CONDITION = "full", "no_history", "no_condition"
 class Condition:
     """The condition of a rollout: tokens (B, M, cond_dim) and mask (B, M) bool (True = real, None =
     all real), and the null condition of guidance (``embedder.null(B)``), needed when guide_scale != 1.
-    All None: an unconditional model."""
+    Per-frame conditions (a frame-conditioned model, e.g. actions): ``frame_cond`` (B, F, D) one token
+    per frame, and ``null_frame_cond`` the embedder's null token at every frame (the NO_CONDITION
+    branch: null actions for the clip being generated AND its history). All None: an unconditional model."""
     cond: Tensor | None = None
     cond_mask: Tensor | None = None
     null_cond: Tensor | None = None
     null_mask: Tensor | None = None
+    frame_cond: Tensor | None = None
+    null_frame_cond: Tensor | None = None
 
 
 def active_branches(settings, t: float, has_history: bool) -> list[str]:

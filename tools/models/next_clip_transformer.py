@@ -24,6 +24,18 @@ mean of the cond tokens to the time embedding of the noisy tokens (DiT's class e
 SD3's pooled text embedding): every noisy token is then modulated by the condition directly
 instead of only attending to it. The MLP's last layer starts at zero, so loading weights of a
 model without it starts from the same function; KV caches carry the pooled vector.
+
+Frame conditions (``frame_cond_dim > 0``, e.g. one action per frame from the ``DiscreteActions``
+embedder): ``frame_cond`` (B, F, frame_cond_dim) gives every frame one more token, projected by
+``frame_cond_proj`` and appended to the frame's own tokens as slot N (after its N patches), in its
+clean copy and in its noisy copy. A frame then has N + 1 tokens everywhere (layout, RoPE, KV cache),
+so the masks, the cache and its rolling window carry the token exactly as they carry the frame, and
+the output head drops the slot. The slot's RoPE position is its frame's time and "patch N": with
+'1d' the position right after the frame's last patch, with '3d' the row below the patch grid
+(column 0), a spatial position no patch has, so the token is told apart from the patches by
+position as well as by content. Every call of a frame-conditioned model needs ``frame_cond``
+("no action" is the embedder's learned null token, not a missing token); a model without
+``frame_cond_dim`` is unchanged (same parameters, same outputs).
 """
 from __future__ import annotations
 
@@ -99,7 +111,7 @@ MEMO_SIZE = 16  # shapes whose token metadata a model keeps
 DEFAULTS = dict(in_channels=4, patch_size=2, hidden=256, depth=4, heads=4, ffn=1024, norm="layernorm",
                 mlp="gelu", time_cond="adaln", rope="1d", cond_dim=0, pooled_cond=False,
                 frame_causal_clean=False, grad_checkpointing=False, attention="blocks", qk_norm=True,
-                bias=True)
+                bias=True, frame_cond_dim=0)
 
 
 @MODEL.register_class()
@@ -120,7 +132,7 @@ class NextClipTransformer(CachedRollout, nn.Module):
     def __init__(self, in_channels=None, patch_size=None, hidden=None, depth=None, heads=None, ffn=None,
                  norm=None, mlp=None, time_cond=None, rope=None, cond_dim=None, pooled_cond=None,
                  frame_causal_clean=None, grad_checkpointing=None, attention=None, qk_norm=None,
-                 bias=None, preset=None):
+                 bias=None, frame_cond_dim=None, preset=None):
         super().__init__()
         given = {k: v for k, v in locals().items()
                  if k not in ("self", "preset", "__class__") and v is not None}
@@ -138,6 +150,8 @@ class NextClipTransformer(CachedRollout, nn.Module):
         if self.pooled_cond and not self.cond_dim:
             raise ValueError("pooled_cond=True needs a condition (cond_dim > 0, i.e. an EMBEDDER other than "
                              "NoCondition); set pooled_cond: false for an unconditional model")
+        self.frame_cond_dim = int(cfg["frame_cond_dim"] or 0)
+        self.frame_slots = 1 if self.frame_cond_dim else 0  # extra tokens per frame (the frame condition)
         self.frame_causal_clean = bool(cfg["frame_causal_clean"])
         self.grad_checkpointing = bool(cfg["grad_checkpointing"])
         self.set_attention(cfg["attention"])
@@ -149,6 +163,8 @@ class NextClipTransformer(CachedRollout, nn.Module):
             self.cond_proj = nn.Linear(self.cond_dim, C)
         if self.pooled_cond:
             self.cond_pool = nn.Sequential(nn.Linear(self.cond_dim, C), nn.SiLU(), nn.Linear(C, C))
+        if self.frame_cond_dim:
+            self.frame_cond_proj = nn.Linear(self.frame_cond_dim, C)
         self.rope = Rope(C // self.heads, cfg["rope"])
         self.blocks = nn.ModuleList(Block(C, self.heads, cfg["ffn"], cfg["norm"], cfg["mlp"], self.adaln,
                                           cfg["qk_norm"], bool(cfg["bias"])) for _ in range(cfg["depth"]))
@@ -193,6 +209,35 @@ class NextClipTransformer(CachedRollout, nn.Module):
         B, p, C = x.shape[0], self.patch_size, self.in_channels
         x = x.reshape(B, Fr, H // p, W // p, C, p, p).permute(0, 4, 1, 2, 5, 3, 6)
         return x.reshape(B, C, Fr, H, W)
+
+    def _geometry(self, H: int, W: int) -> tuple[int, int, int]:
+        """(patches per frame N, tokens per frame N + frame slots, patch grid width) of an H x W frame."""
+        N = (H // self.patch_size) * (W // self.patch_size)
+        return N, N + self.frame_slots, W // self.patch_size
+
+    def _with_frame_cond(self, tokens: Tensor, frame_cond: Tensor | None, Fr: int) -> Tensor:
+        """Patch tokens (B, Fr*N, C) of Fr frames -> with each frame's condition token appended as its
+        slot N: (B, Fr*(N+1), C); unchanged without ``frame_cond_dim``."""
+        if not self.frame_cond_dim:
+            assert frame_cond is None, "frame_cond was given but the model was built with frame_cond_dim=0"
+            return tokens
+        if frame_cond is None:
+            raise ValueError(f"this model was built with frame_cond_dim={self.frame_cond_dim}: every call needs "
+                             f"frame_cond (B, frames, {self.frame_cond_dim}), one token per frame; pass the "
+                             f"embedder's null tokens (embedder.null(B, frames)) where no condition is known")
+        B, _, C = tokens.shape
+        assert tuple(frame_cond.shape) == (B, Fr, self.frame_cond_dim), \
+            f"frame_cond must be (B, F, frame_cond_dim) = {(B, Fr, self.frame_cond_dim)}, got {tuple(frame_cond.shape)}"
+        slot = self.frame_cond_proj(frame_cond.to(self.frame_cond_proj.weight.dtype)).to(tokens.dtype)  # (B, Fr, C)
+        return torch.cat([tokens.view(B, Fr, -1, C), slot[:, :, None]], dim=2).view(B, -1, C)
+
+    def _drop_frame_slots(self, y: Tensor, Fr: int) -> Tensor:
+        """Outputs (B, Fr*(N+1), P) of whole frames -> the patch outputs (B, Fr*N, P) (the frame
+        condition slot dropped); unchanged without frame conditions."""
+        if not self.frame_slots:
+            return y
+        B, _, P = y.shape
+        return y.view(B, Fr, -1, P)[:, :, :-self.frame_slots].reshape(B, -1, P)
 
     def _cond_tokens(self, cond: Tensor | None, cond_mask: Tensor | None):
         """-> (cond tokens (B, M, C) or None, real cond count per sample or None = all real,
@@ -285,13 +330,14 @@ class NextClipTransformer(CachedRollout, nn.Module):
     # ------------------------------------------------------------------ training forward
     def forward(self, x_noisy: Tensor, x_clean: Tensor, clip_lens: Tensor, t: Tensor,
                 cond: Tensor | None = None, cond_mask: Tensor | None = None,
-                frame_offset: int = 0) -> Tensor:
+                frame_offset: int = 0, frame_cond: Tensor | None = None) -> Tensor:
         """x_noisy, x_clean (B, C, F, H, W); clip_lens (B, K) long; t (B, K) per-clip time
         (1 = clean); cond (B, M, cond_dim) or None, cond_mask (B, M) bool (True = real) or
-        None -> prediction shaped like x_noisy. Frame f sits at position frame_offset + f.
+        None; frame_cond (B, F, frame_cond_dim) one token per frame (models with frame_cond_dim)
+        -> prediction shaped like x_noisy. Frame f sits at position frame_offset + f.
         Outputs at padded frames are arbitrary (finite); x_clean of each last clip is unused."""
         B, _, Fr, H, W = x_noisy.shape
-        N, gw = (H // self.patch_size) * (W // self.patch_size), W // self.patch_size
+        _, N, gw = self._geometry(H, W)  # N: tokens per frame (patches + frame condition slot)
         ctok, cond_lens, pooled = self._cond_tokens(cond, cond_mask)
         M = 0 if ctok is None else ctok.shape[1]
         layout = BlockCausalLayout(clip_lens, N, num_cond=M, frame_causal_clean=self.frame_causal_clean,
@@ -301,7 +347,8 @@ class NextClipTransformer(CachedRollout, nn.Module):
             ("forward", layout.key(), Fr, gw, int(frame_offset)),
             lambda: self._forward_tokens(layout, Fr, N, gw, int(frame_offset)))
         parts = [] if ctok is None else [ctok]
-        parts += [self.embed_clean(self._patchify(x_clean)), self.embed_noisy(self._patchify(x_noisy))]
+        parts += [self._with_frame_cond(self.embed_clean(self._patchify(x_clean)), frame_cond, Fr),
+                  self._with_frame_cond(self.embed_noisy(self._patchify(x_noisy)), frame_cond, Fr)]
         parts.append(parts[-1].new_zeros(B, 1, self.hidden))  # the padding row, in the activation dtype
         x = _gather_tokens(torch.cat(parts, dim=1), idx)  # (B, L, C) from (B, M + 2*F*N + 1, C)
         temb = self.time_embed(torch.cat([t.new_ones(B, 1), t], dim=1))  # (B, K+1, C); t stays fp32
@@ -311,7 +358,7 @@ class NextClipTransformer(CachedRollout, nn.Module):
             return block_causal_attention(q, k, v, layout, self.attn_impl, self.dense_fn)
 
         y = self._run(x, temb, tid, cos, sin, [attn] * len(self.blocks))  # (B, L, P)
-        return self._unpatchify(_gather_tokens(y, pos), Fr, H, W)
+        return self._unpatchify(self._drop_frame_slots(_gather_tokens(y, pos), Fr), Fr, H, W)
 
     def _forward_tokens(self, layout: BlockCausalLayout, Fr: int, N: int, gw: int, frame_offset: int):
         """Token metadata of a training forward, built once per layout (:meth:`_memoized`): (layout,

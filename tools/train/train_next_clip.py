@@ -16,7 +16,12 @@ Conditioning (contracts K1/K4). ``cond_key`` names the item key fed to the embed
 caption); the model's ``cond_dim`` follows the embedder's token width unless the model config
 sets it. Condition dropout (``cond_dropout``, for classifier-free guidance) is drawn per sample
 of the global batch from the step generator and sliced per rank like every other draw: a
-dropped sample's value becomes ``None``, i.e. the embedder's null condition. A dataset with
+dropped sample's value becomes ``None``, i.e. the embedder's null condition. A per-frame embedder
+(``DiscreteActions``, ``cond_key: actions``) gives one token per frame: the item's sequence is cut to
+the training window (the window's frames, the same start as the latents), padded with "no action"
+when shorter, and passed to the model as ``frame_cond``; ``cond_dropout`` drops an item's whole
+sequence, ``frame_cond_dropout`` each frame's entry on its own (drawn after it, per frame of the
+global batch), so the model also learns partially known actions. A dataset with
 ``write_label_map`` (e.g. LabelList) gets its label map written to ``<run dir>/label_map.json``.
 
 Resume (``resume: auto | PATH``). The checkpoint is read and checked against the built model
@@ -65,7 +70,7 @@ from tools import lora
 from tools.autoencoders.base import check_frames, latent_frames, pixel_frames, valid_frames
 from tools.autoencoders.base import encode as ae_encode
 from tools.backends.parallel import has_meta
-from tools.embedders.conditioning import condition_values, embed, is_conditional
+from tools.embedders.conditioning import condition_values, embed, is_conditional, is_per_frame
 from tools.pretrain.model_config import run_pretrain
 from tools.stack import build_stack, model_config
 from tools.train import loop
@@ -96,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
     "visual": [],
     "cond_key": None,           # item key fed to the embedder: label | caption | null
     "cond_dropout": 0.1,        # share of samples trained with the null condition (for guidance)
+    "frame_cond_dropout": 0.0,  # per-frame embedders: share of single frames trained with the null token
     "cond_lr_mult": 1.0,        # lr multiplier of the condition path (embedder, model cond_* layers)
     "log_dir": "workspace/experiments",
     "seed": 8888,
@@ -125,7 +131,16 @@ DEFAULTS: dict[str, Any] = {
 def latents_of(batch: dict[str, Any], autoencoder, max_frames: int, device,
                generator: torch.Generator | None = None, rank_slice: tuple[int, int] = (0, 1),
                window_start: str = "first") -> torch.Tensor:
-    """Model inputs of a batch: cached ``latent`` or ``video`` encoded, cut to a window of ``max_frames``
+    """Model inputs of a batch (:func:`latent_window` without the window starts)."""
+    return latent_window(batch, autoencoder, max_frames, device, generator, rank_slice, window_start)[0]
+
+
+@torch.no_grad()
+def latent_window(batch: dict[str, Any], autoencoder, max_frames: int, device,
+                  generator: torch.Generator | None = None, rank_slice: tuple[int, int] = (0, 1),
+                  window_start: str = "first") -> tuple[torch.Tensor, list[int]]:
+    """(latents, the latent frame where each sample's window starts). Model inputs of a batch: cached
+    ``latent`` or ``video`` encoded, cut to a window of ``max_frames``
     pixel frames (``autoencoder.latent_frames(max_frames)`` latent frames: T / f, or 1 + (T - 1) / f for a
     causal VAE). Image batches (``kind: image``) are one-frame clips and are not held to
     ``max_frames``. A stochastic encode draws its noise from ``generator`` (the step generator).
@@ -138,7 +153,7 @@ def latents_of(batch: dict[str, Any], autoencoder, max_frames: int, device,
     if batch.get("kind") == "image":
         key = "latent" if "latent" in batch else "video"
         x = batch[key][:, :, :1].to(device, non_blocking=True)
-        return x if key == "latent" else ae_encode(autoencoder, x, generator, rank_slice)
+        return (x if key == "latent" else ae_encode(autoencoder, x, generator, rank_slice)), [0] * x.shape[0]
     want = latent_frames(autoencoder, max_frames)
     if "latent" in batch:
         latent = batch["latent"]
@@ -158,10 +173,10 @@ def latents_of(batch: dict[str, Any], autoencoder, max_frames: int, device,
             else max_frames
         x = ae_encode(autoencoder, video[:, :, :T].to(device, non_blocking=True), generator, rank_slice)
     if window_start != "random" or x.shape[2] == want:
-        return x[:, :, :want]
+        return x[:, :, :want], [0] * x.shape[0]
     B, (rank, world) = x.shape[0], rank_slice
     starts = torch.randint(0, x.shape[2] - want + 1, (B * world,), generator=generator)[rank * B:(rank + 1) * B]
-    return torch.stack([x[b, :, int(s):int(s) + want] for b, s in enumerate(starts)])
+    return torch.stack([x[b, :, int(s):int(s) + want] for b, s in enumerate(starts)]), [int(s) for s in starts]
 
 
 def drop_conditions(values: list[Any], p: float, generator: torch.Generator, rank: int = 0,
@@ -175,8 +190,9 @@ def drop_conditions(values: list[Any], p: float, generator: torch.Generator, ran
 
 
 def condition_parameters(model, embedder) -> list[torch.nn.Parameter]:
-    """The condition path: the embedder's parameters and the model's ``cond_*`` layers."""
-    return list(embedder.parameters()) + [p for n, p in model.named_parameters() if n.startswith("cond_")]
+    """The condition path: the embedder's parameters and the model's ``cond_*`` / ``frame_cond_*`` layers."""
+    return list(embedder.parameters()) + [p for n, p in model.named_parameters()
+                                          if n.startswith(("cond_", "frame_cond_"))]
 
 
 def build_conditioning(embedder, batch: dict[str, Any], cond_key: str | None, device,
@@ -191,6 +207,35 @@ def build_conditioning(embedder, batch: dict[str, Any], cond_key: str | None, de
     return embed(embedder, values, device)
 
 
+def drop_frames(values: list[Any], num_frames: int, p: float, generator: torch.Generator, rank: int = 0,
+                world: int = 1) -> list[Any]:
+    """Per-frame dropout: each of the ``num_frames`` entries of every sample of the GLOBAL batch becomes -1
+    (no action) with probability ``p``, one draw per (sample, frame) from ``generator``; this rank keeps
+    its slice. A sample dropped as a whole (None) stays None."""
+    B = len(values)
+    drop = (torch.rand(B * world, num_frames, generator=generator) < p)[rank * B:(rank + 1) * B].tolist()
+    return [None if v is None else [-1 if d else a for a, d in zip(v, row)] for v, row in zip(values, drop)]
+
+
+def build_frame_conditioning(embedder, batch: dict[str, Any], cond_key: str, device, num_frames: int,
+                             starts: list[int], dropout: float = 0.0, frame_dropout: float = 0.0,
+                             generator: torch.Generator | None = None, rank: int = 0,
+                             world: int = 1) -> torch.Tensor:
+    """Frame conditions (B, num_frames, dim) of a batch for a per-frame embedder: each item's sequence cut
+    to its training window (``starts[b]`` .. + ``num_frames``: the window of the latents), after the whole-
+    sequence dropout (``dropout``, like :func:`build_conditioning`) and the per-frame one (``frame_dropout``);
+    a window past the end of a shorter sequence is padded with the null token (the embedder's
+    ``num_frames``)."""
+    values = condition_values(batch, cond_key, per_frame=True)
+    values = [None if v is None else list(v)[s:s + num_frames] for v, s in zip(values, starts)]
+    if dropout > 0:
+        values = drop_conditions(values, dropout, generator, rank, world)
+    if frame_dropout > 0:
+        values = [None if v is None else v + [-1] * (num_frames - len(v)) for v in values]
+        values = drop_frames(values, num_frames, frame_dropout, generator, rank, world)
+    return embed(embedder, values, device, num_frames)[0]
+
+
 # ---------------------------------------------------------------------------- validation
 def validate(cfg) -> None:
     """Contract C1: check the engine's own settings; raises ConfigError naming the setting."""
@@ -199,6 +244,9 @@ def validate(cfg) -> None:
     v = g("cond_dropout", DEFAULTS["cond_dropout"])
     _require(_is_num(v) and 0 <= v < 1, "cond_dropout", v, "must be a number in [0, 1)",
              "e.g. cond_dropout=0.1 (0: never train the null condition)")
+    v = g("frame_cond_dropout", DEFAULTS["frame_cond_dropout"])
+    _require(_is_num(v) and 0 <= v < 1, "frame_cond_dropout", v, "must be a number in [0, 1)",
+             "e.g. frame_cond_dropout=0.1 (per-frame embedders: a tenth of the frames' actions become unknown)")
     v = g("cond_lr_mult", DEFAULTS["cond_lr_mult"])
     _require(_is_num(v) and v > 0, "cond_lr_mult", v, "must be a number > 0",
              "e.g. cond_lr_mult=10 (the new condition layers of a fine-tune learn 10x faster; 1: same lr)")
@@ -315,6 +363,15 @@ def _check_cond_key(cfg, embedder, log) -> None:
                     cfg.cond_key, cfg.embedder.get("type"))
 
 
+def _check_frame_conditions(cfg, embedder, autoencoder) -> None:
+    """A per-frame embedder needs one latent frame per pixel frame (its tokens are per pixel frame)."""
+    tf = int(getattr(autoencoder, "temporal_factor", 1))
+    if is_per_frame(embedder) and tf != 1:
+        raise ConfigError(f"the embedder {cfg.embedder.get('type')} makes one token per frame, but the auto_encoder "
+                          f"{cfg.auto_encoder.get('type')} merges {tf} frames into one latent frame (temporal_factor "
+                          f"{tf}); use an auto_encoder with temporal_factor 1 (Identity or an image VAE)")
+
+
 def _check_label_count(cfg, dataset, embedder) -> None:
     """ConfigError at start (not on the first batch that meets it) when a labelled dataset has more
     labels than the class embedder has classes."""
@@ -391,6 +448,7 @@ def _build(run: Run, model_config=model_config) -> None:
     loop.check_data_shape(cfg, run.autoencoder, _patch_size(cfg))
     run.embedder = embedder = EMBEDDER.build(cfg.embedder, "embedder").to(device)
     _check_cond_key(cfg, embedder, log)
+    _check_frame_conditions(cfg, embedder, run.autoencoder)
     _check_label_count(cfg, run.dataset, embedder)
     _use_cached_text_features(run.dataset, embedder, log)
     # fsdp + meta_init: the model's parameters on the meta device
@@ -489,16 +547,22 @@ def next_clip_loss(run: Run, batch: dict[str, Any], gen: torch.Generator) -> dic
     """One micro-batch's loss dict: latents, clip cuts and conditions outside autocast, the loss inside."""
     cfg, rank, world, device = run.cfg, run.rank, run.world, run.backend.device
     cs = cfg.clip_sampling
-    x1 = latents_of(batch, run.autoencoder, cfg.max_frames, device, gen, (rank, world), cfg.window_start)
+    x1, starts = latent_window(batch, run.autoencoder, cfg.max_frames, device, gen, (rank, world), cfg.window_start)
     B = x1.shape[0]
     # global-batch randomness, sliced for this rank
     clip_lens = sample_clip_lens(x1.shape[2], B * world, cs.mode, cs.clip_len, cs.min_clips,
                                  cs.max_clips, generator=gen)[rank * B:(rank + 1) * B]
-    cond, cond_mask = build_conditioning(run.embedder, batch, cfg.cond_key, device, cfg.cond_dropout, gen,
-                                         rank, world)
+    cond = cond_mask = frame_cond = None
+    if cfg.cond_key and is_per_frame(run.embedder):  # one token per frame of the window
+        frame_cond = build_frame_conditioning(run.embedder, batch, cfg.cond_key, device, x1.shape[2], starts,
+                                              cfg.cond_dropout, cfg.frame_cond_dropout, gen, rank, world)
+    else:
+        cond, cond_mask = build_conditioning(run.embedder, batch, cfg.cond_key, device, cfg.cond_dropout, gen,
+                                             rank, world)
     with run.backend.autocast():
         return run.diffusion.training_losses(run.net, x1, clip_lens.to(device), cond=cond,
-                                             cond_mask=cond_mask, generator=gen, rank_slice=(rank, world))
+                                             cond_mask=cond_mask, generator=gen, rank_slice=(rank, world),
+                                             frame_cond=frame_cond)
 
 
 def _step(run: Run, batches, step: int, loss_fn=next_clip_loss) -> dict[str, Any]:
