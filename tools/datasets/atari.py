@@ -334,6 +334,12 @@ def play_actions(game: str, actions: Sequence, frame_skip: int = 4, noops: int =
             "actions": np.asarray(done, np.int16)}
 
 
+def episode_noops(seed: int, episode: int, noop_max: int) -> int:
+    """The NOOP steps before frame 0 of episode ``episode`` (as :func:`generate_episode` draws them), so a
+    cached episode can be replayed: reset, these NOOPs, then its actions."""
+    return int(np.random.default_rng([int(seed), int(episode)]).integers(noop_max + 1))
+
+
 def generate_episode(game: str, seed: int, episode: int, frames: int, policy: str = "mix",
                      frame_skip: int = 4, noop_max: int = 30, sticky: float = 0.75, epsilon: float = 0.1,
                      track_error: float = 12.0, with_ram: bool = False, ale=None) -> dict:
@@ -348,7 +354,7 @@ def generate_episode(game: str, seed: int, episode: int, frames: int, policy: st
     ale.reset_game()
     acts = ale.getMinimalActionSet()
     pol = BehaviourPolicy(spec, policy, rng, sticky, epsilon, track_error)
-    noops = int(rng.integers(noop_max + 1))
+    noops = int(rng.integers(noop_max + 1))  # the first draw of the episode's stream (episode_noops)
     for _ in range(noops):
         ale.act(acts[0])
     screen = ale.getScreenRGB()
