@@ -127,3 +127,18 @@ def test_short_episodes_are_reported_not_fatal(tmp_path):
     code, m, _, _ = _run(cfg, True, tmp_path, "short")
     assert code == 1 and m["episodes"] == 0 and len(m["failures"]) == 2 and "needs start_frame" in \
         m["failures"][0]["error"]
+
+
+def test_the_training_seed_is_refused(tmp_path):
+    """Held-out means held out: a checkpoint whose stored training config used the same game and dataset
+    seed is refused; another seed passes."""
+    import yaml
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "step_1.ema.safetensors"
+    train_cfg = {"dataset": {"type": "AtariEpisodes", "game": "pong", "seed": 9001}}
+    save_file({"w": torch.zeros(1)}, str(ckpt), metadata={"config": yaml.safe_dump(train_cfg)})
+    with pytest.raises(ConfigError, match="dataset.seed=9001 is the seed test_model was trained on"):
+        validate(load_config(ROOT / "configs/atari/evaluate.yaml", [f"test_model={ckpt}"], registry=INFER_ENGINE))
+    validate(load_config(ROOT / "configs/atari/evaluate.yaml", [f"test_model={ckpt}", "dataset.seed=9002"],
+                         registry=INFER_ENGINE))
