@@ -103,6 +103,8 @@ def test_engine_tells_a_game_that_follows_actions_from_one_that_ignores_them(tmp
     own = m["own_actions"]["horizons"]
     assert own["16"]["model"]["psnr"] > own["16"]["copy_last"]["psnr"] + 5  # the true continuation
     assert own["4"]["model"]["ssim"] > 0.99
+    assert own["16"]["model"]["paddle_error"] == 0.0 and own["16"]["copy_last"]["paddle_error"] > 2  # px
+    assert len(m["own_actions"]["methods"]["model"]["paddle_error"]) == T - C
     cmd = m["commanded"]["methods"]
     assert cmd["model"]["agreement"] > 0.8 and cmd["model"]["agreement"] == cmd["emulator"]["agreement"]
     assert cmd["model"]["response_frames"] <= 1.5 and cmd["model"]["answered"] > 0.8

@@ -7,9 +7,11 @@ context and the Predictor rolls out ``max_frames`` frames in all (context includ
 video (context first; -1 = none; ``None`` = no action anywhere). Three questions:
 
 (a) **Own actions** (``own_actions``): the model given the episode's own actions, scored against the true
-    frames (PSNR / SSIM per predicted frame, and the mean over the first h frames for h in
-    ``eval_horizons``), against ``null_action`` (the same model and seed with no action: what the actions
-    add) and ``copy_last`` (the last context frame repeated).
+    frames (PSNR / SSIM and ``paddle_error``, the distance in px between the generated and the true
+    paddle, per predicted frame, and the mean over the first h frames for h in ``eval_horizons``), against
+    ``null_action`` (the same model and seed with no action: what the actions add) and ``copy_last`` (the
+    last context frame repeated). Pong's frames are mostly still background, so copy-last's PSNR is high
+    (~31 dB): the paddle error and (b) say more about the actions.
 (b) **Commanded actions** (``commanded``): after the context the model is told ``action_script`` (pairs
     ``[action, frames]``, e.g. ``[UP, 6]``, repeated to ``script_frames`` frames; names from the game
     table, ``tools/datasets/atari.py``). The player's paddle is read from every frame
@@ -38,6 +40,7 @@ import math
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -188,17 +191,26 @@ def pool_sensitivity(rows: list[dict]) -> dict:
             "readable": float(np.mean([r["readable"] for r in rows]))}
 
 
+def _nanmean(x, axis=None):
+    """Mean ignoring NaN (an unreadable paddle); NaN where nothing is finite."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice"
+        m = np.nanmean(np.asarray(x, np.float64), axis)
+    return m.tolist() if axis is not None else float(m)
+
+
 def _per_frame_means(rows: list[dict], methods, metrics, hs: list[int]) -> dict:
     """{methods: {m: {metric: [mean over episodes per predicted frame]}}, horizons: {h: {m: {metric: mean
-    over the first h frames}}}} (NaN-free: None)."""
+    over the first h frames}}}}; NaN (an unreadable paddle) is left out of the means, None where nothing
+    is left."""
     out, by_h = {}, {str(h): {} for h in hs}
     for m in methods:
         out[m] = {}
         for metric in metrics:
             a = np.array([r[m][metric] for r in rows], np.float64)  # (N, T_pred)
-            out[m][metric] = a.mean(0).tolist()
+            out[m][metric] = _nanmean(a, 0)
             for h in hs:
-                by_h[str(h)].setdefault(m, {})[metric] = float(a[:, :h].mean())
+                by_h[str(h)].setdefault(m, {})[metric] = _nanmean(a[:, :h])
     return {"methods": out, "horizons": by_h}
 
 
@@ -236,8 +248,12 @@ def evaluate(cfg, predictor, out_dir: Path, log) -> int:
         future = truth[:, C:]
         copy = torch.cat([context, copy_last_baseline(context, T - C)], 1)
         preds = {"model": pred, "null_action": null, "copy_last": copy}
-        own.append({m: score(v[:, C:T], future) for m, v in preds.items()})
+        true_pos = paddle_positions(future, **spec.reader())
+        own.append({m: {**score(v[:, C:T], future),
+                        "paddle_error": (paddle_positions(v[:, C:T], **spec.reader()) - true_pos).abs().tolist()}
+                    for m, v in preds.items()})
         rec = {"episode": e, "seed": seed, "psnr": {m: float(np.mean(r["psnr"])) for m, r in own[-1].items()},
+               "paddle_error": {m: _nanmean(r["paddle_error"]) for m, r in own[-1].items()},
                "commanded": {}}
         drift.append({m: {"color_distance": color_histogram_distance(v[:, C:T], context).tolist(),
                           "paddle_readable": torch.isfinite(paddle_positions(v[:, C:T], **spec.reader()))
@@ -265,13 +281,14 @@ def evaluate(cfg, predictor, out_dir: Path, log) -> int:
                   "clip_len": cfg.clip_len, "window": getattr(predictor, "window", cfg.window),
                   "kv_cache": cfg.kv_cache, "guide_scale": cfg.guide_scale, "test_model": cfg.test_model}}
     if per_episode:
-        result["own_actions"] = _per_frame_means(own, OWN_METHODS, ("psnr", "ssim"), hs)
+        result["own_actions"] = _per_frame_means(own, OWN_METHODS, ("psnr", "ssim", "paddle_error"), hs)
         result["commanded"] = {"script": [spec.action_names[a] for a in script],
                                "methods": {m: pool_sensitivity(rows) for m, rows in commanded.items()}}
         result["drift"] = _per_frame_means(drift, DRIFT_METHODS, ("color_distance", "paddle_readable"), hs)
         for h, per in result["own_actions"]["horizons"].items():
-            log.info("first %3s frames: PSNR model %.2f / null action %.2f / copy-last %.2f dB", h,
-                     per["model"]["psnr"], per["null_action"]["psnr"], per["copy_last"]["psnr"])
+            log.info("first %3s frames: PSNR model %.2f / null action %.2f / copy-last %.2f dB; paddle error %s / %s "
+                     "/ %s px", h, per["model"]["psnr"], per["null_action"]["psnr"], per["copy_last"]["psnr"],
+                     *(_fmt(per[m]["paddle_error"]) for m in OWN_METHODS))
         for m, r in result["commanded"]["methods"].items():
             log.info("commanded %-11s agreement %.3f correlation %.3f response %.2f frames (answered %.2f)", m,
                      r["agreement"], r["correlation"], r["response_frames"], r["answered"])
@@ -279,6 +296,10 @@ def evaluate(cfg, predictor, out_dir: Path, log) -> int:
     atomic_write_text(out_dir / "metrics.json", json.dumps(_finite(result), indent=1, allow_nan=False))
     log.info("wrote %s (%d episodes, %d failed)", out_dir / "metrics.json", len(per_episode), len(failures))
     return 0 if per_episode and not failures else 1
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.2f}"
 
 
 @INFER_ENGINE.register_class()
