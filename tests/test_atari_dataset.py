@@ -206,3 +206,16 @@ def test_pong_fragment_builds_the_dataset(tmp_path):
     assert cfg["type"] == "AtariEpisodes" and cfg["game"] == "pong"
     ds = DATASETS.build({**cfg, "episodes": 1, "episode_frames": 24, "cache_dir": str(tmp_path)})
     assert ds[0]["video"].shape == (3, 16, 64, 128) and len(ds) == 3
+
+
+def test_cached_episodes_replay_from_their_noops_and_actions(tmp_path):
+    """episode_noops re-derives the NOOP start, so the emulator can continue a cached episode (the world
+    model evaluation plays commanded scripts from a held-out episode's state)."""
+    from tools.datasets.atari import episode_noops, play_actions
+
+    ds = AtariEpisodes(game="pong", seed=5, cache_dir=str(tmp_path), **SMALL)
+    for e in range(2):
+        frames, actions = ds.episode(e)
+        assert episode_noops(5, e, 30) == generate_episode("pong", 5, e, 2)["noops"]
+        replay = play_actions("pong", [int(a) for a in actions[1:]], noops=episode_noops(5, e, 30))
+        assert (replay["frames"] == frames).all()

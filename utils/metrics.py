@@ -16,11 +16,16 @@ def psnr_per_frame(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-10)
     return 10 * torch.log10(1.0 / (mse + eps))
 
 
-def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+def _valid_filter(n: int, size: int, sigma: float) -> torch.Tensor:
+    """(n - size + 1, n) float64 band matrix: 'valid' filtering of a length-n axis with the normalised 1-D
+    Gaussian of ``size`` taps and ``sigma``; SSIM's 2-D window is its outer product with itself."""
     ax = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(ax ** 2) / (2 * sigma ** 2))
     g = g / g.sum()
-    return (g[:, None] * g[None, :]).float()
+    m = torch.zeros(n - size + 1, n, dtype=torch.float64)
+    for i in range(n - size + 1):
+        m[i, i:i + size] = g
+    return m
 
 
 def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -29,10 +34,9 @@ def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor, window: int = 11, s
     window of the frame's size. (C, T, H, W) in [-1, 1] -> (T,)"""
     x = _to01(pred).double().permute(1, 0, 2, 3)  # (T, C, H, W); float64: var = E[x^2] - mu^2 cancels
     y = _to01(target).double().permute(1, 0, 2, 3)
-    C = x.shape[1]
     win = min(window, x.shape[-1], x.shape[-2])
-    w = _gaussian_window(win, sigma).to(x)[None, None].expand(C, 1, win, win)
-    filt = lambda z: F.conv2d(z, w, groups=C)
+    rows, cols = _valid_filter(x.shape[-2], win, sigma), _valid_filter(x.shape[-1], win, sigma).T
+    filt = lambda z: rows @ z @ cols  # the separable Gaussian window, 'valid': a 2-D conv as two band matrices
     mu_x, mu_y = filt(x), filt(y)
     sxx = filt(x * x) - mu_x ** 2
     syy = filt(y * y) - mu_y ** 2
@@ -351,3 +355,24 @@ def response_times(positions: torch.Tensor, directions, limits: tuple | None = N
     got = [t for t in times if t is not None]
     return {"times": times, "mean": float(sum(got) / len(got)) if got else float("nan"),
             "answered": len(got) / len(times) if times else float("nan")}
+
+
+def color_histogram_distance(video: torch.Tensor, reference: torch.Tensor, bins: int = 8) -> torch.Tensor:
+    """Drift without a ground truth: for each frame of ``video`` (C, T, H, W) in [-1, 1], the total
+    variation distance between its colour histogram (``bins`` levels per RGB channel) and the pooled
+    histogram of the ``reference`` frames (C, R, H, W), e.g. the context. 0 = the same colours in the same
+    amounts (a ball or paddle that moved), 1 = no colour in common. -> (T,)"""
+    if video.ndim != 4 or reference.ndim != 4 or video.shape[0] != 3 or reference.shape[0] != 3:
+        raise ValueError(f"color_histogram_distance needs RGB (3, T, H, W) videos, got {tuple(video.shape)} and "
+                         f"{tuple(reference.shape)}")
+
+    def hist(x: torch.Tensor) -> torch.Tensor:  # (3, T, H, W) -> (T, bins^3), each row sums to 1
+        q = (_to01(x) * bins).long().clamp(max=bins - 1)
+        code = (q[0] * bins + q[1]) * bins + q[2]                              # (T, H, W)
+        code = code.flatten(1)
+        h = torch.zeros(code.shape[0], bins ** 3, dtype=torch.float64).scatter_add_(
+            1, code, torch.ones_like(code, dtype=torch.float64))
+        return h / h.sum(1, keepdim=True)
+
+    ref = hist(reference).mean(0, keepdim=True)
+    return (0.5 * (hist(video) - ref).abs().sum(1)).float()

@@ -2,9 +2,10 @@
 game frames and the actions that produced them, for action-conditioned next-clip models (world models).
 
 How an episode is made (:func:`generate_episode`). The emulator is ``ale_py.ALEInterface`` itself (not
-gymnasium), with its own sticky actions off (``repeat_action_probability=0``: the behaviour policy
-below is the only source of randomness besides the emulator seed). After a reset, ``0..noop_max``
-NOOP steps (drawn per episode) vary the start. Each step applies one action of the game's minimal
+gymnasium), with its own sticky actions off (``repeat_action_probability=0``): after ``reset_game()`` the
+same actions give the same frames, so the behaviour policy below and the NOOP start are the only sources
+of randomness, and episode e depends only on (seed, e). After a reset, ``0..noop_max`` NOOP steps
+(drawn per episode, :func:`episode_noops`) vary the start. Each step applies one action of the game's minimal
 action set for ``frame_skip`` emulator frames; the recorded frame is the pixel-wise max of the last two
 of them (the usual Atari pipeline, against sprite flicker), cropped to the playfield (``GameSpec.crop``)
 and area-resized to ``GameSpec.size``. Frame 0 is the screen after the reset; frame t > 0 is what
@@ -19,8 +20,8 @@ Behaviour policies (seeded per episode by ``(seed, episode)``):
   error redrawn every few steps (``track_error`` source pixels), with ``epsilon`` random actions;
   between points (no ball) it serves (FIRE, Breakout) or heads back to the middle; moves pick the plain
   or the FIRE variant at random;
-- ``mix`` (default): the episode alternates segments of 4..16 steps of ``random`` (1/3) and ``track`` (2/3), so
-  the ball stays in play and the paddle sweeps, stops and turns often (diverse paddle motion).
+- ``mix`` (default): the episode alternates segments of 4..16 steps of ``random`` (1/3) and ``track``
+  (2/3), so the ball stays in play and the paddle sweeps, stops and turns often (diverse paddle motion).
 
 Cache. Episodes are generated once into ``cache_dir`` (default ``workspace/atari/<game>_seed<seed>``):
 ``episodes_00000.npz`` ... (``frames_<i>`` uint8 (T, H, W, 3), ``actions_<i>`` int16 (T,) per episode,
@@ -334,6 +335,12 @@ def play_actions(game: str, actions: Sequence, frame_skip: int = 4, noops: int =
             "actions": np.asarray(done, np.int16)}
 
 
+def episode_noops(seed: int, episode: int, noop_max: int) -> int:
+    """The NOOP steps before frame 0 of episode ``episode`` (as :func:`generate_episode` draws them), so a
+    cached episode can be replayed: reset, these NOOPs, then its actions."""
+    return int(np.random.default_rng([int(seed), int(episode)]).integers(noop_max + 1))
+
+
 def generate_episode(game: str, seed: int, episode: int, frames: int, policy: str = "mix",
                      frame_skip: int = 4, noop_max: int = 30, sticky: float = 0.75, epsilon: float = 0.1,
                      track_error: float = 12.0, with_ram: bool = False, ale=None) -> dict:
@@ -348,7 +355,7 @@ def generate_episode(game: str, seed: int, episode: int, frames: int, policy: st
     ale.reset_game()
     acts = ale.getMinimalActionSet()
     pol = BehaviourPolicy(spec, policy, rng, sticky, epsilon, track_error)
-    noops = int(rng.integers(noop_max + 1))
+    noops = int(rng.integers(noop_max + 1))  # the first draw of the episode's stream (episode_noops)
     for _ in range(noops):
         ale.act(acts[0])
     screen = ale.getScreenRGB()
