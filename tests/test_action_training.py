@@ -64,6 +64,15 @@ def test_train_net_routes_actions_as_frame_conditions(tmp_path, num_actions, win
     assert emb["table.weight"].shape == (4, 16)
 
 
+def test_the_rollout_visual_plays_the_batch_actions(tmp_path):
+    cfg = write_cfg(tmp_path, max_frames=6, frames=6)
+    cfg.write_text(cfg.read_text().replace("viz_interval: 100000", "viz_interval: 2") +
+                   "visual: [{type: RolloutVideo, num_samples: 1, context_frames: 2, clip_len: 2, window: 4, "
+                   "num_sample_steps: 2}]\n")
+    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path)]) == 0
+    assert (tmp_path / "actions" / "visuals" / "step_00000002.mp4").stat().st_size > 0
+
+
 def test_a_per_frame_embedder_needs_one_latent_per_frame():
     from types import SimpleNamespace
 
