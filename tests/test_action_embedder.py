@@ -32,7 +32,7 @@ def test_tokens_null_padding_and_truncation():
 
 def test_bad_actions_name_what_is_allowed():
     emb = DiscreteActions(num_actions=6, dim=4)
-    for bad in ([6], [-2], ["UP"], [1.5], [True]):
+    for bad in ([6], [-2], [1.5], [True], [object()]):
         with pytest.raises(ValueError, match=r"takes ints in 0\.\.5 or -1 \(no action\)"):
             emb([bad])
     with pytest.raises(ValueError, match="1-D sequence"):
