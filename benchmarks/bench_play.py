@@ -6,8 +6,9 @@ on them).
 
 For every combination of clip_len, num_sample_steps, kv_cache (rolling / recompute) and precision the session
 first plays until its history window is full (the steady state of a long game), then times ``--clips`` more
-calls with a new random action each; it reports the median milliseconds per call and per generated frame,
-the thread count and the machine's load average while it ran.
+calls with a new random action each; it reports the median wall-clock milliseconds per call and per
+generated frame, the same for the process's CPU time (with one thread: what the call takes on an idle core,
+whatever else loads the machine), the thread count and the machine's load average while it ran.
 """
 from __future__ import annotations
 
@@ -60,23 +61,24 @@ def play_latency(tmp: Path, h: int, w: int, patch: int, clip_len: int, steps: in
     session = p.start(ctx, seed=0, actions=[-1, 0, 0, 0])
     for _ in range(-(-window // clip_len) + 1):  # fill the window (steady state)
         session.next_clip(int(torch.randint(0, 6, (1,), generator=g)))
-    ts = []
+    wall, cpu = [], []
     for _ in range(clips):
         a = int(torch.randint(0, 6, (1,), generator=g))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         session.next_clip(a)
-        ts.append(time.perf_counter() - t0)
-    ms = 1000 * statistics.median(ts)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    ms, cpu_ms = 1000 * statistics.median(wall), 1000 * statistics.median(cpu)
     return {"clip_len": clip_len, "num_sample_steps": steps, "kv_cache": kv, "precision": precision,
             "window": window, "ms_per_clip": round(ms, 1), "ms_per_frame": round(ms / clip_len, 1),
-            "tokens_per_frame": (h // patch) * (w // patch) + 1}
+            "cpu_ms_per_frame": round(cpu_ms / clip_len, 1), "tokens_per_frame": (h // patch) * (w // patch) + 1}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hw", nargs=2, type=int, default=[64, 120], metavar=("H", "W"))
     ap.add_argument("--patch", type=int, default=8)
-    ap.add_argument("--window", type=int, default=16, help="history frames attended to")
+    ap.add_argument("--windows", nargs="+", type=int, default=[16], help="history frames attended to")
     ap.add_argument("--clip-lens", nargs="+", type=int, default=[1, 2, 4])
     ap.add_argument("--steps", nargs="+", type=int, default=[4, 8])
     ap.add_argument("--kv", nargs="+", default=["rolling", "recompute"])
@@ -91,8 +93,9 @@ def main(argv=None) -> int:
     rows = []
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        for prec, g, steps, kv in itertools.product(args.precision, args.clip_lens, args.steps, args.kv):
-            r = play_latency(Path(tmp), h, w, args.patch, g, steps, kv, prec, args.window, args.clips)
+        for prec, win, g, steps, kv in itertools.product(args.precision, args.windows, args.clip_lens, args.steps,
+                                                         args.kv):
+            r = play_latency(Path(tmp), h, w, args.patch, g, steps, kv, prec, win, args.clips)
             rows.append(r)
             print(json.dumps(r), flush=True)
     out = {"hw": [h, w], "patch": args.patch, "threads": torch.get_num_threads(), "load_before": load0,
