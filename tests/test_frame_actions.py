@@ -188,3 +188,17 @@ def test_the_output_head_drops_the_action_slot():
             assert changed[:, 0].unique().tolist() == [f]
             assert set(changed[:, 1].div(4, rounding_mode="floor").tolist()) == {r}
             assert set(changed[:, 2].div(4, rounding_mode="floor").tolist()) == {c}
+
+
+@pytest.mark.slow
+def test_flex_equals_math_with_actions():
+    model = tiny()
+    xn, xc, acts, _ = _inputs()
+    cl, t = torch.tensor([[2, 1, 3], [1, 3, 0]]), torch.rand(2, 3)
+    with torch.no_grad():  # FlexAttention has no CPU backward
+        model.set_attention("math")
+        ref = model(xn, xc, cl, t, frame_cond=acts)
+        model.set_attention("flex")
+        got = model(xn, xc, cl, t, frame_cond=acts)
+    torch.testing.assert_close(got[0], ref[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got[1, :, :4], ref[1, :, :4], atol=1e-5, rtol=1e-4)
