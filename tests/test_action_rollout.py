@@ -63,6 +63,12 @@ def test_the_session_stepped_clip_by_clip_is_the_rollout(kv):
     torch.testing.assert_close(session.video(), ref, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match=r"frame conditions of the clip \(full\) must be \(B, G, D\) = \(2, 2, D\)"):
         session.next_clip(2, ACTS[:, :3], NULL[:, :2])
+    endless = RolloutSession(model, diff, CTX, s, Condition(frame_cond=ACTS[:, :2], null_frame_cond=NULL[:, :2]),
+                             keep_video=False)
+    for f in range(2, T, 2):
+        torch.testing.assert_close(endless.next_clip(2, ACTS[:, f:f + 2], NULL[:, f:f + 2]), ref[:, :, f:f + 2],
+                                   atol=1e-6, rtol=1e-5)
+    assert endless.clips == [] and endless.frames_generated == 8 and endless.seen.shape[2] <= 4
 
 
 def test_an_action_changes_only_its_own_clip_and_later_ones():

@@ -289,7 +289,8 @@ class PlaySession:
     cache (``kv_cache: rolling | recompute | off`` of the config) kept between calls. Made by
     :meth:`Predictor.start`; one :class:`~tools.inferences.rollout.RolloutSession` underneath (the
     mechanism ``Predictor.predict`` runs through ``rollout``), so a session fed a whole action sequence
-    clip by clip generates what ``predict`` does with it."""
+    clip by clip generates what ``predict`` does with it. It keeps only the history window (memory stays
+    bounded however long the game); the caller keeps the clips it wants."""
 
     def __init__(self, predictor: Predictor, context: torch.Tensor | None, seed: int, actions=None,
                  guide_scale: float | None = None, history_guide_scale: float | None = None):
@@ -306,7 +307,7 @@ class PlaySession:
                 self._empty_condition()
         settings = dataclasses.replace(p.settings, num_frames=None, num_clips=None, guide_scale=scale,
                                        history_guide_scale=h_scale, seed=int(seed))
-        self.session = RolloutSession(p.model, p.diffusion, ctx, settings, condition)
+        self.session = RolloutSession(p.model, p.diffusion, ctx, settings, condition, keep_video=False)
 
     def _empty_condition(self) -> Condition:
         """The condition of a session without context frames (zero frame conditions so far)."""
@@ -318,7 +319,7 @@ class PlaySession:
 
     @property
     def frames_generated(self) -> int:
-        return sum(c.shape[2] for c in self.session.clips)
+        return self.session.frames_generated
 
     @torch.no_grad()
     def next_clip(self, actions=None, num_frames: int | None = None) -> torch.Tensor:
