@@ -58,7 +58,7 @@ def play_latency(tmp: Path, h: int, w: int, patch: int, clip_len: int, steps: in
     p = Predictor(load_config(cfg, registry=INFER_ENGINE))
     g = torch.Generator().manual_seed(0)
     ctx = torch.rand(3, 4, h, w, generator=g) * 2 - 1
-    session = p.start(ctx, seed=0, actions=[-1, 0, 0, 0])
+    session = p.start(ctx, actions=[-1, 0, 0, 0], seed=0)
     for _ in range(-(-window // clip_len) + 1):  # fill the window (steady state)
         session.next_clip(int(torch.randint(0, 6, (1,), generator=g)))
     wall, cpu = [], []

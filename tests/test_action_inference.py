@@ -115,7 +115,7 @@ def test_play_session_is_predict_clip_by_clip(tmp_path, kv):
     p = predictor(tmp_path, f"kv_cache={kv}", "guide_scale=2.0")
     ctx = torch.rand(3, 2, 16, 16) * 2 - 1
     ref = p.predict(ctx, 5, [-1, 0, 1, 1, 2, 2, 0, 0], 8)
-    play = p.start(ctx, 5, actions=[-1, 0])
+    play = p.start(ctx, [-1, 0], 5)
     clips = [play.next_clip("UP"), play.next_clip([2, "DOWN"]), play.next_clip(0)]
     assert play.frames_generated == 6
     torch.testing.assert_close(torch.cat([ctx, *clips], 1), ref, atol=1e-5, rtol=1e-4)

@@ -276,7 +276,7 @@ class Predictor:
         return self.autoencoder.decode(out.float())[0].clamp(-1, 1).cpu()
 
 
-    def start(self, context: torch.Tensor | None, seed: int, actions=None, guide_scale: float | None = None,
+    def start(self, context: torch.Tensor | None, actions=None, seed: int = 0, guide_scale: float | None = None,
               history_guide_scale: float | None = None) -> PlaySession:
         """An interactive rollout after ``context`` (C, Tc, H, W) in [-1, 1] (or None): ``actions`` are the
         context frames' (one per frame, shorter padded with no action; None = unknown); then
