@@ -32,7 +32,7 @@ def test_tokens_null_padding_and_truncation():
 
 def test_bad_actions_name_what_is_allowed():
     emb = DiscreteActions(num_actions=6, dim=4)
-    for bad in ([6], [-2], ["UP"], [1.5], [True]):
+    for bad in ([6], [-2], [1.5], [True], [object()]):
         with pytest.raises(ValueError, match=r"takes ints in 0\.\.5 or -1 \(no action\)"):
             emb([bad])
     with pytest.raises(ValueError, match="1-D sequence"):
@@ -93,3 +93,18 @@ def test_frame_conditioning_cuts_the_window_and_drops_from_the_step_generator():
     is_null = (full == null).all(-1)
     known = torch.cat([batch["actions"].repeat(4, 1)]) >= 0
     assert 0.2 < is_null[known].float().mean() < 0.8
+
+
+def test_frame_cond_dropout_is_checked_and_the_action_path_is_a_condition_path():
+    from easydict import EasyDict
+
+    from tools.models.next_clip_transformer import NextClipTransformer
+    from tools.train.train_next_clip import condition_parameters, validate
+
+    with pytest.raises(ConfigError, match=r"frame_cond_dropout=1\.5 .*must be a number in \[0, 1\)"):
+        validate(EasyDict(frame_cond_dropout=1.5))
+    model = NextClipTransformer(preset="tiny", in_channels=3, frame_cond_dim=8)
+    emb = DiscreteActions(num_actions=3, dim=8)
+    fast = {id(p) for p in condition_parameters(model, emb)}  # cond_lr_mult applies to them
+    assert id(model.frame_cond_proj.weight) in fast and id(emb.table.weight) in fast
+    assert id(model.embed_noisy.weight) not in fast

@@ -64,6 +64,15 @@ def test_train_net_routes_actions_as_frame_conditions(tmp_path, num_actions, win
     assert emb["table.weight"].shape == (4, 16)
 
 
+def test_the_rollout_visual_plays_the_batch_actions(tmp_path):
+    cfg = write_cfg(tmp_path, max_frames=6, frames=6)
+    cfg.write_text(cfg.read_text().replace("viz_interval: 100000", "viz_interval: 2") +
+                   "visual: [{type: RolloutVideo, num_samples: 1, context_frames: 2, clip_len: 2, window: 4, "
+                   "num_sample_steps: 2}]\n")
+    assert main("train", ["--cfg", str(cfg), "log_dir", str(tmp_path)]) == 0
+    assert (tmp_path / "actions" / "visuals" / "step_00000002.mp4").stat().st_size > 0
+
+
 def test_a_per_frame_embedder_needs_one_latent_per_frame():
     from types import SimpleNamespace
 
@@ -114,3 +123,19 @@ def test_a_tiny_model_trained_briefly_follows_the_actions(tmp_path):
     assert torch.all(got[:, 2] - got[:, 0] > 1.0), (got, want)  # every history: right lands right of left
     assert mean[0] < mean[1] - 0.5 and mean[1] < mean[2] - 0.5, (got, want)  # left < centre < right
     assert (mean - want).abs().max() < 1.0, (got, want)
+
+
+def test_a_latent_cache_keeps_each_items_actions(tmp_path):
+    """Actions are stored with a latent cache's items and read back as long tensors (training from it)."""
+    from action_stand_in import MovingSquareActions
+
+    from tools.autoencoders.identity import Identity
+    from tools.datasets.latent_cache import LatentCache, encode_dataset
+
+    data = MovingSquareActions(length=3, num_frames=6, resolution=8, seed=2)
+    encode_dataset(data, Identity(), str(tmp_path / "cache"), shard_size=2, fingerprint={"t": 1}, progress=False)
+    cache = LatentCache(str(tmp_path / "cache"))
+    for i in range(3):
+        item = cache[i]
+        assert item["actions"].dtype == torch.long and torch.equal(item["actions"], data[i]["actions"])
+        assert torch.equal(item["latent"], data[i]["video"])

@@ -169,3 +169,36 @@ def test_features_drop_the_action_slot():
         cache = model.encode_history(xc, 0, clip_lens=[2, 2, 2], frame_cond=acts)
     assert f.shape == (2, 6, 2, 2, 64)
     assert cache.k[0].shape[2] == 6 * (4 + 1)
+
+
+def test_the_output_head_drops_the_action_slot():
+    """Without blocks every output token depends on its own input token only: the action changes no
+    output pixel (its slot is dropped), a patch of the noisy frame changes exactly its own output patch."""
+    model = tiny(depth=0)
+    xn, xc, acts, _ = _inputs(B=1, Fr=2)
+    cl, t = torch.tensor([[1, 1]]), torch.tensor([[0.3, 0.6]])
+    with torch.no_grad():
+        ref = model(xn, xc, cl, t, frame_cond=acts)
+        assert torch.equal(model(xn, xc, cl, t, frame_cond=acts + 1.0), ref)
+        for f, (r, c) in ((0, (0, 1)), (1, (1, 0))):
+            moved = xn.clone()
+            moved[:, :, f, 4 * r:4 * r + 4, 4 * c:4 * c + 4] += 1.0  # patch (r, c) of frame f
+            diff = (model(moved, xc, cl, t, frame_cond=acts) - ref).abs().amax(1)[0]  # (F, H, W)
+            changed = (diff > 0).nonzero()
+            assert changed[:, 0].unique().tolist() == [f]
+            assert set(changed[:, 1].div(4, rounding_mode="floor").tolist()) == {r}
+            assert set(changed[:, 2].div(4, rounding_mode="floor").tolist()) == {c}
+
+
+@pytest.mark.slow
+def test_flex_equals_math_with_actions():
+    model = tiny()
+    xn, xc, acts, _ = _inputs()
+    cl, t = torch.tensor([[2, 1, 3], [1, 3, 0]]), torch.rand(2, 3)
+    with torch.no_grad():  # FlexAttention has no CPU backward
+        model.set_attention("math")
+        ref = model(xn, xc, cl, t, frame_cond=acts)
+        model.set_attention("flex")
+        got = model(xn, xc, cl, t, frame_cond=acts)
+    torch.testing.assert_close(got[0], ref[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got[1, :, :4], ref[1, :, :4], atol=1e-5, rtol=1e-4)

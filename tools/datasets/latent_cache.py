@@ -9,7 +9,8 @@ a manifest is an unfinished cache and is refused. With a text embedder in the co
 features depend only on the caption, ``precomputable``), ``text_features.safetensors`` also holds
 the features of every unique caption (``tokens`` (N, M, dim), ``mask`` (N, M), captions in the
 metadata) and the embedder config is part of the fingerprint: training with that cache uses them
-instead of encoding."""
+instead of encoding. Per-frame conditions of an item (``actions``: one action per frame) are stored
+with its metadata and read back as a long tensor, so an action-conditioned model trains from a cache."""
 from __future__ import annotations
 
 import contextlib
@@ -28,6 +29,7 @@ from utils.registry import DATASETS
 
 MANIFEST = "manifest.json"
 TEXT_FEATURES = "text_features.safetensors"  # pre-extracted caption features (save_text_features)
+FRAME_KEYS = ("actions",)  # per-frame conditions read back with an item (long tensors, one entry per frame)
 
 
 class CacheMismatchError(ValueError):
@@ -119,7 +121,8 @@ class LatentCache(Dataset):
         f, items = self._shard(s)
         meta = items[key]
         return dict(latent=f.get_tensor(key), caption=meta.get("caption", ""), meta=meta.get("meta", {}),
-                    **({"label": meta["label"]} if "label" in meta else {}))
+                    **({"label": meta["label"]} if "label" in meta else {}),
+                    **{k: torch.tensor(meta[k], dtype=torch.long) for k in FRAME_KEYS if k in meta})
 
 
 # ---------------------------------------------------------------------------- writing a cache

@@ -5,6 +5,11 @@ frame (ints in 0..num_actions-1; -1 or None = no action known), and the model ta
 frame conditions (``NextClipTransformer(frame_cond_dim=dim)``: one extra token per frame, at its
 frame's time position; docs/guide/conditioning.md). The null row stands for "no action": it is what
 condition dropout, a sequence given as ``None`` and the no-condition branch of guidance use.
+
+Action names: with ``game`` set (e.g. ``pong``) an action may also be a name of that game's table
+(``tools.datasets.atari.GAMES``, resolved by its ``action_index``: the minimal action set's names and
+aliases such as UP / DOWN). :func:`parse_actions` reads the run-length syntax of test lists and the
+page, ``NOOP*4,UP*8,DOWN*8``.
 """
 from __future__ import annotations
 
@@ -16,6 +21,42 @@ from torch import nn
 from utils.registry import EMBEDDER
 
 NO_ACTION = -1
+ACTIONS_PREFIX = "actions="  # a test-list line's actions: 'path.mp4|||actions=NOOP*4,UP*8,DOWN*8'
+ACTIONS_FORMAT = ("comma-separated actions, each an action name of the game or an int (-1 = no action), "
+                  "optionally repeated as NAME*count: e.g. 'NOOP*4,UP*8,DOWN*8' or '0,0,2*6'")
+
+
+def resolve_action(game: str, name: str) -> int:
+    """An action name of ``game`` -> its index in the game's minimal action set (the game table's
+    ``action_index``; ValueError naming the allowed names)."""
+    from tools.datasets.atari import action_index
+
+    return int(action_index(game, name))
+
+
+def parse_actions(spec: str) -> list[int | str]:
+    """Run-length action syntax -> one entry per frame (ints, and names left for the embedder to resolve):
+    ``'NOOP*4,UP*2,-1'`` -> ``['NOOP'] * 4 + ['UP'] * 2 + [-1]``; an optional ``actions=`` prefix is
+    dropped. ValueError (one line: the bad part and the format) otherwise."""
+    text = spec.strip()
+    if text.startswith(ACTIONS_PREFIX):
+        text = text[len(ACTIONS_PREFIX):]
+    out: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        name, star, count = part.partition("*")
+        name, count = name.strip(), count.strip()
+        try:
+            n = int(count) if star else 1
+        except ValueError:
+            n = 0
+        if not name or n < 1:
+            raise ValueError(f"bad action {part!r} in {spec!r}: use {ACTIONS_FORMAT}")
+        try:
+            value: int | str = int(name)
+        except ValueError:
+            value = name
+        out += [value] * n
+    return out
 
 
 @EMBEDDER.register_class()
@@ -33,14 +74,17 @@ class DiscreteActions(nn.Module):
     #: one token per frame: the engines route the tokens as frame conditions (model ``frame_cond_dim``)
     per_frame = True
 
-    def __init__(self, num_actions: int, dim: int, init_std: float = 0.02):
+    def __init__(self, num_actions: int, dim: int, init_std: float = 0.02, game: str | None = None):
         super().__init__()
         if isinstance(num_actions, bool) or not isinstance(num_actions, int) or num_actions < 1:
             raise ValueError(f"num_actions={num_actions!r} must be a positive int (the game's action count, "
                              f"e.g. 6 for Pong's minimal action set).")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim={dim!r} must be a positive int (the token width).")
+        if game is not None and (not isinstance(game, str) or not game):
+            raise ValueError(f"game={game!r} must be a game name of the game table (e.g. pong) or null.")
         self.num_actions, self.dim, self.num_tokens = num_actions, dim, 1  # one token per frame
+        self.game = game  # names resolve through this game's action table
         self.table = nn.Embedding(num_actions + 1, dim)
         nn.init.normal_(self.table.weight, std=init_std)
 
@@ -69,6 +113,8 @@ class DiscreteActions(nn.Module):
     def _row(self, a) -> int:
         if a is None:
             return self.null_id
+        if isinstance(a, str):
+            a = self._named(a)
         if isinstance(a, float) and a.is_integer():
             a = int(a)
         if isinstance(a, bool) or not isinstance(a, int) and not hasattr(a, "__index__"):
@@ -79,6 +125,18 @@ class DiscreteActions(nn.Module):
         if not 0 <= a < self.num_actions:
             raise ValueError(self._bad(a))
         return a
+
+    def _named(self, name: str) -> int:
+        """An action given as a string: an int string, or a name of ``game``'s table."""
+        try:
+            return int(name.strip())
+        except ValueError:
+            pass
+        if self.game is None:
+            raise ValueError(f"action name {name!r} needs the game: set the embedder's game (e.g. "
+                             f"embedder.game=pong) to use the game's action names, or give ints "
+                             f"0..{self.num_actions - 1} (-1 = no action).")
+        return resolve_action(self.game, name)
 
     def _bad(self, a) -> str:
         return (f"unknown action {a!r}: DiscreteActions(num_actions={self.num_actions}) takes ints in "

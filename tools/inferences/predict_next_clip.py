@@ -1,4 +1,10 @@
-"""INFER_ENGINE predict_next_clip: roll a next-clip model out over every line of a test list."""
+"""INFER_ENGINE predict_next_clip: roll a next-clip model out over every line of a test list.
+
+An action-conditioned model (a per-frame embedder, e.g. DiscreteActions) reads each line's actions from
+its caption field: ``path.mp4|||actions=NOOP*4,UP*8,DOWN*8`` (one action per frame of the whole output
+video, context frames first, run-length names of the embedder's game or ints, -1 = no action; shorter
+is padded with no action). A bad line fails alone with a one-line error naming the allowed actions and
+the list goes on."""
 from __future__ import annotations
 
 import time
@@ -6,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from tools.embedders.actions import ACTIONS_FORMAT, ACTIONS_PREFIX, parse_actions
+from tools.embedders.conditioning import is_per_frame
 from tools.inferences.predictor import ROLLOUT_DEFAULTS, Predictor, check_list_file, validate_rollout
 from utils import distributed as du
 from utils.checkpoint import embedder_weights_for
@@ -112,6 +120,21 @@ def _warn_ignored_conditions(predictor: Predictor, items: list[TestItem], log) -
                     "are ignored (the model is unconditional)", predictor.cfg.embedder.get("type"), n, len(items))
 
 
+def item_condition(predictor: Predictor, item: TestItem):
+    """The condition value of a video / image / text line: its caption, or for an action-conditioned model
+    the actions of ``actions=...`` (None: an empty caption, no action known). ValueError for a caption an
+    action-conditioned model cannot read."""
+    caption = (item.caption or "").strip()
+    if not is_per_frame(predictor.embedder):
+        return caption or None
+    if not caption:
+        return None
+    if not caption.startswith(ACTIONS_PREFIX):
+        raise ValueError(f"this model is action-conditioned: a line gives its actions as "
+                         f"'path.mp4|||{ACTIONS_PREFIX}NOOP*4,UP*8' ({ACTIONS_FORMAT}), got {caption!r}")
+    return parse_actions(caption)
+
+
 def _producer(cfg, predictor: Predictor):
     total = int(cfg.max_frames)
 
@@ -119,7 +142,7 @@ def _producer(cfg, predictor: Predictor):
 
     def produce(item: TestItem) -> dict:
         t0 = time.time()
-        cond, extra = item.caption or None, {}
+        cond, extra = item_condition(predictor, item), {}
         if item.kind == "video":
             video = predictor.load_video(item.path, total)
             context = video[:, : cfg.context_frames]
@@ -134,7 +157,7 @@ def _producer(cfg, predictor: Predictor):
             frames = to_uint8(predictor.predict(context, item.seed, cond, total))
             rows, n_ctx = [("prediction", frames)], context.shape[1]
         else:  # class / text: generate from nothing but the condition
-            cond = item.label if item.kind == "class" else item.caption
+            cond = item.label if item.kind == "class" else cond
             frames = to_uint8(predictor.predict(None, item.seed, cond, total))
             rows, n_ctx = [("generated", frames)], 0
         return {"frames": frames, "grid": {"rows": rows, "context_frames": n_ctx}, "extra_videos": extra,

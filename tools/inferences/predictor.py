@@ -1,4 +1,10 @@
-"""Shared by the inference engines: build the components, load weights, roll out one input."""
+"""Shared by the inference engines: build the components, load weights, roll out one input.
+
+Action-conditioned models (a per-frame embedder such as ``DiscreteActions``): :meth:`Predictor.predict`
+takes one action per frame of the whole video (context first), and :meth:`Predictor.start` opens a
+:class:`PlaySession` for interactive play: ``session.next_clip(actions)`` generates the next clip with
+the KV cache kept between calls (the :class:`~tools.inferences.rollout.RolloutSession` that ``rollout``
+itself drives)."""
 from __future__ import annotations
 
 import copy
@@ -14,9 +20,9 @@ import yaml
 from tools import lora
 from tools.autoencoders.base import frames_rule, latent_frames, nearest_frames, valid_frames
 from tools.backends.parallel import PARALLEL_CHOICES
-from tools.embedders.conditioning import embed, is_conditional, null_condition
+from tools.embedders.conditioning import embed, is_conditional, is_per_frame, null_condition
 from tools.inferences.guidance import Condition
-from tools.inferences.rollout import RolloutSettings, rollout
+from tools.inferences.rollout import RolloutSession, RolloutSettings, rollout
 from tools.stack import build_stack
 from utils.checkpoint import (
     CheckpointError,
@@ -138,6 +144,10 @@ class Predictor:
                                   f"frames; use e.g. {key}: {nearest_frames(ae, int(cfg[key]))}")
         if float(cfg.guide_scale) != 1.0 and not is_conditional(self.embedder):
             raise ConfigError(self._no_guidance(cfg.guide_scale))
+        if is_per_frame(self.embedder) and tf != 1:
+            raise ConfigError(f"the embedder {cfg.embedder['type']} makes one token per frame, but the auto_encoder "
+                              f"{cfg.auto_encoder['type']} merges {tf} frames into one latent frame; per-frame "
+                              f"conditions need temporal_factor 1")
 
     def trained_frames(self) -> int | None:
         """Latent frames per training video: the ``trained_frames`` setting, else the ``max_frames``
@@ -198,14 +208,43 @@ class Predictor:
     def load_image(self, path: str) -> torch.Tensor:
         return to_tensor(resize_crop(read_image(path)[None], self.hw))
 
-    def condition(self, value) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def condition(self, value, num_frames: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(cond (1, M, dim), cond_mask (1, M)) for one input; ``None`` gives the embedder's null
         condition (unconditional generation with a conditional model). (None, None) when the
-        embedder takes no condition. Bad values raise ValueError naming what is allowed."""
+        embedder takes no condition. Bad values raise ValueError naming what is allowed.
+
+        A per-frame embedder (actions): ``value`` is a sequence with one entry per frame (ints, or
+        names of the embedder's game; -1 / None = no action) of a video of ``num_frames`` frames ->
+        (1, num_frames, dim); a shorter sequence is padded with "no action", a longer one is an error."""
         if not is_conditional(self.embedder):
             return None, None
+        if is_per_frame(self.embedder) and value is not None:
+            if isinstance(value, (str, int)) or not hasattr(value, "__len__"):
+                raise ValueError(f"the model takes one action per frame: give a sequence of actions (ints or "
+                                 f"names), not {value!r}")
+            if num_frames is not None and len(value) > num_frames:
+                raise ValueError(f"{len(value)} actions for a video of {num_frames} frames (context + generated): "
+                                 f"give one action per frame, at most {num_frames} (fewer are padded with no action)")
         with torch.no_grad():
-            return embed(self.embedder, [value], self.device)
+            return embed(self.embedder, [value], self.device, num_frames)
+
+    def conditions(self, value, num_frames: int, guided: bool) -> Condition:
+        """The :class:`Condition` of one input of a video of ``num_frames`` (latent) frames: the embedded
+        ``value`` and, when guided, the embedder's null; a per-frame embedder's tokens as frame conditions."""
+        cond, cond_mask = self.condition(value, num_frames)
+        if not is_per_frame(self.embedder):
+            null_cond, null_mask = null_condition(self.embedder, 1, self.device) if guided else (None, None)
+            return Condition(cond, cond_mask, null_cond, null_mask)
+        null = null_condition(self.embedder, 1, self.device, num_frames)[0] if guided else None
+        return Condition(frame_cond=cond, null_frame_cond=null)
+
+    def _context_latent(self, context: torch.Tensor | None) -> torch.Tensor:
+        """Context frames (C, Tc, H, W) in [-1, 1] (or None) -> latents (1, c, tc, h, w) on the device."""
+        ae = self.autoencoder
+        if context is not None and context.shape[1] > 0:
+            return ae.encode(context[None].to(self.device))
+        sf, p = ae.spatial_factor, next(self.model.parameters())  # no frames: the shape from the contract attributes
+        return torch.zeros(1, ae.latent_channels, 0, self.hw[0] // sf, self.hw[1] // sf, device=p.device, dtype=p.dtype)
 
     # -- rollout -----------------------------------------------------------------
     @torch.no_grad()
@@ -216,7 +255,9 @@ class Predictor:
         """context (C, Tc, H, W) in [-1, 1] or None -> video (C, T, H, W) in [-1, 1], context included.
 
         ``cond_value`` (a label or caption; None = the null condition) conditions a conditional
-        model; ``guide_scale`` / ``history_guide_scale`` override the config for this call.
+        model; for an action-conditioned model it is one action per frame of the WHOLE video (context
+        frames first; ints or names of the embedder's game; shorter is padded with no action);
+        ``guide_scale`` / ``history_guide_scale`` override the config for this call.
         ``progress(clip_index, num_clips)`` is called after each generated clip (see rollout).
         The unconditional branch of guidance is ``embedder.null(1)``."""
         cfg = self.cfg
@@ -225,21 +266,81 @@ class Predictor:
         h_scale = float(cfg.history_guide_scale if history_guide_scale is None else history_guide_scale)
         if scale != 1.0 and not is_conditional(self.embedder):
             raise ValueError(self._no_guidance(scale))
-        cond, cond_mask = self.condition(cond_value)
-        null_cond, null_mask = null_condition(self.embedder, 1, self.device) if scale != 1.0 else (None, None)
         ae = self.autoencoder
-        if context is not None and context.shape[1] > 0:
-            ctx_latent = ae.encode(context[None].to(self.device))
-        else:  # no frames: the latent frame shape from the autoencoder's contract attributes
-            sf, p = ae.spatial_factor, next(self.model.parameters())
-            ctx_latent = torch.zeros(1, ae.latent_channels, 0, self.hw[0] // sf, self.hw[1] // sf,
-                                     device=p.device, dtype=p.dtype)
+        condition = self.conditions(cond_value, latent_frames(ae, total), scale != 1.0)
+        ctx_latent = self._context_latent(context)
         settings = dataclasses.replace(self.settings, num_frames=latent_frames(ae, total) - ctx_latent.shape[2],
                                        guide_scale=scale, history_guide_scale=h_scale, seed=int(seed))
-        condition = Condition(cond, cond_mask, null_cond, null_mask)
         with self.backend.autocast():
             out = rollout(self.model, self.diffusion, ctx_latent, settings, condition, progress)
         return self.autoencoder.decode(out.float())[0].clamp(-1, 1).cpu()
+
+
+    def start(self, context: torch.Tensor | None, actions=None, seed: int = 0, guide_scale: float | None = None,
+              history_guide_scale: float | None = None) -> PlaySession:
+        """An interactive rollout after ``context`` (C, Tc, H, W) in [-1, 1] (or None): ``actions`` are the
+        context frames' (one per frame, shorter padded with no action; None = unknown); then
+        ``session.next_clip(actions)`` generates clip after clip (:class:`PlaySession`)."""
+        return PlaySession(self, context, seed, actions, guide_scale, history_guide_scale)
+
+
+class PlaySession:
+    """Interactive play: "the next clip for these actions", again and again, with the history and its KV
+    cache (``kv_cache: rolling | recompute | off`` of the config) kept between calls. Made by
+    :meth:`Predictor.start`; one :class:`~tools.inferences.rollout.RolloutSession` underneath (the
+    mechanism ``Predictor.predict`` runs through ``rollout``), so a session fed a whole action sequence
+    clip by clip generates what ``predict`` does with it. It keeps only the history window (memory stays
+    bounded however long the game); the caller keeps the clips it wants."""
+
+    def __init__(self, predictor: Predictor, context: torch.Tensor | None, seed: int, actions=None,
+                 guide_scale: float | None = None, history_guide_scale: float | None = None):
+        cfg, p = predictor.cfg, predictor
+        self.predictor = p
+        scale = float(cfg.guide_scale if guide_scale is None else guide_scale)
+        h_scale = float(cfg.history_guide_scale if history_guide_scale is None else history_guide_scale)
+        if scale != 1.0 and not is_conditional(p.embedder):
+            raise ValueError(p._no_guidance(scale))
+        self.guided = scale != 1.0
+        with torch.no_grad():
+            ctx = p._context_latent(context)
+            condition = p.conditions(actions, ctx.shape[2], self.guided) if ctx.shape[2] else \
+                self._empty_condition()
+        settings = dataclasses.replace(p.settings, num_frames=None, num_clips=None, guide_scale=scale,
+                                       history_guide_scale=h_scale, seed=int(seed))
+        self.session = RolloutSession(p.model, p.diffusion, ctx, settings, condition, keep_video=False)
+
+    def _empty_condition(self) -> Condition:
+        """The condition of a session without context frames (zero frame conditions so far)."""
+        p = self.predictor
+        if not is_per_frame(p.embedder):
+            return p.conditions(None, 0, self.guided) if is_conditional(p.embedder) else Condition()
+        empty = torch.zeros(1, 0, int(p.embedder.dim), device=p.device)
+        return Condition(frame_cond=empty, null_frame_cond=empty if self.guided else None)
+
+    @property
+    def frames_generated(self) -> int:
+        return self.session.frames_generated
+
+    @torch.no_grad()
+    def next_clip(self, actions=None, num_frames: int | None = None) -> torch.Tensor:
+        """The next ``num_frames`` frames (default: the config's clip_len) -> (C, G, H, W) in [-1, 1] on the CPU.
+
+        ``actions``: one action per frame of the clip (a sequence; shorter is padded with no action, longer
+        is an error), or one action (an int or a name) for every frame of it; None = no action."""
+        p = self.predictor
+        g = int(num_frames or p.settings.clip_len)
+        if actions is not None and (isinstance(actions, (str, int)) or not hasattr(actions, "__len__")):
+            actions = [actions] * g
+        fc = nfc = None
+        if is_per_frame(p.embedder):
+            cond = p.conditions(actions, g, self.guided)
+            fc, nfc = cond.frame_cond, cond.null_frame_cond
+        elif actions is not None:
+            raise ValueError(f"actions were given, but the embedder {p.cfg.embedder.get('type')} takes no per-frame "
+                             f"conditions (the model is not action-conditioned)")
+        with p.backend.autocast():
+            x = self.session.next_clip(g, fc, nfc)
+        return p.autoencoder.decode(x.float())[0].clamp(-1, 1).cpu()
 
 
 def _log_report(path, report: dict[str, list]) -> None:

@@ -236,12 +236,13 @@ class RolloutSession:
         condition: the condition and its null (guidance); for a frame-conditioned model its ``frame_cond``
             / ``null_frame_cond`` hold the CONTEXT frames' conditions (B, C0, D) (the clips' come with
             each :meth:`next_clip`).
-    Only the frames of the history window are kept for the model (a session can run for ever); the
-    generated clips are returned by :meth:`next_clip` and collected by :meth:`video`.
+    Only the frames of the history window are kept for the model; the generated clips are returned by
+    :meth:`next_clip` and, with ``keep_video`` (default), collected for :meth:`video` (an endless game
+    passes False, so its memory stays bounded).
     """
 
     def __init__(self, model, diffusion, context: Tensor, settings: RolloutSettings,
-                 condition: Condition | None = None):
+                 condition: Condition | None = None, keep_video: bool = True):
         cond = condition or Condition()
         s = settings
         if context.dim() != 5:
@@ -266,8 +267,9 @@ class RolloutSession:
             if self.framed and (fc is None or fc.dim() != 3 or tuple(fc.shape[:2]) != (B, C0)):
                 raise ValueError(f"frame conditions of the context ({k}) must be (B, C0, D) = ({B}, {C0}, D): one "
                                  f"per context frame, got {None if fc is None else tuple(fc.shape)}")
-        self.context = context
-        self.clips: list[Tensor] = []  # generated clips, in order
+        self.context, self.keep_video = context, bool(keep_video)
+        self.clips: list[Tensor] = []  # generated clips, in order (with keep_video)
+        self.frames_generated = 0
         self.seen = _noised(context, s.history_noise, s.seed, -1)  # the history window as the model sees it
         self.hist_lens: list[int] = [C0] if C0 else []  # clip structure of the whole video so far
         self.video_len = C0
@@ -345,11 +347,16 @@ class RolloutSession:
                 else:  # no history yet: start the cache with this clip
                     self.rolling[k] = model.encode_history(x_in, self.video_len - g, cond=c, cond_mask=m,
                                                            clip_lens=[g], **_frame_kw(clip_fc[k]))
-        self.clips.append(x)
+        self.frames_generated += g
+        if self.keep_video:
+            self.clips.append(x)
         return x
 
     def video(self) -> Tensor:
         """(B, C, C0 + generated, H, W): the context followed by every clip generated so far."""
+        if not self.keep_video:
+            raise ValueError("this session was made with keep_video=False: it keeps no video; collect the clips "
+                             "next_clip returns")
         return torch.cat([self.context, *self.clips], dim=2)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from tools.autoencoders.base import latent_frames
-from tools.embedders.conditioning import condition_values, embed, is_conditional
+from tools.embedders.conditioning import condition_values, embed, is_conditional, is_per_frame
 from tools.inferences.guidance import Condition
 from tools.inferences.rollout import RolloutSettings, rollout
 from utils.registry import VISUAL
@@ -19,8 +19,9 @@ from utils.video_io import side_by_side, write_video
 class RolloutVideo:
     """Ground truth | rollout mp4 of the current batch's first videos (EMA weights).
 
-    A conditional model is given each video's own condition (the batch's ``cond_key`` values);
-    ``context_frames: 0`` generates from the condition alone.
+    A conditional model is given each video's own condition (the batch's ``cond_key`` values; an
+    action-conditioned model its actions, one per frame); ``context_frames: 0`` generates from the
+    condition alone.
     """
 
     def __init__(self, num_samples: int = 2, context_frames: int = 4, clip_len: int = 4, window: int = 16,
@@ -29,14 +30,20 @@ class RolloutVideo:
         self.steps, self.fps, self.seed = num_sample_steps, fps, seed
 
     @staticmethod
-    def conditions(state: dict, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(cond, cond_mask) of the batch's first ``n`` samples, or (None, None) if unconditional."""
+    def conditions(state: dict, n: int, num_frames: int) -> Condition:
+        """The condition of the batch's first ``n`` samples (a per-frame embedder: the first ``num_frames``
+        actions of each, as frame conditions); empty if unconditional."""
         embedder, cfg = state.get("embedder"), state.get("cfg") or {}
         cond_key = cfg.get("cond_key")
         if embedder is None or not cond_key or not is_conditional(embedder):
-            return None, None
+            return Condition()
+        per_frame = is_per_frame(embedder)
+        values = condition_values(state["batch"], cond_key, per_frame=per_frame)[:n]
         with torch.no_grad():
-            return embed(embedder, condition_values(state["batch"], cond_key)[:n], state["backend"].device)
+            if per_frame:
+                values = [list(v)[:num_frames] for v in values]
+                return Condition(frame_cond=embed(embedder, values, state["backend"].device, num_frames)[0])
+            return Condition(*embed(embedder, values, state["backend"].device))
 
     @torch.no_grad()
     def __call__(self, state: dict) -> list[str]:
@@ -55,12 +62,12 @@ class RolloutVideo:
                 sf = int(ae.spatial_factor)
                 ctx = video.new_zeros(video.shape[0], int(ae.latent_channels), 0, video.shape[3] // sf,
                                       video.shape[4] // sf)
-            cond, cond_mask = self.conditions(state, video.shape[0])
+            condition = self.conditions(state, video.shape[0], video.shape[2])
             settings = RolloutSettings(num_frames=latent_frames(ae, video.shape[2]) - ctx.shape[2],  # latent frames
                                        clip_len=self.clip_len, window=self.window, num_sample_steps=self.steps,
                                        seed=self.seed)
             with backend.autocast():
-                out = rollout(model, diffusion, ctx, settings, Condition(cond, cond_mask))
+                out = rollout(model, diffusion, ctx, settings, condition)
             pred = ae.decode(out.float()).clamp(-1, 1).cpu()
         finally:
             model.train(was_training)
