@@ -3,6 +3,8 @@
     python -m scripts.make_demo_data            # v1: 32x32 videos, test / generate lists
     python -m scripts.make_demo_data --v2       # v2 (data/demo/v2/): 64x64 videos of train_v2.yaml's
                                                 # generator with captions, text / class lists, class prompts
+    python -m scripts.make_demo_data --atari    # data/atari/: held-out Pong starts (4 frames each) and a
+                                                # test list of action scripts after them
 """
 from __future__ import annotations
 
@@ -37,6 +39,37 @@ def write_v2(out: Path, count: int) -> list:
     return [lst, out / "text_list.txt", out / "class_prompts.txt", out / "class_list.txt"]
 
 
+ATARI_CONFIG = "configs/atari/play.yaml"   # its dataset: the held-out Pong episodes (seed 9001)
+#: what each start's list line asks for after the 4 context frames (run-length names of the game table)
+ATARI_SCRIPTS = ("UP*12,DOWN*12", "DOWN*12,UP*12", "NOOP*8,UP*8,DOWN*8", "UP*4,DOWN*4,UP*4,DOWN*4,NOOP*8")
+
+
+def write_atari(out: Path, count: int) -> list:
+    """Held-out Pong starts under ``out``: ``pong_<seed>_<episode>.mp4`` (the context_frames frames of each
+    episode from the Play tab's START_FRAME on) and play_list.txt (path|||actions=: the frames' recorded actions, then a
+    script from ATARI_SCRIPTS)."""
+    from tools.datasets.atari import AtariEpisodes, game_spec
+    from tools.inferences.web_play import START_FRAME
+    from utils.config import load_config
+    from utils.video_io import write_video
+
+    cfg = load_config(ATARI_CONFIG)
+    ds_cfg = {k: v for k, v in dict(cfg.dataset).items() if k != "type"}
+    ds = AtariEpisodes(**ds_cfg)
+    names = game_spec(ds.game).action_names
+    first, ctx = START_FRAME, int(cfg.context_frames)
+    lines, files = [], []
+    for e in range(count):
+        frames, actions = ds.episode(e)
+        name = f"{ds.game}_{ds.settings['seed']}_{e:02d}.mp4"
+        files.append(Path(write_video(out / name, frames[first:first + ctx], fps=float(cfg.fps), quality=0)))
+        recorded = ",".join(names[a] if a >= 0 else "-1" for a in actions[first:first + ctx])
+        lines.append(f"{name}|||actions={recorded},{ATARI_SCRIPTS[e % len(ATARI_SCRIPTS)]}\n")
+    atomic_write_text(out / "play_list.txt", "# start video|||actions=: the start frames' recorded actions, then the "
+                      "actions to play (configs/atari/play.yaml)\n" + "".join(lines))
+    return files + [out / "play_list.txt"]
+
+
 def main(argv=None) -> int:
     from tools.datasets.synthetic_physics import SyntheticPhysics
 
@@ -44,8 +77,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="data/demo")
     p.add_argument("--count", type=int, default=4)
     p.add_argument("--v2", action="store_true", help="write the v2 inputs into <out>/v2 instead")
+    p.add_argument("--atari", action="store_true", help="write held-out Pong starts into data/atari instead")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.atari:
+        print("wrote " + ", ".join(str(f) for f in write_atari(Path("data/atari"), args.count)))
+        return 0
     if args.v2:
         print("wrote " + ", ".join(str(f) for f in write_v2(out / "v2", args.count)))
         return 0

@@ -17,6 +17,7 @@ import urllib.request
 
 import pytest
 from ports import free_port
+from test_web_play import action_model
 
 pytestmark = pytest.mark.browser  # headless Chromium (Debian's chromium + chromedriver)
 
@@ -56,16 +57,15 @@ def _wait_until_serving(proc, url: str, timeout: float = 90.0) -> float:
     pytest.fail(f"app.py did not serve {url} within {timeout:.0f} s", pytrace=False)
 
 
-@pytest.fixture
-def served(tmp_path):
-    """app.py on the demo checkpoint, with its own empty HOME and TMPDIR (checked afterwards)."""
+def _serve(tmp_path, cfg: str, overrides: list[str]):
+    """app.py on ``cfg``, with its own empty HOME and TMPDIR (checked afterwards)."""
     home, tmp, out = tmp_path / "home", tmp_path / "tmp", tmp_path / "out"
     home.mkdir(), tmp.mkdir()
     port = int(free_port())
     env = dict(os.environ, HOME=str(home), TMPDIR=str(tmp), XDG_CACHE_HOME=str(home / ".cache"))
     env.pop("GRADIO_TEMP_DIR", None), env.pop("MPLCONFIGDIR", None)
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "app.py", "--cfg", "configs/tiny/predict.yaml", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "app.py", "--cfg", cfg, "--port", str(port), *overrides,
                              "log_dir", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -80,6 +80,18 @@ def served(tmp_path):
             proc.kill()
     written = [str(p) for p in [*home.rglob("*"), *tmp.rglob("*")]]
     assert not written, f"the app wrote outside its output folder: {written[:5]}"
+
+
+@pytest.fixture
+def served(tmp_path):
+    """app.py on the demo checkpoint."""
+    yield from _serve(tmp_path, "configs/tiny/predict.yaml", [])
+
+
+@pytest.fixture
+def served_play(tmp_path):
+    """app.py on configs/atari/play.yaml with a tiny action-conditioned model (random weights)."""
+    yield from _serve(tmp_path, "configs/atari/play.yaml", action_model(tmp_path))
 
 
 @pytest.fixture
@@ -158,3 +170,37 @@ def test_upload_predict_and_a_broken_file_in_headless_chromium(request, shared_d
     wait.until(lambda d: d.execute_script(VIDEO_STATE.replace("predict_output", "generate_output")))
     assert "12 generated frames, no condition" in browser.find_element(By.ID, "generate_status").text
     print(json.dumps({"app_startup_s": round(served["startup"], 2), "predict_in_browser_s": round(predict_s, 2)}))
+
+
+def test_play_tab_start_keys_and_buttons_in_headless_chromium(request):
+    """The Play tab: Start from a held-out episode, the arrow key and a button each add a clip, the game is saved."""
+    _browser_paths()
+    browser, served = request.getfixturevalue("browser"), request.getfixturevalue("served_play")
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+    status = lambda: browser.find_element(By.ID, "play_status").text  # noqa: E731
+    browser.get(served["url"])
+    tab = wait.until(lambda d: d.find_elements(By.XPATH, "//button[@role='tab'][contains(., 'Play')]"))
+    tab[0].click()
+    wait.until(lambda d: d.find_element(By.ID, "play_start").is_displayed())
+    browser.find_element(By.ID, "play_start").click()
+    wait.until(lambda d: "4 frames of history" in status())
+    t0 = time.time()
+    ActionChains(browser).send_keys(Keys.ARROW_UP).perform()  # the page's key script presses the UP button
+    wait.until(lambda d: status().startswith("UP: 4 frames"))
+    key_to_frame_s = time.time() - t0
+    assert "4 frames played" in status(), status()
+    frame = browser.find_element(By.CSS_SELECTOR, "#play_frame img")
+    assert frame.get_attribute("src") and frame.size["width"] >= 256, frame.size  # upscaled for the page
+    browser.find_element(By.ID, "play_DOWN").click()
+    wait.until(lambda d: status().startswith("DOWN: 4 frames") and "8 frames played" in status())
+    browser.find_element(By.ID, "play_save").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#play_download a"))
+    link = browser.find_element(By.CSS_SELECTOR, "#play_download a").get_attribute("href")
+    assert link.endswith(".mp4"), link
+    assert list((served["out"] / "outputs").glob("play_*.mp4")), "the game is saved in the output folder"
+    print(json.dumps({"play_key_to_frames_s": round(key_to_frame_s, 2)}))

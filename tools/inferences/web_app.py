@@ -1,11 +1,14 @@
 """The web page: ``python app.py --cfg configs/tiny/predict.yaml [overrides]``.
 
 A thin gradio layer over one :class:`~tools.inferences.predictor.Predictor` (the inference
-path of the batch engine; nothing here samples on its own). Three tabs:
+path of the batch engine; nothing here samples on its own). Three tabs, and a fourth for a model that takes
+per-frame actions:
 
 - **Predict**: a video (uploaded, or a bundled ``data/demo/*.mp4``) -> ground truth | prediction.
 - **Animate**: an image becomes the first frame.
 - **Generate**: from a class / caption when the model is conditional, else from a seed alone.
+- **Play**: an action-conditioned model as a game: buttons / keys choose the action of the next clip
+  (tools/inferences/web_play.py).
 
 :class:`WebApp` holds the handlers as plain methods (tested without gradio or a browser);
 :func:`build_page` wires them into gradio Blocks. A bad upload (broken, too short, too large)
@@ -35,6 +38,7 @@ import numpy as np
 
 from tools.embedders.conditioning import is_conditional
 from tools.inferences.predictor import Predictor, validate_rollout
+from tools.inferences.web_play import Arcade, key_script, play_tab
 from utils.cli import fail, load_checked_config, os_error_line, run_guarded
 from utils.logging import get_logger
 from utils.video_io import VideoReadError, probe_video, read_image, side_by_side, to_uint8, write_video
@@ -108,6 +112,7 @@ class WebApp:
         self._lock = threading.Lock()
         self._count = itertools.count(1)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.arcade = Arcade(predictor, self.outputs, self._lock)  # the Play tab (action-conditioned models)
 
     # -- what the page shows -------------------------------------------------------
     @property
@@ -123,7 +128,7 @@ class WebApp:
 
     def describe(self) -> str:
         cfg = self.predictor.cfg
-        kind = "unconditional" if not self.conditional else \
+        kind = "unconditional" if not self.conditional else "action-conditional" if self.arcade.available else \
             ("class-conditional" if self.class_choices() else "caption-conditional")
         weights = cfg.test_model or "random weights (no test_model)"
         adapters = getattr(self.predictor, "adapters", [])
@@ -408,6 +413,9 @@ def build_page(app: WebApp):
                 with gr.Column():
                     out = _outputs(gr, "generate")
             button.click(on_generate, [c, *sliders], out, **run)
+        if app.arcade.available:
+            with gr.Tab("Play", id="play"):
+                play_tab(gr, app.arcade, upscale, run)
     return page
 
 
@@ -481,6 +489,7 @@ def serve(app: WebApp, host: str, port: int, share: bool, max_upload_mb: float) 
     font = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page needs no network
     allowed, blocked = served_paths(app)
     page.launch(server_name=host, server_port=port or None, share=share, max_file_size=f"{int(max_upload_mb)}mb",
+                head=key_script() if app.arcade.available else None,
                 allowed_paths=allowed, blocked_paths=blocked, show_error=False, quiet=False,
                 run_history=False, enable_monitoring=False, mcp_server=False, ssr_mode=False, pwa=False,
                 theme=gr.themes.Default(font=font, font_mono=["ui-monospace", "monospace"]))
