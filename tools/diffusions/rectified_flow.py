@@ -127,22 +127,9 @@ def frame_conditions(frame_cond) -> dict:
     return {} if frame_cond is None else {"frame_cond": frame_cond}
 
 
-def motion_weights(x1, weight: float, threshold: float):
-    """(B, 1, F, H, W) loss weights: 1 + ``weight`` where a pixel changed from the previous frame by more than
-    ``threshold`` (largest channel difference; frame 0 of the window has no previous frame: weight 1).
-    Where little of the picture moves (a game's ball and paddles on a still background) the plain mean is
-    ruled by the background and a model learns to ignore the history; this puts the moving pixels back in."""
-    moved = (x1[:, :, 1:] - x1[:, :, :-1]).abs().amax(dim=1, keepdim=True) > threshold  # (B, 1, F-1, H, W)
-    w = torch.ones_like(x1[:, :1], dtype=torch.float32)
-    w[:, :, 1:] += weight * moved.float()
-    return w
-
-
-def masked_frame_mse(pred, target, valid, weights=None):
-    """Mean over (C, H, W) per frame (times ``weights`` (B, 1, F, H, W) if given), then mean over valid
-    frames. Returns (loss, per_frame)."""
-    err = (pred.float() - target.float()) ** 2
-    per_frame_loss = (err if weights is None else err * weights).mean(dim=(1, 3, 4))  # (B, F)
+def masked_frame_mse(pred, target, valid):
+    """Mean over (C, H, W) per frame, then mean over valid frames. Returns (loss, per_frame)."""
+    per_frame_loss = ((pred.float() - target.float()) ** 2).mean(dim=(1, 3, 4))  # (B, F)
     per_frame_loss = per_frame_loss * valid
     loss = per_frame_loss.sum() / valid.sum().clamp(min=1)
     return loss, per_frame_loss
@@ -160,7 +147,7 @@ class RectifiedFlow:
 
     def __init__(self, prediction: str = "x1", t_sampler: str = "uniform", logit_mean: float = 0.0,
                  logit_std: float = 1.0, history_noise: Sequence[float] | None = (0.9, 1.0),
-                 t_eps: float = 1e-3, motion_weight: float = 0.0, motion_threshold: float = 0.1):
+                 t_eps: float = 1e-3):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction={prediction!r} is not supported; use one of {PREDICTIONS}.")
         if t_sampler not in T_SAMPLERS:
@@ -169,18 +156,11 @@ class RectifiedFlow:
             raise ValueError(f"logit_std={logit_std} must be > 0.")
         if not 0 < t_eps < 0.5:
             raise ValueError(f"t_eps={t_eps} must be in (0, 0.5); typical 1e-3.")
-        if not (isinstance(motion_weight, (int, float)) and 0 <= motion_weight < float("inf")):
-            raise ValueError(f"motion_weight={motion_weight!r} must be a number >= 0 (0: the plain mean; e.g. 20 "
-                             f"for a still background with small moving objects)")
-        if not (isinstance(motion_threshold, (int, float)) and 0 <= motion_threshold < 2):
-            raise ValueError(f"motion_threshold={motion_threshold!r} must be in [0, 2) (a change of a pixel value "
-                             f"in [-1, 1]; e.g. 0.1)")
         self.prediction = prediction
         self.t_sampler = t_sampler
         self.logit_mean, self.logit_std = float(logit_mean), float(logit_std)
         self.history_noise = check_history_noise(history_noise)
         self.t_eps = float(t_eps)
-        self.motion_weight, self.motion_threshold = float(motion_weight), float(motion_threshold)
 
     def __repr__(self):
         return (f"RectifiedFlow(prediction={self.prediction!r}, t_sampler={self.t_sampler!r}, "
@@ -255,8 +235,7 @@ class RectifiedFlow:
                      **frame_conditions(frame_cond))
         if pred.shape != x_noisy.shape:
             raise ValueError(f"model returned shape {tuple(pred.shape)}, expected {tuple(x_noisy.shape)}.")
-        weights = motion_weights(x1, self.motion_weight, self.motion_threshold) if self.motion_weight else None
-        loss, lpf = masked_frame_mse(pred, self.target(x1, eps), valid, weights)
+        loss, lpf = masked_frame_mse(pred, self.target(x1, eps), valid)
         return {"loss": loss, "loss_per_frame": lpf, "t": t}
 
     # ---------------------------------------------------------------- sampling
