@@ -45,8 +45,8 @@ CLUSTER_INPUTS.update({f"configs/experiments/conditioning/{name}.yaml": _TINY fo
                         "evaluate_class_prompts", "evaluate_text_gravity")})
 CLUSTER_INPUTS.update({f"configs/experiments/demo_pixel/{name}.yaml": _TINY for name in
                        ("predict", "evaluate", "evaluate_condition")})
-#: the Atari world model's evaluation runs on the weights its training makes (not shipped yet)
-CLUSTER_INPUTS["configs/atari/evaluate.yaml"] = _TINY
+#: the Atari world model's evaluation and play run on the weights its training makes (none is shipped)
+CLUSTER_INPUTS["configs/atari/evaluate.yaml"] = CLUSTER_INPUTS["configs/atari/play.yaml"] = _TINY
 #: the docs show these with the user's own lists (my_prompts.txt, ...): dry-run them on the shipped lists
 CLUSTER_INPUTS.update({"configs/modelscope/t2v_infer.yaml": ["test_list_path=data/modelscope/prompts.txt"],
                        "configs/modelscope/i2vgen_xl_infer.yaml": ["test_list_path=data/modelscope/images.txt"],
