@@ -1,6 +1,7 @@
 """Shared by the inference engines: build the components, load weights, roll out one input."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -89,6 +90,8 @@ class Predictor:
             logger.warning("no test_model and no pretrain: the model has random weights")
         self.adapters = self._load_adapters(cfg)
         self.model.to(self.device).eval().requires_grad_(False)
+        self.cast = self.backend.cast_for_sampling(self.model)  # bf16 weights, cast once: no autocast
+        self.backend.compile_model(self.model, training=False)
         hw = cfg.resolution
         self.hw = (int(hw), int(hw)) if isinstance(hw, int) else (int(hw[0]), int(hw[1]))
         self.check_settings()
@@ -237,7 +240,7 @@ class Predictor:
         settings = dataclasses.replace(self.settings, num_frames=latent_frames(ae, total) - ctx_latent.shape[2],
                                        guide_scale=scale, history_guide_scale=h_scale, seed=int(seed))
         condition = Condition(cond, cond_mask, null_cond, null_mask)
-        with self.backend.autocast():
+        with contextlib.nullcontext() if self.cast else self.backend.autocast():
             out = rollout(self.model, self.diffusion, ctx_latent, settings, condition, progress)
         return self.autoencoder.decode(out.float())[0].clamp(-1, 1).cpu()
 

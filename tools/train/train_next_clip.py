@@ -426,6 +426,10 @@ def _build(run: Run, model_config=model_config) -> None:
         else:
             run.ema = copy.deepcopy(model).float().eval().requires_grad_(False)
         run.visuals = [VISUAL.build(v, f"visual[{i}]") for i, v in enumerate(cfg.visual or [])]
+    if run.parallel == "fsdp" and backend.compile_mode(training=True) != "off":
+        log.warning("backend.compile is not applied under parallel=fsdp (blocks are sharded); training runs eagerly")
+    else:  # after the EMA copy: the EMA (visuals) stays eager
+        backend.compile_model(model, training=True)
     run.trainable = torch.nn.ModuleList([run.model, embedder])
     run.optimizer = loop.make_optimizer(run.trainable, cfg, fast=condition_parameters(run.model, embedder),
                                         fast_mult=float(cfg.cond_lr_mult))
