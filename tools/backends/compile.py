@@ -27,6 +27,9 @@ logger = logging.getLogger("nextclip")
 
 COMPILE_CHOICES = ("off", "blocks", "auto")
 DEFAULT_CACHE = "workspace/compile_cache"
+#: compiled variants kept per block function (dynamo's default of 8 is shared by every model of a process:
+#: a training step, the cached denoise step, encode_history and the uncached forward, per dtype, each take one)
+RECOMPILE_LIMIT = 64
 
 
 def check_compile(value: str) -> str:
@@ -61,6 +64,7 @@ def compile_blocks(model: torch.nn.Module, cache_dir: str | None, compiler: str 
                        type(model).__name__)
         return 0
     where = use_cache_dir(cache_dir)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     n = 0
     for blk in blocks:
         if getattr(blk, "_compiled_call_impl", None) is None:
