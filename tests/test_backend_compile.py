@@ -114,3 +114,15 @@ def test_a_rollout_compiles_while_the_window_fills_then_never_again():
     rollout(model, diffusion, ctx, settings, progress=lambda i, n: graphs.append(counters["stats"]["unique_graphs"]))
     assert len(graphs) == 5 and graphs[1] > graphs[0], graphs  # the first clip compiled the blocks
     assert graphs[2:] == [graphs[2]] * 3, graphs  # nothing compiled after the second clip
+
+
+def test_auto_compiles_cpu_training_only_and_everything_on_a_gpu(monkeypatch):
+    from tools.backends.cuda import CUDABackend
+
+    cpu = BACKEND.build({"type": "cpu", "precision": "fp32", "compile": "auto"})
+    assert (cpu.compile_mode(training=True), cpu.compile_mode(training=False)) == ("blocks", "off")
+    model = make_model()
+    assert cpu.compile_model(model, training=False) == 0 and compiled_blocks(model) == 0
+    monkeypatch.setattr(CUDABackend, "setup", lambda self: None)  # no GPU here: only the policy is checked
+    gpu = CUDABackend(precision="bf16", compile="auto")
+    assert (gpu.compile_mode(training=True), gpu.compile_mode(training=False)) == ("blocks", "blocks")
