@@ -42,12 +42,14 @@ def test_compile_setting_is_checked_and_resolved():
     assert set(model.state_dict()) == set(make_model().state_dict())  # checkpoints keep their keys
 
 
-def test_cache_dir_setting_unless_the_environment_names_one(tmp_path, monkeypatch):
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+def test_cache_dir_setting_names_inductors_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "env"))
+    assert use_cache_dir(None) is None and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "env")
     assert use_cache_dir(tmp_path / "cc") == str((tmp_path / "cc").resolve())
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cc").resolve()) and (tmp_path / "cc").is_dir()
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "env"))
-    assert use_cache_dir(tmp_path / "other") == str(tmp_path / "env")
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    assert cache_dir() == str((tmp_path / "cc").resolve())  # where inductor now keeps its artefacts
 
 
 @pytest.mark.slow

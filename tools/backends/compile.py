@@ -11,8 +11,9 @@ denoise step has the same shapes at every clip of a rollout; the history length 
 until the window is full, so token dimensions are compiled dynamic (``dynamic=None``: a second length
 recompiles once as a dynamic graph, later lengths reuse it). Measured in docs/results/speed.md.
 
-Cache: inductor's FX-graph and AOTAutograd caches, in ``compile_cache`` (``TORCHINDUCTOR_CACHE_DIR``), so a
-second run (or process) with the same shapes skips code generation and the C++ build.
+Cache: inductor's FX-graph and AOTAutograd caches, in ``compile_cache`` (set as ``TORCHINDUCTOR_CACHE_DIR``;
+null leaves torch's choice), so a second run (or process) with the same shapes skips code generation and the
+C++ build.
 """
 from __future__ import annotations
 
@@ -41,11 +42,10 @@ def check_compile(value: str) -> str:
 
 
 def use_cache_dir(path: str | os.PathLike | None) -> str | None:
-    """Keep inductor's compiled artefacts in ``path`` (created), unless the environment already names a
-    cache (``TORCHINDUCTOR_CACHE_DIR`` wins). Returns the directory in use (None: torch's default)."""
-    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if env:
-        return env
+    """Keep inductor's compiled artefacts in ``path`` (created; it becomes ``TORCHINDUCTOR_CACHE_DIR``, which
+    inductor reads whenever it looks up its caches). None: leave torch's choice (the environment's variable, or
+    its default; importing torch's compiler already fills the variable in, so it cannot tell a user's value from
+    its own). Returns the directory named (None for torch's choice)."""
     if path is None:
         return None
     p = Path(path).expanduser().resolve()
