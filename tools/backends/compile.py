@@ -4,9 +4,10 @@
 for sampling (the cached denoise step, encode_history, the uncached forward). ``auto``: what the backend
 measured to pay (:meth:`tools.backends.base.Backend.auto_compile`).
 
-The attention call inside a block is never traced (the model calls it through a ``torch.compiler.disable``
-boundary): its per-layout Python (segments, KV-cache buffers) stays eager and the compiled graphs see only
-the block's dense tensors, so a new clip layout or a longer KV cache never recompiles. Shapes: the cached
+The attention call inside a block is never traced (the block calls it through its ``attend`` hook, which is
+set to a ``torch.compiler.disable`` d call here; torch's compiler is imported only when compiling): its
+per-layout Python (segments, KV-cache buffers) stays eager and the compiled graphs see only the block's
+dense tensors, so a new clip layout or a longer KV cache never recompiles. Shapes: the cached
 denoise step has the same shapes at every clip of a rollout; the history length of ``encode_history`` grows
 until the window is full, so token dimensions are compiled dynamic (``dynamic=None``: a second length
 recompiles once as a dynamic graph, later lengths reuse it). Measured in docs/results/speed.md.
@@ -68,6 +69,11 @@ def compile_blocks(model: torch.nn.Module, cache_dir: str | None, compiler: str 
     n = 0
     for blk in blocks:
         if getattr(blk, "_compiled_call_impl", None) is None:
+            if hasattr(blk, "attend"):  # the attention call stays eager (the module docstring)
+                blk.attend = torch.compiler.disable(type(blk).attend)
+            else:
+                logger.warning("backend.compile=blocks: %s has no 'attend' hook; its attention is traced too",
+                               type(blk).__name__)
             blk.compile(dynamic=None, backend=compiler)
             n += 1
     if n:
