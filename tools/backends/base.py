@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from . import compile as comp
 from . import parallel as par
 from .attention import select_attention
 
@@ -26,7 +27,8 @@ class Backend:
     allowed_precisions = PRECISIONS
 
     def __init__(self, precision: str = "auto", attention: str = "auto", local_rank: int | None = None,
-                 threads: int | None = None, parallel: str = "auto", meta_init: bool = False):
+                 threads: int | None = None, parallel: str = "auto", meta_init: bool = False,
+                 compile: str = "off", compile_cache: str | None = comp.DEFAULT_CACHE):
         if precision == "auto":
             precision = self.auto_precision()
         elif precision not in self.allowed_precisions:
@@ -42,6 +44,8 @@ class Backend:
         par.check_parallel(parallel)
         self.parallel = parallel  # none | ddp | fsdp | auto (resolved by :meth:`wrap` from the world size)
         self.meta_init = bool(meta_init)
+        self.compile = comp.check_compile(compile)  # off | blocks | auto (resolved by :meth:`compile_mode`)
+        self.compile_cache = compile_cache
         self._attn: tuple[str, str, Callable | None] | None = None
         self.setup()
 
@@ -52,6 +56,10 @@ class Backend:
 
     def check_precision(self) -> None:
         """Warn about a precision that runs but is slow on this device."""
+
+    def auto_compile(self, training: bool) -> str:
+        """What ``compile: auto`` means on this device, for training or for sampling: off | blocks."""
+        return "blocks"
 
     def setup(self) -> None:
         if self.threads:
@@ -88,6 +96,52 @@ class Backend:
     def grad_scaler(self):
         """A loss scaler, enabled only for fp16 (bf16 and fp32 need none)."""
         return torch.amp.GradScaler(self.device_type, enabled=self.precision == "fp16")
+
+    def compile_mode(self, training: bool) -> str:
+        """``compile`` resolved for training or for sampling: off | blocks."""
+        return self.auto_compile(training) if self.compile == "auto" else self.compile
+
+    def compile_model(self, model: torch.nn.Module, training: bool) -> int:
+        """Compile the model's transformer blocks when ``compile`` says so (tools/backends/compile.py);
+        returns the number of blocks compiled."""
+        mode = self.compile_mode(training)
+        if mode == "off":
+            return 0
+        logger.info("backend %s: compile=%s -> %s for %s", type(self).__name__, self.compile, mode,
+                    "training" if training else "sampling")
+        return comp.compile_blocks(model, self.compile_cache)
+
+    def cast_for_sampling(self, model: torch.nn.Module) -> bool:
+        """bf16 / fp16 sampling without autocast: the model's linear layers cast once to the compute dtype
+        (:func:`tools.models.layers.cast_linears`; norms, RoPE tables and time features stay fp32). Returns
+        True if cast (then sample without :meth:`autocast`); fp32: nothing to do, False."""
+        from tools.models.layers import cast_linears
+
+        if self.autocast_dtype is None:
+            return False
+        n = cast_linears(model, self.autocast_dtype)
+        logger.info("backend %s: %d linear layers cast to %s for sampling (no autocast)", type(self).__name__, n,
+                    self.precision)
+        return True
+
+    def matmul_peak_gflops(self, dtype: torch.dtype | None = None, n: int = 2048, reps: int = 5) -> float:
+        """The peak an MFU is a share of: the median throughput (GFLOP/s) of an ``n x n @ n x n`` matmul
+        on this device with both operands already in ``dtype`` (default: the compute dtype; no autocast
+        cast in the timing), measured now."""
+        import statistics
+        import time
+
+        dtype = dtype or self.autocast_dtype or torch.float32
+        a, b = (torch.randn(n, n, device=self.device).to(dtype) for _ in range(2))
+        ts = []
+        for i in range(reps + 1):
+            self.synchronize()
+            t0 = time.perf_counter()
+            a @ b
+            self.synchronize()
+            if i:  # the first call warms up
+                ts.append(time.perf_counter() - t0)
+        return 2 * n ** 3 / statistics.median(ts) / 1e9
 
     def seed_everything(self, seed: int) -> None:
         random.seed(seed)
@@ -142,6 +196,10 @@ class Backend:
     def to_device(self, obj):
         return obj.to(self.device) if hasattr(obj, "to") else obj
 
+    def device_info(self) -> dict:
+        """What a benchmark records about the device."""
+        return {"cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
     def describe(self) -> str:
         return (f"{type(self).__name__}(device={self.device}, precision={self.precision}, dist={self.dist_backend}, "
-                f"parallel={self.parallel})")
+                f"parallel={self.parallel}, compile={self.compile})")

@@ -26,6 +26,12 @@ class CPUBackend(Backend):
     def auto_precision(self) -> str:
         return "bf16" if native_bf16() else "fp32"
 
+    def auto_compile(self, training: bool) -> str:
+        """``compile: auto`` on a CPU: the blocks compiled for training (an hour-long run amortises the
+        compile); sampling eager (a prediction of seconds does not amortise 20 s of warm-cache compile or
+        minutes of a cold one). Measured: docs/results/speed.md#compiled-blocks."""
+        return "blocks" if training else "off"
+
     def check_precision(self) -> None:
         if self.precision == "bf16" and not native_bf16():
             logger.warning(

@@ -42,5 +42,9 @@ class CUDABackend(Backend):
     def reset_peak_memory(self) -> None:
         torch.cuda.reset_peak_memory_stats(self.device)
 
+    def device_info(self) -> dict:
+        return {**super().device_info(), "gpu": torch.cuda.get_device_name(self.device),
+                "flash_sdp_enabled": torch.backends.cuda.flash_sdp_enabled()}
+
     def _seed_device(self, seed: int) -> None:
         torch.cuda.manual_seed_all(seed)

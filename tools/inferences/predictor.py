@@ -7,6 +7,7 @@ the KV cache kept between calls (the :class:`~tools.inferences.rollout.RolloutSe
 itself drives)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -95,6 +96,8 @@ class Predictor:
             logger.warning("no test_model and no pretrain: the model has random weights")
         self.adapters = self._load_adapters(cfg)
         self.model.to(self.device).eval().requires_grad_(False)
+        self.cast = self.backend.cast_for_sampling(self.model)  # bf16 weights, cast once: no autocast
+        self.backend.compile_model(self.model, training=False)
         hw = cfg.resolution
         self.hw = (int(hw), int(hw)) if isinstance(hw, int) else (int(hw[0]), int(hw[1]))
         self.check_settings()
@@ -271,10 +274,14 @@ class Predictor:
         ctx_latent = self._context_latent(context)
         settings = dataclasses.replace(self.settings, num_frames=latent_frames(ae, total) - ctx_latent.shape[2],
                                        guide_scale=scale, history_guide_scale=h_scale, seed=int(seed))
-        with self.backend.autocast():
+        with self.sampling_precision():
             out = rollout(self.model, self.diffusion, ctx_latent, settings, condition, progress)
         return self.autoencoder.decode(out.float())[0].clamp(-1, 1).cpu()
 
+    def sampling_precision(self):
+        """The precision context of sampling: none when the weights were cast once for it (bf16 backends),
+        else the backend's autocast."""
+        return contextlib.nullcontext() if self.cast else self.backend.autocast()
 
     def start(self, context: torch.Tensor | None, actions=None, seed: int = 0, guide_scale: float | None = None,
               history_guide_scale: float | None = None) -> PlaySession:
@@ -338,7 +345,7 @@ class PlaySession:
         elif actions is not None:
             raise ValueError(f"actions were given, but the embedder {p.cfg.embedder.get('type')} takes no per-frame "
                              f"conditions (the model is not action-conditioned)")
-        with p.backend.autocast():
+        with p.sampling_precision():
             x = self.session.next_clip(g, fc, nfc)
         return p.autoencoder.decode(x.float())[0].clamp(-1, 1).cpu()
 

@@ -30,6 +30,29 @@ def xavier_linears(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def _input_to_weight_dtype(layer: nn.Linear, args):
+    x = args[0]
+    return (x.to(layer.weight.dtype), *args[1:]) if x.dtype != layer.weight.dtype else None
+
+
+@torch.no_grad()
+def cast_linears(module: nn.Module, dtype: torch.dtype) -> int:
+    """The sampling dtype policy without autocast: every Linear's weight and bias cast once to ``dtype``, and
+    its input cast to ``dtype`` on the way in (a pre-hook: the first layers get fp32 patches, condition tokens
+    and time features); everything else keeps fp32: norm weights (the norm kernels accumulate in fp32 either
+    way), RoPE frequency tables, the sinusoidal time features. The residual stream and the KV cache are then
+    ``dtype``, as under autocast. Returns the number of layers cast (cast twice, a layer is counted once)."""
+    n = 0
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            m.to(dtype)
+            if not getattr(m, "_casts_input", False):
+                m.register_forward_pre_hook(_input_to_weight_dtype)
+                m._casts_input = True
+                n += 1
+    return n
+
+
 def make_norm(kind: str, dim: int, affine: bool = True) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(dim, elementwise_affine=affine, eps=1e-6)

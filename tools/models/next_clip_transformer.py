@@ -66,8 +66,16 @@ def _gather_tokens(table: Tensor, idx) -> Tensor:
     return table.reshape(B * T, D).index_select(0, flat.reshape(-1)).view(B, idx.shape[1], D)
 
 
+def call_attention(attn: Callable, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    return attn(q, k, v)
+
+
 class Block(nn.Module):
     """Pre-norm attention + MLP block with optional per-token adaLN modulation."""
+
+    #: how the block calls its attention; backend.compile: blocks sets a ``torch.compiler.disable`` d one per
+    #: block (tools/backends/compile.py), so the attention's per-layout Python never enters a compiled graph
+    attend = staticmethod(call_attention)
 
     def __init__(self, hidden, heads, ffn, norm, mlp, adaln, qk_norm, bias=True):
         super().__init__()
@@ -99,7 +107,7 @@ class Block(nn.Module):
         q, k, v = self.qkv(h).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, L, D) each
         q = Rope.apply(self.q_norm(q), cos, sin)
         k = Rope.apply(self.k_norm(k), cos, sin)
-        o = attn(q, k, v).transpose(1, 2).reshape(B, L, C)
+        o = self.attend(attn, q, k, v).transpose(1, 2).reshape(B, L, C)
         if self.adaln:
             x = x + g1 * self.proj(o)
             return x + g2 * self.mlp(self.norm2(x) * (1 + sc2) + sh2)

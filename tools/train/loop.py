@@ -39,6 +39,7 @@ from utils.checkpoint import (
     set_rng_state,
 )
 from utils.config import ConfigError, run_dir, to_yaml
+from utils.flops import mfu
 from utils.io import atomic_write_text
 from utils.logging import ScalarLog, setup_logger
 from utils.registry import BACKEND
@@ -501,8 +502,9 @@ class StepLog:
     """Rank 0's per-step output: a tqdm bar (``progress``) and ``scalars.jsonl`` every ``log_interval``
     steps (and at the last step) with ``steps_per_s`` added; resumed runs trim later records."""
 
-    def __init__(self, cfg, out_dir: Path, rank: int, start: int, desc: str = "train"):
-        self.cfg, self.rank = cfg, rank
+    def __init__(self, cfg, out_dir: Path, rank: int, start: int, desc: str = "train",
+                 peak_gflops: float | None = None):
+        self.cfg, self.rank, self.peak_gflops = cfg, rank, peak_gflops
         self.scalars = ScalarLog(out_dir, enabled=rank == 0, resume_step=start if start else None)
         self.bar = None
         if rank == 0 and cfg.progress:
@@ -511,16 +513,27 @@ class StepLog:
             self.bar = tqdm(total=cfg.num_steps, initial=start, desc=desc, dynamic_ncols=True)
         self.t_last, self.steps_since = time.time(), 0
 
-    def step(self, done: int, record: Callable[[], dict[str, float]], postfix: dict[str, str]) -> None:
-        """After step ``done``: ``record()`` is called (and written) only on logging steps."""
+    def due(self, done: int) -> bool:
+        """Whether step ``done`` writes a record (rank 0, every ``log_interval`` steps and the last one)."""
+        return self.rank == 0 and (done % self.cfg.log_interval == 0 or done == self.cfg.num_steps)
+
+    def step(self, done: int, record: Callable[[], dict[str, float]], postfix: dict[str, str],
+             flops: float | None = None) -> None:
+        """After step ``done``: ``record()`` is called (and written) only on logging steps. ``flops``: the
+        FLOPs of step ``done`` (utils/flops.py); with ``peak_gflops`` the record gets ``model_tflops`` (those
+        FLOPs at the interval's steps/s) and ``mfu`` (its share of the peak). With random clip cuts the steps of
+        an interval differ in FLOPs: the figure is the logged step's layout at the interval's pace."""
         self.steps_since += 1
         if self.rank != 0:
             return
-        if done % self.cfg.log_interval == 0 or done == self.cfg.num_steps:
+        if self.due(done):
             now = time.time()
             sps = self.steps_since / max(now - self.t_last, 1e-9)
             self.t_last, self.steps_since = now, 0
-            self.scalars.write(done, {**record(), "steps_per_s": sps})
+            extra = {}
+            if flops and self.peak_gflops:
+                extra = {"model_tflops": flops * sps / 1e12, "mfu": mfu(flops, 1 / sps, self.peak_gflops)}
+            self.scalars.write(done, {**record(), "steps_per_s": sps, **extra})
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(**postfix)

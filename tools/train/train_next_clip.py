@@ -90,6 +90,7 @@ from tools.train.loop import is_num as _is_num
 from tools.train.loop import require as _require
 from utils import distributed as du
 from utils.config import DEFAULT_COMPONENTS, ConfigError
+from utils.flops import count_flops
 from utils.registry import AUTO_ENCODER, DATASETS, EMBEDDER, ENGINE, VISUAL
 
 WINDOW_STARTS = ("first", "random")
@@ -122,6 +123,7 @@ DEFAULTS: dict[str, Any] = {
     "lora": None,               # {rank, alpha, dropout, target}: train LoRA adapters on the frozen pretrain model
     "trainable": [],            # with lora: parameter-name patterns trained in full beside the adapters
     "progress": True,
+    "log_mfu": True,            # scalars.jsonl: model TFLOP/s and MFU of each logged step (utils/flops.py)
     "dist_timeout": 600,        # seconds a collective waits for a silent rank before the run stops
 }
 
@@ -257,6 +259,8 @@ def validate(cfg) -> None:
     _require(v in WINDOW_STARTS, "window_start", v, f"choose one of {', '.join(WINDOW_STARTS)}",
              "e.g. window_start=random (train on windows that start anywhere in longer items)")
     _validate_clip_sampling(g("clip_sampling", DEFAULTS["clip_sampling"]))
+    v = g("log_mfu", DEFAULTS["log_mfu"])
+    _require(isinstance(v, bool), "log_mfu", v, "must be true or false", "e.g. log_mfu=false (no FLOP count)")
     lora.check_lora(g("lora"), g("trainable", []))
     loop.validate_data_shape(cfg, _patch_size(cfg))
 
@@ -484,6 +488,10 @@ def _build(run: Run, model_config=model_config) -> None:
         else:
             run.ema = copy.deepcopy(model).float().eval().requires_grad_(False)
         run.visuals = [VISUAL.build(v, f"visual[{i}]") for i, v in enumerate(cfg.visual or [])]
+    if run.parallel == "fsdp" and backend.compile_mode(training=True) != "off":
+        log.warning("backend.compile is not applied under parallel=fsdp (blocks are sharded); training runs eagerly")
+    else:  # after the EMA copy: the EMA (visuals) stays eager
+        backend.compile_model(model, training=True)
     run.trainable = torch.nn.ModuleList([run.model, embedder])
     run.optimizer = loop.make_optimizer(run.trainable, cfg, fast=condition_parameters(run.model, embedder),
                                         fast_mult=float(cfg.cond_lr_mult))
@@ -622,16 +630,26 @@ def _train(cfg, backend, rank, world, out_dir: Path, log, loss_fn=next_clip_loss
     _resume(run)
     mixed = isinstance(run.dataset, torch.utils.data.IterableDataset)
     batches = iter(loop.make_loader(cfg, run.dataset, rank, world, run.start))
-    steplog = loop.StepLog(cfg, out_dir, rank, run.start)
+    peak = backend.matmul_peak_gflops() if cfg.log_mfu and rank == 0 else None
+    if peak:
+        log.info("matmul peak %.0f GFLOP/s (2048x2048, %s operands, measured now): the MFU in scalars.jsonl is a "
+                 "share of it", peak, backend.precision)
+    steplog = loop.StepLog(cfg, out_dir, rank, run.start, peak_gflops=peak)
     accum = int(cfg.grad_accum)
     for step in range(run.start, cfg.num_steps):
-        res = _step(run, batches, step, loss_fn)
         done = step + 1
+        flops = None
+        if peak and steplog.due(done):  # this step's FLOPs counted (utils/flops.py), for the MFU of the log
+            got: dict = {}
+            flops = count_flops(lambda step=step, got=got: got.update(res=_step(run, batches, step, loss_fn)))
+            res = got["res"]
+        else:
+            res = _step(run, batches, step, loss_fn)
         lr_now = run.scheduler.get_last_lr()[0]
         record = loop.lazy_scalars(loss=res["loss"], lr=lr_now, grad_norm=res["grad_norm"],
                                    # share of this step's batches that were images
                                    **({"image_frac": res["images"] / accum} if mixed else {}))
-        steplog.step(done, record, {"loss": f"{res['loss']:.4f}", "lr": f"{lr_now:.2e}"})
+        steplog.step(done, record, {"loss": f"{res['loss']:.4f}", "lr": f"{lr_now:.2e}"}, flops=flops)
         _checkpoint(run, done, res["loss"])
         _visualise(run, done, res["batch"])
     steplog.close()
