@@ -7,7 +7,8 @@ kernels. Elementwise work (norms, activations, RoPE, the optimizer) is not count
 MFU means them. The count is of the work done: the block-causal 'blocks' attention computes only the
 visible key ranges, so only those count.
 
-The benchmark (benchmarks/bench_next_clip.py) and the training log's MFU (tools/train/loop.py) use it;
+The benchmark (benchmarks/bench_next_clip.py), the training log's MFU (tools/train/loop.py) and the memory
+plan's time estimate (tools/train/memory_plan.py, through :func:`missing_formulas`) use it;
 the peak an MFU is a share of is the matmul throughput measured in the same run
 (:meth:`tools.backends.base.Backend.matmul_peak_gflops`).
 """
@@ -18,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 
-def _cpu_flash_formulas() -> dict:
+def missing_formulas() -> dict:
     """FlopCounterMode formulas for the CPU flash-attention forward / backward (those of the GPU kernels)."""
     from torch.utils import flop_counter as fc
 
@@ -42,7 +43,7 @@ def count_flops(fn: Callable[[], object]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.compiler.set_stance("force_eager"), \
-            FlopCounterMode(display=False, custom_mapping=_cpu_flash_formulas()) as counter:
+            FlopCounterMode(display=False, custom_mapping=missing_formulas()) as counter:
         fn()
     return int(counter.get_total_flops())
 

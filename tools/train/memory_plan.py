@@ -246,6 +246,8 @@ def video_activations(model, batch: int, frames: int, height: int, width: int, c
     recomputed: total - inside(all units) + inputs(all units) + inside(the largest unit)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from utils.flops import missing_formulas
+
     kept, largest, inside, inputs, active = [0], [0], {}, {}, []
 
     def leaf_hook(_m, _inp, out):
@@ -274,7 +276,7 @@ def video_activations(model, batch: int, frames: int, height: int, width: int, c
     kwargs = {}
     if getattr(model, "context_dim", None):
         kwargs["y"] = torch.zeros(batch, 77, int(model.context_dim), device="meta")
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=missing_formulas())  # utils/flops.py: one count
     try:
         with counter, torch.no_grad():
             model(*args, **kwargs)
