@@ -36,6 +36,7 @@ warmup_steps: 1
 save_ckp_interval: {steps}
 viz_interval: 100000
 log_interval: 1
+log_mfu: false
 use_ema: false
 progress: false
 """

@@ -77,7 +77,7 @@ def train(log_dir, vae, videos, *extra):
                           f"auto_encoder.path={vae}", f"log_dir={log_dir}",
                           f"dataset.list_file={videos}", "dataset.num_frames=4", "dataset.stride=1",
                           "dataset.resolution=16", "max_frames=4", "batch_size=2", "num_steps=4", "save_ckp_interval=2",
-                          "log_interval=1", "lr=1e-3", "ema_decay=0.9", "cond_dropout=0.5", *extra])
+                          "log_interval=1", "log_mfu=false", "lr=1e-3", "ema_decay=0.9", "cond_dropout=0.5", *extra])
 
 
 def losses(run_dir):

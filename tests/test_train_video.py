@@ -43,7 +43,8 @@ def train(log_dir, *extra):
     return main("train", ["--cfg", str(CONFIG), f"pretrain.path={FIXTURE}", f"log_dir={log_dir}",
                           "embedder={_delete_: true, type: TinyTrainText}", f"dataset.list_file={VIDEOS}",
                           "dataset.num_frames=4", "dataset.resolution=16", "max_frames=4", "num_steps=4",
-                          "save_ckp_interval=2", "warmup_steps=1", "log_interval=1", "lr=1e-3", "ema_decay=0.9",
+                          "save_ckp_interval=2", "warmup_steps=1", "log_interval=1", "log_mfu=false", "lr=1e-3",
+                          "ema_decay=0.9",
                           "backend.type=cpu", "backend.precision=fp32", "progress=false", *extra])
 
 

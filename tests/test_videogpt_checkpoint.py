@@ -257,7 +257,7 @@ def test_stage_style_training_fine_tunes_an_official_folder(tmp_path):
         "diffusion: {type: RectifiedFlow, prediction: x1}\nauto_encoder: {type: Identity}\n"
         "dataset: {type: SyntheticPhysics, resolution: 8, num_frames: 4, length: 16, seed: 0}\n"
         "max_frames: 4\nclip_sampling: {mode: random, min_clips: 2}\nbatch_size: 2\nnum_steps: 2\n"
-        "lr: 1.0e-3\nwarmup_steps: 1\nsave_ckp_interval: 2\nviz_interval: 1000\nlog_interval: 1\n"
+        "lr: 1.0e-3\nwarmup_steps: 1\nsave_ckp_interval: 2\nviz_interval: 1000\nlog_interval: 1\nlog_mfu: false\n"
         "use_ema: false\nprogress: false\n")
     assert main("train", ["--cfg", str(yml), "log_dir", str(tmp_path / "runs")]) == 0
     step = tmp_path / "runs" / "stage" / "checkpoints" / "step_00000002.safetensors"

@@ -1,7 +1,8 @@
 """The tiny next-clip training run the engine tests start from, as YAML text: ``tiny_train_yaml(**overrides)``.
 
 The base is the tiny preset in pixel space on 16x16 SyntheticPhysics videos of 8 frames, fp32 SDPA on the CPU,
-two steps of batch 2, a checkpoint at step 2, no visuals and no progress bar. A test names only what it
+two steps of batch 2, a checkpoint at step 2, no visuals, no progress bar and no MFU in the log (its FLOP count
+runs every logged step: tests/test_train_mfu.py covers it). A test names only what it
 changes: a keyword replaces that top-level key (``None`` removes it); ``physics(**kw)`` and ``cpu(**kw)`` give the
 base's dataset / backend with some settings changed.
 """
@@ -29,7 +30,7 @@ def tiny_train_config(**overrides) -> dict[str, Any]:
         "TASK_TYPE": "train_next_clip", "name": "tiny", "backend": cpu(), "model": dict(MODEL),
         "diffusion": {"type": "RectifiedFlow", "prediction": "x1"}, "auto_encoder": {"type": "Identity"},
         "dataset": physics(), "max_frames": 8, "batch_size": 2, "num_steps": 2, "save_ckp_interval": 2,
-        "viz_interval": 1000, "log_interval": 1, "progress": False,
+        "viz_interval": 1000, "log_interval": 1, "progress": False, "log_mfu": False,
     }
     for key, value in overrides.items():
         if value is None:

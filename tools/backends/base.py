@@ -15,6 +15,7 @@ from . import parallel as par
 from .attention import select_attention
 
 logger = logging.getLogger("nextclip")
+_PEAKS: dict = {}  # (device, dtype, n, reps) -> GFLOP/s: matmul_peak_gflops(fresh=False)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -124,14 +125,22 @@ class Backend:
                     self.precision)
         return True
 
-    def matmul_peak_gflops(self, dtype: torch.dtype | None = None, n: int = 2048, reps: int = 5) -> float:
+    def matmul_peak_gflops(self, dtype: torch.dtype | None = None, n: int = 2048, reps: int = 5,
+                           fresh: bool = True) -> float:
         """The peak an MFU is a share of: the median throughput (GFLOP/s) of an ``n x n @ n x n`` matmul
         on this device with both operands already in ``dtype`` (default: the compute dtype; no autocast
-        cast in the timing), measured now."""
+        cast in the timing), measured now; ``fresh=False``: the first measurement of this process (a
+        training run's start does not pay ~0.5 s again when a process trains several times)."""
+        dtype = dtype or self.autocast_dtype or torch.float32
+        key = (str(self.device), str(dtype), n, reps)
+        if fresh or key not in _PEAKS:
+            _PEAKS[key] = self._time_matmul(dtype, n, reps)
+        return _PEAKS[key]
+
+    def _time_matmul(self, dtype: torch.dtype, n: int, reps: int) -> float:
         import statistics
         import time
 
-        dtype = dtype or self.autocast_dtype or torch.float32
         a, b = (torch.randn(n, n, device=self.device).to(dtype) for _ in range(2))
         ts = []
         for i in range(reps + 1):

@@ -630,7 +630,7 @@ def _train(cfg, backend, rank, world, out_dir: Path, log, loss_fn=next_clip_loss
     _resume(run)
     mixed = isinstance(run.dataset, torch.utils.data.IterableDataset)
     batches = iter(loop.make_loader(cfg, run.dataset, rank, world, run.start))
-    peak = backend.matmul_peak_gflops() if cfg.log_mfu and rank == 0 else None
+    peak = backend.matmul_peak_gflops(fresh=False) if cfg.log_mfu and rank == 0 else None
     if peak:
         log.info("matmul peak %.0f GFLOP/s (2048x2048, %s operands, measured now): the MFU in scalars.jsonl is a "
                  "share of it", peak, backend.precision)
