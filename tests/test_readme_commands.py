@@ -82,7 +82,16 @@ def test_the_readme_commands_are_found():
     assert any("torchrun" in line for line in lines) and any("&&" in line for line in lines)
 
 
-@pytest.mark.parametrize("kind, argv, line", UNIQUE, ids=[c[2] for c in UNIQUE])
+#: dry runs that plan the memory of a released billion-parameter model (1-5 s each): behind the slow marker
+HEAVY = {"configs/modelscope/t2v_train.yaml", "configs/latte/train.yaml"}
+
+
+def _param(kind, argv, line):
+    heavy = kind == "train" and "--cfg" in argv and argv[argv.index("--cfg") + 1] in HEAVY
+    return pytest.param(kind, argv, line, id=line, marks=[pytest.mark.slow] if heavy else [])
+
+
+@pytest.mark.parametrize("kind, argv, line", [_param(*c) for c in UNIQUE])
 def test_readme_command_validates(kind, argv, line, monkeypatch, capsys):
     from test_entry_points import CLUSTER_INPUTS
 
