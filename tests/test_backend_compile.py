@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from test_speed_paths import make_model  # the tiny model with non-zero gates (eval mode; the tests set modes)
 
 from tools.backends.compile import (
     DEFAULT_CACHE,
@@ -14,17 +15,7 @@ from tools.backends.compile import (
     compiled_blocks,
     use_cache_dir,
 )
-from tools.models.next_clip_transformer import NextClipTransformer
 from utils.registry import BACKEND
-
-
-def make_model(**kw):
-    m = NextClipTransformer(preset="tiny", in_channels=3, rope="3d", **kw)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # non-zero gates / output layer
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return m
 
 
 def test_compile_setting_is_checked_and_resolved():
