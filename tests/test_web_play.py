@@ -113,3 +113,12 @@ def test_no_play_tab_for_a_model_without_actions(tmp_path):
     app = load_app(str(ROOT / "configs/tiny/predict.yaml"), ["log_dir", str(tmp_path)], 50 << 20)
     assert isinstance(app, WebApp) and not app.arcade.available
     assert "action-conditional" not in app.describe()
+
+
+@pytest.mark.slow
+def test_a_press_samples_with_its_own_steps(arcade):
+    """The steps slider counts on every press, not only at Start (the session keeps its own settings)."""
+    a, b = arcade.start(0, steps=2, seed=3).game, arcade.start(0, steps=2, seed=3).game
+    one, three = arcade.press(a, "UP", steps=1).clip, arcade.press(b, "UP", steps=3).clip
+    assert not np.array_equal(one, three)
+    assert arcade.games[a].session.settings.num_sample_steps == 2  # back to the game's own after the press

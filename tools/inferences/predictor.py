@@ -328,6 +328,16 @@ class PlaySession:
     def frames_generated(self) -> int:
         return self.session.frames_generated
 
+    @property
+    def settings(self):
+        """The session's rollout settings (a copy of the Predictor's made at start; replace it to change e.g.
+        the sampling steps of the next clips)."""
+        return self.session.settings
+
+    @settings.setter
+    def settings(self, value) -> None:
+        self.session.settings = value
+
     @torch.no_grad()
     def next_clip(self, actions=None, num_frames: int | None = None) -> torch.Tensor:
         """The next ``num_frames`` frames (default: the config's clip_len) -> (C, G, H, W) in [-1, 1] on the CPU.

@@ -24,7 +24,6 @@ import contextlib
 import copy
 import importlib.util
 import itertools
-import math
 import os
 import sys
 import threading
@@ -37,6 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from tools.embedders.conditioning import is_conditional
+from tools.inferences.page_inputs import PageError
+from tools.inferences.page_inputs import as_float as _as_float
+from tools.inferences.page_inputs import as_int as _as_int
 from tools.inferences.predictor import Predictor, validate_rollout
 from tools.inferences.web_play import Arcade, key_script, play_tab
 from utils.cli import fail, load_checked_config, os_error_line, run_guarded
@@ -53,10 +55,6 @@ VIEW_HEIGHT = 256  # the on-page video is upscaled (nearest) to about this heigh
 ProgressFn = Callable[..., None] | None
 
 
-class PageError(ValueError):
-    """A bad upload or setting: one line shown on the page (the server keeps running)."""
-
-
 @dataclass
 class Result:
     """What a handler gives the page: the on-page mp4, the mp4 to download, a status line."""
@@ -64,27 +62,6 @@ class Result:
     video: str | None
     download: str | None
     message: str
-
-
-def _as_int(name: str, value, lo: int, hi: int) -> int:
-    """A whole number in [lo, hi] from a slider / number box, else PageError."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise PageError(f"{name}={value!r} is not a number; give a whole number in {lo}..{hi}") from None
-    if not math.isfinite(v) or v != int(v) or not lo <= v <= hi:
-        raise PageError(f"{name}={value!r} is not allowed: give a whole number in {lo}..{hi}")
-    return int(v)
-
-
-def _as_float(name: str, value, lo: float, hi: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if not (math.isfinite(v) and lo <= v <= hi):
-        raise PageError(f"{name}={value!r} is not allowed: give a number in {lo}..{hi}")
-    return v
 
 
 def upscale(frames: np.ndarray, height: int = VIEW_HEIGHT, max_width: int = 2048) -> np.ndarray:

@@ -25,6 +25,7 @@ import torch
 
 from tools.datasets.atari import action_index, game_spec
 from tools.embedders.conditioning import is_per_frame
+from tools.inferences.page_inputs import PageError, as_int
 from utils.logging import get_logger
 from utils.registry import DATASETS
 from utils.video_io import to_uint8, write_video
@@ -38,10 +39,6 @@ KEYS = {"ArrowUp": "UP", "ArrowDown": "DOWN", "ArrowLeft": "LEFT", "ArrowRight":
 STAY = "NOOP"
 #: a game starts at this frame of a held-out episode (the ball is in play by then)
 START_FRAME = 8
-
-
-class PlayError(ValueError):
-    """A bad start or press: one line on the page (the server keeps running)."""
 
 
 @dataclass
@@ -110,7 +107,7 @@ class Arcade:
         if self._starts is None:
             cfg = self.predictor.cfg
             if not cfg.get("dataset"):
-                raise PlayError("the config has no dataset: the Play tab starts from its episodes "
+                raise PageError("the config has no dataset: the Play tab starts from its episodes "
                                 "(configs/atari/play.yaml sets the held-out Pong episodes)")
             self._starts = DATASETS.build(cfg.dataset, "dataset")
         return self._starts
@@ -127,15 +124,15 @@ class Arcade:
             cfg = self.predictor.cfg
             ds = self.starts()
             n = len(ds.episode_lengths)
-            e = _whole("episode", episode, 0, n - 1)
+            e = as_int("episode", episode, 0, n - 1)
             frames, actions = ds.episode(e)
             first, ctx = START_FRAME, max(1, int(cfg.context_frames))
             if first + ctx > len(frames):
-                raise PlayError(f"held-out episode {e} has {len(frames)} frames, fewer than the start frame {first} + "
+                raise PageError(f"held-out episode {e} has {len(frames)} frames, fewer than the start frame {first} + "
                                 f"context_frames {ctx}; lower context_frames or raise dataset.episode_frames")
             clip = frames[first:first + ctx]
             context = torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2))).float() / 127.5 - 1.0
-            with self._steps(steps):
+            with self._steps(steps, self.predictor):
                 session = self.predictor.start(context, [int(a) for a in actions[first:first + ctx]], int(seed))
             key = f"game{next(self._ids)}"
             self.games[key] = Game(session, frames=list(clip))
@@ -151,11 +148,11 @@ class Arcade:
         def run():
             g = self.games.get(game or "")
             if g is None:
-                raise PlayError("no game running: press Start (a game is dropped after "
+                raise PageError("no game running: press Start (a game is dropped after "
                                 f"{MAX_GAMES} newer ones or a restart of the server)")
             name = str(action).upper()
             index = action_index(self.game, name)  # ValueError naming the game's actions
-            with self._steps(steps):
+            with self._steps(steps, g.session):  # the session keeps its own copy of the settings
                 t0 = time.perf_counter()
                 clip = g.session.next_clip(index)
                 took = time.perf_counter() - t0
@@ -185,41 +182,32 @@ class Arcade:
         return str(path), f"saved {len(g.frames)} frames to {path}"
 
     # -- plumbing ----------------------------------------------------------------------
+    @staticmethod
     @contextlib.contextmanager
-    def _steps(self, steps):
-        """This call's sampling steps in the Predictor's rollout settings (None: the config's)."""
-        p = self.predictor
+    def _steps(steps, holder):
+        """This call's sampling steps in ``holder.settings`` (the Predictor's when a game starts, the running
+        session's on a press) for the call only; None: unchanged."""
         if steps is None:
             yield
             return
-        old = p.settings
-        p.settings = dataclasses.replace(old, num_sample_steps=_whole("sampling steps", steps, 1, 200))
+        old = holder.settings
+        holder.settings = dataclasses.replace(old, num_sample_steps=as_int("sampling steps", steps, 1, 200))
         try:
             yield
         finally:
-            p.settings = old
+            holder.settings = old
 
     def _guarded(self, kind: str, run) -> Shown:
         try:
             with self.lock:
                 key, frame, clip, msg = run()
-        except (PlayError, ValueError) as e:
+        except ValueError as e:  # PageError, a bad action name, a config error
             return Shown(None, None, None, f"error: {e}")
         except Exception as e:  # a bug: logged with its traceback, the page stays up
             get_logger().error("play %s failed:\n%s", kind, traceback.format_exc())
             return Shown(None, None, None, f"error: {kind} failed ({type(e).__name__}: {e})")
         get_logger().info("play %s: %s", kind, msg)
         return Shown(key, frame, np.concatenate(list(clip), axis=1), msg)
-
-
-def _whole(name: str, value, lo: int, hi: int) -> int:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise PlayError(f"{name}={value!r} is not a number; give a whole number in {lo}..{hi}") from None
-    if v != int(v) or not lo <= v <= hi:
-        raise PlayError(f"{name}={value!r} is not allowed: give a whole number in {lo}..{hi}")
-    return int(v)
 
 
 KEY_SCRIPT = """<script>
